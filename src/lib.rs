@@ -13,3 +13,4 @@
 
 pub mod api;
 pub mod dataplane;
+pub mod ops;

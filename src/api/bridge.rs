@@ -21,6 +21,8 @@ use super::common::{DNS1123_SUBDOMAIN, KeySelector};
     shortname = "wsbr",
     shortname = "wsbridges",
     category = "wsbridge",
+    selectable = ".spec.channel",
+    selectable = ".spec.endpoint",
     doc = "Connects one Channel to one Endpoint: endpoint messages are broadcast to the channel's subscribers, published messages are sent to the endpoint.",
     printcolumn(name = "Channel", type_ = "string", json_path = ".spec.channel"),
     printcolumn(name = "Endpoint", type_ = "string", json_path = ".spec.endpoint"),
@@ -71,6 +73,10 @@ pub struct BridgeStatus {
     /// The worker Deployment that holds the connection.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker: Option<String>,
+    /// Where the worker accepts messages to send out to the endpoint (the
+    /// publish path). Written by the worker; internal to the cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<super::Addressable>,
     /// When the worker last connected to the endpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_connected_time: Option<Time>,

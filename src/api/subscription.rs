@@ -19,6 +19,7 @@ use super::common::{DNS1123_SUBDOMAIN, DeliverySpec, Destination};
     shortname = "wssub",
     shortname = "wssubscription",
     category = "wsbridge",
+    selectable = ".spec.channel",
     doc = "Subscribes an HTTP subscriber (a Service in the same namespace, or an absolute URI) to a Channel.",
     printcolumn(name = "Channel", type_ = "string", json_path = ".spec.channel"),
     printcolumn(name = "Subscriber", type_ = "string", json_path = ".status.subscriberUri"),
