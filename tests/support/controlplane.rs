@@ -241,14 +241,13 @@ impl ControlPlane {
 
     async fn wait_ready(&self, deadline: Instant) -> Result<(), StartError> {
         let client = self.client();
-        let mut last = String::new();
         loop {
             let req = http::Request::get("/readyz").body(Vec::new()).expect("static request");
-            match client.request_text(req).await {
+            let last = match client.request_text(req).await {
                 Ok(body) if body.trim() == "ok" => return Ok(()),
-                Ok(body) => last = body,
-                Err(e) => last = e.to_string(),
-            }
+                Ok(body) => body,
+                Err(e) => e.to_string(),
+            };
             self.check_alive()?;
             if Instant::now() > deadline {
                 return Err(StartError::Fatal(
@@ -365,12 +364,14 @@ impl ControlPlane {
     /// A cluster-admin client bound to the current tokio runtime. Call it on
     /// each runtime (each `#[tokio::test]`) that needs one.
     pub fn client(&self) -> Client {
+        install_crypto_provider();
         Client::try_from(self.config.clone()).expect("kube client from the test kubeconfig")
     }
 
     /// A client on the current runtime that authenticates with `token`
     /// (e.g. a ServiceAccount token) instead of the admin token.
     pub fn client_with_token(&self, token: &str) -> Client {
+        install_crypto_provider();
         let mut config = self.config.clone();
         config.auth_info.token = Some(token.to_string().into());
         Client::try_from(config).expect("kube client with a bearer token")
@@ -427,6 +428,13 @@ impl Drop for ControlPlane {
         }
         let _ = fs::remove_dir_all(&self.dir);
     }
+}
+
+/// kube's `rustls-tls` feature selects no rustls crypto provider; tests use
+/// ring (a dev-dependency). A provider installed earlier by the code under
+/// test wins.
+fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 enum StartError {
