@@ -258,3 +258,55 @@ async fn an_owned_object_is_garbage_collected_after_its_owner_is_deleted() -> Re
     .await?;
     Ok(())
 }
+
+/// Run in a child process by the test below: starts a control plane, prints
+/// its process ids and temp dir, then waits to be killed.
+#[tokio::test]
+#[ignore = "helper, run as a child process by no_control_plane_process_survives_its_test_process"]
+async fn helper_start_control_plane_and_wait() {
+    let cp = support::shared_with_controller_manager().await;
+    let pids: Vec<String> = cp.pids().iter().map(|(_, pid)| pid.to_string()).collect();
+    println!("PIDS {} DIR {}", pids.join(","), cp.temp_dir().display());
+    tokio::time::sleep(Duration::from_secs(600)).await;
+}
+
+#[test]
+fn no_control_plane_process_survives_its_test_process() -> Result<()> {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let mut child = Command::new(std::env::current_exe()?)
+        .args(["--ignored", "--exact", "helper_start_control_plane_and_wait", "--nocapture"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let stdout = child.stdout.take().expect("piped stdout");
+    let line = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .find(|l| l.starts_with("PIDS "));
+    // Killed without any chance to clean up, like a crash or a CI timeout.
+    child.kill()?;
+    child.wait()?;
+    let line = line.expect("the helper printed its control plane's pids");
+    let (pids, dir) = line["PIDS ".len()..].split_once(" DIR ").expect("PIDS ... DIR ...");
+    let pids: Vec<u32> = pids.split(',').map(str::parse).collect::<Result<_, _>>()?;
+    assert_eq!(pids.len(), 3, "etcd, kube-apiserver, kube-controller-manager");
+
+    let running = |pid: &u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            // A zombie waiting for a reaping init is dead already.
+            .is_ok_and(|stat| stat.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z')))
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while pids.iter().any(running) || std::path::Path::new(dir).exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still running: {:?}, dir exists: {}",
+            pids.iter().filter(|p| running(p)).collect::<Vec<_>>(),
+            std::path::Path::new(dir).exists()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}

@@ -412,6 +412,17 @@ impl ControlPlane {
         self.bin_dir.join(name)
     }
 
+    /// Names and process ids of the running control-plane processes.
+    pub fn pids(&self) -> Vec<(&'static str, u32)> {
+        let children = self.children.lock().unwrap_or_else(|e| e.into_inner());
+        children.iter().map(|(name, child)| (*name, child.id())).collect()
+    }
+
+    /// Temp dir holding etcd's data, certs, keys and kubeconfigs (removed at exit).
+    pub fn temp_dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Time from `start` to `/readyz` ok (including the cached build check).
     pub fn startup_time(&self) -> Duration {
         self.startup

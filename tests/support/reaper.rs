@@ -21,7 +21,7 @@ const SCRIPT: &str = r#"
 trap '' INT TERM HUP PIPE
 groups=()
 dirs=()
-while IFS= read -r kind value; do
+while read -r kind value; do
   case "$kind" in
     pg) groups+=("$value") ;;
     dir) dirs+=("$value") ;;
