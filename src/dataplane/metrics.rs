@@ -154,17 +154,6 @@ impl DataplaneMetrics {
         m
     }
 
-    pub(crate) fn drop_delivery(&self, channel: &str, subscriber: &str, reason: &str) {
-        self.dropped
-            .get_or_create(&ReasonLabels {
-                channel: channel.to_string(),
-                subscriber: subscriber.to_string(),
-                endpoint: String::new(),
-                reason: reason.to_string(),
-            })
-            .inc();
-    }
-
     pub(crate) fn drop_endpoint(&self, endpoint: &str, reason: &str) {
         self.dropped
             .get_or_create(&ReasonLabels {
