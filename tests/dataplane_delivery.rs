@@ -118,7 +118,10 @@ fn spec(id: &str, uri: &http::Uri, policy: DeliveryPolicy) -> SubscriberSpec {
 
 fn engine() -> (DeliveryEngine, Arc<DataplaneMetrics>) {
     let metrics = Arc::new(DataplaneMetrics::unregistered());
-    (DeliveryEngine::new(EngineConfig::default(), metrics.clone()), metrics)
+    (
+        DeliveryEngine::new(EngineConfig::default(), metrics.clone()),
+        metrics,
+    )
 }
 
 fn channel() -> ChannelKey {
@@ -126,7 +129,11 @@ fn channel() -> ChannelKey {
 }
 
 fn text(s: &str) -> Arc<Message> {
-    Arc::new(Message::new(Payload::text(s), Origin::Endpoint, "/bridges/default/feed"))
+    Arc::new(Message::new(
+        Payload::text(s),
+        Origin::Endpoint,
+        "/bridges/default/feed",
+    ))
 }
 
 async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
@@ -140,7 +147,11 @@ async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
 #[tokio::test]
 async fn text_json_and_binary_are_broadcast_to_three_subscribers_with_cloudevents_headers() {
     let (engine, metrics) = engine();
-    let mut subs = vec![Subscriber::ok().await, Subscriber::ok().await, Subscriber::ok().await];
+    let mut subs = vec![
+        Subscriber::ok().await,
+        Subscriber::ok().await,
+        Subscriber::ok().await,
+    ];
     let specs = subs
         .iter()
         .enumerate()
@@ -149,9 +160,21 @@ async fn text_json_and_binary_are_broadcast_to_three_subscribers_with_cloudevent
     engine.set_subscribers(&channel(), specs);
 
     let messages = [
-        Arc::new(Message::new(Payload::text("hello world"), Origin::Endpoint, "/bridges/default/feed")),
-        Arc::new(Message::new(Payload::text(r#"{"price":42.5}"#), Origin::Endpoint, "/bridges/default/feed")),
-        Arc::new(Message::new(Payload::binary(vec![0u8, 159, 146, 150]), Origin::Published, "/channels/default/ticker")),
+        Arc::new(Message::new(
+            Payload::text("hello world"),
+            Origin::Endpoint,
+            "/bridges/default/feed",
+        )),
+        Arc::new(Message::new(
+            Payload::text(r#"{"price":42.5}"#),
+            Origin::Endpoint,
+            "/bridges/default/feed",
+        )),
+        Arc::new(Message::new(
+            Payload::binary(vec![0u8, 159, 146, 150]),
+            Origin::Published,
+            "/channels/default/ticker",
+        )),
     ];
     for m in &messages {
         let report = engine.dispatch(&channel(), m.clone());
@@ -159,9 +182,21 @@ async fn text_json_and_binary_are_broadcast_to_three_subscribers_with_cloudevent
         assert_eq!(report.overflowed, 0);
     }
     let expected = [
-        ("text/plain; charset=utf-8", &b"hello world"[..], "io.wsbridge.endpoint.message"),
-        ("application/json", &br#"{"price":42.5}"#[..], "io.wsbridge.endpoint.message"),
-        ("application/octet-stream", &[0u8, 159, 146, 150][..], "io.wsbridge.channel.published"),
+        (
+            "text/plain; charset=utf-8",
+            &b"hello world"[..],
+            "io.wsbridge.endpoint.message",
+        ),
+        (
+            "application/json",
+            &br#"{"price":42.5}"#[..],
+            "io.wsbridge.endpoint.message",
+        ),
+        (
+            "application/octet-stream",
+            &[0u8, 159, 146, 150][..],
+            "io.wsbridge.channel.published",
+        ),
     ];
     for sub in &mut subs {
         for (m, (content_type, body, ce_type)) in messages.iter().zip(expected) {
@@ -173,8 +208,14 @@ async fn text_json_and_binary_are_broadcast_to_three_subscribers_with_cloudevent
             assert_eq!(r.headers["ce-source"], m.source());
             assert_eq!(r.headers["ce-type"], ce_type);
             let time = r.headers["ce-time"].to_str().unwrap();
-            assert!(humantime::parse_rfc3339(time).is_ok(), "ce-time {time} is RFC 3339");
-            assert!(r.headers.get("authorization").is_none(), "no token configured");
+            assert!(
+                humantime::parse_rfc3339(time).is_ok(),
+                "ce-time {time} is RFC 3339"
+            );
+            assert!(
+                r.headers.get("authorization").is_none(),
+                "no token configured"
+            );
         }
     }
     eventually("9 deliveries counted", || engine.stats().delivered == 9).await;
@@ -191,7 +232,8 @@ async fn the_bridge_token_is_presented_to_subscribers_as_a_bearer_token() {
     let mut sub = Subscriber::ok().await;
     engine.set_subscribers(&channel(), vec![spec("default/s", &sub.uri, fast_policy())]);
     let token = SecretString::new("bridge-token-7f3a");
-    let msg = Message::new(Payload::text("x"), Origin::Endpoint, "/b").with_subscriber_token(Some(&token));
+    let msg = Message::new(Payload::text("x"), Origin::Endpoint, "/b")
+        .with_subscriber_token(Some(&token));
     engine.dispatch(&channel(), Arc::new(msg));
     let r = sub.next().await;
     assert_eq!(r.headers["authorization"], "Bearer bridge-token-7f3a");
@@ -200,31 +242,60 @@ async fn the_bridge_token_is_presented_to_subscribers_as_a_bearer_token() {
 #[tokio::test]
 async fn a_subscriber_answering_500_then_200_gets_the_message_exactly_once() {
     let (engine, _) = engine();
-    let mut sub = Subscriber::start(|n| if n == 0 { Reply::Status(500) } else { Reply::Status(200) }).await;
+    let mut sub = Subscriber::start(|n| {
+        if n == 0 {
+            Reply::Status(500)
+        } else {
+            Reply::Status(200)
+        }
+    })
+    .await;
     engine.set_subscribers(&channel(), vec![spec("default/s", &sub.uri, fast_policy())]);
     let msg = text("once");
     engine.dispatch(&channel(), msg.clone());
     let first = sub.next().await;
     let second = sub.next().await;
     assert_eq!(first.headers["ce-id"], msg.id());
-    assert_eq!(second.headers["ce-id"], msg.id(), "the retry carries the same id");
+    assert_eq!(
+        second.headers["ce-id"],
+        msg.id(),
+        "the retry carries the same id"
+    );
     sub.assert_quiet(Duration::from_millis(500)).await;
     assert_eq!(sub.requests(), 2);
     let stats = engine.stats();
-    assert_eq!((stats.delivered, stats.retried, stats.dead_lettered, stats.dropped), (1, 1, 0, 0));
+    assert_eq!(
+        (
+            stats.delivered,
+            stats.retried,
+            stats.dead_lettered,
+            stats.dropped
+        ),
+        (1, 1, 0, 0)
+    );
 }
 
 #[tokio::test]
 async fn retry_after_on_429_is_honoured() {
     let (engine, _) = engine();
-    let mut sub = Subscriber::start(|n| if n == 0 { Reply::RetryAfter(429, 2) } else { Reply::Status(200) }).await;
+    let mut sub = Subscriber::start(|n| {
+        if n == 0 {
+            Reply::RetryAfter(429, 2)
+        } else {
+            Reply::Status(200)
+        }
+    })
+    .await;
     // Without Retry-After the retry would come after 20ms.
     engine.set_subscribers(&channel(), vec![spec("default/s", &sub.uri, fast_policy())]);
     engine.dispatch(&channel(), text("slow down"));
     let first = sub.next().await;
     let second = sub.next().await;
     let gap = second.at - first.at;
-    assert!(gap >= Duration::from_millis(1800), "retried after {gap:?}, expected about 2s");
+    assert!(
+        gap >= Duration::from_millis(1800),
+        "retried after {gap:?}, expected about 2s"
+    );
     eventually("delivered", || engine.stats().delivered == 1).await;
 }
 
@@ -271,7 +342,10 @@ async fn a_subscriber_that_always_fails_ends_in_the_dead_letter_sink() {
     engine.dispatch(&channel(), text("doomed"));
     let dead = dlq.next().await;
     assert_eq!(&dead.body[..], b"doomed");
-    assert_eq!(dead.headers["x-wsbridge-dead-letter-reason"], "retries_exhausted");
+    assert_eq!(
+        dead.headers["x-wsbridge-dead-letter-reason"],
+        "retries_exhausted"
+    );
     assert_eq!(dead.headers["x-wsbridge-last-status"], "503");
     assert_eq!(dead.headers["x-wsbridge-attempts"], "3");
     assert_eq!(sub.requests(), 3, "first attempt plus two retries");
@@ -343,7 +417,9 @@ async fn queue_overflow_is_dead_lettered_and_counted() {
     eventually("first in flight", || hung.requests() == 1).await;
     let mut overflowed = 0;
     for i in 1..=10 {
-        overflowed += engine.dispatch(&channel(), text(&format!("m{i}"))).overflowed;
+        overflowed += engine
+            .dispatch(&channel(), text(&format!("m{i}")))
+            .overflowed;
     }
     assert_eq!(overflowed, 8, "2 fit in the queue, 8 overflow");
     let mut bodies = Vec::new();
@@ -420,7 +496,10 @@ async fn subscriber_changes_apply_live_without_disturbing_unchanged_ones() {
             spec("default/added", &added.uri, fast_policy()),
         ],
     );
-    assert_eq!(engine.subscribers(&channel()), ["default/keep", "default/added"]);
+    assert_eq!(
+        engine.subscribers(&channel()),
+        ["default/keep", "default/added"]
+    );
     engine.dispatch(&channel(), text("two"));
     assert_eq!(keep.next().await.body, "two");
     assert_eq!(added.next().await.body, "two");
@@ -428,7 +507,10 @@ async fn subscriber_changes_apply_live_without_disturbing_unchanged_ones() {
 
     // A changed URI takes effect for the next message.
     let mut moved = Subscriber::ok().await;
-    engine.set_subscribers(&channel(), vec![spec("default/keep", &moved.uri, fast_policy())]);
+    engine.set_subscribers(
+        &channel(),
+        vec![spec("default/keep", &moved.uri, fast_policy())],
+    );
     engine.dispatch(&channel(), text("three"));
     assert_eq!(moved.next().await.body, "three");
     keep.assert_quiet(Duration::from_millis(300)).await;
@@ -462,7 +544,10 @@ async fn shutdown_delivers_what_it_can_and_dead_letters_the_rest_within_the_dead
     eventually("hung has one in flight", || hung.requests() == 1).await;
     let started = Instant::now();
     let report = engine.shutdown(Duration::from_secs(3)).await;
-    assert!(started.elapsed() < Duration::from_secs(10), "shutdown is bounded");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "shutdown is bounded"
+    );
     for i in 0..3 {
         assert_eq!(ok.next().await.body, format!("m{i}"));
     }
@@ -494,10 +579,16 @@ async fn the_engine_follows_the_routing_index() {
             delivery: Default::default(),
         },
     );
-    eventually("subscriber applied", || engine.subscribers(&channel()) == ["default/pricing"]).await;
+    eventually("subscriber applied", || {
+        engine.subscribers(&channel()) == ["default/pricing"]
+    })
+    .await;
     engine.dispatch(&channel(), text("routed"));
     assert_eq!(sub.next().await.body, "routed");
     index.delete_subscription(&ObjectKey::new("default", "pricing"));
-    eventually("subscriber removed", || engine.subscribers(&channel()).is_empty()).await;
+    eventually("subscriber removed", || {
+        engine.subscribers(&channel()).is_empty()
+    })
+    .await;
     follower.abort();
 }

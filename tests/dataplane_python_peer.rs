@@ -8,7 +8,9 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 use tokio::sync::{mpsc, watch};
-use wsbridge::dataplane::endpoint::{EndpointConfig, EndpointHandle, EndpointOptions, ReconnectPolicy};
+use wsbridge::dataplane::endpoint::{
+    EndpointConfig, EndpointHandle, EndpointOptions, ReconnectPolicy,
+};
 use wsbridge::dataplane::{DataplaneMetrics, Message, Origin, Payload, PayloadKind};
 
 fn python_websockets_available() -> bool {
@@ -72,14 +74,19 @@ async fn the_client_talks_to_a_python_websockets_server_and_reconnects() {
 
     // Connect + open message (the peer echoes it back).
     assert_eq!(text(&*next(&mut inbound).await), r#"{"connection": 1}"#);
-    assert_eq!(text(&*next(&mut inbound).await), r#"echo:{"op":"subscribe"}"#);
+    assert_eq!(
+        text(&*next(&mut inbound).await),
+        r#"echo:{"op":"subscribe"}"#
+    );
     assert!(handle.wait_connected(Duration::from_secs(20)).await);
 
     // Text and binary, both directions.
     let out = |p: Payload| Arc::new(Message::new(p, Origin::Published, "/channels/default/c"));
     handle.try_send(out(Payload::text("hello python"))).unwrap();
     assert_eq!(text(&*next(&mut inbound).await), "echo:hello python");
-    handle.try_send(out(Payload::binary(vec![1u8, 2, 3, 250]))).unwrap();
+    handle
+        .try_send(out(Payload::binary(vec![1u8, 2, 3, 250])))
+        .unwrap();
     let bin = next(&mut inbound).await;
     assert_eq!(bin.payload().kind(), PayloadKind::Binary);
     assert_eq!(&bin.payload().bytes()[..], &[250u8, 3, 2, 1]);
@@ -87,7 +94,10 @@ async fn the_client_talks_to_a_python_websockets_server_and_reconnects() {
     // The peer closes; the client reconnects and sends the open message again.
     handle.try_send(out(Payload::text("close-me"))).unwrap();
     assert_eq!(text(&*next(&mut inbound).await), r#"{"connection": 2}"#);
-    assert_eq!(text(&*next(&mut inbound).await), r#"echo:{"op":"subscribe"}"#);
+    assert_eq!(
+        text(&*next(&mut inbound).await),
+        r#"echo:{"op":"subscribe"}"#
+    );
     assert!(handle.wait_connected(Duration::from_secs(20)).await);
     handle.try_send(out(Payload::text("still here"))).unwrap();
     assert_eq!(text(&*next(&mut inbound).await), "echo:still here");

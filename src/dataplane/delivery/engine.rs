@@ -163,7 +163,10 @@ type Expire = watch::Receiver<Option<&'static str>>;
 
 /// Resolves with the reason once the worker must stop delivering.
 async fn expired(rx: &mut Expire) -> &'static str {
-    let reason = rx.wait_for(Option::is_some).await.map(|r| r.unwrap_or("shutdown"));
+    let reason = rx
+        .wait_for(Option::is_some)
+        .await
+        .map(|r| r.unwrap_or("shutdown"));
     match reason {
         Ok(reason) => reason,
         Err(_) => std::future::pending().await,
@@ -227,7 +230,12 @@ impl Drop for Inner {
         for w in channels.values().flatten() {
             w.task.abort();
         }
-        for r in self.retiring.get_mut().unwrap_or_else(|p| p.into_inner()).iter() {
+        for r in self
+            .retiring
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
             r.task.abort();
         }
         if let Some(t) = self
@@ -283,7 +291,11 @@ impl DeliveryEngine {
 
     /// The subscriber ids of `channel`, in the order given.
     pub fn subscribers(&self, channel: &ChannelKey) -> Vec<String> {
-        let map = self.inner.channels.read().unwrap_or_else(|p| p.into_inner());
+        let map = self
+            .inner
+            .channels
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
         map.get(channel)
             .map(|ws| ws.iter().map(|w| w.spec.id.clone()).collect())
             .unwrap_or_default()
@@ -298,7 +310,11 @@ impl DeliveryEngine {
         if self.inner.closed.load(AtomicOrdering::Acquire) {
             return;
         }
-        let mut map = self.inner.channels.write().unwrap_or_else(|p| p.into_inner());
+        let mut map = self
+            .inner
+            .channels
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
         let mut old: HashMap<String, Worker> = map
             .remove(channel)
             .unwrap_or_default()
@@ -345,7 +361,8 @@ impl DeliveryEngine {
             loop {
                 let current = routes.borrow_and_update().clone();
                 match weak.upgrade() {
-                    Some(inner) => DeliveryEngine { inner }.set_subscribers(&current.key, current.subscribers.clone()),
+                    Some(inner) => DeliveryEngine { inner }
+                        .set_subscribers(&current.key, current.subscribers.clone()),
                     None => return,
                 }
                 if routes.changed().await.is_err() {
@@ -359,7 +376,11 @@ impl DeliveryEngine {
     /// queue dead-letters (reason `queue_full`) or drops the message for
     /// that subscriber, counted either way.
     pub fn dispatch(&self, channel: &ChannelKey, msg: Arc<Message>) -> DispatchReport {
-        let map = self.inner.channels.read().unwrap_or_else(|p| p.into_inner());
+        let map = self
+            .inner
+            .channels
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
         let Some(workers) = map.get(channel) else {
             return DispatchReport::default();
         };
@@ -379,7 +400,8 @@ impl DeliveryEngine {
                     mpsc::error::TrySendError::Full(q) | mpsc::error::TrySendError::Closed(q) => q,
                 };
                 report.overflowed += 1;
-                w.ctx.give_up_now(q.msg, &w.spec.policy, "queue_full", None, 0);
+                w.ctx
+                    .give_up_now(q.msg, &w.spec.policy, "queue_full", None, 0);
                 w.ctx.pending.fetch_sub(1, AtomicOrdering::Relaxed);
             }
         }
@@ -394,7 +416,11 @@ impl DeliveryEngine {
         };
         let delivered = shared.metrics.delivered.get_or_create(&labels).clone();
         let retried = shared.metrics.retried.get_or_create(&labels).clone();
-        let latency = shared.metrics.delivery_latency.get_or_create(&labels).clone();
+        let latency = shared
+            .metrics
+            .delivery_latency
+            .get_or_create(&labels)
+            .clone();
         let ctx = Arc::new(WorkerCtx {
             channel: Arc::from(labels.channel.as_str()),
             subscriber: Arc::from(labels.subscriber.as_str()),
@@ -407,7 +433,13 @@ impl DeliveryEngine {
         let (tx, rx) = mpsc::channel(spec.policy.queue_capacity.max(1));
         let (spec_tx, spec_rx) = watch::channel(Arc::new(spec.clone()));
         let (expire_tx, expire_rx) = watch::channel(None);
-        let task = tokio::spawn(run_worker(ctx.clone(), rx, spec_rx, expire_rx, spec.policy.max_in_flight()));
+        let task = tokio::spawn(run_worker(
+            ctx.clone(),
+            rx,
+            spec_rx,
+            expire_rx,
+            spec.policy.max_in_flight(),
+        ));
         Worker {
             spec,
             ctx,
@@ -427,7 +459,11 @@ impl DeliveryEngine {
             tokio::time::sleep(grace).await;
             expire.send_replace(Some("unsubscribed"));
         });
-        let mut retiring = self.inner.retiring.lock().unwrap_or_else(|p| p.into_inner());
+        let mut retiring = self
+            .inner
+            .retiring
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         retiring.retain(|r| !r.task.is_finished());
         retiring.push(r);
     }
@@ -441,8 +477,15 @@ impl DeliveryEngine {
         let before = self.stats();
         self.inner.closed.store(true, AtomicOrdering::Release);
         let mut retired: Vec<Retired> = {
-            let mut map = self.inner.channels.write().unwrap_or_else(|p| p.into_inner());
-            map.drain().flat_map(|(_, ws)| ws).map(Worker::retire).collect()
+            let mut map = self
+                .inner
+                .channels
+                .write()
+                .unwrap_or_else(|p| p.into_inner());
+            map.drain()
+                .flat_map(|(_, ws)| ws)
+                .map(Worker::retire)
+                .collect()
         };
         retired.extend(
             self.inner
@@ -458,7 +501,9 @@ impl DeliveryEngine {
         wait_all(&mut retired, start + deadline.mul_f64(0.85)).await;
         let shared = &self.inner.shared;
         let until = start + deadline;
-        while shared.dead_letters_pending.load(AtomicOrdering::Acquire) > 0 && Instant::now() < until {
+        while shared.dead_letters_pending.load(AtomicOrdering::Acquire) > 0
+            && Instant::now() < until
+        {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let mut abandoned = 0;
@@ -564,7 +609,10 @@ impl WorkerCtx {
             match classify(&outcome) {
                 Verdict::Delivered => {
                     self.delivered.inc();
-                    self.shared.stats.delivered.fetch_add(1, AtomicOrdering::Relaxed);
+                    self.shared
+                        .stats
+                        .delivered
+                        .fetch_add(1, AtomicOrdering::Relaxed);
                     self.latency.observe(q.enqueued.elapsed().as_secs_f64());
                     self.pending.fetch_sub(1, AtomicOrdering::Relaxed);
                     return;
@@ -575,7 +623,10 @@ impl WorkerCtx {
                         break "retries_exhausted";
                     }
                     self.retried.inc();
-                    self.shared.stats.retried.fetch_add(1, AtomicOrdering::Relaxed);
+                    self.shared
+                        .stats
+                        .retried
+                        .fetch_add(1, AtomicOrdering::Relaxed);
                     let delay = policy.delay_for(attempts, retry_after);
                     debug!(
                         channel = %self.channel, subscriber = %self.subscriber, id = q.msg.id(),
@@ -595,13 +646,20 @@ impl WorkerCtx {
         match &policy.dead_letter_sink {
             Some(sink) => {
                 let dl = self.dead_letter(q.msg, sink, policy, reason, last_status, attempts);
-                self.shared.dead_letters_pending.fetch_add(1, AtomicOrdering::AcqRel);
+                self.shared
+                    .dead_letters_pending
+                    .fetch_add(1, AtomicOrdering::AcqRel);
                 if self.shared.dead_letters.send(dl).await.is_err() {
-                    self.shared.dead_letters_pending.fetch_sub(1, AtomicOrdering::AcqRel);
-                    self.shared.count_drop(&self.channel, &self.subscriber, reason, 1);
+                    self.shared
+                        .dead_letters_pending
+                        .fetch_sub(1, AtomicOrdering::AcqRel);
+                    self.shared
+                        .count_drop(&self.channel, &self.subscriber, reason, 1);
                 }
             }
-            None => self.shared.count_drop(&self.channel, &self.subscriber, reason, 1),
+            None => self
+                .shared
+                .count_drop(&self.channel, &self.subscriber, reason, 1),
         }
         self.pending.fetch_sub(1, AtomicOrdering::Relaxed);
     }
@@ -639,14 +697,24 @@ impl WorkerCtx {
         match &policy.dead_letter_sink {
             Some(sink) => {
                 let dl = self.dead_letter(msg, sink, policy, reason, last_status, attempts);
-                self.shared.dead_letters_pending.fetch_add(1, AtomicOrdering::AcqRel);
+                self.shared
+                    .dead_letters_pending
+                    .fetch_add(1, AtomicOrdering::AcqRel);
                 if self.shared.dead_letters.try_send(dl).is_err() {
-                    self.shared.dead_letters_pending.fetch_sub(1, AtomicOrdering::AcqRel);
                     self.shared
-                        .count_drop(&self.channel, &self.subscriber, "dead_letter_queue_full", 1);
+                        .dead_letters_pending
+                        .fetch_sub(1, AtomicOrdering::AcqRel);
+                    self.shared.count_drop(
+                        &self.channel,
+                        &self.subscriber,
+                        "dead_letter_queue_full",
+                        1,
+                    );
                 }
             }
-            None => self.shared.count_drop(&self.channel, &self.subscriber, reason, 1),
+            None => self
+                .shared
+                .count_drop(&self.channel, &self.subscriber, reason, 1),
         }
     }
 }
@@ -662,10 +730,14 @@ async fn run_dead_letters(
         let Ok(permit) = permits.clone().acquire_owned().await else {
             return;
         };
-        let Some(shared) = shared.upgrade() else { return };
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
         tokio::spawn(async move {
             post_dead_letter(&shared, dl, attempts).await;
-            shared.dead_letters_pending.fetch_sub(1, AtomicOrdering::AcqRel);
+            shared
+                .dead_letters_pending
+                .fetch_sub(1, AtomicOrdering::AcqRel);
             drop(permit);
         });
     }
@@ -685,11 +757,19 @@ async fn post_dead_letter(shared: &Shared, dl: DeadLetter, attempts: u32) {
     for attempt in 1..=attempts {
         let outcome = shared
             .http
-            .post(&dl.sink, headers.clone(), dl.msg.payload().bytes().clone(), dl.timeout)
+            .post(
+                &dl.sink,
+                headers.clone(),
+                dl.msg.payload().bytes().clone(),
+                dl.timeout,
+            )
             .await;
         match classify(&outcome) {
             Verdict::Delivered => {
-                shared.stats.dead_lettered.fetch_add(1, AtomicOrdering::Relaxed);
+                shared
+                    .stats
+                    .dead_lettered
+                    .fetch_add(1, AtomicOrdering::Relaxed);
                 shared
                     .metrics
                     .dead_lettered

@@ -132,8 +132,13 @@ pub enum Verdict {
 /// 429; never on other 4xx.
 pub fn classify(outcome: &AttemptOutcome) -> Verdict {
     match outcome {
-        AttemptOutcome::Timeout | AttemptOutcome::Network(_) => Verdict::Retry { retry_after: None },
-        AttemptOutcome::Response { status, retry_after } => {
+        AttemptOutcome::Timeout | AttemptOutcome::Network(_) => {
+            Verdict::Retry { retry_after: None }
+        }
+        AttemptOutcome::Response {
+            status,
+            retry_after,
+        } => {
             if status.is_success() {
                 Verdict::Delivered
             } else if status.is_server_error()
@@ -152,7 +157,13 @@ pub fn classify(outcome: &AttemptOutcome) -> Verdict {
 
 /// Parses `Retry-After` given in seconds (HTTP dates are ignored).
 pub fn parse_retry_after(value: &http::HeaderValue) -> Option<Duration> {
-    value.to_str().ok()?.trim().parse::<u64>().ok().map(Duration::from_secs)
+    value
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_secs)
 }
 
 #[cfg(test)]
@@ -171,13 +182,22 @@ mod tests {
         assert_eq!(classify(&resp(200)), Verdict::Delivered);
         assert_eq!(classify(&resp(202)), Verdict::Delivered);
         for code in [500, 502, 503, 504, 408, 429] {
-            assert!(matches!(classify(&resp(code)), Verdict::Retry { .. }), "{code}");
+            assert!(
+                matches!(classify(&resp(code)), Verdict::Retry { .. }),
+                "{code}"
+            );
         }
         for code in [400, 401, 403, 404, 409, 413, 422, 301] {
             assert_eq!(classify(&resp(code)), Verdict::Reject, "{code}");
         }
-        assert!(matches!(classify(&AttemptOutcome::Timeout), Verdict::Retry { .. }));
-        assert!(matches!(classify(&AttemptOutcome::Network("refused".into())), Verdict::Retry { .. }));
+        assert!(matches!(
+            classify(&AttemptOutcome::Timeout),
+            Verdict::Retry { .. }
+        ));
+        assert!(matches!(
+            classify(&AttemptOutcome::Network("refused".into())),
+            Verdict::Retry { .. }
+        ));
         let with_after = AttemptOutcome::Response {
             status: StatusCode::TOO_MANY_REQUESTS,
             retry_after: Some(Duration::from_secs(2)),
@@ -212,15 +232,23 @@ mod tests {
             retry_after_max: Duration::from_secs(10),
             ..Default::default()
         };
-        assert_eq!(p.delay_for(1, Some(Duration::from_secs(3))), Duration::from_secs(3));
-        assert_eq!(p.delay_for(1, Some(Duration::from_secs(3600))), Duration::from_secs(10));
+        assert_eq!(
+            p.delay_for(1, Some(Duration::from_secs(3))),
+            Duration::from_secs(3)
+        );
+        assert_eq!(
+            p.delay_for(1, Some(Duration::from_secs(3600))),
+            Duration::from_secs(10)
+        );
         assert_eq!(p.delay_for(1, None), p.retry_delay(1));
         assert_eq!(
             parse_retry_after(&http::HeaderValue::from_static(" 7 ")),
             Some(Duration::from_secs(7))
         );
         assert_eq!(
-            parse_retry_after(&http::HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT")),
+            parse_retry_after(&http::HeaderValue::from_static(
+                "Wed, 21 Oct 2015 07:28:00 GMT"
+            )),
             None
         );
     }

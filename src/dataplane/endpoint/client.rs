@@ -10,9 +10,9 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 use tracing::{debug, info, warn};
 
@@ -259,7 +259,8 @@ impl Runner {
 
     async fn run(mut self) {
         let mut cfg = self.config.borrow_and_update().clone();
-        let mut backoff = ReconnectBackoff::new(cfg.reconnect.initial_delay, cfg.reconnect.max_delay);
+        let mut backoff =
+            ReconnectBackoff::new(cfg.reconnect.initial_delay, cfg.reconnect.max_delay);
         let mut ever_connected = false;
         loop {
             if *self.stop.borrow() {
@@ -272,7 +273,8 @@ impl Runner {
                 Connect::Stopped => break,
                 Connect::Reconfigure => {
                     cfg = self.config.borrow_and_update().clone();
-                    backoff = ReconnectBackoff::new(cfg.reconnect.initial_delay, cfg.reconnect.max_delay);
+                    backoff =
+                        ReconnectBackoff::new(cfg.reconnect.initial_delay, cfg.reconnect.max_delay);
                     continue;
                 }
                 Connect::Invalid(err) => {
@@ -305,7 +307,10 @@ impl Runner {
                         SessionEnd::Reconfigure => {
                             info!(endpoint = %self.name, "endpoint configuration changed; reconnecting");
                             cfg = self.config.borrow_and_update().clone();
-                            backoff = ReconnectBackoff::new(cfg.reconnect.initial_delay, cfg.reconnect.max_delay);
+                            backoff = ReconnectBackoff::new(
+                                cfg.reconnect.initial_delay,
+                                cfg.reconnect.max_delay,
+                            );
                             continue;
                         }
                         SessionEnd::Lost(reason) => {
@@ -360,7 +365,12 @@ impl Runner {
         debug!(endpoint = %self.name, url = %cfg.display_url(), "connecting");
         let attempt = tokio::time::timeout(
             cfg.connect_timeout,
-            tokio_tungstenite::connect_async_tls_with_config(request, Some(ws_config), true, Some(connector)),
+            tokio_tungstenite::connect_async_tls_with_config(
+                request,
+                Some(ws_config),
+                true,
+                Some(connector),
+            ),
         );
         tokio::select! {
             _ = stopped(&mut self.stop) => Connect::Stopped,
@@ -381,13 +391,23 @@ impl Runner {
         }
     }
 
-    async fn session(&mut self, ws: Box<Ws>, cfg: &mut EndpointConfig, subprotocol: Option<String>) -> SessionEnd {
+    async fn session(
+        &mut self,
+        ws: Box<Ws>,
+        cfg: &mut EndpointConfig,
+        subprotocol: Option<String>,
+    ) -> SessionEnd {
         let mut ws = *ws;
         for text in &cfg.open_messages {
             let frame = WsMessage::text(text.clone());
             match tokio::time::timeout(WRITE_TIMEOUT, ws.send(frame)).await {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => return SessionEnd::Lost(format!("sending open message failed: {}", describe(&e))),
+                Ok(Err(e)) => {
+                    return SessionEnd::Lost(format!(
+                        "sending open message failed: {}",
+                        describe(&e)
+                    ));
+                }
                 Err(_) => return SessionEnd::Lost("sending open message timed out".to_string()),
             }
         }
@@ -396,7 +416,9 @@ impl Runner {
         self.set_state(ConnectionState::Connected { subprotocol });
 
         let keepalive = cfg.keepalive;
-        let interval = keepalive.map(|k| k.interval).unwrap_or(Duration::from_secs(3600));
+        let interval = keepalive
+            .map(|k| k.interval)
+            .unwrap_or(Duration::from_secs(3600));
         let mut ping = tokio::time::interval_at(Instant::now() + interval, interval);
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut pong_deadline: Option<Instant> = None;

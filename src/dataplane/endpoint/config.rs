@@ -116,7 +116,10 @@ impl std::fmt::Debug for EndpointConfig {
             .field("credentials", &self.credentials)
             .field("secret_headers", &self.secret_headers)
             .field("subprotocols", &self.subprotocols)
-            .field("ca_pem", &self.ca_pem.as_ref().map(|p| format!("<{} bytes>", p.len())))
+            .field(
+                "ca_pem",
+                &self.ca_pem.as_ref().map(|p| format!("<{} bytes>", p.len())),
+            )
             .field("open_messages", &self.open_messages.len())
             .field("keepalive", &self.keepalive)
             .field("reconnect", &self.reconnect)
@@ -162,7 +165,8 @@ impl EndpointConfig {
 
     /// The URL with the port override applied.
     pub fn effective_url(&self) -> Result<url::Url, ConfigError> {
-        let mut url = url::Url::parse(&self.url).map_err(|e| ConfigError::InvalidUrl(e.to_string()))?;
+        let mut url =
+            url::Url::parse(&self.url).map_err(|e| ConfigError::InvalidUrl(e.to_string()))?;
         match url.scheme() {
             "ws" | "wss" => {}
             other => return Err(ConfigError::UnsupportedScheme(other.to_string())),
@@ -188,7 +192,9 @@ impl EndpointConfig {
 
     /// True for `wss://`.
     pub fn is_tls(&self) -> bool {
-        self.effective_url().map(|u| u.scheme() == "wss").unwrap_or(false)
+        self.effective_url()
+            .map(|u| u.scheme() == "wss")
+            .unwrap_or(false)
     }
 
     /// Builds the handshake request. Errors name headers, never values.
@@ -230,8 +236,9 @@ impl EndpointConfig {
         }
         if !self.subprotocols.is_empty() {
             let joined = self.subprotocols.join(", ");
-            let value = HeaderValue::from_str(&joined)
-                .map_err(|_| ConfigError::InvalidHeaderValue("sec-websocket-protocol".to_string()))?;
+            let value = HeaderValue::from_str(&joined).map_err(|_| {
+                ConfigError::InvalidHeaderValue("sec-websocket-protocol".to_string())
+            })?;
             headers.insert(SEC_WEBSOCKET_PROTOCOL, value);
         }
         Ok(request)
@@ -239,7 +246,8 @@ impl EndpointConfig {
 }
 
 fn header_name(name: &str) -> Result<HeaderName, ConfigError> {
-    HeaderName::from_bytes(name.as_bytes()).map_err(|_| ConfigError::InvalidHeaderName(name.to_string()))
+    HeaderName::from_bytes(name.as_bytes())
+        .map_err(|_| ConfigError::InvalidHeaderName(name.to_string()))
 }
 
 /// `scheme://host:port/path` without user info or query.
@@ -283,7 +291,10 @@ mod tests {
         let mut c = EndpointConfig::new("wss://feed.example.com:9000/v2?key=abc");
         c.port = Some(8443);
         assert_eq!(c.effective_url().unwrap().port(), Some(8443));
-        assert_eq!(c.display_url(), "wss://feed.example.com:8443/v2?%3Credacted%3E");
+        assert_eq!(
+            c.display_url(),
+            "wss://feed.example.com:8443/v2?%3Credacted%3E"
+        );
         assert!(c.is_tls());
     }
 
@@ -291,13 +302,19 @@ mod tests {
     fn display_url_hides_user_info_and_query() {
         let c = EndpointConfig::new("ws://user:pa55word@h.example/x?token=s3cret");
         let shown = c.display_url();
-        assert!(!shown.contains("pa55word") && !shown.contains("s3cret"), "{shown}");
+        assert!(
+            !shown.contains("pa55word") && !shown.contains("s3cret"),
+            "{shown}"
+        );
     }
 
     #[test]
     fn non_websocket_schemes_are_refused() {
         let c = EndpointConfig::new("http://h.example/");
-        assert!(matches!(c.handshake_request(), Err(ConfigError::UnsupportedScheme(_))));
+        assert!(matches!(
+            c.handshake_request(),
+            Err(ConfigError::UnsupportedScheme(_))
+        ));
     }
 
     #[test]
