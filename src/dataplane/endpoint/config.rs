@@ -73,7 +73,7 @@ pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1024 * 1024;
 /// runtime (e.g. a rotated Secret): a change of anything that affects the
 /// connection reconnects with the new values; a change of only
 /// `inbound_source` or `subscriber_token` applies without reconnecting.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct EndpointConfig {
     /// `ws://` or `wss://` URL.
     pub url: String,
@@ -104,6 +104,28 @@ pub struct EndpointConfig {
     pub inbound_source: String,
     /// The Bridge's token, presented to subscribers with inbound messages.
     pub subscriber_token: Option<SecretString>,
+}
+
+impl std::fmt::Debug for EndpointConfig {
+    /// Shows the URL without user info or query; secrets stay redacted.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EndpointConfig")
+            .field("url", &self.display_url())
+            .field("port", &self.port)
+            .field("headers", &self.headers)
+            .field("credentials", &self.credentials)
+            .field("secret_headers", &self.secret_headers)
+            .field("subprotocols", &self.subprotocols)
+            .field("ca_pem", &self.ca_pem.as_ref().map(|p| format!("<{} bytes>", p.len())))
+            .field("open_messages", &self.open_messages.len())
+            .field("keepalive", &self.keepalive)
+            .field("reconnect", &self.reconnect)
+            .field("max_message_bytes", &self.max_message_bytes)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("inbound_source", &self.inbound_source)
+            .field("subscriber_token", &self.subscriber_token)
+            .finish()
+    }
 }
 
 impl EndpointConfig {
