@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use anyhow::Result;
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
-use k8s_openapi::api::authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec};
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{DeleteParams, ListParams, ObjectMeta, PostParams};
@@ -21,7 +23,10 @@ async fn control_plane_answers_readyz_ok() -> Result<()> {
         .await?;
     assert_eq!(body.trim(), "ok");
     let version = client.apiserver_version().await?;
-    assert_eq!((version.major.as_str(), version.minor.as_str()), ("1", "34"));
+    assert_eq!(
+        (version.major.as_str(), version.minor.as_str()),
+        ("1", "34")
+    );
     assert!(cp.kubeconfig_path().is_file());
     assert!(cp.server_url().starts_with("https://127.0.0.1:"));
     Ok(())
@@ -44,7 +49,8 @@ async fn a_minted_service_account_token_passes_token_review() -> Result<()> {
     let ns = support::create_namespace(&client, "tokenreview").await?;
     support::ensure_service_account(&client, &ns, "reader").await?;
     let token =
-        support::mint_service_account_token(&client, &ns, "reader", &[], Duration::from_secs(600)).await?;
+        support::mint_service_account_token(&client, &ns, "reader", &[], Duration::from_secs(600))
+            .await?;
 
     let review = TokenReview {
         spec: TokenReviewSpec {
@@ -59,7 +65,10 @@ async fn a_minted_service_account_token_passes_token_review() -> Result<()> {
     let status = review.status.expect("TokenReview status");
     assert_eq!(status.authenticated, Some(true), "{status:?}");
     let user = status.user.expect("authenticated user");
-    assert_eq!(user.username.as_deref(), Some(format!("system:serviceaccount:{ns}:reader").as_str()));
+    assert_eq!(
+        user.username.as_deref(),
+        Some(format!("system:serviceaccount:{ns}:reader").as_str())
+    );
     Ok(())
 }
 
@@ -68,8 +77,14 @@ async fn a_token_for_another_audience_is_rejected_by_token_review() -> Result<()
     let client = support::shared().await.client();
     let ns = support::create_namespace(&client, "audience").await?;
     support::ensure_service_account(&client, &ns, "reader").await?;
-    let token = support::mint_service_account_token(&client, &ns, "reader", &["wsbridge"], Duration::from_secs(600))
-        .await?;
+    let token = support::mint_service_account_token(
+        &client,
+        &ns,
+        "reader",
+        &["wsbridge"],
+        Duration::from_secs(600),
+    )
+    .await?;
     let review = |audience: &str| TokenReview {
         spec: TokenReviewSpec {
             token: Some(token.clone()),
@@ -78,9 +93,13 @@ async fn a_token_for_another_audience_is_rejected_by_token_review() -> Result<()
         ..Default::default()
     };
     let reviews = Api::<TokenReview>::all(client);
-    let ok = reviews.create(&PostParams::default(), &review("wsbridge")).await?;
+    let ok = reviews
+        .create(&PostParams::default(), &review("wsbridge"))
+        .await?;
     assert_eq!(ok.status.and_then(|s| s.authenticated), Some(true));
-    let wrong = reviews.create(&PostParams::default(), &review(support::API_AUDIENCE)).await?;
+    let wrong = reviews
+        .create(&PostParams::default(), &review(support::API_AUDIENCE))
+        .await?;
     assert_ne!(wrong.status.and_then(|s| s.authenticated), Some(true));
     Ok(())
 }
@@ -97,7 +116,10 @@ async fn subject_access_review_is_denied_until_a_role_binding_allows_it() -> Res
         let review = SubjectAccessReview {
             spec: SubjectAccessReviewSpec {
                 user: Some(user),
-                groups: Some(vec!["system:serviceaccounts".into(), "system:authenticated".into()]),
+                groups: Some(vec![
+                    "system:serviceaccounts".into(),
+                    "system:authenticated".into(),
+                ]),
                 resource_attributes: Some(ResourceAttributes {
                     namespace: Some(ns),
                     verb: Some("list".into()),
@@ -117,10 +139,16 @@ async fn subject_access_review_is_denied_until_a_role_binding_allows_it() -> Res
     assert!(!allowed(client.clone(), ns.clone(), user.clone()).await?);
     // The SA's own token is refused as well.
     let token =
-        support::mint_service_account_token(&client, &ns, "reader", &[], Duration::from_secs(600)).await?;
+        support::mint_service_account_token(&client, &ns, "reader", &[], Duration::from_secs(600))
+            .await?;
     let as_sa = cp.client_with_token(&token);
-    let denied = Api::<ConfigMap>::namespaced(as_sa.clone(), &ns).list(&ListParams::default()).await;
-    assert!(matches!(&denied, Err(kube::Error::Api(s)) if s.code == 403), "{denied:?}");
+    let denied = Api::<ConfigMap>::namespaced(as_sa.clone(), &ns)
+        .list(&ListParams::default())
+        .await;
+    assert!(
+        matches!(&denied, Err(kube::Error::Api(s)) if s.code == 403),
+        "{denied:?}"
+    );
 
     support::apply_yaml(
         &client,
@@ -153,15 +181,23 @@ subjects:
     )
     .await?;
 
-    support::eventually(Duration::from_secs(10), "SubjectAccessReview allowed", || {
-        let (client, ns, user) = (client.clone(), ns.clone(), user.clone());
-        async move { Ok(allowed(client, ns, user).await?.then_some(())) }
-    })
+    support::eventually(
+        Duration::from_secs(10),
+        "SubjectAccessReview allowed",
+        || {
+            let (client, ns, user) = (client.clone(), ns.clone(), user.clone());
+            async move { Ok(allowed(client, ns, user).await?.then_some(())) }
+        },
+    )
     .await?;
-    support::eventually(Duration::from_secs(10), "SA token may list configmaps", || {
-        let api = Api::<ConfigMap>::namespaced(as_sa.clone(), &ns);
-        async move { Ok(api.list(&ListParams::default()).await.ok().map(|_| ())) }
-    })
+    support::eventually(
+        Duration::from_secs(10),
+        "SA token may list configmaps",
+        || {
+            let api = Api::<ConfigMap>::namespaced(as_sa.clone(), &ns);
+            async move { Ok(api.list(&ListParams::default()).await.ok().map(|_| ())) }
+        },
+    )
     .await?;
     Ok(())
 }
@@ -170,7 +206,10 @@ subjects:
 async fn a_custom_resource_definition_is_established_and_serves_objects() -> Result<()> {
     let client = support::shared().await.client();
     let ns = support::create_namespace(&client, "crd").await?;
-    let group = format!("g{}.smoke.wsbridge.test", support::controlplane::random_hex(3));
+    let group = format!(
+        "g{}.smoke.wsbridge.test",
+        support::controlplane::random_hex(3)
+    );
     let applied = support::apply_yaml(
         &client,
         &format!(
@@ -208,7 +247,12 @@ spec:
     )
     .await?;
     assert_eq!(applied.len(), 2);
-    support::wait_crds_established(&client, &[&format!("widgets.{group}")], Duration::from_secs(30)).await?;
+    support::wait_crds_established(
+        &client,
+        &[&format!("widgets.{group}")],
+        Duration::from_secs(30),
+    )
+    .await?;
     assert_eq!(applied[1].metadata.namespace.as_deref(), Some(ns.as_str()));
     assert_eq!(applied[1].data["spec"]["size"], 3);
     Ok(())
@@ -250,11 +294,17 @@ async fn an_owned_object_is_garbage_collected_after_its_owner_is_deleted() -> Re
             },
         )
         .await?;
-    configmaps.delete("owner", &DeleteParams::background()).await?;
-    support::eventually(Duration::from_secs(60), "owned ConfigMap garbage collected", || {
-        let configmaps = configmaps.clone();
-        async move { Ok(configmaps.get_opt("owned").await?.is_none().then_some(())) }
-    })
+    configmaps
+        .delete("owner", &DeleteParams::background())
+        .await?;
+    support::eventually(
+        Duration::from_secs(60),
+        "owned ConfigMap garbage collected",
+        || {
+            let configmaps = configmaps.clone();
+            async move { Ok(configmaps.get_opt("owned").await?.is_none().then_some(())) }
+        },
+    )
     .await?;
     Ok(())
 }
@@ -276,7 +326,12 @@ fn no_control_plane_process_survives_its_test_process() -> Result<()> {
     use std::process::{Command, Stdio};
 
     let mut child = Command::new(std::env::current_exe()?)
-        .args(["--ignored", "--exact", "helper_start_control_plane_and_wait", "--nocapture"])
+        .args([
+            "--ignored",
+            "--exact",
+            "helper_start_control_plane_and_wait",
+            "--nocapture",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()?;
@@ -289,14 +344,23 @@ fn no_control_plane_process_survives_its_test_process() -> Result<()> {
     child.kill()?;
     child.wait()?;
     let line = line.expect("the helper printed its control plane's pids");
-    let (pids, dir) = line["PIDS ".len()..].split_once(" DIR ").expect("PIDS ... DIR ...");
+    let (pids, dir) = line["PIDS ".len()..]
+        .split_once(" DIR ")
+        .expect("PIDS ... DIR ...");
     let pids: Vec<u32> = pids.split(',').map(str::parse).collect::<Result<_, _>>()?;
-    assert_eq!(pids.len(), 3, "etcd, kube-apiserver, kube-controller-manager");
+    assert_eq!(
+        pids.len(),
+        3,
+        "etcd, kube-apiserver, kube-controller-manager"
+    );
 
     let running = |pid: &u32| {
         std::fs::read_to_string(format!("/proc/{pid}/stat"))
             // A zombie waiting for a reaping init is dead already.
-            .is_ok_and(|stat| stat.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z')))
+            .is_ok_and(|stat| {
+                stat.rsplit_once(") ")
+                    .is_some_and(|(_, rest)| !rest.starts_with('Z'))
+            })
     };
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     while pids.iter().any(running) || std::path::Path::new(dir).exists() {

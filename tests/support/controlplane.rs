@@ -216,12 +216,19 @@ impl ControlPlane {
             }
             cp.check_alive()?;
             if Instant::now() > deadline {
-                return Err(StartError::Fatal(cp.failure("apiserver wrote no serving cert")));
+                return Err(StartError::Fatal(
+                    cp.failure("apiserver wrote no serving cert"),
+                ));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
 
-        let kubeconfig = kubeconfig_yaml(&cp.server_url, &ca_pem, "wsbridge-test-admin", &cp.admin_token);
+        let kubeconfig = kubeconfig_yaml(
+            &cp.server_url,
+            &ca_pem,
+            "wsbridge-test-admin",
+            &cp.admin_token,
+        );
         write(&cp.kubeconfig_path, &kubeconfig)?;
         cp.config = config_from_kubeconfig(&cp.kubeconfig_path)
             .await
@@ -242,7 +249,9 @@ impl ControlPlane {
     async fn wait_ready(&self, deadline: Instant) -> Result<(), StartError> {
         let client = self.client();
         loop {
-            let req = http::Request::get("/readyz").body(Vec::new()).expect("static request");
+            let req = http::Request::get("/readyz")
+                .body(Vec::new())
+                .expect("static request");
             let last = match client.request_text(req).await {
                 Ok(body) if body.trim() == "ok" => return Ok(()),
                 Ok(body) => body,
@@ -250,9 +259,9 @@ impl ControlPlane {
             };
             self.check_alive()?;
             if Instant::now() > deadline {
-                return Err(StartError::Fatal(
-                    self.failure(&format!("/readyz not ok after {READY_TIMEOUT:?}: {last}")),
-                ));
+                return Err(StartError::Fatal(self.failure(&format!(
+                    "/readyz not ok after {READY_TIMEOUT:?}: {last}"
+                ))));
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -285,7 +294,10 @@ impl ControlPlane {
                 "--leader-elect=false".into(),
                 "--use-service-account-credentials=true".into(),
                 "--secure-port=0".into(),
-                format!("--root-ca-file={}", self.dir.join("certs/apiserver.crt").display()),
+                format!(
+                    "--root-ca-file={}",
+                    self.dir.join("certs/apiserver.crt").display()
+                ),
                 format!("--service-cluster-ip-range={SERVICE_CIDR}"),
                 "--controllers=*".into(),
                 "--v=1".into(),
@@ -304,7 +316,9 @@ impl ControlPlane {
             }
             self.check_alive().map_err(StartError::into_inner)?;
             if Instant::now() > deadline {
-                return Err(self.failure("kube-controller-manager created no default ServiceAccount"));
+                return Err(
+                    self.failure("kube-controller-manager created no default ServiceAccount")
+                );
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
@@ -313,7 +327,8 @@ impl ControlPlane {
     fn spawn(&self, name: &'static str, args: &[String]) -> Result<()> {
         use std::os::unix::process::CommandExt;
         let log_path = self.log_dir.join(format!("{name}.log"));
-        let log = File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
+        let log =
+            File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
         let child = Command::new(self.bin_dir.join(name))
             .args(args)
             .current_dir(&self.dir)
@@ -324,7 +339,10 @@ impl ControlPlane {
             .spawn()
             .with_context(|| format!("starting {name}"))?;
         let registered = reaper::watch_process_group(child.id());
-        self.children.lock().unwrap_or_else(|e| e.into_inner()).push((name, child));
+        self.children
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((name, child));
         registered
     }
 
@@ -415,7 +433,10 @@ impl ControlPlane {
     /// Names and process ids of the running control-plane processes.
     pub fn pids(&self) -> Vec<(&'static str, u32)> {
         let children = self.children.lock().unwrap_or_else(|e| e.into_inner());
-        children.iter().map(|(name, child)| (*name, child.id())).collect()
+        children
+            .iter()
+            .map(|(name, child)| (*name, child.id()))
+            .collect()
     }
 
     /// Temp dir holding etcd's data, certs, keys and kubeconfigs (removed at exit).
@@ -514,7 +535,11 @@ fn base64_encode(data: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
     for chunk in data.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
@@ -530,8 +555,12 @@ fn base64_encode(data: &[u8]) -> String {
 /// Keeps the logs of the most recent runs only.
 fn prune_old_logs(current: &Path) {
     const KEEP: usize = 20;
-    let Some(parent) = current.parent() else { return };
-    let Ok(entries) = fs::read_dir(parent) else { return };
+    let Some(parent) = current.parent() else {
+        return;
+    };
+    let Ok(entries) = fs::read_dir(parent) else {
+        return;
+    };
     let mut dirs: Vec<_> = entries
         .filter_map(|e| e.ok())
         .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
