@@ -212,10 +212,7 @@ async fn text_json_and_binary_are_broadcast_to_three_subscribers_with_cloudevent
                 humantime::parse_rfc3339(time).is_ok(),
                 "ce-time {time} is RFC 3339"
             );
-            assert!(
-                r.headers.get("authorization").is_none(),
-                "no token configured"
-            );
+            assert!(r.headers.get("authorization").is_none(), "no token configured");
         }
     }
     eventually("9 deliveries counted", || engine.stats().delivered == 9).await;
@@ -232,8 +229,7 @@ async fn the_bridge_token_is_presented_to_subscribers_as_a_bearer_token() {
     let mut sub = Subscriber::ok().await;
     engine.set_subscribers(&channel(), vec![spec("default/s", &sub.uri, fast_policy())]);
     let token = SecretString::new("bridge-token-7f3a");
-    let msg = Message::new(Payload::text("x"), Origin::Endpoint, "/b")
-        .with_subscriber_token(Some(&token));
+    let msg = Message::new(Payload::text("x"), Origin::Endpoint, "/b").with_subscriber_token(Some(&token));
     engine.dispatch(&channel(), Arc::new(msg));
     let r = sub.next().await;
     assert_eq!(r.headers["authorization"], "Bearer bridge-token-7f3a");
@@ -256,21 +252,12 @@ async fn a_subscriber_answering_500_then_200_gets_the_message_exactly_once() {
     let first = sub.next().await;
     let second = sub.next().await;
     assert_eq!(first.headers["ce-id"], msg.id());
-    assert_eq!(
-        second.headers["ce-id"],
-        msg.id(),
-        "the retry carries the same id"
-    );
+    assert_eq!(second.headers["ce-id"], msg.id(), "the retry carries the same id");
     sub.assert_quiet(Duration::from_millis(500)).await;
     assert_eq!(sub.requests(), 2);
     let stats = engine.stats();
     assert_eq!(
-        (
-            stats.delivered,
-            stats.retried,
-            stats.dead_lettered,
-            stats.dropped
-        ),
+        (stats.delivered, stats.retried, stats.dead_lettered, stats.dropped),
         (1, 1, 0, 0)
     );
 }
@@ -342,10 +329,7 @@ async fn a_subscriber_that_always_fails_ends_in_the_dead_letter_sink() {
     engine.dispatch(&channel(), text("doomed"));
     let dead = dlq.next().await;
     assert_eq!(&dead.body[..], b"doomed");
-    assert_eq!(
-        dead.headers["x-wsbridge-dead-letter-reason"],
-        "retries_exhausted"
-    );
+    assert_eq!(dead.headers["x-wsbridge-dead-letter-reason"], "retries_exhausted");
     assert_eq!(dead.headers["x-wsbridge-last-status"], "503");
     assert_eq!(dead.headers["x-wsbridge-attempts"], "3");
     assert_eq!(sub.requests(), 3, "first attempt plus two retries");
@@ -417,9 +401,7 @@ async fn queue_overflow_is_dead_lettered_and_counted() {
     eventually("first in flight", || hung.requests() == 1).await;
     let mut overflowed = 0;
     for i in 1..=10 {
-        overflowed += engine
-            .dispatch(&channel(), text(&format!("m{i}")))
-            .overflowed;
+        overflowed += engine.dispatch(&channel(), text(&format!("m{i}"))).overflowed;
     }
     assert_eq!(overflowed, 8, "2 fit in the queue, 8 overflow");
     let mut bodies = Vec::new();
@@ -496,10 +478,7 @@ async fn subscriber_changes_apply_live_without_disturbing_unchanged_ones() {
             spec("default/added", &added.uri, fast_policy()),
         ],
     );
-    assert_eq!(
-        engine.subscribers(&channel()),
-        ["default/keep", "default/added"]
-    );
+    assert_eq!(engine.subscribers(&channel()), ["default/keep", "default/added"]);
     engine.dispatch(&channel(), text("two"));
     assert_eq!(keep.next().await.body, "two");
     assert_eq!(added.next().await.body, "two");
@@ -507,10 +486,7 @@ async fn subscriber_changes_apply_live_without_disturbing_unchanged_ones() {
 
     // A changed URI takes effect for the next message.
     let mut moved = Subscriber::ok().await;
-    engine.set_subscribers(
-        &channel(),
-        vec![spec("default/keep", &moved.uri, fast_policy())],
-    );
+    engine.set_subscribers(&channel(), vec![spec("default/keep", &moved.uri, fast_policy())]);
     engine.dispatch(&channel(), text("three"));
     assert_eq!(moved.next().await.body, "three");
     keep.assert_quiet(Duration::from_millis(300)).await;
@@ -544,10 +520,7 @@ async fn shutdown_delivers_what_it_can_and_dead_letters_the_rest_within_the_dead
     eventually("hung has one in flight", || hung.requests() == 1).await;
     let started = Instant::now();
     let report = engine.shutdown(Duration::from_secs(3)).await;
-    assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "shutdown is bounded"
-    );
+    assert!(started.elapsed() < Duration::from_secs(10), "shutdown is bounded");
     for i in 0..3 {
         assert_eq!(ok.next().await.body, format!("m{i}"));
     }
@@ -586,9 +559,6 @@ async fn the_engine_follows_the_routing_index() {
     engine.dispatch(&channel(), text("routed"));
     assert_eq!(sub.next().await.body, "routed");
     index.delete_subscription(&ObjectKey::new("default", "pricing"));
-    eventually("subscriber removed", || {
-        engine.subscribers(&channel()).is_empty()
-    })
-    .await;
+    eventually("subscriber removed", || engine.subscribers(&channel()).is_empty()).await;
     follower.abort();
 }

@@ -87,8 +87,7 @@ impl WsServer {
                 let conn = tokio::spawn(async move {
                     match opts.tls.clone() {
                         Some(cfg) => {
-                            let Ok(tls) = tokio_rustls::TlsAcceptor::from(cfg).accept(tcp).await
-                            else {
+                            let Ok(tls) = tokio_rustls::TlsAcceptor::from(cfg).accept(tcp).await else {
                                 return;
                             };
                             serve_connection(tls, n, opts, events, out_rx).await
@@ -238,12 +237,7 @@ impl Client {
         let metrics = Arc::new(DataplaneMetrics::unregistered());
         let (config, rx) = watch::channel(cfg);
         let (tx, inbound) = mpsc::channel(64);
-        let handle = EndpointHandle::spawn(
-            EndpointOptions::new("default/feed"),
-            rx,
-            tx,
-            metrics.clone(),
-        );
+        let handle = EndpointHandle::spawn(EndpointOptions::new("default/feed"), rx, tx, metrics.clone());
         Self {
             handle,
             config,
@@ -299,10 +293,7 @@ fn text_of(msg: &WsMessage) -> String {
 async fn the_open_message_is_sent_after_every_connect_including_reconnects() {
     let mut server = WsServer::start(ServerOpts::default()).await;
     let mut cfg = config(&server.url());
-    cfg.open_messages = vec![
-        r#"{"op":"subscribe","channel":"ticker"}"#.into(),
-        "second".into(),
-    ];
+    cfg.open_messages = vec![r#"{"op":"subscribe","channel":"ticker"}"#.into(), "second".into()];
     let client = Client::spawn(cfg);
     for round in 1..=3 {
         let (n, _) = server.next_connected().await;
@@ -428,9 +419,7 @@ async fn publishing_is_refused_when_there_is_no_connection_or_the_message_is_too
     let mut state = client.handle.state();
     let reason = tokio::time::timeout(Duration::from_secs(20), async {
         loop {
-            if let ConnectionState::Disconnected { reason, retry_in } =
-                state.borrow_and_update().clone()
-            {
+            if let ConnectionState::Disconnected { reason, retry_in } = state.borrow_and_update().clone() {
                 assert!(retry_in.is_some());
                 return reason;
             }
@@ -439,10 +428,7 @@ async fn publishing_is_refused_when_there_is_no_connection_or_the_message_is_too
     })
     .await
     .unwrap();
-    assert!(
-        reason.contains("I/O") || reason.contains("refused"),
-        "{reason}"
-    );
+    assert!(reason.contains("I/O") || reason.contains("refused"), "{reason}");
     let small = Arc::new(Message::new(Payload::text("hi"), Origin::Published, "/c"));
     assert_eq!(client.handle.try_send(small), Err(SendError::NotConnected));
     let big = Arc::new(Message::new(
@@ -487,10 +473,7 @@ async fn an_inbound_message_above_the_protocol_ceiling_is_counted_and_the_client
     client.connected().await;
     assert_eq!(client.metrics.dropped_total("too_large"), 1);
     server.send(WsMessage::text("after"));
-    assert_eq!(
-        client.next_inbound().await.payload().as_text(),
-        Some("after")
-    );
+    assert_eq!(client.next_inbound().await.payload().as_text(), Some("after"));
 }
 
 #[tokio::test]
@@ -517,9 +500,9 @@ async fn a_server_that_stops_answering_pings_is_detected_and_replaced() {
     assert_eq!(client.reconnects(), 1);
     let states = states.lock().unwrap().clone();
     assert!(
-        states.iter().any(
-            |s| matches!(s, ConnectionState::Disconnected { reason, .. } if reason.contains("pong"))
-        ),
+        states
+            .iter()
+            .any(|s| matches!(s, ConnectionState::Disconnected { reason, .. } if reason.contains("pong"))),
         "{states:?}"
     );
     // Pings on the healthy connection are answered: it stays up.
@@ -554,8 +537,7 @@ async fn a_config_change_reconnects_with_the_new_credentials() {
 
 fn tls_material() -> (String, Arc<rustls::ServerConfig>) {
     use rcgen::{
-        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair,
-        KeyUsagePurpose,
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
     };
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -570,14 +552,13 @@ fn tls_material() -> (String, Arc<rustls::ServerConfig>) {
         .signed_by(&leaf_key, &ca)
         .unwrap();
     let key = rustls_pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into());
-    let server = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(vec![leaf.der().clone()], key)
-    .unwrap();
+    let server =
+        rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![leaf.der().clone()], key)
+            .unwrap();
     (ca.pem(), Arc::new(server))
 }
 
@@ -595,8 +576,7 @@ async fn wss_with_an_extra_ca_connects_and_without_it_is_refused() {
     let mut state = client.handle.state();
     let reason = tokio::time::timeout(Duration::from_secs(20), async {
         loop {
-            if let ConnectionState::Disconnected { reason, .. } = state.borrow_and_update().clone()
-            {
+            if let ConnectionState::Disconnected { reason, .. } = state.borrow_and_update().clone() {
                 return reason;
             }
             state.changed().await.unwrap();
@@ -636,9 +616,9 @@ async fn a_refused_handshake_is_retried_with_backoff_and_reported() {
     .expect("the client keeps retrying");
     let states = states.lock().unwrap().clone();
     assert!(
-        states.iter().any(
-            |s| matches!(s, ConnectionState::Disconnected { reason, .. } if reason.contains("401"))
-        ),
+        states
+            .iter()
+            .any(|s| matches!(s, ConnectionState::Disconnected { reason, .. } if reason.contains("401"))),
         "{states:?}"
     );
     client.handle.shutdown().await;
@@ -668,9 +648,7 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
 #[tokio::test(flavor = "current_thread")]
 async fn no_secret_value_appears_in_logs_states_or_metrics() {
     use prometheus_client::registry::Registry;
-    use wsbridge::dataplane::delivery::{
-        DeliveryEngine, DeliveryPolicy, EngineConfig, SubscriberSpec,
-    };
+    use wsbridge::dataplane::delivery::{DeliveryEngine, DeliveryPolicy, EngineConfig, SubscriberSpec};
     use wsbridge::dataplane::routing::ChannelKey;
 
     let logs = Captured::default();
@@ -800,13 +778,7 @@ async fn no_secret_value_appears_in_logs_states_or_metrics() {
     for secret in PLANTED {
         assert!(!logs.contains(secret), "{secret} leaked into logs:\n{logs}");
         assert!(!states.contains(secret), "{secret} leaked into states");
-        assert!(
-            !metrics_text.contains(secret),
-            "{secret} leaked into metrics"
-        );
-        assert!(
-            !debug_dumps.contains(secret),
-            "{secret} leaked into Debug output"
-        );
+        assert!(!metrics_text.contains(secret), "{secret} leaked into metrics");
+        assert!(!debug_dumps.contains(secret), "{secret} leaked into Debug output");
     }
 }

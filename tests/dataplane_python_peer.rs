@@ -8,9 +8,7 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 use tokio::sync::{mpsc, watch};
-use wsbridge::dataplane::endpoint::{
-    EndpointConfig, EndpointHandle, EndpointOptions, ReconnectPolicy,
-};
+use wsbridge::dataplane::endpoint::{EndpointConfig, EndpointHandle, EndpointOptions, ReconnectPolicy};
 use wsbridge::dataplane::{DataplaneMetrics, Message, Origin, Payload, PayloadKind};
 
 fn python_websockets_available() -> bool {
@@ -74,10 +72,7 @@ async fn the_client_talks_to_a_python_websockets_server_and_reconnects() {
 
     // Connect + open message (the peer echoes it back).
     assert_eq!(text(&*next(&mut inbound).await), r#"{"connection": 1}"#);
-    assert_eq!(
-        text(&*next(&mut inbound).await),
-        r#"echo:{"op":"subscribe"}"#
-    );
+    assert_eq!(text(&*next(&mut inbound).await), r#"echo:{"op":"subscribe"}"#);
     assert!(handle.wait_connected(Duration::from_secs(20)).await);
 
     // Text and binary, both directions.
@@ -94,10 +89,7 @@ async fn the_client_talks_to_a_python_websockets_server_and_reconnects() {
     // The peer closes; the client reconnects and sends the open message again.
     handle.try_send(out(Payload::text("close-me"))).unwrap();
     assert_eq!(text(&*next(&mut inbound).await), r#"{"connection": 2}"#);
-    assert_eq!(
-        text(&*next(&mut inbound).await),
-        r#"echo:{"op":"subscribe"}"#
-    );
+    assert_eq!(text(&*next(&mut inbound).await), r#"echo:{"op":"subscribe"}"#);
     assert!(handle.wait_connected(Duration::from_secs(20)).await);
     handle.try_send(out(Payload::text("still here"))).unwrap();
     assert_eq!(text(&*next(&mut inbound).await), "echo:still here");

@@ -227,10 +227,7 @@ impl Message {
         h.insert(CE_SPECVERSION, HeaderValue::from_static("1.0"));
         h.insert(CE_ID, header_value_or(&self.id, "invalid-id"));
         h.insert(CE_SOURCE, header_value_or(&self.source, "/wsbridge"));
-        h.insert(
-            CE_TYPE,
-            header_value_or(&self.event_type, "io.wsbridge.message"),
-        );
+        h.insert(CE_TYPE, header_value_or(&self.event_type, "io.wsbridge.message"));
         let time = humantime::format_rfc3339_millis(self.time).to_string();
         h.insert(CE_TIME, header_value_or(&time, "1970-01-01T00:00:00Z"));
         if let Some(a) = auth {
@@ -294,8 +291,8 @@ fn header_value_or(value: &str, fallback: &'static str) -> HeaderValue {
 /// `Bearer <token>` as a sensitive header value. The error never contains
 /// the token.
 pub fn bearer_header(token: &SecretString) -> Result<HeaderValue, InvalidSecretHeader> {
-    let mut v = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
-        .map_err(|_| InvalidSecretHeader)?;
+    let mut v =
+        HeaderValue::from_str(&format!("Bearer {}", token.expose())).map_err(|_| InvalidSecretHeader)?;
     v.set_sensitive(true);
     Ok(v)
 }
@@ -311,10 +308,7 @@ mod tests {
 
     #[test]
     fn content_type_follows_the_payload() {
-        assert_eq!(
-            Payload::text(r#"{"a":1}"#).content_type(),
-            CONTENT_TYPE_JSON
-        );
+        assert_eq!(Payload::text(r#"{"a":1}"#).content_type(), CONTENT_TYPE_JSON);
         assert_eq!(Payload::text("[1, 2, 3]").content_type(), CONTENT_TYPE_JSON);
         assert_eq!(Payload::text("42").content_type(), CONTENT_TYPE_JSON);
         assert_eq!(Payload::text("hello").content_type(), CONTENT_TYPE_TEXT);

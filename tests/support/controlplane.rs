@@ -538,8 +538,12 @@ fn base64_encode(data: &[u8]) -> String {
 /// Keeps the logs of the most recent runs only.
 fn prune_old_logs(current: &Path) {
     const KEEP: usize = 20;
-    let Some(parent) = current.parent() else { return };
-    let Ok(entries) = fs::read_dir(parent) else { return };
+    let Some(parent) = current.parent() else {
+        return;
+    };
+    let Ok(entries) = fs::read_dir(parent) else {
+        return;
+    };
     let mut dirs: Vec<_> = entries
         .filter_map(|e| e.ok())
         .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))

@@ -230,12 +230,7 @@ impl Drop for Inner {
         for w in channels.values().flatten() {
             w.task.abort();
         }
-        for r in self
-            .retiring
-            .get_mut()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-        {
+        for r in self.retiring.get_mut().unwrap_or_else(|p| p.into_inner()).iter() {
             r.task.abort();
         }
         if let Some(t) = self
@@ -291,11 +286,7 @@ impl DeliveryEngine {
 
     /// The subscriber ids of `channel`, in the order given.
     pub fn subscribers(&self, channel: &ChannelKey) -> Vec<String> {
-        let map = self
-            .inner
-            .channels
-            .read()
-            .unwrap_or_else(|p| p.into_inner());
+        let map = self.inner.channels.read().unwrap_or_else(|p| p.into_inner());
         map.get(channel)
             .map(|ws| ws.iter().map(|w| w.spec.id.clone()).collect())
             .unwrap_or_default()
@@ -310,11 +301,7 @@ impl DeliveryEngine {
         if self.inner.closed.load(AtomicOrdering::Acquire) {
             return;
         }
-        let mut map = self
-            .inner
-            .channels
-            .write()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut map = self.inner.channels.write().unwrap_or_else(|p| p.into_inner());
         let mut old: HashMap<String, Worker> = map
             .remove(channel)
             .unwrap_or_default()
@@ -361,8 +348,9 @@ impl DeliveryEngine {
             loop {
                 let current = routes.borrow_and_update().clone();
                 match weak.upgrade() {
-                    Some(inner) => DeliveryEngine { inner }
-                        .set_subscribers(&current.key, current.subscribers.clone()),
+                    Some(inner) => {
+                        DeliveryEngine { inner }.set_subscribers(&current.key, current.subscribers.clone())
+                    }
                     None => return,
                 }
                 if routes.changed().await.is_err() {
@@ -376,11 +364,7 @@ impl DeliveryEngine {
     /// queue dead-letters (reason `queue_full`) or drops the message for
     /// that subscriber, counted either way.
     pub fn dispatch(&self, channel: &ChannelKey, msg: Arc<Message>) -> DispatchReport {
-        let map = self
-            .inner
-            .channels
-            .read()
-            .unwrap_or_else(|p| p.into_inner());
+        let map = self.inner.channels.read().unwrap_or_else(|p| p.into_inner());
         let Some(workers) = map.get(channel) else {
             return DispatchReport::default();
         };
@@ -400,8 +384,7 @@ impl DeliveryEngine {
                     mpsc::error::TrySendError::Full(q) | mpsc::error::TrySendError::Closed(q) => q,
                 };
                 report.overflowed += 1;
-                w.ctx
-                    .give_up_now(q.msg, &w.spec.policy, "queue_full", None, 0);
+                w.ctx.give_up_now(q.msg, &w.spec.policy, "queue_full", None, 0);
                 w.ctx.pending.fetch_sub(1, AtomicOrdering::Relaxed);
             }
         }
@@ -416,11 +399,7 @@ impl DeliveryEngine {
         };
         let delivered = shared.metrics.delivered.get_or_create(&labels).clone();
         let retried = shared.metrics.retried.get_or_create(&labels).clone();
-        let latency = shared
-            .metrics
-            .delivery_latency
-            .get_or_create(&labels)
-            .clone();
+        let latency = shared.metrics.delivery_latency.get_or_create(&labels).clone();
         let ctx = Arc::new(WorkerCtx {
             channel: Arc::from(labels.channel.as_str()),
             subscriber: Arc::from(labels.subscriber.as_str()),
@@ -459,11 +438,7 @@ impl DeliveryEngine {
             tokio::time::sleep(grace).await;
             expire.send_replace(Some("unsubscribed"));
         });
-        let mut retiring = self
-            .inner
-            .retiring
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut retiring = self.inner.retiring.lock().unwrap_or_else(|p| p.into_inner());
         retiring.retain(|r| !r.task.is_finished());
         retiring.push(r);
     }
@@ -477,15 +452,8 @@ impl DeliveryEngine {
         let before = self.stats();
         self.inner.closed.store(true, AtomicOrdering::Release);
         let mut retired: Vec<Retired> = {
-            let mut map = self
-                .inner
-                .channels
-                .write()
-                .unwrap_or_else(|p| p.into_inner());
-            map.drain()
-                .flat_map(|(_, ws)| ws)
-                .map(Worker::retire)
-                .collect()
+            let mut map = self.inner.channels.write().unwrap_or_else(|p| p.into_inner());
+            map.drain().flat_map(|(_, ws)| ws).map(Worker::retire).collect()
         };
         retired.extend(
             self.inner
@@ -501,9 +469,7 @@ impl DeliveryEngine {
         wait_all(&mut retired, start + deadline.mul_f64(0.85)).await;
         let shared = &self.inner.shared;
         let until = start + deadline;
-        while shared.dead_letters_pending.load(AtomicOrdering::Acquire) > 0
-            && Instant::now() < until
-        {
+        while shared.dead_letters_pending.load(AtomicOrdering::Acquire) > 0 && Instant::now() < until {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let mut abandoned = 0;
@@ -609,10 +575,7 @@ impl WorkerCtx {
             match classify(&outcome) {
                 Verdict::Delivered => {
                     self.delivered.inc();
-                    self.shared
-                        .stats
-                        .delivered
-                        .fetch_add(1, AtomicOrdering::Relaxed);
+                    self.shared.stats.delivered.fetch_add(1, AtomicOrdering::Relaxed);
                     self.latency.observe(q.enqueued.elapsed().as_secs_f64());
                     self.pending.fetch_sub(1, AtomicOrdering::Relaxed);
                     return;
@@ -623,10 +586,7 @@ impl WorkerCtx {
                         break "retries_exhausted";
                     }
                     self.retried.inc();
-                    self.shared
-                        .stats
-                        .retried
-                        .fetch_add(1, AtomicOrdering::Relaxed);
+                    self.shared.stats.retried.fetch_add(1, AtomicOrdering::Relaxed);
                     let delay = policy.delay_for(attempts, retry_after);
                     debug!(
                         channel = %self.channel, subscriber = %self.subscriber, id = q.msg.id(),
@@ -653,13 +613,10 @@ impl WorkerCtx {
                     self.shared
                         .dead_letters_pending
                         .fetch_sub(1, AtomicOrdering::AcqRel);
-                    self.shared
-                        .count_drop(&self.channel, &self.subscriber, reason, 1);
+                    self.shared.count_drop(&self.channel, &self.subscriber, reason, 1);
                 }
             }
-            None => self
-                .shared
-                .count_drop(&self.channel, &self.subscriber, reason, 1),
+            None => self.shared.count_drop(&self.channel, &self.subscriber, reason, 1),
         }
         self.pending.fetch_sub(1, AtomicOrdering::Relaxed);
     }
@@ -704,17 +661,11 @@ impl WorkerCtx {
                     self.shared
                         .dead_letters_pending
                         .fetch_sub(1, AtomicOrdering::AcqRel);
-                    self.shared.count_drop(
-                        &self.channel,
-                        &self.subscriber,
-                        "dead_letter_queue_full",
-                        1,
-                    );
+                    self.shared
+                        .count_drop(&self.channel, &self.subscriber, "dead_letter_queue_full", 1);
                 }
             }
-            None => self
-                .shared
-                .count_drop(&self.channel, &self.subscriber, reason, 1),
+            None => self.shared.count_drop(&self.channel, &self.subscriber, reason, 1),
         }
     }
 }
@@ -735,9 +686,7 @@ async fn run_dead_letters(
         };
         tokio::spawn(async move {
             post_dead_letter(&shared, dl, attempts).await;
-            shared
-                .dead_letters_pending
-                .fetch_sub(1, AtomicOrdering::AcqRel);
+            shared.dead_letters_pending.fetch_sub(1, AtomicOrdering::AcqRel);
             drop(permit);
         });
     }
@@ -766,10 +715,7 @@ async fn post_dead_letter(shared: &Shared, dl: DeadLetter, attempts: u32) {
             .await;
         match classify(&outcome) {
             Verdict::Delivered => {
-                shared
-                    .stats
-                    .dead_lettered
-                    .fetch_add(1, AtomicOrdering::Relaxed);
+                shared.stats.dead_lettered.fetch_add(1, AtomicOrdering::Relaxed);
                 shared
                     .metrics
                     .dead_lettered

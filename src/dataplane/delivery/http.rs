@@ -63,10 +63,7 @@ impl HttpSender {
             let _ = Limited::new(response.into_body(), MAX_RESPONSE_BODY)
                 .collect()
                 .await;
-            Ok::<_, hyper_util::client::legacy::Error>(AttemptOutcome::Response {
-                status,
-                retry_after,
-            })
+            Ok::<_, hyper_util::client::legacy::Error>(AttemptOutcome::Response { status, retry_after })
         };
         match tokio::time::timeout(timeout, exchange).await {
             Err(_) => AttemptOutcome::Timeout,

@@ -132,13 +132,8 @@ pub enum Verdict {
 /// 429; never on other 4xx.
 pub fn classify(outcome: &AttemptOutcome) -> Verdict {
     match outcome {
-        AttemptOutcome::Timeout | AttemptOutcome::Network(_) => {
-            Verdict::Retry { retry_after: None }
-        }
-        AttemptOutcome::Response {
-            status,
-            retry_after,
-        } => {
+        AttemptOutcome::Timeout | AttemptOutcome::Network(_) => Verdict::Retry { retry_after: None },
+        AttemptOutcome::Response { status, retry_after } => {
             if status.is_success() {
                 Verdict::Delivered
             } else if status.is_server_error()
@@ -182,10 +177,7 @@ mod tests {
         assert_eq!(classify(&resp(200)), Verdict::Delivered);
         assert_eq!(classify(&resp(202)), Verdict::Delivered);
         for code in [500, 502, 503, 504, 408, 429] {
-            assert!(
-                matches!(classify(&resp(code)), Verdict::Retry { .. }),
-                "{code}"
-            );
+            assert!(matches!(classify(&resp(code)), Verdict::Retry { .. }), "{code}");
         }
         for code in [400, 401, 403, 404, 409, 413, 422, 301] {
             assert_eq!(classify(&resp(code)), Verdict::Reject, "{code}");
@@ -246,9 +238,7 @@ mod tests {
             Some(Duration::from_secs(7))
         );
         assert_eq!(
-            parse_retry_after(&http::HeaderValue::from_static(
-                "Wed, 21 Oct 2015 07:28:00 GMT"
-            )),
+            parse_retry_after(&http::HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT")),
             None
         );
     }

@@ -259,8 +259,7 @@ impl Runner {
 
     async fn run(mut self) {
         let mut cfg = self.config.borrow_and_update().clone();
-        let mut backoff =
-            ReconnectBackoff::new(cfg.reconnect.initial_delay, cfg.reconnect.max_delay);
+        let mut backoff = ReconnectBackoff::new(cfg.reconnect.initial_delay, cfg.reconnect.max_delay);
         let mut ever_connected = false;
         loop {
             if *self.stop.borrow() {
@@ -273,8 +272,7 @@ impl Runner {
                 Connect::Stopped => break,
                 Connect::Reconfigure => {
                     cfg = self.config.borrow_and_update().clone();
-                    backoff =
-                        ReconnectBackoff::new(cfg.reconnect.initial_delay, cfg.reconnect.max_delay);
+                    backoff = ReconnectBackoff::new(cfg.reconnect.initial_delay, cfg.reconnect.max_delay);
                     continue;
                 }
                 Connect::Invalid(err) => {
@@ -307,10 +305,8 @@ impl Runner {
                         SessionEnd::Reconfigure => {
                             info!(endpoint = %self.name, "endpoint configuration changed; reconnecting");
                             cfg = self.config.borrow_and_update().clone();
-                            backoff = ReconnectBackoff::new(
-                                cfg.reconnect.initial_delay,
-                                cfg.reconnect.max_delay,
-                            );
+                            backoff =
+                                ReconnectBackoff::new(cfg.reconnect.initial_delay, cfg.reconnect.max_delay);
                             continue;
                         }
                         SessionEnd::Lost(reason) => {
@@ -365,12 +361,7 @@ impl Runner {
         debug!(endpoint = %self.name, url = %cfg.display_url(), "connecting");
         let attempt = tokio::time::timeout(
             cfg.connect_timeout,
-            tokio_tungstenite::connect_async_tls_with_config(
-                request,
-                Some(ws_config),
-                true,
-                Some(connector),
-            ),
+            tokio_tungstenite::connect_async_tls_with_config(request, Some(ws_config), true, Some(connector)),
         );
         tokio::select! {
             _ = stopped(&mut self.stop) => Connect::Stopped,
@@ -403,10 +394,7 @@ impl Runner {
             match tokio::time::timeout(WRITE_TIMEOUT, ws.send(frame)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
-                    return SessionEnd::Lost(format!(
-                        "sending open message failed: {}",
-                        describe(&e)
-                    ));
+                    return SessionEnd::Lost(format!("sending open message failed: {}", describe(&e)));
                 }
                 Err(_) => return SessionEnd::Lost("sending open message timed out".to_string()),
             }
@@ -416,9 +404,7 @@ impl Runner {
         self.set_state(ConnectionState::Connected { subprotocol });
 
         let keepalive = cfg.keepalive;
-        let interval = keepalive
-            .map(|k| k.interval)
-            .unwrap_or(Duration::from_secs(3600));
+        let interval = keepalive.map(|k| k.interval).unwrap_or(Duration::from_secs(3600));
         let mut ping = tokio::time::interval_at(Instant::now() + interval, interval);
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut pong_deadline: Option<Instant> = None;

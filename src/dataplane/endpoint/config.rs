@@ -165,8 +165,7 @@ impl EndpointConfig {
 
     /// The URL with the port override applied.
     pub fn effective_url(&self) -> Result<url::Url, ConfigError> {
-        let mut url =
-            url::Url::parse(&self.url).map_err(|e| ConfigError::InvalidUrl(e.to_string()))?;
+        let mut url = url::Url::parse(&self.url).map_err(|e| ConfigError::InvalidUrl(e.to_string()))?;
         match url.scheme() {
             "ws" | "wss" => {}
             other => return Err(ConfigError::UnsupportedScheme(other.to_string())),
@@ -192,9 +191,7 @@ impl EndpointConfig {
 
     /// True for `wss://`.
     pub fn is_tls(&self) -> bool {
-        self.effective_url()
-            .map(|u| u.scheme() == "wss")
-            .unwrap_or(false)
+        self.effective_url().map(|u| u.scheme() == "wss").unwrap_or(false)
     }
 
     /// Builds the handshake request. Errors name headers, never values.
@@ -236,9 +233,8 @@ impl EndpointConfig {
         }
         if !self.subprotocols.is_empty() {
             let joined = self.subprotocols.join(", ");
-            let value = HeaderValue::from_str(&joined).map_err(|_| {
-                ConfigError::InvalidHeaderValue("sec-websocket-protocol".to_string())
-            })?;
+            let value = HeaderValue::from_str(&joined)
+                .map_err(|_| ConfigError::InvalidHeaderValue("sec-websocket-protocol".to_string()))?;
             headers.insert(SEC_WEBSOCKET_PROTOCOL, value);
         }
         Ok(request)
@@ -246,8 +242,7 @@ impl EndpointConfig {
 }
 
 fn header_name(name: &str) -> Result<HeaderName, ConfigError> {
-    HeaderName::from_bytes(name.as_bytes())
-        .map_err(|_| ConfigError::InvalidHeaderName(name.to_string()))
+    HeaderName::from_bytes(name.as_bytes()).map_err(|_| ConfigError::InvalidHeaderName(name.to_string()))
 }
 
 /// `scheme://host:port/path` without user info or query.
@@ -291,10 +286,7 @@ mod tests {
         let mut c = EndpointConfig::new("wss://feed.example.com:9000/v2?key=abc");
         c.port = Some(8443);
         assert_eq!(c.effective_url().unwrap().port(), Some(8443));
-        assert_eq!(
-            c.display_url(),
-            "wss://feed.example.com:8443/v2?%3Credacted%3E"
-        );
+        assert_eq!(c.display_url(), "wss://feed.example.com:8443/v2?%3Credacted%3E");
         assert!(c.is_tls());
     }
 

@@ -45,9 +45,7 @@ pub fn parse_pem_certificates(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>
 /// A client configuration trusting the system roots and, when given, every
 /// certificate of `extra_ca_pem`. Uses the `ring` provider explicitly, so it
 /// does not depend on a process-wide default provider.
-pub fn client_config(
-    extra_ca_pem: Option<&[u8]>,
-) -> Result<Arc<rustls::ClientConfig>, TlsConfigError> {
+pub fn client_config(extra_ca_pem: Option<&[u8]>) -> Result<Arc<rustls::ClientConfig>, TlsConfigError> {
     let mut roots = RootCertStore::empty();
     let (_added, _ignored) = roots.add_parsable_certificates(native_roots().iter().cloned());
     if let Some(pem) = extra_ca_pem {
