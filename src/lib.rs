@@ -14,3 +14,4 @@
 pub mod api;
 pub mod dataplane;
 pub mod ops;
+pub mod translate;
