@@ -13,5 +13,8 @@
 
 pub mod api;
 pub mod dataplane;
+pub mod follow;
 pub mod ops;
+pub mod publish;
 pub mod translate;
+pub mod worker;
