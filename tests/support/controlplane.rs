@@ -500,7 +500,7 @@ pub fn random_hex(bytes: usize) -> String {
     hex::encode(data)
 }
 
-fn kubeconfig_yaml(server: &str, ca_pem: &str, user: &str, token: &str) -> String {
+pub fn kubeconfig_yaml(server: &str, ca_pem: &str, user: &str, token: &str) -> String {
     use std::io::Write;
     let ca = base64_encode(ca_pem.as_bytes());
     let mut out = Vec::new();
