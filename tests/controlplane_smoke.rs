@@ -374,3 +374,19 @@ fn no_control_plane_process_survives_its_test_process() -> Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn kubectl_reaches_the_control_plane_as_admin() -> Result<()> {
+    let cp = support::shared().await;
+    let out = tokio::process::Command::from(cp.kubectl())
+        .args(["auth", "can-i", "*", "*"])
+        .output()
+        .await?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "yes");
+    Ok(())
+}
