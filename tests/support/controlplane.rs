@@ -470,6 +470,7 @@ impl Drop for ControlPlane {
         for (_, child) in children.iter_mut().rev() {
             let _ = child.kill();
             let _ = child.wait();
+            let _ = reaper::forget_process_group(child.id());
         }
         let _ = fs::remove_dir_all(&self.dir);
     }
