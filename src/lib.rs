@@ -14,6 +14,7 @@
 pub mod api;
 pub mod dataplane;
 pub mod follow;
+pub mod gateway;
 pub mod ops;
 pub mod publish;
 pub mod translate;

@@ -41,11 +41,28 @@ enum Command {
         #[arg(long, env = wsbridge::worker::env::POD_IP)]
         pod_ip: Option<std::net::IpAddr>,
     },
+    /// Run the publish gateway.
+    Gateway {
+        /// Address of the gateway's HTTP server.
+        #[arg(long, env = "WSBRIDGE_LISTEN", default_value = "0.0.0.0:8080")]
+        listen: SocketAddr,
+        /// Serve only this namespace's channels (default: all namespaces).
+        #[arg(long, env = "WSBRIDGE_WATCH_NAMESPACE")]
+        namespace: Option<String>,
+        /// How long token and access reviews are reused.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        auth_cache_ttl: std::time::Duration,
+        /// Audience publisher tokens must carry (default: the API server's).
+        #[arg(long = "token-audience")]
+        token_audiences: Vec<String>,
+    },
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // One TLS provider for the process (kube's client and the endpoint client).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     ops::init_logging(cli.log_format);
     match cli.command {
         Command::Crd { out_dir: None } => print!("{}", wsbridge::api::crds_yaml()),
@@ -63,6 +80,25 @@ async fn main() -> anyhow::Result<()> {
                 drain: std::time::Duration::from_secs(10),
             };
             wsbridge::worker::run(options, kube::Client::try_default().await?).await?;
+        }
+        Command::Gateway {
+            listen,
+            namespace,
+            auth_cache_ttl,
+            token_audiences,
+        } => {
+            let options = wsbridge::gateway::GatewayOptions {
+                listen,
+                namespace,
+                access: wsbridge::gateway::access::AccessOptions {
+                    ttl: auth_cache_ttl,
+                    audiences: token_audiences,
+                    ..Default::default()
+                },
+                send_timeout: std::time::Duration::from_secs(5),
+                drain: std::time::Duration::from_secs(10),
+            };
+            wsbridge::gateway::run(options, kube::Client::try_default().await?).await?;
         }
     }
     Ok(())

@@ -348,11 +348,7 @@ async fn kubectl_reaches_the_control_plane_as_admin() -> Result<()> {
         .args(["auth", "can-i", "*", "*"])
         .output()
         .await?;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "yes");
     Ok(())
 }

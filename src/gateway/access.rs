@@ -44,7 +44,11 @@ pub struct AccessOptions {
 
 impl Default for AccessOptions {
     fn default() -> Self {
-        Self { ttl: Duration::from_secs(10), capacity: 10_000, audiences: Vec::new() }
+        Self {
+            ttl: Duration::from_secs(10),
+            capacity: 10_000,
+            audiences: Vec::new(),
+        }
     }
 }
 
@@ -69,8 +73,18 @@ pub struct Access {
 
 impl Access {
     pub fn new(client: Client, options: AccessOptions) -> Self {
-        let cache = |ttl| Cache::builder().max_capacity(options.capacity).time_to_live(ttl).build();
-        Self { client, audiences: options.audiences, tokens: cache(options.ttl), decisions: cache(options.ttl) }
+        Self {
+            client,
+            tokens: Cache::builder()
+                .max_capacity(options.capacity)
+                .time_to_live(options.ttl)
+                .build(),
+            decisions: Cache::builder()
+                .max_capacity(options.capacity)
+                .time_to_live(options.ttl)
+                .build(),
+            audiences: options.audiences,
+        }
     }
 
     /// Allows the request when its `Authorization: Bearer` token may publish on `channel`.
@@ -85,7 +99,8 @@ impl Access {
                 reviewed
             }
         };
-        let identity = identity.ok_or_else(|| Denied::Unauthenticated("the bearer token is not valid".into()))?;
+        let identity =
+            identity.ok_or_else(|| Denied::Unauthenticated("the bearer token is not valid".into()))?;
         let key = (identity.clone(), channel.clone());
         let allowed = match self.decisions.get(&key).await {
             Some(hit) => hit,
@@ -162,12 +177,16 @@ impl Access {
 /// The token of an `Authorization: Bearer` header.
 fn bearer(authorization: Option<&str>) -> Result<&str, Denied> {
     let value = authorization.ok_or_else(|| {
-        Denied::Unauthenticated("this channel needs a Kubernetes bearer token (Authorization: Bearer ...)".into())
+        Denied::Unauthenticated(
+            "this channel needs a Kubernetes bearer token (Authorization: Bearer ...)".into(),
+        )
     })?;
     let (scheme, token) = value.split_once(' ').unwrap_or((value, ""));
     let token = token.trim();
     if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
-        return Err(Denied::Unauthenticated("the Authorization header must be \"Bearer <token>\"".into()));
+        return Err(Denied::Unauthenticated(
+            "the Authorization header must be \"Bearer <token>\"".into(),
+        ));
     }
     Ok(token)
 }
