@@ -1,102 +1,17 @@
 //! Delivery engine scenarios against real HTTP subscribers on loopback.
 
+mod support;
+
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 use std::time::Duration;
 
-use axum::Router;
-use axum::http::{HeaderMap, StatusCode};
-use bytes::Bytes;
-use tokio::sync::mpsc;
+use support::peers::{Reply, Subscriber};
 use tokio::time::Instant;
 use wsbridge::dataplane::delivery::{
     BackoffPolicy, DeliveryEngine, DeliveryPolicy, EngineConfig, Ordering, SubscriberSpec,
 };
 use wsbridge::dataplane::routing::ChannelKey;
 use wsbridge::dataplane::{DataplaneMetrics, Message, Origin, Payload, SecretString};
-
-/// What a test subscriber answers to its n-th request (0-based).
-#[derive(Clone)]
-enum Reply {
-    Status(u16),
-    RetryAfter(u16, u64),
-    Hang,
-}
-
-struct Received {
-    headers: HeaderMap,
-    body: Bytes,
-    at: Instant,
-}
-
-struct Subscriber {
-    uri: http::Uri,
-    received: mpsc::UnboundedReceiver<Received>,
-    requests: Arc<AtomicUsize>,
-}
-
-impl Subscriber {
-    async fn start(reply: impl Fn(usize) -> Reply + Send + Sync + 'static) -> Self {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let requests = Arc::new(AtomicUsize::new(0));
-        let counter = requests.clone();
-        let reply = Arc::new(reply);
-        let app = Router::new().fallback(move |headers: HeaderMap, body: Bytes| {
-            let tx = tx.clone();
-            let n = counter.fetch_add(1, AtomicOrdering::SeqCst);
-            let reply = reply.clone();
-            async move {
-                let _ = tx.send(Received {
-                    headers,
-                    body,
-                    at: Instant::now(),
-                });
-                match reply(n) {
-                    Reply::Status(code) => (StatusCode::from_u16(code).unwrap(), HeaderMap::new()),
-                    Reply::RetryAfter(code, secs) => {
-                        let mut h = HeaderMap::new();
-                        h.insert("retry-after", secs.to_string().parse().unwrap());
-                        (StatusCode::from_u16(code).unwrap(), h)
-                    }
-                    Reply::Hang => {
-                        tokio::time::sleep(Duration::from_secs(3600)).await;
-                        (StatusCode::OK, HeaderMap::new())
-                    }
-                }
-            }
-        });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        Self {
-            uri: format!("http://{addr}/ingest").parse().unwrap(),
-            received: rx,
-            requests,
-        }
-    }
-
-    async fn ok() -> Self {
-        Self::start(|_| Reply::Status(200)).await
-    }
-
-    async fn next(&mut self) -> Received {
-        tokio::time::timeout(Duration::from_secs(20), self.received.recv())
-            .await
-            .expect("subscriber got nothing within 20s")
-            .expect("subscriber stopped")
-    }
-
-    fn requests(&self) -> usize {
-        self.requests.load(AtomicOrdering::SeqCst)
-    }
-
-    /// Asserts nothing more arrives within `d`.
-    async fn assert_quiet(&mut self, d: Duration) {
-        if let Ok(Some(r)) = tokio::time::timeout(d, self.received.recv()).await {
-            panic!("unexpected request with body {:?}", r.body);
-        }
-    }
-}
 
 fn fast_policy() -> DeliveryPolicy {
     DeliveryPolicy {

@@ -1,215 +1,23 @@
 //! WebSocket endpoint client scenarios against real tokio-tungstenite servers
 //! on loopback (plain and TLS).
 
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
+mod support;
+
+use std::sync::atomic::Ordering as AtomicOrdering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
-use http::HeaderMap;
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
-use tokio::sync::{broadcast, mpsc, watch};
-use tokio::task::JoinHandle;
+use support::peers::{ServerOpts, WsServer};
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
-use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use wsbridge::dataplane::endpoint::{
     ConnectionState, Credentials, EndpointConfig, EndpointHandle, EndpointOptions, KeepAlive,
     ReconnectPolicy, SendError,
 };
 use wsbridge::dataplane::{DataplaneMetrics, Message, Origin, Payload, PayloadKind, SecretString};
-
-#[derive(Debug)]
-enum Event {
-    Connected { n: usize, headers: HeaderMap },
-    Frame { n: usize, msg: WsMessage },
-}
-
-#[derive(Clone, Default)]
-struct ServerOpts {
-    /// Select the first offered subprotocol.
-    select_subprotocol: bool,
-    /// Never read from the first connection (so pings go unanswered).
-    mute_first: bool,
-    /// Refuse every handshake with this HTTP status.
-    refuse_with: Option<u16>,
-    tls: Option<Arc<rustls::ServerConfig>>,
-}
-
-struct WsServer {
-    addr: SocketAddr,
-    opts: ServerOpts,
-    events_tx: mpsc::UnboundedSender<Event>,
-    events: mpsc::UnboundedReceiver<Event>,
-    out: broadcast::Sender<WsMessage>,
-    connections: Arc<AtomicUsize>,
-    tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
-}
-
-impl WsServer {
-    async fn start(opts: ServerOpts) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let (events_tx, events) = mpsc::unbounded_channel();
-        let server = Self {
-            addr: listener.local_addr().unwrap(),
-            opts,
-            events_tx,
-            events,
-            out: broadcast::channel(64).0,
-            connections: Arc::new(AtomicUsize::new(0)),
-            tasks: Arc::new(Mutex::new(Vec::new())),
-        };
-        server.serve(listener);
-        server
-    }
-
-    fn url(&self) -> String {
-        let scheme = if self.opts.tls.is_some() { "wss" } else { "ws" };
-        format!("{scheme}://127.0.0.1:{}/stream", self.addr.port())
-    }
-
-    fn serve(&self, listener: TcpListener) {
-        let opts = self.opts.clone();
-        let events = self.events_tx.clone();
-        let out = self.out.clone();
-        let connections = self.connections.clone();
-        let tasks = self.tasks.clone();
-        let accept = tokio::spawn(async move {
-            loop {
-                let Ok((tcp, _)) = listener.accept().await else {
-                    return;
-                };
-                let n = connections.fetch_add(1, AtomicOrdering::SeqCst) + 1;
-                let (opts, events, out_rx) = (opts.clone(), events.clone(), out.subscribe());
-                let conn = tokio::spawn(async move {
-                    match opts.tls.clone() {
-                        Some(cfg) => {
-                            let Ok(tls) = tokio_rustls::TlsAcceptor::from(cfg).accept(tcp).await else {
-                                return;
-                            };
-                            serve_connection(tls, n, opts, events, out_rx).await
-                        }
-                        None => serve_connection(tcp, n, opts, events, out_rx).await,
-                    }
-                });
-                tasks.lock().unwrap().push(conn);
-            }
-        });
-        self.tasks.lock().unwrap().push(accept);
-    }
-
-    /// Kills the listener and every connection.
-    fn stop(&self) {
-        for t in self.tasks.lock().unwrap().drain(..) {
-            t.abort();
-        }
-    }
-
-    /// Stops, then listens again on the same port.
-    async fn restart(&self) {
-        self.stop();
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let listener = TcpListener::bind(self.addr).await.unwrap();
-        self.serve(listener);
-    }
-
-    fn send(&self, msg: WsMessage) {
-        self.out.send(msg).unwrap();
-    }
-
-    async fn next_event(&mut self) -> Event {
-        tokio::time::timeout(Duration::from_secs(20), self.events.recv())
-            .await
-            .expect("no server event within 20s")
-            .unwrap()
-    }
-
-    async fn next_connected(&mut self) -> (usize, HeaderMap) {
-        loop {
-            if let Event::Connected { n, headers } = self.next_event().await {
-                return (n, headers);
-            }
-        }
-    }
-
-    async fn next_frame(&mut self) -> (usize, WsMessage) {
-        loop {
-            if let Event::Frame { n, msg } = self.next_event().await {
-                return (n, msg);
-            }
-        }
-    }
-}
-
-impl Drop for WsServer {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-// The handshake callback's error type is tungstenite's, not ours.
-#[allow(clippy::result_large_err)]
-async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
-    stream: S,
-    n: usize,
-    opts: ServerOpts,
-    events: mpsc::UnboundedSender<Event>,
-    mut out: broadcast::Receiver<WsMessage>,
-) {
-    let seen = Arc::new(Mutex::new(HeaderMap::new()));
-    let seen2 = seen.clone();
-    let refuse = opts.refuse_with;
-    let select = opts.select_subprotocol;
-    let callback = move |req: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
-        *seen2.lock().unwrap() = req.headers().clone();
-        if let Some(code) = refuse {
-            let mut e = ErrorResponse::new(Some("refused".into()));
-            *e.status_mut() = http::StatusCode::from_u16(code).unwrap();
-            return Err(e);
-        }
-        if select && let Some(offered) = req.headers().get("sec-websocket-protocol") {
-            let first = offered
-                .to_str()
-                .unwrap()
-                .split(',')
-                .next()
-                .unwrap()
-                .trim()
-                .to_string();
-            resp.headers_mut()
-                .insert("sec-websocket-protocol", first.parse().unwrap());
-        }
-        Ok(resp)
-    };
-    let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, callback).await else {
-        return;
-    };
-    let headers = seen.lock().unwrap().clone();
-    let _ = events.send(Event::Connected { n, headers });
-    if opts.mute_first && n == 1 {
-        tokio::time::sleep(Duration::from_secs(3600)).await;
-        return;
-    }
-    loop {
-        tokio::select! {
-            frame = ws.next() => match frame {
-                Some(Ok(msg @ (WsMessage::Text(_) | WsMessage::Binary(_)))) => {
-                    let _ = events.send(Event::Frame { n, msg });
-                }
-                Some(Ok(_)) => {}
-                _ => return,
-            },
-            msg = out.recv() => match msg {
-                Ok(msg) => if ws.send(msg).await.is_err() { return },
-                Err(broadcast::error::RecvError::Lagged(_)) => {}
-                Err(_) => return,
-            },
-        }
-    }
-}
 
 fn config(url: &str) -> EndpointConfig {
     let mut c = EndpointConfig::new(url);

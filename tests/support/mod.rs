@@ -24,6 +24,7 @@ pub mod binaries;
 pub mod controlplane;
 pub mod crds;
 pub mod helpers;
+pub mod peers;
 pub mod pods;
 mod reaper;
 
