@@ -25,6 +25,10 @@ while [ $# -gt 0 ]; do
     *) echo "unknown option: $1 (try --help)" >&2; exit 2 ;;
   esac
 done
+if [ -n "${WSBRIDGE_BIN:-}" ]; then
+  WSBRIDGE_BIN="$(cd "$(dirname "$WSBRIDGE_BIN")" && pwd)/$(basename "$WSBRIDGE_BIN")"
+fi
+cd "$repo"
 listen="${WSBRIDGE_LISTEN:-127.0.0.1:8080}"
 export WSBRIDGE_LISTEN="$listen"
 
@@ -34,7 +38,7 @@ else
   echo "==> building wsbridge ($profile; the first build takes a few minutes)"
   flags=()
   [ "$profile" = release ] && flags+=(--release)
-  (cd "$repo" && cargo build --quiet --bin wsbridge "${flags[@]}")
+  cargo build --quiet --bin wsbridge "${flags[@]}"
   target="${CARGO_TARGET_DIR:-$repo/target}"
   case "$target" in /*) ;; *) target="$repo/$target" ;; esac
   bin="$target/$profile/wsbridge"
@@ -59,7 +63,7 @@ pids+=($!)
 "$bin" demo-subscriber --listen 127.0.0.1:9002 --expect-token demo-token &
 pids+=($!)
 echo "==> starting: wsbridge standalone -f examples/quickstart/wsbridge.yaml (listening on $listen)"
-NO_COLOR=1 RUST_LOG="${RUST_LOG:-info}" "$bin" standalone -f "$here/wsbridge.yaml" \
+NO_COLOR=1 RUST_LOG="${RUST_LOG:-info}" "$bin" standalone -f examples/quickstart/wsbridge.yaml \
   > >(sed -u 's/^/[wsbridge]   /') 2>&1 &
 pids+=($!)
 
