@@ -146,6 +146,7 @@ spec: {{url: "ws://{dead}/"}}
 apiVersion: wsbridge.io/v1alpha1
 kind: Channel
 metadata: {{name: offline}}
+spec: {{}}
 ---
 apiVersion: wsbridge.io/v1alpha1
 kind: Bridge
@@ -224,6 +225,7 @@ async fn sigterm_drains_in_flight_deliveries_then_exits_0() {
 apiVersion: wsbridge.io/v1alpha1
 kind: Channel
 metadata: {{name: jobs}}
+spec: {{}}
 {}"#,
         subscription("slow", "jobs", &slow.uri("/slow"))
     );

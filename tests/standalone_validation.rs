@@ -107,6 +107,7 @@ spec:
 apiVersion: wsbridge.io/v1alpha1
 kind: Channel
 metadata: {name: ticker, namespace: trading}
+spec: {}
 ---
 apiVersion: wsbridge.io/v1alpha1
 kind: Bridge
@@ -163,6 +164,7 @@ spec: {url: "wss://feed.example.com/", auth: {secretRef: {name: creds}}}
 apiVersion: wsbridge.io/v1alpha1
 kind: Channel
 metadata: {name: ticker}
+spec: {}
 ---
 apiVersion: wsbridge.io/v1alpha1
 kind: Bridge
