@@ -108,10 +108,9 @@ fn main() -> anyhow::Result<ExitCode> {
         Command::DemoFeed { listen, interval } => {
             runtime()?.block_on(wsbridge::standalone::demo::feed(listen, interval))?
         }
-        Command::DemoSubscriber {
-            listen,
-            expect_token,
-        } => runtime()?.block_on(wsbridge::standalone::demo::subscriber(listen, expect_token))?,
+        Command::DemoSubscriber { listen, expect_token } => {
+            runtime()?.block_on(wsbridge::standalone::demo::subscriber(listen, expect_token))?
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

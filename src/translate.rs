@@ -13,9 +13,7 @@
 //! (1 MiB). The one default the data plane has no field for, `maxInFlight`
 //! when only `ordering: unordered` is given, is [`DEFAULT_MAX_IN_FLIGHT`].
 
-use crate::api::{
-    self, BridgeSpec, ChannelSpec, DeliverySpec, Destination, EndpointSpec, SubscriptionSpec,
-};
+use crate::api::{self, BridgeSpec, ChannelSpec, DeliverySpec, Destination, EndpointSpec, SubscriptionSpec};
 use crate::dataplane::SecretString;
 use crate::dataplane::delivery::{BackoffPolicy, Ordering};
 use crate::dataplane::endpoint::{
@@ -163,9 +161,8 @@ pub fn delivery_options(
         retry: spec
             .retry
             .map(|r| {
-                u32::try_from(r).map_err(|_| {
-                    TranslateError::new(format!("{field}.retry"), "must not be negative")
-                })
+                u32::try_from(r)
+                    .map_err(|_| TranslateError::new(format!("{field}.retry"), "must not be negative"))
             })
             .transpose()?,
         backoff_policy: spec.backoff_policy.map(|p| match p {
@@ -282,9 +279,7 @@ pub fn resolve_secrets(
         if out.endpoint_token.is_none() && !has_basic && out.endpoint_headers.is_empty() {
             return Err(TranslateError::new(
                 "spec.auth.secretRef",
-                format!(
-                    "Secret {name:?} has neither a token key nor username and password keys"
-                ),
+                format!("Secret {name:?} has neither a token key nor username and password keys"),
             ));
         }
     }
@@ -450,8 +445,7 @@ mod tests {
         assert_eq!(p.timeout, Duration::from_secs(5));
         assert_eq!(p.ordering, Ordering::Ordered);
         assert_eq!(p.queue_capacity, 1024);
-        let c = endpoint_config("ns", "b", &endpoint("ws://h/"), &ResolvedSecrets::default())
-            .unwrap();
+        let c = endpoint_config("ns", "b", &endpoint("ws://h/"), &ResolvedSecrets::default()).unwrap();
         assert_eq!(
             c.keepalive,
             Some(KeepAlive {
@@ -511,9 +505,7 @@ mod tests {
             path: None,
         };
         assert_eq!(
-            destination_uri("prod", &d, "spec.subscriber")
-                .unwrap_err()
-                .field,
+            destination_uri("prod", &d, "spec.subscriber").unwrap_err().field,
             "spec.subscriber"
         );
     }
@@ -545,12 +537,8 @@ mod tests {
         let mut spec = endpoint("wss://feed.example.com/v2");
         spec.port = Some(8443);
         spec.auth = Some(EndpointAuth {
-            secret_ref: LocalObjectReference {
-                name: "creds".into(),
-            },
-            secret_headers: Some(
-                [("X-Api-Key".to_string(), SecretKeyName("apikey".into()))].into(),
-            ),
+            secret_ref: LocalObjectReference { name: "creds".into() },
+            secret_headers: Some([("X-Api-Key".to_string(), SecretKeyName("apikey".into()))].into()),
         });
         spec.keepalive = Some(Keepalive {
             interval: Some("5s".into()),
@@ -589,9 +577,7 @@ mod tests {
         let source = secrets(&[("creds", "token", "abc"), ("creds", "apikey", "k")]);
         let resolved = resolve_secrets(&spec, None, &source).unwrap();
         assert!(matches!(
-            endpoint_config("ns", "b", &spec, &resolved)
-                .unwrap()
-                .credentials,
+            endpoint_config("ns", "b", &spec, &resolved).unwrap().credentials,
             Credentials::Bearer(_)
         ));
     }
@@ -600,16 +586,13 @@ mod tests {
     fn missing_secrets_name_the_field_but_never_a_value() {
         let mut spec = endpoint("wss://feed.example.com/");
         spec.auth = Some(EndpointAuth {
-            secret_ref: LocalObjectReference {
-                name: "creds".into(),
-            },
+            secret_ref: LocalObjectReference { name: "creds".into() },
             secret_headers: None,
         });
         let err = resolve_secrets(&spec, None, &secrets(&[])).unwrap_err();
         assert_eq!(err.field, "spec.auth.secretRef");
         assert!(err.message.contains("\"creds\" not found"), "{err}");
-        let err =
-            resolve_secrets(&spec, None, &secrets(&[("creds", "other", "hunter2")])).unwrap_err();
+        let err = resolve_secrets(&spec, None, &secrets(&[("creds", "other", "hunter2")])).unwrap_err();
         assert!(err.message.contains("neither a token"), "{err}");
         assert!(!err.to_string().contains("hunter2"));
         let bridge = BridgeSpec {

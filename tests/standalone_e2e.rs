@@ -67,10 +67,7 @@ async fn endpoint_messages_reach_both_subscribers_with_the_bridge_token() {
     let mut b = Subscriber::start(Duration::ZERO).await;
     let file = dir.write(
         "wsbridge.yaml",
-        &config(
-            &endpoint.url(),
-            &[("a", a.uri("/a")), ("b", b.uri("/b"))],
-        ),
+        &config(&endpoint.url(), &[("a", a.uri("/a")), ("b", b.uri("/b"))]),
     );
     let _standalone = Standalone::start(&[&file], &dir.0).await;
 
@@ -95,14 +92,13 @@ async fn published_messages_reach_subscribers_and_the_endpoint_and_never_loop_ba
     let mut b = Subscriber::start(Duration::ZERO).await;
     let file = dir.write(
         "wsbridge.yaml",
-        &config(
-            &endpoint.url(),
-            &[("a", a.uri("/a")), ("b", b.uri("/b"))],
-        ),
+        &config(&endpoint.url(), &[("a", a.uri("/a")), ("b", b.uri("/b"))]),
     );
     let standalone = Standalone::start(&[&file], &dir.0).await;
 
-    let accepted = standalone.publish_accepted("default/ticker", "hello out there").await;
+    let accepted = standalone
+        .publish_accepted("default/ticker", "hello out there")
+        .await;
     assert_eq!(accepted["channel"], "default/ticker");
     let id = accepted["id"].as_str().expect("an id").to_string();
     assert_eq!(
@@ -113,7 +109,12 @@ async fn published_messages_reach_subscribers_and_the_endpoint_and_never_loop_ba
         let d = sub.next_containing("hello out there", 10 * SECOND).await;
         assert_eq!(d.headers["ce-id"], id.as_str());
         assert_eq!(d.headers["ce-type"], "io.wsbridge.channel.published");
-        assert!(d.headers["content-type"].to_str().unwrap().starts_with("text/plain"));
+        assert!(
+            d.headers["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/plain")
+        );
         assert!(!d.headers.contains_key("authorization"));
     }
 
@@ -121,7 +122,11 @@ async fn published_messages_reach_subscribers_and_the_endpoint_and_never_loop_ba
     endpoint.send("from the endpoint").await;
     a.next_containing("from the endpoint", 10 * SECOND).await;
     b.next_containing("from the endpoint", 10 * SECOND).await;
-    assert_eq!(endpoint.next(SECOND).await, None, "a message looped back to the endpoint");
+    assert_eq!(
+        endpoint.next(SECOND).await,
+        None,
+        "a message looped back to the endpoint"
+    );
 }
 
 #[tokio::test]
@@ -178,7 +183,10 @@ spec: {{channel: offline, endpoint: gone}}
 
     let (status, json) = standalone.publish("default/offline", "x").await;
     assert_eq!(status, 503);
-    assert!(json["error"].as_str().unwrap().contains("not connected"), "{json}");
+    assert!(
+        json["error"].as_str().unwrap().contains("not connected"),
+        "{json}"
+    );
 }
 
 #[tokio::test]
@@ -196,24 +204,36 @@ async fn a_reload_adds_a_subscriber_live_and_an_invalid_edit_keeps_the_running_c
 
     // A new file with a second Subscription: b starts receiving, a is undisturbed.
     dir.write("more.yml", &subscription("b", "ticker", &b.uri("/b")));
-    standalone.wait_log("configuration changed; applying", 10 * SECOND).await;
+    standalone
+        .wait_log("configuration changed; applying", 10 * SECOND)
+        .await;
     endpoint.send("after-add").await;
     a.next_containing("after-add", 10 * SECOND).await;
     b.next_containing("after-add", 10 * SECOND).await;
 
     // An invalid edit is refused, naming file, object and field...
-    let broken = base.replace("reconnect: {initialDelay: 50ms", "port: 70000\n  reconnect: {initialDelay: 50ms");
+    let broken = base.replace(
+        "reconnect: {initialDelay: 50ms",
+        "port: 70000\n  reconnect: {initialDelay: 50ms",
+    );
     dir.write("wsbridge.yaml", &broken);
     let logs = standalone
         .wait_log("configuration change rejected", 10 * SECOND)
         .await;
-    let expected = format!("{}: Endpoint default/feed: spec.port: must be <= 65535", file.display());
+    let expected = format!(
+        "{}: Endpoint default/feed: spec.port: must be <= 65535",
+        file.display()
+    );
     assert!(logs.contains(&expected), "expected {expected:?} in:\n{logs}");
     // ...and the running configuration goes on: same connection, both subscribers.
     endpoint.send("after-bad-edit").await;
     a.next_containing("after-bad-edit", 10 * SECOND).await;
     b.next_containing("after-bad-edit", 10 * SECOND).await;
-    assert_eq!(*endpoint.connections.lock().unwrap(), 1, "the endpoint was reconnected");
+    assert_eq!(
+        *endpoint.connections.lock().unwrap(),
+        1,
+        "the endpoint was reconnected"
+    );
 }
 
 #[tokio::test]

@@ -32,7 +32,10 @@ fn quickstart_runs_to_completion_showing_messages_both_ways() {
         r#"{"received":{"order":"buy","qty":1,"symbol":"DEMO"},"type":"echo"}"#,
         "==> done",
     ] {
-        assert!(stdout.contains(expected), "missing {expected:?} in:\n{stdout}\n{stderr}");
+        assert!(
+            stdout.contains(expected),
+            "missing {expected:?} in:\n{stdout}\n{stderr}"
+        );
     }
     // The echo came back as an endpoint message only: the feed received one message.
     assert_eq!(stdout.matches("<- received from wsbridge").count(), 1, "{stdout}");

@@ -61,10 +61,7 @@ fn every_invalid_object_makes_standalone_exit_non_zero_naming_file_and_field() {
             .find_map(|l| l.strip_prefix("metadata: {name: "))
             .map(|n| n.trim_end_matches('}'))
             .unwrap_or("bad");
-        let kind = source
-            .lines()
-            .find_map(|l| l.strip_prefix("kind: "))
-            .unwrap();
+        let kind = source.lines().find_map(|l| l.strip_prefix("kind: ")).unwrap();
         let prefix = format!("{rel}: {kind} default/{name}: {field}");
         if out.status.success() {
             failures.push(format!("{rel}: accepted"));

@@ -103,9 +103,7 @@ async fn publish(
             })),
         )
             .into_response(),
-        Err(e @ PublishError::NotFound(_)) => {
-            error(StatusCode::NOT_FOUND, "ChannelNotFound", e.to_string())
-        }
+        Err(e @ PublishError::NotFound(_)) => error(StatusCode::NOT_FOUND, "ChannelNotFound", e.to_string()),
         Err(PublishError::TooLarge { size, max }) => too_large(Some(size), max),
         Err(e @ PublishError::Unavailable { .. }) => error(
             StatusCode::SERVICE_UNAVAILABLE,

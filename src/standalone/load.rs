@@ -12,9 +12,7 @@ use base64::Engine as _;
 use serde_json::Value;
 
 use super::schema;
-use crate::api::{
-    self, BridgeSpec, ChannelSpec, DNS1123_SUBDOMAIN, EndpointSpec, SubscriptionSpec,
-};
+use crate::api::{self, BridgeSpec, ChannelSpec, DNS1123_SUBDOMAIN, EndpointSpec, SubscriptionSpec};
 use crate::dataplane::SecretString;
 use crate::dataplane::endpoint::EndpointConfig;
 use crate::dataplane::routing::{BridgeInfo, ChannelInfo, ObjectKey, SubscriptionInfo};
@@ -157,10 +155,7 @@ fn collect_dir(dir: &Path, out: &mut Vec<PathBuf>, errors: &mut Vec<ConfigError>
     for path in paths {
         if path.is_dir() {
             collect_dir(&path, out, errors);
-        } else if path
-            .extension()
-            .is_some_and(|e| e == "yaml" || e == "yml")
-        {
+        } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
             out.push(path);
         }
     }
@@ -319,9 +314,7 @@ fn read_object(
         file: file.to_string(),
         label: label.clone(),
     };
-    let (group, version) = api_version
-        .split_once('/')
-        .unwrap_or(("", api_version.as_str()));
+    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version.as_str()));
     let duplicate = |previous: &Origin| {
         (
             Some(label.clone()),
@@ -390,7 +383,10 @@ fn read_object(
                 }
                 return;
             }
-            let spec = value.get("spec").cloned().unwrap_or(Value::Object(Default::default()));
+            let spec = value
+                .get("spec")
+                .cloned()
+                .unwrap_or(Value::Object(Default::default()));
             macro_rules! insert {
                 ($map:ident) => {{
                     if let Some((_, prev)) = objects.$map.get(&key) {
@@ -422,7 +418,9 @@ fn read_object(
                 api::VERSION
             ),
         ),
-        _ => tracing::warn!(file, object = %label, "ignoring {api_version} {kind}: standalone reads the wsbridge kinds, Secrets and ConfigMaps only"),
+        _ => {
+            tracing::warn!(file, object = %label, "ignoring {api_version} {kind}: standalone reads the wsbridge kinds, Secrets and ConfigMaps only")
+        }
     }
 }
 
@@ -487,11 +485,7 @@ fn plan(objects: &Objects, errors: &mut Vec<ConfigError>) -> Plan {
     for (key, (spec, origin)) in &objects.subscriptions {
         let channel = key.sibling(&spec.channel);
         if !objects.channels.contains_key(&channel) {
-            fail(
-                origin,
-                "spec.channel",
-                format!("Channel {channel} not found"),
-            );
+            fail(origin, "spec.channel", format!("Channel {channel} not found"));
             continue;
         }
         match translate::subscription_info(&key.namespace, spec) {

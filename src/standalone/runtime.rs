@@ -161,11 +161,7 @@ impl Runtime {
             .channels
             .keys()
             .cloned()
-            .chain(
-                plan.subscriptions
-                    .iter()
-                    .map(|(k, s)| k.sibling(&s.channel)),
-            )
+            .chain(plan.subscriptions.iter().map(|(k, s)| k.sibling(&s.channel)))
             .chain(plan.bridges.values().map(|b| b.channel.clone()))
             .collect();
         for channel in mentioned {
@@ -301,9 +297,7 @@ impl Runtime {
     pub async fn shutdown(&self, drain: Duration) -> ShutdownReport {
         let bridges: Vec<(ObjectKey, RunningBridge)> = self.lock().bridges.drain().collect();
         for (key, running) in bridges {
-            let RunningBridge {
-                handle, forward, ..
-            } = running;
+            let RunningBridge { handle, forward, .. } = running;
             if let Ok(handle) = Arc::try_unwrap(handle) {
                 let _ = tokio::time::timeout(Duration::from_secs(3), handle.shutdown()).await;
             }

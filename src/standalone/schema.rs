@@ -267,18 +267,21 @@ mod tests {
 
     #[test]
     fn range_errors_name_the_field_and_the_bound() {
-        let errors = check(
-            "Endpoint",
-            serde_json::json!({"url": "wss://h/", "port": 65536}),
-        );
+        let errors = check("Endpoint", serde_json::json!({"url": "wss://h/", "port": 65536}));
         assert_eq!(errors, ["spec.port: must be <= 65535"]);
     }
 
     #[test]
     fn unknown_and_missing_fields_are_named() {
         let errors = check("Endpoint", serde_json::json!({"urll": "wss://h/"}));
-        assert!(errors.contains(&"spec.urll: unknown field".to_string()), "{errors:?}");
-        assert!(errors.contains(&"spec.url: Required value".to_string()), "{errors:?}");
+        assert!(
+            errors.contains(&"spec.urll: unknown field".to_string()),
+            "{errors:?}"
+        );
+        assert!(
+            errors.contains(&"spec.url: Required value".to_string()),
+            "{errors:?}"
+        );
     }
 
     #[test]

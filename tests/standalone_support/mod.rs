@@ -88,7 +88,11 @@ impl Standalone {
             if let Some(status) = me.child.try_wait().unwrap() {
                 panic!("standalone exited with {status}:\n{}", me.logs());
             }
-            assert!(Instant::now() < deadline, "standalone never became ready:\n{}", me.logs());
+            assert!(
+                Instant::now() < deadline,
+                "standalone never became ready:\n{}",
+                me.logs()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         me
@@ -105,7 +109,10 @@ impl Standalone {
     /// Publishes `body` on `namespace/name`; returns status and JSON body.
     pub async fn publish(&self, channel: &str, body: impl Into<Bytes>) -> (u16, serde_json::Value) {
         let (status, body) = http_post(&self.url(&format!("/channels/{channel}")), body.into()).await;
-        (status, serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null))
+        (
+            status,
+            serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+        )
     }
 
     /// Publishes until it is accepted (bridges connect asynchronously).
@@ -141,7 +148,11 @@ impl Standalone {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
-            assert!(Instant::now() < deadline, "standalone did not exit:\n{}", self.logs());
+            assert!(
+                Instant::now() < deadline,
+                "standalone did not exit:\n{}",
+                self.logs()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -191,7 +202,12 @@ async fn request(method: http::Method, url: &str, body: Bytes) -> Result<(u16, B
         .map_err(|_| "timeout".to_string())?
         .map_err(|e| e.to_string())?;
     let status = res.status().as_u16();
-    let body = res.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+    let body = res
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
     Ok((status, body))
 }
 
@@ -279,7 +295,9 @@ impl Endpoint {
                 let mut out = send2.subscribe();
                 let conns = conns.clone();
                 tokio::spawn(async move {
-                    let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else { return };
+                    let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+                        return;
+                    };
                     *conns.lock().unwrap() += 1;
                     loop {
                         tokio::select! {
@@ -320,7 +338,10 @@ impl Endpoint {
     }
 
     pub async fn next(&mut self, timeout: Duration) -> Option<String> {
-        tokio::time::timeout(timeout, self.received.recv()).await.ok().flatten()
+        tokio::time::timeout(timeout, self.received.recv())
+            .await
+            .ok()
+            .flatten()
     }
 }
 
