@@ -15,6 +15,9 @@
 
 pub mod api;
 pub mod dataplane;
+pub mod follow;
 pub mod ops;
+pub mod publish;
 pub mod standalone;
 pub mod translate;
+pub mod worker;

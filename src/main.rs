@@ -7,7 +7,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use wsbridge::ops::LogFormat;
+use wsbridge::dataplane::routing::ObjectKey;
+use wsbridge::ops::{self, LogFormat};
 
 #[derive(Parser)]
 #[command(
@@ -16,6 +17,9 @@ use wsbridge::ops::LogFormat;
     about = "Bridges external WebSocket endpoints to in-cluster HTTP services"
 )]
 struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "WSBRIDGE_LOG_FORMAT")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -27,6 +31,18 @@ enum Command {
         /// Write one file per CRD into this folder instead of printing.
         #[arg(long, value_name = "DIR")]
         out_dir: Option<PathBuf>,
+    },
+    /// Run one bridge worker (what the worker pod runs).
+    Worker {
+        /// The Bridge to serve, as NAMESPACE/NAME.
+        #[arg(long, value_name = "NAMESPACE/NAME")]
+        bridge: ObjectKey,
+        /// Address of the worker's HTTP server (probes, metrics, publish path).
+        #[arg(long, env = wsbridge::worker::env::LISTEN, default_value = "0.0.0.0:8080")]
+        listen: SocketAddr,
+        /// The pod's IP, advertised on the Bridge's status as the publish address.
+        #[arg(long, env = wsbridge::worker::env::POD_IP)]
+        pod_ip: Option<std::net::IpAddr>,
     },
     /// Run bridges, the publish gateway and delivery in one process, from
     /// YAML files of Endpoints, Channels, Bridges, Subscriptions and Secrets.
@@ -45,9 +61,6 @@ enum Command {
         /// How long queued deliveries may take to finish at shutdown.
         #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
         drain_timeout: Duration,
-        /// Log format.
-        #[arg(long, value_enum, default_value = "text")]
-        log_format: LogFormat,
     },
     /// Demo WebSocket feed for the quickstart: sends a JSON tick every
     /// second and echoes what it receives.
@@ -69,22 +82,33 @@ enum Command {
     },
 }
 
-fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build()
-}
-
-fn main() -> anyhow::Result<ExitCode> {
-    match Cli::parse().command {
+#[tokio::main]
+async fn main() -> anyhow::Result<ExitCode> {
+    let cli = Cli::parse();
+    ops::init_logging(cli.log_format);
+    match cli.command {
         Command::Crd { out_dir: None } => print!("{}", wsbridge::api::crds_yaml()),
         Command::Crd { out_dir: Some(dir) } => wsbridge::api::write_crds(&dir)?,
+        Command::Worker {
+            bridge,
+            listen,
+            pod_ip,
+        } => {
+            let advertise = pod_ip.map(|ip| format!("http://{}", SocketAddr::new(ip, listen.port())));
+            let options = wsbridge::worker::WorkerOptions {
+                bridge,
+                listen,
+                advertise,
+                drain: std::time::Duration::from_secs(10),
+            };
+            wsbridge::worker::run(options, kube::Client::try_default().await?).await?;
+        }
         Command::Standalone {
             files,
             listen,
             check,
             drain_timeout,
-            log_format,
         } => {
-            wsbridge::ops::init_logging(log_format);
             if check {
                 return Ok(match wsbridge::standalone::check(&files) {
                     Ok(plan) => {
@@ -100,16 +124,14 @@ fn main() -> anyhow::Result<ExitCode> {
             let mut options = wsbridge::standalone::Options::new(files);
             options.listen = listen;
             options.drain_timeout = drain_timeout;
-            if let Err(e) = runtime()?.block_on(wsbridge::standalone::run(options)) {
+            if let Err(e) = wsbridge::standalone::run(options).await {
                 eprintln!("error: {e}");
                 return Ok(ExitCode::FAILURE);
             }
         }
-        Command::DemoFeed { listen, interval } => {
-            runtime()?.block_on(wsbridge::standalone::demo::feed(listen, interval))?
-        }
+        Command::DemoFeed { listen, interval } => wsbridge::standalone::demo::feed(listen, interval).await?,
         Command::DemoSubscriber { listen, expect_token } => {
-            runtime()?.block_on(wsbridge::standalone::demo::subscriber(listen, expect_token))?
+            wsbridge::standalone::demo::subscriber(listen, expect_token).await?
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -340,3 +340,39 @@ fn no_control_plane_process_survives_its_test_process() -> Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn kubectl_reaches_the_control_plane_as_admin() -> Result<()> {
+    let cp = support::shared().await;
+    let out = tokio::process::Command::from(cp.kubectl())
+        .args(["auth", "can-i", "*", "*"])
+        .output()
+        .await?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "yes");
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_owned_control_plane_stops_when_dropped() -> Result<()> {
+    let cp = support::ControlPlane::start(support::Options::default()).await?;
+    let client = cp.client();
+    support::create_namespace(&client, "owned").await?;
+    let pids = cp.pids();
+    let dir = cp.temp_dir().to_path_buf();
+    drop(client);
+    drop(cp);
+    for (name, pid) in pids {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        assert!(
+            stat.is_empty() || stat.contains(") Z"),
+            "{name} ({pid}) still running"
+        );
+    }
+    assert!(!dir.exists());
+    Ok(())
+}

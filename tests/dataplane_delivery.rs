@@ -118,7 +118,10 @@ fn spec(id: &str, uri: &http::Uri, policy: DeliveryPolicy) -> SubscriberSpec {
 
 fn engine() -> (DeliveryEngine, Arc<DataplaneMetrics>) {
     let metrics = Arc::new(DataplaneMetrics::unregistered());
-    (DeliveryEngine::new(EngineConfig::default(), metrics.clone()), metrics)
+    (
+        DeliveryEngine::new(EngineConfig::default(), metrics.clone()),
+        metrics,
+    )
 }
 
 fn channel() -> ChannelKey {
@@ -126,7 +129,11 @@ fn channel() -> ChannelKey {
 }
 
 fn text(s: &str) -> Arc<Message> {
-    Arc::new(Message::new(Payload::text(s), Origin::Endpoint, "/bridges/default/feed"))
+    Arc::new(Message::new(
+        Payload::text(s),
+        Origin::Endpoint,
+        "/bridges/default/feed",
+    ))
 }
 
 async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
@@ -140,7 +147,11 @@ async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
 #[tokio::test]
 async fn text_json_and_binary_are_broadcast_to_three_subscribers_with_cloudevents_headers() {
     let (engine, metrics) = engine();
-    let mut subs = vec![Subscriber::ok().await, Subscriber::ok().await, Subscriber::ok().await];
+    let mut subs = vec![
+        Subscriber::ok().await,
+        Subscriber::ok().await,
+        Subscriber::ok().await,
+    ];
     let specs = subs
         .iter()
         .enumerate()
@@ -149,9 +160,21 @@ async fn text_json_and_binary_are_broadcast_to_three_subscribers_with_cloudevent
     engine.set_subscribers(&channel(), specs);
 
     let messages = [
-        Arc::new(Message::new(Payload::text("hello world"), Origin::Endpoint, "/bridges/default/feed")),
-        Arc::new(Message::new(Payload::text(r#"{"price":42.5}"#), Origin::Endpoint, "/bridges/default/feed")),
-        Arc::new(Message::new(Payload::binary(vec![0u8, 159, 146, 150]), Origin::Published, "/channels/default/ticker")),
+        Arc::new(Message::new(
+            Payload::text("hello world"),
+            Origin::Endpoint,
+            "/bridges/default/feed",
+        )),
+        Arc::new(Message::new(
+            Payload::text(r#"{"price":42.5}"#),
+            Origin::Endpoint,
+            "/bridges/default/feed",
+        )),
+        Arc::new(Message::new(
+            Payload::binary(vec![0u8, 159, 146, 150]),
+            Origin::Published,
+            "/channels/default/ticker",
+        )),
     ];
     for m in &messages {
         let report = engine.dispatch(&channel(), m.clone());
@@ -159,9 +182,21 @@ async fn text_json_and_binary_are_broadcast_to_three_subscribers_with_cloudevent
         assert_eq!(report.overflowed, 0);
     }
     let expected = [
-        ("text/plain; charset=utf-8", &b"hello world"[..], "io.wsbridge.endpoint.message"),
-        ("application/json", &br#"{"price":42.5}"#[..], "io.wsbridge.endpoint.message"),
-        ("application/octet-stream", &[0u8, 159, 146, 150][..], "io.wsbridge.channel.published"),
+        (
+            "text/plain; charset=utf-8",
+            &b"hello world"[..],
+            "io.wsbridge.endpoint.message",
+        ),
+        (
+            "application/json",
+            &br#"{"price":42.5}"#[..],
+            "io.wsbridge.endpoint.message",
+        ),
+        (
+            "application/octet-stream",
+            &[0u8, 159, 146, 150][..],
+            "io.wsbridge.channel.published",
+        ),
     ];
     for sub in &mut subs {
         for (m, (content_type, body, ce_type)) in messages.iter().zip(expected) {
@@ -173,7 +208,10 @@ async fn text_json_and_binary_are_broadcast_to_three_subscribers_with_cloudevent
             assert_eq!(r.headers["ce-source"], m.source());
             assert_eq!(r.headers["ce-type"], ce_type);
             let time = r.headers["ce-time"].to_str().unwrap();
-            assert!(humantime::parse_rfc3339(time).is_ok(), "ce-time {time} is RFC 3339");
+            assert!(
+                humantime::parse_rfc3339(time).is_ok(),
+                "ce-time {time} is RFC 3339"
+            );
             assert!(r.headers.get("authorization").is_none(), "no token configured");
         }
     }
@@ -200,7 +238,14 @@ async fn the_bridge_token_is_presented_to_subscribers_as_a_bearer_token() {
 #[tokio::test]
 async fn a_subscriber_answering_500_then_200_gets_the_message_exactly_once() {
     let (engine, _) = engine();
-    let mut sub = Subscriber::start(|n| if n == 0 { Reply::Status(500) } else { Reply::Status(200) }).await;
+    let mut sub = Subscriber::start(|n| {
+        if n == 0 {
+            Reply::Status(500)
+        } else {
+            Reply::Status(200)
+        }
+    })
+    .await;
     engine.set_subscribers(&channel(), vec![spec("default/s", &sub.uri, fast_policy())]);
     let msg = text("once");
     engine.dispatch(&channel(), msg.clone());
@@ -211,20 +256,33 @@ async fn a_subscriber_answering_500_then_200_gets_the_message_exactly_once() {
     sub.assert_quiet(Duration::from_millis(500)).await;
     assert_eq!(sub.requests(), 2);
     let stats = engine.stats();
-    assert_eq!((stats.delivered, stats.retried, stats.dead_lettered, stats.dropped), (1, 1, 0, 0));
+    assert_eq!(
+        (stats.delivered, stats.retried, stats.dead_lettered, stats.dropped),
+        (1, 1, 0, 0)
+    );
 }
 
 #[tokio::test]
 async fn retry_after_on_429_is_honoured() {
     let (engine, _) = engine();
-    let mut sub = Subscriber::start(|n| if n == 0 { Reply::RetryAfter(429, 2) } else { Reply::Status(200) }).await;
+    let mut sub = Subscriber::start(|n| {
+        if n == 0 {
+            Reply::RetryAfter(429, 2)
+        } else {
+            Reply::Status(200)
+        }
+    })
+    .await;
     // Without Retry-After the retry would come after 20ms.
     engine.set_subscribers(&channel(), vec![spec("default/s", &sub.uri, fast_policy())]);
     engine.dispatch(&channel(), text("slow down"));
     let first = sub.next().await;
     let second = sub.next().await;
     let gap = second.at - first.at;
-    assert!(gap >= Duration::from_millis(1800), "retried after {gap:?}, expected about 2s");
+    assert!(
+        gap >= Duration::from_millis(1800),
+        "retried after {gap:?}, expected about 2s"
+    );
     eventually("delivered", || engine.stats().delivered == 1).await;
 }
 
@@ -494,7 +552,10 @@ async fn the_engine_follows_the_routing_index() {
             delivery: Default::default(),
         },
     );
-    eventually("subscriber applied", || engine.subscribers(&channel()) == ["default/pricing"]).await;
+    eventually("subscriber applied", || {
+        engine.subscribers(&channel()) == ["default/pricing"]
+    })
+    .await;
     engine.dispatch(&channel(), text("routed"));
     assert_eq!(sub.next().await.body, "routed");
     index.delete_subscription(&ObjectKey::new("default", "pricing"));

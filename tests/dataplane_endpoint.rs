@@ -17,8 +17,8 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use wsbridge::dataplane::endpoint::{
-    ConnectionState, Credentials, EndpointConfig, EndpointHandle, EndpointOptions, KeepAlive, ReconnectPolicy,
-    SendError,
+    ConnectionState, Credentials, EndpointConfig, EndpointHandle, EndpointOptions, KeepAlive,
+    ReconnectPolicy, SendError,
 };
 use wsbridge::dataplane::{DataplaneMetrics, Message, Origin, Payload, PayloadKind, SecretString};
 
@@ -79,13 +79,17 @@ impl WsServer {
         let tasks = self.tasks.clone();
         let accept = tokio::spawn(async move {
             loop {
-                let Ok((tcp, _)) = listener.accept().await else { return };
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
                 let n = connections.fetch_add(1, AtomicOrdering::SeqCst) + 1;
                 let (opts, events, out_rx) = (opts.clone(), events.clone(), out.subscribe());
                 let conn = tokio::spawn(async move {
                     match opts.tls.clone() {
                         Some(cfg) => {
-                            let Ok(tls) = tokio_rustls::TlsAcceptor::from(cfg).accept(tcp).await else { return };
+                            let Ok(tls) = tokio_rustls::TlsAcceptor::from(cfg).accept(tcp).await else {
+                                return;
+                            };
                             serve_connection(tls, n, opts, events, out_rx).await
                         }
                         None => serve_connection(tcp, n, opts, events, out_rx).await,
@@ -146,6 +150,8 @@ impl Drop for WsServer {
     }
 }
 
+// The handshake callback's error type is tungstenite's, not ours.
+#[allow(clippy::result_large_err)]
 async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
     stream: S,
     n: usize,
@@ -165,8 +171,16 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
             return Err(e);
         }
         if select && let Some(offered) = req.headers().get("sec-websocket-protocol") {
-            let first = offered.to_str().unwrap().split(',').next().unwrap().trim().to_string();
-            resp.headers_mut().insert("sec-websocket-protocol", first.parse().unwrap());
+            let first = offered
+                .to_str()
+                .unwrap()
+                .split(',')
+                .next()
+                .unwrap()
+                .trim()
+                .to_string();
+            resp.headers_mut()
+                .insert("sec-websocket-protocol", first.parse().unwrap());
         }
         Ok(resp)
     };
@@ -240,7 +254,10 @@ impl Client {
     }
 
     async fn connected(&self) {
-        assert!(self.handle.wait_connected(Duration::from_secs(20)).await, "not connected within 20s");
+        assert!(
+            self.handle.wait_connected(Duration::from_secs(20)).await,
+            "not connected within 20s"
+        );
     }
 
     fn reconnects(&self) -> u64 {
@@ -371,8 +388,16 @@ async fn text_and_binary_flow_in_from_the_endpoint_and_published_messages_flow_o
     assert_eq!(&bin.payload().bytes()[..], &[1, 2, 3, 255]);
     assert_ne!(json.id(), plain.id());
 
-    let out_text = Message::new(Payload::text("to the feed"), Origin::Published, "/channels/default/ticker");
-    let out_bin = Message::new(Payload::binary(vec![9u8, 8]), Origin::Published, "/channels/default/ticker");
+    let out_text = Message::new(
+        Payload::text("to the feed"),
+        Origin::Published,
+        "/channels/default/ticker",
+    );
+    let out_bin = Message::new(
+        Payload::binary(vec![9u8, 8]),
+        Origin::Published,
+        "/channels/default/ticker",
+    );
     client.handle.try_send(Arc::new(out_text)).unwrap();
     client.handle.try_send(Arc::new(out_bin)).unwrap();
     let (_, f1) = server.next_frame().await;
@@ -406,7 +431,11 @@ async fn publishing_is_refused_when_there_is_no_connection_or_the_message_is_too
     assert!(reason.contains("I/O") || reason.contains("refused"), "{reason}");
     let small = Arc::new(Message::new(Payload::text("hi"), Origin::Published, "/c"));
     assert_eq!(client.handle.try_send(small), Err(SendError::NotConnected));
-    let big = Arc::new(Message::new(Payload::text("x".repeat(11)), Origin::Published, "/c"));
+    let big = Arc::new(Message::new(
+        Payload::text("x".repeat(11)),
+        Origin::Published,
+        "/c",
+    ));
     assert_eq!(
         client.handle.try_send(big),
         Err(SendError::TooLarge { size: 11, max: 10 })
@@ -471,7 +500,9 @@ async fn a_server_that_stops_answering_pings_is_detected_and_replaced() {
     assert_eq!(client.reconnects(), 1);
     let states = states.lock().unwrap().clone();
     assert!(
-        states.iter().any(|s| matches!(s, ConnectionState::Disconnected { reason, .. } if reason.contains("pong"))),
+        states
+            .iter()
+            .any(|s| matches!(s, ConnectionState::Disconnected { reason, .. } if reason.contains("pong"))),
         "{states:?}"
     );
     // Pings on the healthy connection are answered: it stays up.
@@ -505,10 +536,14 @@ async fn a_config_change_reconnects_with_the_new_credentials() {
 }
 
 fn tls_material() -> (String, Arc<rustls::ServerConfig>) {
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose};
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
+    };
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(DnType::CommonName, "wsbridge test CA");
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "wsbridge test CA");
     ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
     let leaf_key = KeyPair::generate().unwrap();
@@ -517,12 +552,13 @@ fn tls_material() -> (String, Arc<rustls::ServerConfig>) {
         .signed_by(&leaf_key, &ca)
         .unwrap();
     let key = rustls_pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into());
-    let server = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![leaf.der().clone()], key)
-        .unwrap();
+    let server =
+        rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![leaf.der().clone()], key)
+            .unwrap();
     (ca.pem(), Arc::new(server))
 }
 
@@ -548,7 +584,10 @@ async fn wss_with_an_extra_ca_connects_and_without_it_is_refused() {
     })
     .await
     .unwrap();
-    assert!(reason.contains("TLS") || reason.contains("certificate"), "{reason}");
+    assert!(
+        reason.contains("TLS") || reason.contains("certificate"),
+        "{reason}"
+    );
     assert!(!client.handle.is_connected());
 
     cfg.ca_pem = Some(ca_pem);
@@ -577,7 +616,9 @@ async fn a_refused_handshake_is_retried_with_backoff_and_reported() {
     .expect("the client keeps retrying");
     let states = states.lock().unwrap().clone();
     assert!(
-        states.iter().any(|s| matches!(s, ConnectionState::Disconnected { reason, .. } if reason.contains("401"))),
+        states
+            .iter()
+            .any(|s| matches!(s, ConnectionState::Disconnected { reason, .. } if reason.contains("401"))),
         "{states:?}"
     );
     client.handle.shutdown().await;
@@ -650,7 +691,12 @@ async fn no_secret_value_appears_in_logs_states_or_metrics() {
     cfg.subscriber_token = Some(SecretString::new(PLANTED[3]));
     let (cfg_tx, cfg_rx) = watch::channel(cfg.clone());
     let (in_tx, mut in_rx) = mpsc::channel(8);
-    let handle = EndpointHandle::spawn(EndpointOptions::new("default/feed"), cfg_rx, in_tx, metrics.clone());
+    let handle = EndpointHandle::spawn(
+        EndpointOptions::new("default/feed"),
+        cfg_rx,
+        in_tx,
+        metrics.clone(),
+    );
     let states = {
         let states = Arc::new(Mutex::new(Vec::new()));
         let mut rx = handle.state();
@@ -693,7 +739,9 @@ async fn no_secret_value_appears_in_logs_states_or_metrics() {
         &channel,
         vec![SubscriberSpec {
             id: "default/s".into(),
-            uri: format!("http://127.0.0.1:{}/", refusing.addr.port()).parse().unwrap(),
+            uri: format!("http://127.0.0.1:{}/", refusing.addr.port())
+                .parse()
+                .unwrap(),
             policy: DeliveryPolicy {
                 retry: 1,
                 backoff_delay: Duration::from_millis(10),
@@ -716,8 +764,14 @@ async fn no_secret_value_appears_in_logs_states_or_metrics() {
     prometheus_client::encoding::text::encode(&mut metrics_text, &registry).unwrap();
     let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
     let states = states.lock().unwrap().join("\n");
-    assert!(logs.contains("endpoint disconnected"), "logs were captured:\n{logs}");
-    assert!(logs.contains("message not delivered"), "logs were captured:\n{logs}");
+    assert!(
+        logs.contains("endpoint disconnected"),
+        "logs were captured:\n{logs}"
+    );
+    assert!(
+        logs.contains("message not delivered"),
+        "logs were captured:\n{logs}"
+    );
     assert!(states.contains("403"), "{states}");
     assert!(metrics_text.contains("wsbridge_messages_received_total"));
     let debug_dumps = format!("{cfg:?} {inbound:?} {:?}", inbound.http_headers());

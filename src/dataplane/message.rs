@@ -291,8 +291,8 @@ fn header_value_or(value: &str, fallback: &'static str) -> HeaderValue {
 /// `Bearer <token>` as a sensitive header value. The error never contains
 /// the token.
 pub fn bearer_header(token: &SecretString) -> Result<HeaderValue, InvalidSecretHeader> {
-    let mut v = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
-        .map_err(|_| InvalidSecretHeader)?;
+    let mut v =
+        HeaderValue::from_str(&format!("Bearer {}", token.expose())).map_err(|_| InvalidSecretHeader)?;
     v.set_sensitive(true);
     Ok(v)
 }

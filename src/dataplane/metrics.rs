@@ -121,11 +121,7 @@ impl DataplaneMetrics {
             "Messages delivered to subscribers",
             m.delivered.clone(),
         );
-        r.register(
-            "delivery_retries",
-            "Delivery attempts retried",
-            m.retried.clone(),
-        );
+        r.register("delivery_retries", "Delivery attempts retried", m.retried.clone());
         r.register(
             "messages_dead_lettered",
             "Messages sent to a dead-letter sink",

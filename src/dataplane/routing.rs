@@ -92,7 +92,10 @@ impl DeliveryOptions {
             backoff_delay: self.backoff_delay.or(base.backoff_delay),
             timeout: self.timeout.or(base.timeout),
             ordering: self.ordering.or(base.ordering),
-            dead_letter_sink: self.dead_letter_sink.clone().or_else(|| base.dead_letter_sink.clone()),
+            dead_letter_sink: self
+                .dead_letter_sink
+                .clone()
+                .or_else(|| base.dead_letter_sink.clone()),
             queue_capacity: self.queue_capacity.or(base.queue_capacity),
         }
     }
@@ -300,7 +303,9 @@ impl RoutingIndex {
     }
 
     fn refresh(&self, s: &mut State, channel: &ChannelKey) {
-        let Some(tx) = s.watches.get(channel) else { return };
+        let Some(tx) = s.watches.get(channel) else {
+            return;
+        };
         let routes = self.compute(s, channel);
         tx.send_if_modified(|current| {
             if **current == routes {
@@ -385,7 +390,12 @@ mod tests {
 
         // Moving a subscription to another channel removes it here.
         index.apply_subscription(ObjectKey::new("default", "a"), sub("news", "http://a/"));
-        let ids: Vec<_> = rx.borrow_and_update().subscribers.iter().map(|s| s.id.clone()).collect();
+        let ids: Vec<_> = rx
+            .borrow_and_update()
+            .subscribers
+            .iter()
+            .map(|s| s.id.clone())
+            .collect();
         assert_eq!(ids, ["default/b"]);
         let news = index.routes(&ChannelKey::new("default", "news"));
         assert_eq!(news.subscribers.len(), 2);
@@ -459,7 +469,11 @@ mod tests {
         index.delete_channel(&ticker);
         let routes = rx.borrow_and_update().clone();
         assert!(routes.channel.is_none());
-        assert_eq!(routes.bridges.len(), 1, "bridges stay indexed without their channel");
+        assert_eq!(
+            routes.bridges.len(),
+            1,
+            "bridges stay indexed without their channel"
+        );
         index.delete_bridge(&ObjectKey::new("default", "feed"));
         assert!(rx.borrow_and_update().bridges.is_empty());
         assert!(index.channels().is_empty());

@@ -18,7 +18,16 @@ start=$(date +%s)
 echo "control plane: building ${bins[*]} (first time takes several minutes)"
 export CGO_ENABLED=0
 go build -trimpath -ldflags="-s -w" -o "$out/etcd" ./etcd
-go build -trimpath -ldflags="-s -w" -o "$out/" \
+# Stamp the release into the binaries: helm's kubeVersion check and
+# `kubectl version` read it (an unstamped build reports v0.0.0-master).
+kube_version=$(awk '$1 == "k8s.io/kubernetes" { print $2; exit }' go.mod)
+minor=$(echo "$kube_version" | cut -d. -f2)
+version_flags=""
+for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+  version_flags+=" -X $pkg.gitVersion=$kube_version -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
+  version_flags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+done
+go build -trimpath -ldflags="-s -w $version_flags" -o "$out/" \
   k8s.io/kubernetes/cmd/kube-apiserver \
   k8s.io/kubernetes/cmd/kube-controller-manager \
   k8s.io/kubernetes/cmd/kubectl

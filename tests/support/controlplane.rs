@@ -130,6 +130,7 @@ impl ControlPlane {
         fs::create_dir_all(&log_dir).map_err(fatal("creating the log dir"))?;
         reaper::remove_dir_at_exit(&dir).map_err(StartError::Fatal)?;
         prune_old_logs(&log_dir);
+        prune_orphaned_temp_dirs();
 
         let [etcd_port, etcd_peer_port, api_port] = free_ports().map_err(StartError::Fatal)?;
         let server_url = format!("https://127.0.0.1:{api_port}");
@@ -270,6 +271,7 @@ impl ControlPlane {
     }
 
     async fn start_controller_manager(&self) -> Result<()> {
+        let started = Instant::now();
         let ca_pem = fs::read_to_string(self.dir.join("certs/apiserver.crt"))?;
         let kubeconfig_path = self.dir.join("controller-manager.kubeconfig");
         let kubeconfig = kubeconfig_yaml(
@@ -305,6 +307,10 @@ impl ControlPlane {
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
             if sas.get_opt("default").await?.is_some() {
+                eprintln!(
+                    "test kube-controller-manager running in {:.1}s",
+                    started.elapsed().as_secs_f64()
+                );
                 return Ok(());
             }
             self.check_alive().map_err(StartError::into_inner)?;
@@ -415,6 +421,13 @@ impl ControlPlane {
         &self.log_dir
     }
 
+    /// A `kubectl` command already pointed at this control plane as admin.
+    pub fn kubectl(&self) -> Command {
+        let mut cmd = Command::new(self.bin_dir.join("kubectl"));
+        cmd.arg(format!("--kubeconfig={}", self.kubeconfig_path.display()));
+        cmd
+    }
+
     /// Path of a built control-plane binary (e.g. `kubectl`).
     pub fn binary(&self, name: &str) -> PathBuf {
         self.bin_dir.join(name)
@@ -444,6 +457,7 @@ impl Drop for ControlPlane {
         for (_, child) in children.iter_mut().rev() {
             let _ = child.kill();
             let _ = child.wait();
+            let _ = reaper::forget_process_group(child.id());
         }
         let _ = fs::remove_dir_all(&self.dir);
     }
@@ -500,7 +514,7 @@ pub fn random_hex(bytes: usize) -> String {
     hex::encode(data)
 }
 
-fn kubeconfig_yaml(server: &str, ca_pem: &str, user: &str, token: &str) -> String {
+pub fn kubeconfig_yaml(server: &str, ca_pem: &str, user: &str, token: &str) -> String {
     use std::io::Write;
     let ca = base64_encode(ca_pem.as_bytes());
     let mut out = Vec::new();
@@ -535,11 +549,35 @@ fn base64_encode(data: &[u8]) -> String {
     out
 }
 
+/// Removes `wsbridge-cp-<pid>-*` temp dirs whose test process is gone (left
+/// behind only if the reaper itself was killed).
+fn prune_orphaned_temp_dirs() {
+    let Ok(entries) = fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.filter_map(|e| e.ok()) {
+        let name = entry.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix("wsbridge-cp-")) else {
+            continue;
+        };
+        let Some((pid, _)) = rest.split_once('-') else {
+            continue;
+        };
+        if pid.parse::<u32>().is_ok() && !Path::new("/proc").join(pid).exists() {
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 /// Keeps the logs of the most recent runs only.
 fn prune_old_logs(current: &Path) {
     const KEEP: usize = 20;
-    let Some(parent) = current.parent() else { return };
-    let Ok(entries) = fs::read_dir(parent) else { return };
+    let Some(parent) = current.parent() else {
+        return;
+    };
+    let Ok(entries) = fs::read_dir(parent) else {
+        return;
+    };
     let mut dirs: Vec<_> = entries
         .filter_map(|e| e.ok())
         .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))

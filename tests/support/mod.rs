@@ -24,6 +24,7 @@ pub mod binaries;
 pub mod controlplane;
 pub mod crds;
 pub mod helpers;
+pub mod pods;
 mod reaper;
 
 pub use controlplane::{API_AUDIENCE, ControlPlane, Options, shared, shared_with_controller_manager};

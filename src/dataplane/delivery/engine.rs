@@ -163,7 +163,10 @@ type Expire = watch::Receiver<Option<&'static str>>;
 
 /// Resolves with the reason once the worker must stop delivering.
 async fn expired(rx: &mut Expire) -> &'static str {
-    let reason = rx.wait_for(Option::is_some).await.map(|r| r.unwrap_or("shutdown"));
+    let reason = rx
+        .wait_for(Option::is_some)
+        .await
+        .map(|r| r.unwrap_or("shutdown"));
     match reason {
         Ok(reason) => reason,
         Err(_) => std::future::pending().await,
@@ -345,7 +348,9 @@ impl DeliveryEngine {
             loop {
                 let current = routes.borrow_and_update().clone();
                 match weak.upgrade() {
-                    Some(inner) => DeliveryEngine { inner }.set_subscribers(&current.key, current.subscribers.clone()),
+                    Some(inner) => {
+                        DeliveryEngine { inner }.set_subscribers(&current.key, current.subscribers.clone())
+                    }
                     None => return,
                 }
                 if routes.changed().await.is_err() {
@@ -407,7 +412,13 @@ impl DeliveryEngine {
         let (tx, rx) = mpsc::channel(spec.policy.queue_capacity.max(1));
         let (spec_tx, spec_rx) = watch::channel(Arc::new(spec.clone()));
         let (expire_tx, expire_rx) = watch::channel(None);
-        let task = tokio::spawn(run_worker(ctx.clone(), rx, spec_rx, expire_rx, spec.policy.max_in_flight()));
+        let task = tokio::spawn(run_worker(
+            ctx.clone(),
+            rx,
+            spec_rx,
+            expire_rx,
+            spec.policy.max_in_flight(),
+        ));
         Worker {
             spec,
             ctx,
@@ -595,9 +606,13 @@ impl WorkerCtx {
         match &policy.dead_letter_sink {
             Some(sink) => {
                 let dl = self.dead_letter(q.msg, sink, policy, reason, last_status, attempts);
-                self.shared.dead_letters_pending.fetch_add(1, AtomicOrdering::AcqRel);
+                self.shared
+                    .dead_letters_pending
+                    .fetch_add(1, AtomicOrdering::AcqRel);
                 if self.shared.dead_letters.send(dl).await.is_err() {
-                    self.shared.dead_letters_pending.fetch_sub(1, AtomicOrdering::AcqRel);
+                    self.shared
+                        .dead_letters_pending
+                        .fetch_sub(1, AtomicOrdering::AcqRel);
                     self.shared.count_drop(&self.channel, &self.subscriber, reason, 1);
                 }
             }
@@ -639,9 +654,13 @@ impl WorkerCtx {
         match &policy.dead_letter_sink {
             Some(sink) => {
                 let dl = self.dead_letter(msg, sink, policy, reason, last_status, attempts);
-                self.shared.dead_letters_pending.fetch_add(1, AtomicOrdering::AcqRel);
+                self.shared
+                    .dead_letters_pending
+                    .fetch_add(1, AtomicOrdering::AcqRel);
                 if self.shared.dead_letters.try_send(dl).is_err() {
-                    self.shared.dead_letters_pending.fetch_sub(1, AtomicOrdering::AcqRel);
+                    self.shared
+                        .dead_letters_pending
+                        .fetch_sub(1, AtomicOrdering::AcqRel);
                     self.shared
                         .count_drop(&self.channel, &self.subscriber, "dead_letter_queue_full", 1);
                 }
@@ -662,7 +681,9 @@ async fn run_dead_letters(
         let Ok(permit) = permits.clone().acquire_owned().await else {
             return;
         };
-        let Some(shared) = shared.upgrade() else { return };
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
         tokio::spawn(async move {
             post_dead_letter(&shared, dl, attempts).await;
             shared.dead_letters_pending.fetch_sub(1, AtomicOrdering::AcqRel);
@@ -685,7 +706,12 @@ async fn post_dead_letter(shared: &Shared, dl: DeadLetter, attempts: u32) {
     for attempt in 1..=attempts {
         let outcome = shared
             .http
-            .post(&dl.sink, headers.clone(), dl.msg.payload().bytes().clone(), dl.timeout)
+            .post(
+                &dl.sink,
+                headers.clone(),
+                dl.msg.payload().bytes().clone(),
+                dl.timeout,
+            )
             .await;
         match classify(&outcome) {
             Verdict::Delivered => {

@@ -42,7 +42,13 @@ impl HttpSender {
     /// POSTs `body` with `headers`, all within `timeout`. Reads (up to a
     /// small bound) and discards the response body so the connection can be
     /// reused.
-    pub async fn post(&self, uri: &Uri, headers: HeaderMap, body: Bytes, timeout: Duration) -> AttemptOutcome {
+    pub async fn post(
+        &self,
+        uri: &Uri,
+        headers: HeaderMap,
+        body: Bytes,
+        timeout: Duration,
+    ) -> AttemptOutcome {
         let mut request = Request::new(Full::new(body));
         *request.method_mut() = Method::POST;
         *request.uri_mut() = uri.clone();
@@ -54,7 +60,9 @@ impl HttpSender {
                 .headers()
                 .get(http::header::RETRY_AFTER)
                 .and_then(parse_retry_after);
-            let _ = Limited::new(response.into_body(), MAX_RESPONSE_BODY).collect().await;
+            let _ = Limited::new(response.into_body(), MAX_RESPONSE_BODY)
+                .collect()
+                .await;
             Ok::<_, hyper_util::client::legacy::Error>(AttemptOutcome::Response { status, retry_after })
         };
         match tokio::time::timeout(timeout, exchange).await {

@@ -152,7 +152,13 @@ pub fn classify(outcome: &AttemptOutcome) -> Verdict {
 
 /// Parses `Retry-After` given in seconds (HTTP dates are ignored).
 pub fn parse_retry_after(value: &http::HeaderValue) -> Option<Duration> {
-    value.to_str().ok()?.trim().parse::<u64>().ok().map(Duration::from_secs)
+    value
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_secs)
 }
 
 #[cfg(test)]
@@ -176,8 +182,14 @@ mod tests {
         for code in [400, 401, 403, 404, 409, 413, 422, 301] {
             assert_eq!(classify(&resp(code)), Verdict::Reject, "{code}");
         }
-        assert!(matches!(classify(&AttemptOutcome::Timeout), Verdict::Retry { .. }));
-        assert!(matches!(classify(&AttemptOutcome::Network("refused".into())), Verdict::Retry { .. }));
+        assert!(matches!(
+            classify(&AttemptOutcome::Timeout),
+            Verdict::Retry { .. }
+        ));
+        assert!(matches!(
+            classify(&AttemptOutcome::Network("refused".into())),
+            Verdict::Retry { .. }
+        ));
         let with_after = AttemptOutcome::Response {
             status: StatusCode::TOO_MANY_REQUESTS,
             retry_after: Some(Duration::from_secs(2)),
@@ -212,8 +224,14 @@ mod tests {
             retry_after_max: Duration::from_secs(10),
             ..Default::default()
         };
-        assert_eq!(p.delay_for(1, Some(Duration::from_secs(3))), Duration::from_secs(3));
-        assert_eq!(p.delay_for(1, Some(Duration::from_secs(3600))), Duration::from_secs(10));
+        assert_eq!(
+            p.delay_for(1, Some(Duration::from_secs(3))),
+            Duration::from_secs(3)
+        );
+        assert_eq!(
+            p.delay_for(1, Some(Duration::from_secs(3600))),
+            Duration::from_secs(10)
+        );
         assert_eq!(p.delay_for(1, None), p.retry_delay(1));
         assert_eq!(
             parse_retry_after(&http::HeaderValue::from_static(" 7 ")),

@@ -10,9 +10,9 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 use tracing::{debug, info, warn};
 
@@ -305,7 +305,8 @@ impl Runner {
                         SessionEnd::Reconfigure => {
                             info!(endpoint = %self.name, "endpoint configuration changed; reconnecting");
                             cfg = self.config.borrow_and_update().clone();
-                            backoff = ReconnectBackoff::new(cfg.reconnect.initial_delay, cfg.reconnect.max_delay);
+                            backoff =
+                                ReconnectBackoff::new(cfg.reconnect.initial_delay, cfg.reconnect.max_delay);
                             continue;
                         }
                         SessionEnd::Lost(reason) => {
@@ -381,13 +382,20 @@ impl Runner {
         }
     }
 
-    async fn session(&mut self, ws: Box<Ws>, cfg: &mut EndpointConfig, subprotocol: Option<String>) -> SessionEnd {
+    async fn session(
+        &mut self,
+        ws: Box<Ws>,
+        cfg: &mut EndpointConfig,
+        subprotocol: Option<String>,
+    ) -> SessionEnd {
         let mut ws = *ws;
         for text in &cfg.open_messages {
             let frame = WsMessage::text(text.clone());
             match tokio::time::timeout(WRITE_TIMEOUT, ws.send(frame)).await {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => return SessionEnd::Lost(format!("sending open message failed: {}", describe(&e))),
+                Ok(Err(e)) => {
+                    return SessionEnd::Lost(format!("sending open message failed: {}", describe(&e)));
+                }
                 Err(_) => return SessionEnd::Lost("sending open message timed out".to_string()),
             }
         }

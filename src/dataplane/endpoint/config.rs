@@ -116,7 +116,10 @@ impl std::fmt::Debug for EndpointConfig {
             .field("credentials", &self.credentials)
             .field("secret_headers", &self.secret_headers)
             .field("subprotocols", &self.subprotocols)
-            .field("ca_pem", &self.ca_pem.as_ref().map(|p| format!("<{} bytes>", p.len())))
+            .field(
+                "ca_pem",
+                &self.ca_pem.as_ref().map(|p| format!("<{} bytes>", p.len())),
+            )
             .field("open_messages", &self.open_messages.len())
             .field("keepalive", &self.keepalive)
             .field("reconnect", &self.reconnect)
@@ -291,13 +294,19 @@ mod tests {
     fn display_url_hides_user_info_and_query() {
         let c = EndpointConfig::new("ws://user:pa55word@h.example/x?token=s3cret");
         let shown = c.display_url();
-        assert!(!shown.contains("pa55word") && !shown.contains("s3cret"), "{shown}");
+        assert!(
+            !shown.contains("pa55word") && !shown.contains("s3cret"),
+            "{shown}"
+        );
     }
 
     #[test]
     fn non_websocket_schemes_are_refused() {
         let c = EndpointConfig::new("http://h.example/");
-        assert!(matches!(c.handshake_request(), Err(ConfigError::UnsupportedScheme(_))));
+        assert!(matches!(
+            c.handshake_request(),
+            Err(ConfigError::UnsupportedScheme(_))
+        ));
     }
 
     #[test]

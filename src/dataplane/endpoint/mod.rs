@@ -8,5 +8,6 @@ pub mod tls;
 pub use backoff::{ReconnectBackoff, exponential_ceiling, full_jitter};
 pub use client::{ConnectionState, EndpointHandle, EndpointOptions, SendError};
 pub use config::{
-    ConfigError, Credentials, DEFAULT_MAX_MESSAGE_BYTES, EndpointConfig, KeepAlive, ReconnectPolicy, redact_url,
+    ConfigError, Credentials, DEFAULT_MAX_MESSAGE_BYTES, EndpointConfig, KeepAlive, ReconnectPolicy,
+    redact_url,
 };

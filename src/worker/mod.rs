@@ -1,0 +1,412 @@
+//! `wsbridge worker --bridge NAMESPACE/NAME`: the Kubernetes side of one
+//! bridge's data plane.
+//!
+//! It reads its Bridge, Endpoint and Channel and follows the channel's
+//! Subscriptions live; secret values come from its environment (see [`env`]).
+//! A *session* runs for one Bridge spec: when the spec changes (another
+//! channel or endpoint), the session is replaced in-process, without a pod
+//! restart. Endpoint changes reconfigure the live connection.
+
+pub mod env;
+mod send;
+pub mod status;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use kube::runtime::watcher;
+use kube::{Api, Client, ResourceExt};
+use prometheus_client::registry::Registry;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+
+use crate::api::{Bridge, BridgeSpec, Channel, Endpoint, EndpointSpec, Subscription};
+use crate::dataplane::delivery::{DeliveryEngine, EngineConfig};
+use crate::dataplane::endpoint::{ConnectionState, EndpointConfig, EndpointHandle, EndpointOptions};
+use crate::dataplane::routing::{ChannelKey, ObjectKey, RoutingIndex};
+use crate::dataplane::{DataplaneMetrics, Message};
+use crate::follow::{Change, follow};
+use crate::ops::{self, Readiness};
+use crate::translate;
+use send::{SendSlot, SendTarget};
+
+/// What `wsbridge worker` needs.
+#[derive(Clone, Debug)]
+pub struct WorkerOptions {
+    /// The Bridge this worker serves.
+    pub bridge: ObjectKey,
+    /// HTTP listener: ops endpoints and `POST /v1/send`.
+    pub listen: SocketAddr,
+    /// The publish address written to the Bridge's status
+    /// (`http://POD_IP:PORT`); `None` leaves it unset.
+    pub advertise: Option<String>,
+    /// How long in-flight deliveries may take at shutdown.
+    pub drain: Duration,
+}
+
+/// Runs the worker until SIGINT/SIGTERM, then drains.
+pub async fn run(options: WorkerOptions, client: Client) -> anyhow::Result<()> {
+    let shutdown = ops::shutdown_signal();
+    let worker = Worker::start(options, client).await?;
+    shutdown.await;
+    tracing::info!("shutting down");
+    worker.shutdown().await;
+    Ok(())
+}
+
+/// A running worker (the library form, used by tests and `run`).
+pub struct Worker {
+    engine: Arc<DeliveryEngine>,
+    tasks: JoinSet<()>,
+    stop: watch::Sender<bool>,
+    drain: Duration,
+    /// The bound HTTP address.
+    pub addr: SocketAddr,
+}
+
+impl Worker {
+    /// Binds the listener and starts following the Bridge.
+    pub async fn start(options: WorkerOptions, client: Client) -> anyhow::Result<Self> {
+        let mut registry = Registry::default();
+        let metrics = Arc::new(DataplaneMetrics::new(&mut registry));
+        let engine = Arc::new(DeliveryEngine::new(EngineConfig::default(), metrics.clone()));
+        let ready = Readiness::default();
+        let slot: SendSlot = Arc::new(RwLock::new(None));
+        let (stop, stopped) = watch::channel(false);
+
+        let router = ops::router(Arc::new(registry), ready.clone()).merge(send::router(slot.clone()));
+        let mut http_stop = stopped.clone();
+        let (addr, server) = ops::serve(options.listen, router, async move {
+            let _ = http_stop.wait_for(|s| *s).await;
+        })
+        .await?;
+        tracing::info!(%addr, bridge = %options.bridge, "worker listening");
+
+        let mut tasks = JoinSet::new();
+        tasks.spawn(async move {
+            let _ = server.await;
+        });
+        let drain = options.drain;
+        let sessions = Sessions {
+            client,
+            options,
+            engine: engine.clone(),
+            metrics,
+            ready,
+            slot,
+        };
+        tasks.spawn(sessions.run(stopped));
+        Ok(Self {
+            engine,
+            tasks,
+            stop,
+            drain,
+            addr,
+        })
+    }
+
+    /// Stops following, closes the connection, drains deliveries.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        let report = self.engine.shutdown(self.drain).await;
+        tracing::info!(?report, "deliveries drained");
+        while tokio::time::timeout(Duration::from_secs(5), self.tasks.join_next())
+            .await
+            .ok()
+            .flatten()
+            .is_some()
+        {}
+        self.tasks.abort_all();
+    }
+}
+
+struct Sessions {
+    client: Client,
+    options: WorkerOptions,
+    engine: Arc<DeliveryEngine>,
+    metrics: Arc<DataplaneMetrics>,
+    ready: Readiness,
+    slot: SendSlot,
+}
+
+impl Sessions {
+    /// Follows the Bridge; runs one session per spec.
+    async fn run(self, mut stopped: watch::Receiver<bool>) {
+        let ns = self.options.bridge.namespace.clone();
+        let name = self.options.bridge.name.clone();
+        let bridges: Api<Bridge> = Api::namespaced(self.client.clone(), &ns);
+        let (spec_tx, mut spec_rx) = watch::channel::<Option<(BridgeSpec, Option<i64>)>>(None);
+        let by_name = watcher::Config::default().fields(&format!("metadata.name={name}"));
+        let follower = tokio::spawn(follow(
+            bridges.clone(),
+            by_name,
+            move |change| match change {
+                Change::Applied(b) => {
+                    let next = Some((b.spec.clone(), b.metadata.generation));
+                    spec_tx.send_if_modified(|cur| {
+                        let changed = cur.as_ref().map(|c| &c.0) != next.as_ref().map(|n| &n.0);
+                        if changed {
+                            *cur = next;
+                        }
+                        changed
+                    });
+                }
+                Change::Deleted(_) => {
+                    spec_tx.send_replace(None);
+                }
+            },
+            || {},
+        ));
+        loop {
+            let current = spec_rx.borrow_and_update().clone();
+            let session = current.map(|(spec, generation)| self.start_session(spec, generation));
+            if session.is_none() {
+                tracing::info!(bridge = %self.options.bridge, "waiting for the Bridge to exist");
+                self.ready.set(false);
+            }
+            tokio::select! {
+                changed = spec_rx.changed() => {
+                    if let Some(s) = session { s.stop(&self.engine, &self.slot).await; }
+                    if changed.is_err() { break; }
+                    tracing::info!(bridge = %self.options.bridge, "Bridge spec changed; restarting the session");
+                }
+                _ = async { let _ = stopped.wait_for(|s| *s).await; } => {
+                    if let Some(s) = session { s.stop(&self.engine, &self.slot).await; }
+                    break;
+                }
+            }
+        }
+        follower.abort();
+    }
+
+    fn start_session(&self, spec: BridgeSpec, generation: Option<i64>) -> Session {
+        let ns = self.options.bridge.namespace.clone();
+        let bridge_name = self.options.bridge.name.clone();
+        let channel_key = ChannelKey::new(ns.clone(), spec.channel.clone());
+        let index = Arc::new(RoutingIndex::default());
+        let mut tasks = JoinSet::new();
+
+        // Connection state as users see it, also before a connection exists.
+        let (state_tx, state_rx) = watch::channel(ConnectionState::Disconnected {
+            reason: format!("waiting for Endpoint {}", spec.endpoint),
+            retry_in: None,
+        });
+        tasks.spawn(status::report(
+            Api::namespaced(self.client.clone(), &ns),
+            bridge_name.clone(),
+            spec.endpoint.clone(),
+            generation,
+            self.options.advertise.clone(),
+            state_rx,
+        ));
+
+        // Endpoint → connection config; the connection starts with the first valid one.
+        let (inbound_tx, mut inbound_rx) = mpsc::channel::<Arc<Message>>(1024);
+        tasks.spawn(follow_endpoint(
+            Api::namespaced(self.client.clone(), &ns),
+            spec.clone(),
+            bridge_name.clone(),
+            ns.clone(),
+            EndpointRuntime {
+                metrics: self.metrics.clone(),
+                inbound: inbound_tx,
+                state: state_tx,
+                slot: self.slot.clone(),
+                source: translate::channel_source(&ns, &spec.channel),
+            },
+        ));
+
+        // Endpoint messages → the channel's subscribers. Never back out.
+        let engine = self.engine.clone();
+        let key = channel_key.clone();
+        tasks.spawn(async move {
+            while let Some(message) = inbound_rx.recv().await {
+                engine.dispatch(&key, message);
+            }
+        });
+
+        // Channel and Subscriptions → routing index → delivery engine.
+        let synced = Arc::new(std::sync::atomic::AtomicU8::new(0));
+        let mark_synced = |bit: u8| {
+            let synced = synced.clone();
+            let ready = self.ready.clone();
+            move || {
+                if synced.fetch_or(bit, std::sync::atomic::Ordering::Relaxed) | bit == 0b11 {
+                    ready.set(true);
+                }
+            }
+        };
+        let channels: Api<Channel> = Api::namespaced(self.client.clone(), &ns);
+        let idx = index.clone();
+        let cfg = watcher::Config::default().fields(&format!("metadata.name={}", spec.channel));
+        let namespace = ns.clone();
+        tasks.spawn(follow(
+            channels,
+            cfg,
+            move |change| match change {
+                Change::Applied(c) => match translate::channel_info(&namespace, &c.spec) {
+                    Ok(info) => idx.apply_channel(crate::follow::key_of(c), info),
+                    Err(e) => {
+                        tracing::warn!(channel = %c.name_any(), error = %e, "ignoring an unusable Channel")
+                    }
+                },
+                Change::Deleted(key) => idx.delete_channel(key),
+            },
+            mark_synced(0b01),
+        ));
+        let subscriptions: Api<Subscription> = Api::namespaced(self.client.clone(), &ns);
+        let idx = index.clone();
+        let cfg = watcher::Config::default().fields(&format!("spec.channel={}", spec.channel));
+        let namespace = ns.clone();
+        tasks.spawn(follow(
+            subscriptions,
+            cfg,
+            move |change| match change {
+                Change::Applied(s) => {
+                    let key = crate::follow::key_of(s);
+                    match translate::subscription_info(&namespace, &s.spec) {
+                        Ok(info) => idx.apply_subscription(key, info),
+                        Err(e) => {
+                            tracing::warn!(subscription = %key, error = %e, "ignoring an unusable Subscription");
+                            idx.delete_subscription(&key);
+                        }
+                    }
+                }
+                Change::Deleted(key) => idx.delete_subscription(key),
+            },
+            mark_synced(0b10),
+        ));
+        let follower = self.engine.follow(index.watch(&channel_key));
+        tasks.spawn(async move {
+            let _ = follower.await;
+        });
+        Session {
+            tasks,
+            channel: channel_key,
+        }
+    }
+}
+
+struct Session {
+    tasks: JoinSet<()>,
+    channel: ChannelKey,
+}
+
+impl Session {
+    async fn stop(mut self, engine: &DeliveryEngine, slot: &SendSlot) {
+        self.tasks.abort_all();
+        while self.tasks.join_next().await.is_some() {}
+        let target = slot.write().ok().and_then(|mut s| s.take());
+        if let Some(Ok(handle)) = target.map(|t| Arc::try_unwrap(t.handle)) {
+            handle.shutdown().await;
+        }
+        // Subscribers of a channel this worker no longer serves drain and go.
+        engine.set_subscribers(&self.channel, Vec::new());
+    }
+}
+
+/// What the endpoint follower hands to the connection it starts.
+struct EndpointRuntime {
+    metrics: Arc<DataplaneMetrics>,
+    inbound: mpsc::Sender<Arc<Message>>,
+    state: watch::Sender<ConnectionState>,
+    slot: SendSlot,
+    source: String,
+}
+
+/// Follows the Bridge's Endpoint: starts the connection with the first
+/// usable spec and reconfigures it on every change.
+async fn follow_endpoint(
+    api: Api<Endpoint>,
+    bridge: BridgeSpec,
+    bridge_name: String,
+    ns: String,
+    rt: EndpointRuntime,
+) {
+    let (config_tx, config_rx) = watch::channel::<Option<EndpointConfig>>(None);
+    let endpoint_name = bridge.endpoint.clone();
+    let state = rt.state.clone();
+    let cfg = watcher::Config::default().fields(&format!("metadata.name={endpoint_name}"));
+    let follower = follow(
+        api,
+        cfg,
+        move |change| match change {
+            Change::Applied(e) => match connection_config(&ns, &bridge_name, &e.spec) {
+                Ok(config) => {
+                    config_tx.send_replace(Some(config));
+                }
+                Err(e) => {
+                    state.send_replace(ConnectionState::Disconnected {
+                        reason: e.to_string(),
+                        retry_in: None,
+                    });
+                }
+            },
+            Change::Deleted(_) => {
+                state.send_replace(ConnectionState::Disconnected {
+                    reason: format!("Endpoint {endpoint_name} not found"),
+                    retry_in: None,
+                });
+            }
+        },
+        || {},
+    );
+    tokio::join!(follower, connect(config_rx, rt));
+}
+
+/// The endpoint's spec with the secrets of this pod's environment.
+fn connection_config(
+    ns: &str,
+    bridge: &str,
+    spec: &EndpointSpec,
+) -> Result<EndpointConfig, translate::TranslateError> {
+    let header_names: Vec<String> = spec
+        .auth
+        .iter()
+        .flat_map(|a| a.secret_headers.iter().flatten())
+        .map(|(h, _)| h.clone())
+        .collect();
+    let secrets = env::resolve(&header_names, |k| std::env::var(k).ok());
+    translate::endpoint_config(ns, bridge, spec, &secrets)
+}
+
+/// Starts the connection with the first config and mirrors its state.
+async fn connect(mut configs: watch::Receiver<Option<EndpointConfig>>, rt: EndpointRuntime) {
+    let Ok(first) = configs.wait_for(Option::is_some).await.map(|c| c.clone()) else {
+        return;
+    };
+    let first = first.expect("waited for Some");
+    let (live_tx, live_rx) = watch::channel(first.clone());
+    let handle = Arc::new(EndpointHandle::spawn(
+        EndpointOptions::new(rt.source.clone()),
+        live_rx,
+        rt.inbound,
+        rt.metrics,
+    ));
+    if let Ok(mut slot) = rt.slot.write() {
+        *slot = Some(SendTarget {
+            handle: handle.clone(),
+            max_message_bytes: first.max_message_bytes,
+            source: rt.source.clone(),
+        });
+    }
+    let mut states = handle.state();
+    loop {
+        rt.state.send_replace(states.borrow_and_update().clone());
+        tokio::select! {
+            changed = states.changed() => if changed.is_err() { break },
+            changed = configs.changed() => {
+                if changed.is_err() { break }
+                if let Some(config) = configs.borrow_and_update().clone() {
+                    if let Ok(mut slot) = rt.slot.write()
+                        && let Some(target) = slot.as_mut()
+                    {
+                        target.max_message_bytes = config.max_message_bytes;
+                    }
+                    live_tx.send_replace(config);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,203 @@
+//! Runs a Deployment's pod template as a local process: there is no kubelet,
+//! so the tests do its job. The container's args and environment are taken
+//! from the template as the controller wrote them; `valueFrom` references
+//! are resolved the way the kubelet would (Secret and ConfigMap keys,
+//! downward API with `POD_IP=127.0.0.1`), and the process authenticates as
+//! the pod's ServiceAccount with a token from the TokenRequest API, so the
+//! worker's Role is exercised for real. Only the listen address is
+//! overridden, since local processes share one network namespace.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Container, Secret};
+use kube::api::Api;
+use kube::{Client, ResourceExt};
+use tokio::process::{Child, Command};
+
+use super::ControlPlane;
+use super::controlplane::random_hex;
+
+/// A pod template running as a local process; killed on drop.
+pub struct LocalPod {
+    pub child: Child,
+    /// stdout and stderr of the process.
+    pub log: PathBuf,
+    /// The environment it was started with (resolved secrets included).
+    pub env: BTreeMap<String, String>,
+    pub args: Vec<String>,
+}
+
+impl LocalPod {
+    /// What the process has logged so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, then wait up to `grace` for a clean exit; returns the exit code.
+    pub async fn terminate(&mut self, grace: Duration) -> Option<i32> {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        }
+        match tokio::time::timeout(grace, self.child.wait()).await {
+            Ok(Ok(status)) => status.code(),
+            _ => {
+                let _ = self.child.kill().await;
+                None
+            }
+        }
+    }
+}
+
+/// Starts the first container of `deployment`'s pod template with
+/// `overrides` applied on top of its environment.
+pub async fn run_pod_template(
+    cp: &ControlPlane,
+    client: &Client,
+    deployment: &Deployment,
+    overrides: &[(&str, &str)],
+) -> Result<LocalPod> {
+    let ns = deployment.namespace().context("Deployment without namespace")?;
+    let pod_name = format!("{}-local-{}", deployment.name_any(), random_hex(3));
+    let template = deployment
+        .spec
+        .as_ref()
+        .map(|s| &s.template)
+        .context("Deployment without spec")?;
+    let pod = template.spec.as_ref().context("pod template without spec")?;
+    let container: &Container = pod
+        .containers
+        .first()
+        .context("pod template without containers")?;
+
+    let mut env = BTreeMap::new();
+    for var in container.env.iter().flatten() {
+        if let Some(value) = resolve_env(client, &ns, &pod_name, var).await? {
+            env.insert(var.name.clone(), value);
+        }
+    }
+    for (k, v) in overrides {
+        env.insert(k.to_string(), v.to_string());
+    }
+
+    let service_account = pod
+        .service_account_name
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    let token = super::mint_service_account_token(
+        client,
+        &ns,
+        &service_account,
+        &[super::API_AUDIENCE],
+        Duration::from_secs(3600),
+    )
+    .await?;
+    let dir = cp.temp_dir().join(&pod_name);
+    std::fs::create_dir_all(&dir)?;
+    let ca = std::fs::read_to_string(cp.ca_path())?;
+    let kubeconfig = dir.join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        super::controlplane::kubeconfig_yaml(cp.server_url(), &ca, &service_account, &token),
+    )?;
+
+    let args: Vec<String> = container.args.clone().unwrap_or_default();
+    let log = dir.join("output.log");
+    let out = std::fs::File::create(&log)?;
+    let child = Command::new(env!("CARGO_BIN_EXE_wsbridge"))
+        .args(&args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("KUBECONFIG", &kubeconfig)
+        .env(
+            "RUST_LOG",
+            std::env::var("WSBRIDGE_TEST_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .envs(&env)
+        .stdout(Stdio::from(out.try_clone()?))
+        .stderr(Stdio::from(out))
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting the pod's process")?;
+    Ok(LocalPod {
+        child,
+        log,
+        env,
+        args,
+    })
+}
+
+async fn resolve_env(
+    client: &Client,
+    ns: &str,
+    pod_name: &str,
+    var: &k8s_openapi::api::core::v1::EnvVar,
+) -> Result<Option<String>> {
+    if let Some(value) = &var.value {
+        return Ok(Some(value.clone()));
+    }
+    let Some(from) = &var.value_from else {
+        return Ok(Some(String::new()));
+    };
+    if let Some(r) = &from.secret_key_ref {
+        let secret = Api::<Secret>::namespaced(client.clone(), ns)
+            .get_opt(&r.name)
+            .await?;
+        let value = secret.and_then(|s| s.data).and_then(|d| d.get(&r.key).cloned());
+        return match value {
+            Some(bytes) => Ok(Some(
+                String::from_utf8(bytes.0).context("secret value is not UTF-8")?,
+            )),
+            None if r.optional == Some(true) => Ok(None),
+            None => Err(anyhow!(
+                "{}: Secret {}/{} key {} is missing (the kubelet would not start this pod)",
+                var.name,
+                ns,
+                r.name,
+                r.key
+            )),
+        };
+    }
+    if let Some(r) = &from.config_map_key_ref {
+        let cm = Api::<ConfigMap>::namespaced(client.clone(), ns)
+            .get_opt(&r.name)
+            .await?;
+        let value = cm.and_then(|c| c.data).and_then(|d| d.get(&r.key).cloned());
+        return match value {
+            Some(v) => Ok(Some(v)),
+            None if r.optional == Some(true) => Ok(None),
+            None => Err(anyhow!(
+                "{}: ConfigMap {}/{} key {} is missing",
+                var.name,
+                ns,
+                r.name,
+                r.key
+            )),
+        };
+    }
+    if let Some(f) = &from.field_ref {
+        return Ok(Some(match f.field_path.as_str() {
+            "status.podIP" | "status.hostIP" => "127.0.0.1".into(),
+            "metadata.name" => pod_name.into(),
+            "metadata.namespace" => ns.into(),
+            other => return Err(anyhow!("{}: unsupported fieldRef {other}", var.name)),
+        }));
+    }
+    Err(anyhow!("{}: unsupported valueFrom", var.name))
+}
+
+/// Waits for the Deployment `name` to exist and returns it.
+pub async fn wait_deployment(client: &Client, ns: &str, name: &str, timeout: Duration) -> Result<Deployment> {
+    let api: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    super::eventually(timeout, &format!("Deployment {ns}/{name}"), || {
+        let api = api.clone();
+        async move { Ok(api.get_opt(name).await?) }
+    })
+    .await
+}
