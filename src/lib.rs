@@ -9,6 +9,8 @@
 //!   the Kubernetes client, so it runs and is tested without a cluster.
 //! - [`controller`], [`worker`], [`gateway`]: the Kubernetes adapters.
 //! - [`standalone`]: the same data plane fed from YAML files.
+//! - [`translate`]: from the API types to the data plane's values, shared by
+//!   every adapter.
 #![forbid(unsafe_code)]
 
 pub mod api;
@@ -17,5 +19,6 @@ pub mod follow;
 pub mod gateway;
 pub mod ops;
 pub mod publish;
+pub mod standalone;
 pub mod translate;
 pub mod worker;

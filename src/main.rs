@@ -2,6 +2,9 @@
 //! The `wsbridge` binary: parses the command line and hands over to the library.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use wsbridge::dataplane::routing::ObjectKey;
@@ -27,7 +30,7 @@ enum Command {
     Crd {
         /// Write one file per CRD into this folder instead of printing.
         #[arg(long, value_name = "DIR")]
-        out_dir: Option<std::path::PathBuf>,
+        out_dir: Option<PathBuf>,
     },
     /// Run one bridge worker (what the worker pod runs).
     Worker {
@@ -56,10 +59,46 @@ enum Command {
         #[arg(long = "token-audience")]
         token_audiences: Vec<String>,
     },
+    /// Run bridges, the publish gateway and delivery in one process, from
+    /// YAML files of Endpoints, Channels, Bridges, Subscriptions and Secrets.
+    /// Publishing is not authenticated in this mode.
+    Standalone {
+        /// A YAML file (multi-document) or a folder searched recursively for
+        /// *.yaml and *.yml. Repeatable.
+        #[arg(short = 'f', long = "file", value_name = "PATH", required = true)]
+        files: Vec<PathBuf>,
+        /// Address of the publish, health and metrics listener.
+        #[arg(long, env = "WSBRIDGE_LISTEN", default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Validate the files, print a summary and exit (non-zero when invalid).
+        #[arg(long)]
+        check: bool,
+        /// How long queued deliveries may take to finish at shutdown.
+        #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+        drain_timeout: Duration,
+    },
+    /// Demo WebSocket feed for the quickstart: sends a JSON tick every
+    /// second and echoes what it receives.
+    #[command(hide = true)]
+    DemoFeed {
+        #[arg(long, default_value = "127.0.0.1:9001")]
+        listen: SocketAddr,
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        interval: Duration,
+    },
+    /// Demo HTTP subscriber for the quickstart: prints every delivery.
+    #[command(hide = true)]
+    DemoSubscriber {
+        #[arg(long, default_value = "127.0.0.1:9002")]
+        listen: SocketAddr,
+        /// The bearer token deliveries are expected to carry.
+        #[arg(long)]
+        expect_token: Option<String>,
+    },
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     // One TLS provider for the process (kube's client and the endpoint client).
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -100,6 +139,36 @@ async fn main() -> anyhow::Result<()> {
             };
             wsbridge::gateway::run(options, kube::Client::try_default().await?).await?;
         }
+        Command::Standalone {
+            files,
+            listen,
+            check,
+            drain_timeout,
+        } => {
+            if check {
+                return Ok(match wsbridge::standalone::check(&files) {
+                    Ok(plan) => {
+                        println!("configuration is valid: {}", plan.summary());
+                        ExitCode::SUCCESS
+                    }
+                    Err(errors) => {
+                        eprintln!("invalid configuration:\n{errors}");
+                        ExitCode::FAILURE
+                    }
+                });
+            }
+            let mut options = wsbridge::standalone::Options::new(files);
+            options.listen = listen;
+            options.drain_timeout = drain_timeout;
+            if let Err(e) = wsbridge::standalone::run(options).await {
+                eprintln!("error: {e}");
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::DemoFeed { listen, interval } => wsbridge::standalone::demo::feed(listen, interval).await?,
+        Command::DemoSubscriber { listen, expect_token } => {
+            wsbridge::standalone::demo::subscriber(listen, expect_token).await?
+        }
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }

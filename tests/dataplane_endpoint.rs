@@ -8,7 +8,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::{SinkExt, StreamExt};
 use support::peers::{ServerOpts, WsServer};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;

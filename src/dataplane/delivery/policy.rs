@@ -57,7 +57,7 @@ impl Default for DeliveryPolicy {
             timeout: Duration::from_secs(5),
             ordering: Ordering::Ordered,
             dead_letter_sink: None,
-            queue_capacity: 1000,
+            queue_capacity: 1024,
             retry_after_max: Duration::from_secs(30),
         }
     }

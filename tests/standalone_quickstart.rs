@@ -1,0 +1,42 @@
+//! The quickstart script runs to completion and shows messages flowing
+//! both ways.
+
+mod standalone_support;
+
+use std::process::Command;
+
+use standalone_support::{free_addr, repo};
+
+#[test]
+fn quickstart_runs_to_completion_showing_messages_both_ways() {
+    let out = Command::new("bash")
+        .arg("examples/quickstart/run.sh")
+        .args(["--duration", "8"])
+        .env("WSBRIDGE_BIN", env!("CARGO_BIN_EXE_wsbridge"))
+        .env("WSBRIDGE_LISTEN", free_addr().to_string())
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "exit {}\n{stdout}\n{stderr}", out.status);
+    for expected in [
+        // endpoint -> both subscribers, with the Bridge's token
+        "[subscriber] /pricing <- io.wsbridge.endpoint.message from /namespaces/default/bridges/demo-feed (bearer token ok)",
+        "[subscriber] /audit <- io.wsbridge.endpoint.message from /namespaces/default/bridges/demo-feed (bearer token ok)",
+        // publisher -> endpoint (which echoes it) and subscribers
+        "(HTTP 202)",
+        r#"[feed]       <- received from wsbridge: {"order":"buy","symbol":"DEMO","qty":1}"#,
+        r#"[subscriber] /pricing <- io.wsbridge.channel.published from /namespaces/default/channels/demo (no token): {"order":"buy","symbol":"DEMO","qty":1}"#,
+        r#"[subscriber] /audit <- io.wsbridge.channel.published from /namespaces/default/channels/demo (no token): {"order":"buy","symbol":"DEMO","qty":1}"#,
+        r#"{"received":{"order":"buy","qty":1,"symbol":"DEMO"},"type":"echo"}"#,
+        "==> done",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "missing {expected:?} in:\n{stdout}\n{stderr}"
+        );
+    }
+    // The echo came back as an endpoint message only: the feed received one message.
+    assert_eq!(stdout.matches("<- received from wsbridge").count(), 1, "{stdout}");
+}
