@@ -24,9 +24,11 @@ pub mod binaries;
 pub mod controlplane;
 pub mod crds;
 pub mod helpers;
+pub mod http;
+pub mod install;
 pub mod peers;
 pub mod pods;
-mod reaper;
+pub mod reaper;
 
 pub use controlplane::{API_AUDIENCE, ControlPlane, Options, shared, shared_with_controller_manager};
 pub use crds::install_crds;

@@ -17,12 +17,13 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Container, Secret};
 use kube::api::Api;
 use kube::{Client, ResourceExt};
-use tokio::process::{Child, Command};
+use std::process::{Child, Command};
 
 use super::ControlPlane;
 use super::controlplane::random_hex;
 
-/// A pod template running as a local process; killed on drop.
+/// A pod template running as a local process in its own process group;
+/// killed on drop, and by the harness's reaper if the test binary dies.
 pub struct LocalPod {
     pub child: Child,
     /// stdout and stderr of the process.
@@ -40,18 +41,30 @@ impl LocalPod {
 
     /// SIGTERM, then wait up to `grace` for a clean exit; returns the exit code.
     pub async fn terminate(&mut self, grace: Duration) -> Option<i32> {
-        if let Some(pid) = self.child.id() {
-            let _ = std::process::Command::new("kill")
-                .args(["-TERM", &pid.to_string()])
-                .status();
-        }
-        match tokio::time::timeout(grace, self.child.wait()).await {
-            Ok(Ok(status)) => status.code(),
-            _ => {
-                let _ = self.child.kill().await;
-                None
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let deadline = std::time::Instant::now() + grace;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
             }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        None
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for LocalPod {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = super::reaper::forget_process_group(self.child.id());
     }
 }
 
@@ -110,6 +123,7 @@ pub async fn run_pod_template(
     let args: Vec<String> = container.args.clone().unwrap_or_default();
     let log = dir.join("output.log");
     let out = std::fs::File::create(&log)?;
+    use std::os::unix::process::CommandExt;
     let child = Command::new(env!("CARGO_BIN_EXE_wsbridge"))
         .args(&args)
         .env_clear()
@@ -122,9 +136,10 @@ pub async fn run_pod_template(
         .envs(&env)
         .stdout(Stdio::from(out.try_clone()?))
         .stderr(Stdio::from(out))
-        .kill_on_drop(true)
+        .process_group(0)
         .spawn()
         .context("starting the pod's process")?;
+    super::reaper::watch_process_group(child.id())?;
     Ok(LocalPod {
         child,
         log,

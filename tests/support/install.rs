@@ -1,0 +1,65 @@
+//! wsbridge installed into the test control plane from `deploy/` (the
+//! kustomize manifests), with the controller and the gateway running as
+//! local processes from their Deployments' pod templates, as their own
+//! ServiceAccounts: the manifests, their RBAC and the binaries are proven
+//! together. One installation per test binary.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::Api;
+use tokio::sync::OnceCell;
+
+use super::pods::{LocalPod, run_pod_template};
+
+/// Namespace of the installation.
+pub const SYSTEM_NAMESPACE: &str = "wsbridge-system";
+
+pub struct Installation {
+    pub controller_addr: SocketAddr,
+    pub gateway_addr: SocketAddr,
+    pub controller: Mutex<LocalPod>,
+    pub gateway: Mutex<LocalPod>,
+}
+
+static INSTALLED: OnceCell<Installation> = OnceCell::const_new();
+
+/// Installs once per test binary and waits until both roles are ready.
+pub async fn installed() -> &'static Installation {
+    INSTALLED.get_or_try_init(install).await.expect("installing wsbridge into the test control plane")
+}
+
+async fn install() -> Result<Installation> {
+    let cp = super::shared().await;
+    let client = cp.client();
+    super::install_crds(&client).await?;
+    let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy");
+    super::apply_yaml_file(&client, deploy.join("namespace.yaml"), None).await?;
+    super::apply_yaml_file(&client, deploy.join("wsbridge.yaml"), Some(SYSTEM_NAMESPACE)).await?;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), SYSTEM_NAMESPACE);
+    let start = |name: &'static str| {
+        let (client, deployments) = (client.clone(), deployments.clone());
+        async move {
+            let port = super::http::free_port();
+            let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+            let deployment = deployments.get(name).await.with_context(|| format!("Deployment {name}"))?;
+            let listen = addr.to_string();
+            let pod = run_pod_template(cp, &client, &deployment, &[("WSBRIDGE_LISTEN", &listen)]).await?;
+            Ok::<_, anyhow::Error>((addr, pod))
+        }
+    };
+    let (controller_addr, controller) = start("wsbridge-controller").await?;
+    let (gateway_addr, gateway) = start("wsbridge-gateway").await?;
+    for (what, addr, pod) in [("controller", controller_addr, &controller), ("gateway", gateway_addr, &gateway)] {
+        super::eventually(Duration::from_secs(60), &format!("{what} /readyz"), || async move {
+            Ok(super::http::get(addr, "/readyz").await.ok().filter(|(code, _)| *code == 200))
+        })
+        .await
+        .with_context(|| format!("{what} log:\n{}", pod.logs()))?;
+    }
+    Ok(Installation { controller_addr, gateway_addr, controller: Mutex::new(controller), gateway: Mutex::new(gateway) })
+}
