@@ -12,5 +12,6 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod controller;
 pub mod dataplane;
 pub mod ops;

@@ -22,12 +22,18 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         out_dir: Option<std::path::PathBuf>,
     },
+    /// Run the controller against the cluster of the current kubeconfig or
+    /// in-cluster config.
+    Controller(wsbridge::controller::Args),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Crd { out_dir: None } => print!("{}", wsbridge::api::crds_yaml()),
         Command::Crd { out_dir: Some(dir) } => wsbridge::api::write_crds(&dir)?,
+        Command::Controller(args) => {
+            tokio::runtime::Runtime::new()?.block_on(wsbridge::controller::run(args))?
+        }
     }
     Ok(())
 }

@@ -59,7 +59,10 @@ async fn a_minted_service_account_token_passes_token_review() -> Result<()> {
     let status = review.status.expect("TokenReview status");
     assert_eq!(status.authenticated, Some(true), "{status:?}");
     let user = status.user.expect("authenticated user");
-    assert_eq!(user.username.as_deref(), Some(format!("system:serviceaccount:{ns}:reader").as_str()));
+    assert_eq!(
+        user.username.as_deref(),
+        Some(format!("system:serviceaccount:{ns}:reader").as_str())
+    );
     Ok(())
 }
 
@@ -68,8 +71,9 @@ async fn a_token_for_another_audience_is_rejected_by_token_review() -> Result<()
     let client = support::shared().await.client();
     let ns = support::create_namespace(&client, "audience").await?;
     support::ensure_service_account(&client, &ns, "reader").await?;
-    let token = support::mint_service_account_token(&client, &ns, "reader", &["wsbridge"], Duration::from_secs(600))
-        .await?;
+    let token =
+        support::mint_service_account_token(&client, &ns, "reader", &["wsbridge"], Duration::from_secs(600))
+            .await?;
     let review = |audience: &str| TokenReview {
         spec: TokenReviewSpec {
             token: Some(token.clone()),
@@ -78,9 +82,13 @@ async fn a_token_for_another_audience_is_rejected_by_token_review() -> Result<()
         ..Default::default()
     };
     let reviews = Api::<TokenReview>::all(client);
-    let ok = reviews.create(&PostParams::default(), &review("wsbridge")).await?;
+    let ok = reviews
+        .create(&PostParams::default(), &review("wsbridge"))
+        .await?;
     assert_eq!(ok.status.and_then(|s| s.authenticated), Some(true));
-    let wrong = reviews.create(&PostParams::default(), &review(support::API_AUDIENCE)).await?;
+    let wrong = reviews
+        .create(&PostParams::default(), &review(support::API_AUDIENCE))
+        .await?;
     assert_ne!(wrong.status.and_then(|s| s.authenticated), Some(true));
     Ok(())
 }
@@ -97,7 +105,10 @@ async fn subject_access_review_is_denied_until_a_role_binding_allows_it() -> Res
         let review = SubjectAccessReview {
             spec: SubjectAccessReviewSpec {
                 user: Some(user),
-                groups: Some(vec!["system:serviceaccounts".into(), "system:authenticated".into()]),
+                groups: Some(vec![
+                    "system:serviceaccounts".into(),
+                    "system:authenticated".into(),
+                ]),
                 resource_attributes: Some(ResourceAttributes {
                     namespace: Some(ns),
                     verb: Some("list".into()),
@@ -119,8 +130,13 @@ async fn subject_access_review_is_denied_until_a_role_binding_allows_it() -> Res
     let token =
         support::mint_service_account_token(&client, &ns, "reader", &[], Duration::from_secs(600)).await?;
     let as_sa = cp.client_with_token(&token);
-    let denied = Api::<ConfigMap>::namespaced(as_sa.clone(), &ns).list(&ListParams::default()).await;
-    assert!(matches!(&denied, Err(kube::Error::Api(s)) if s.code == 403), "{denied:?}");
+    let denied = Api::<ConfigMap>::namespaced(as_sa.clone(), &ns)
+        .list(&ListParams::default())
+        .await;
+    assert!(
+        matches!(&denied, Err(kube::Error::Api(s)) if s.code == 403),
+        "{denied:?}"
+    );
 
     support::apply_yaml(
         &client,
@@ -251,10 +267,14 @@ async fn an_owned_object_is_garbage_collected_after_its_owner_is_deleted() -> Re
         )
         .await?;
     configmaps.delete("owner", &DeleteParams::background()).await?;
-    support::eventually(Duration::from_secs(60), "owned ConfigMap garbage collected", || {
-        let configmaps = configmaps.clone();
-        async move { Ok(configmaps.get_opt("owned").await?.is_none().then_some(())) }
-    })
+    support::eventually(
+        Duration::from_secs(60),
+        "owned ConfigMap garbage collected",
+        || {
+            let configmaps = configmaps.clone();
+            async move { Ok(configmaps.get_opt("owned").await?.is_none().then_some(())) }
+        },
+    )
     .await?;
     Ok(())
 }
@@ -276,7 +296,12 @@ fn no_control_plane_process_survives_its_test_process() -> Result<()> {
     use std::process::{Command, Stdio};
 
     let mut child = Command::new(std::env::current_exe()?)
-        .args(["--ignored", "--exact", "helper_start_control_plane_and_wait", "--nocapture"])
+        .args([
+            "--ignored",
+            "--exact",
+            "helper_start_control_plane_and_wait",
+            "--nocapture",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()?;
@@ -289,14 +314,19 @@ fn no_control_plane_process_survives_its_test_process() -> Result<()> {
     child.kill()?;
     child.wait()?;
     let line = line.expect("the helper printed its control plane's pids");
-    let (pids, dir) = line["PIDS ".len()..].split_once(" DIR ").expect("PIDS ... DIR ...");
+    let (pids, dir) = line["PIDS ".len()..]
+        .split_once(" DIR ")
+        .expect("PIDS ... DIR ...");
     let pids: Vec<u32> = pids.split(',').map(str::parse).collect::<Result<_, _>>()?;
     assert_eq!(pids.len(), 3, "etcd, kube-apiserver, kube-controller-manager");
 
     let running = |pid: &u32| {
         std::fs::read_to_string(format!("/proc/{pid}/stat"))
             // A zombie waiting for a reaping init is dead already.
-            .is_ok_and(|stat| stat.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z')))
+            .is_ok_and(|stat| {
+                stat.rsplit_once(") ")
+                    .is_some_and(|(_, rest)| !rest.starts_with('Z'))
+            })
     };
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     while pids.iter().any(running) || std::path::Path::new(dir).exists() {

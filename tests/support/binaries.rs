@@ -69,7 +69,8 @@ fn build() -> Result<PathBuf> {
         .write(true)
         .open(&lock_path)
         .with_context(|| format!("opening {}", lock_path.display()))?;
-    lock.lock().with_context(|| format!("locking {}", lock_path.display()))?;
+    lock.lock()
+        .with_context(|| format!("locking {}", lock_path.display()))?;
 
     let script = repo_root().join("tests/controlplane/build.sh");
     let log_path = cp_dir.join("build.log");
@@ -94,7 +95,11 @@ fn build() -> Result<PathBuf> {
     }
     for name in BINARIES {
         if !bin.join(name).is_file() {
-            bail!("{} did not produce {}", script.display(), bin.join(name).display());
+            bail!(
+                "{} did not produce {}",
+                script.display(),
+                bin.join(name).display()
+            );
         }
     }
     Ok(bin)

@@ -242,7 +242,9 @@ impl ControlPlane {
     async fn wait_ready(&self, deadline: Instant) -> Result<(), StartError> {
         let client = self.client();
         loop {
-            let req = http::Request::get("/readyz").body(Vec::new()).expect("static request");
+            let req = http::Request::get("/readyz")
+                .body(Vec::new())
+                .expect("static request");
             let last = match client.request_text(req).await {
                 Ok(body) if body.trim() == "ok" => return Ok(()),
                 Ok(body) => body,
@@ -285,7 +287,10 @@ impl ControlPlane {
                 "--leader-elect=false".into(),
                 "--use-service-account-credentials=true".into(),
                 "--secure-port=0".into(),
-                format!("--root-ca-file={}", self.dir.join("certs/apiserver.crt").display()),
+                format!(
+                    "--root-ca-file={}",
+                    self.dir.join("certs/apiserver.crt").display()
+                ),
                 format!("--service-cluster-ip-range={SERVICE_CIDR}"),
                 "--controllers=*".into(),
                 "--v=1".into(),
@@ -324,7 +329,10 @@ impl ControlPlane {
             .spawn()
             .with_context(|| format!("starting {name}"))?;
         let registered = reaper::watch_process_group(child.id());
-        self.children.lock().unwrap_or_else(|e| e.into_inner()).push((name, child));
+        self.children
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((name, child));
         registered
     }
 

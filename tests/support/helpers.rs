@@ -50,7 +50,8 @@ pub async fn apply_yaml(client: &Client, yaml: &str, namespace: Option<&str>) ->
             continue;
         }
         let json = serde_json::to_value(&value).context("converting YAML to JSON")?;
-        let obj: DynamicObject = serde_json::from_value(json).context("YAML document is not a Kubernetes object")?;
+        let obj: DynamicObject =
+            serde_json::from_value(json).context("YAML document is not a Kubernetes object")?;
         applied.push(apply_object(client, obj, namespace).await?);
     }
     Ok(applied)
@@ -69,9 +70,17 @@ pub async fn apply_yaml_file(
         .with_context(|| format!("applying {}", path.display()))
 }
 
-async fn apply_object(client: &Client, mut obj: DynamicObject, namespace: Option<&str>) -> Result<DynamicObject> {
-    let types = obj.types.clone().ok_or_else(|| anyhow!("object without apiVersion/kind"))?;
-    let gvk = GroupVersionKind::try_from(&types).map_err(|e| anyhow!("bad apiVersion {}: {e}", types.api_version))?;
+async fn apply_object(
+    client: &Client,
+    mut obj: DynamicObject,
+    namespace: Option<&str>,
+) -> Result<DynamicObject> {
+    let types = obj
+        .types
+        .clone()
+        .ok_or_else(|| anyhow!("object without apiVersion/kind"))?;
+    let gvk = GroupVersionKind::try_from(&types)
+        .map_err(|e| anyhow!("bad apiVersion {}: {e}", types.api_version))?;
     let name = obj.name_any();
     let deadline = Instant::now() + Duration::from_secs(30);
     let (resource, caps) = loop {
@@ -97,19 +106,26 @@ async fn apply_object(client: &Client, mut obj: DynamicObject, namespace: Option
             Api::namespaced_with(client.clone(), &ns, &resource)
         }
     };
-    api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&obj))
-        .await
-        .with_context(|| format!("applying {} {name}", types.kind))
+    api.patch(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&obj),
+    )
+    .await
+    .with_context(|| format!("applying {} {name}", types.kind))
 }
 
 /// Waits until every named CRD has the `Established` condition.
 pub async fn wait_crds_established(client: &Client, names: &[&str], timeout: Duration) -> Result<()> {
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
     for name in names {
-        tokio::time::timeout(timeout, await_condition(api.clone(), name, conditions::is_crd_established()))
-            .await
-            .map_err(|_| anyhow!("CRD {name} not Established after {timeout:?}"))?
-            .with_context(|| format!("watching CRD {name}"))?;
+        tokio::time::timeout(
+            timeout,
+            await_condition(api.clone(), name, conditions::is_crd_established()),
+        )
+        .await
+        .map_err(|_| anyhow!("CRD {name} not Established after {timeout:?}"))?
+        .with_context(|| format!("watching CRD {name}"))?;
     }
     Ok(())
 }

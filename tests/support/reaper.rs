@@ -62,7 +62,9 @@ fn reaper() -> Result<&'static Mutex<ChildStdin>> {
 
 fn send(line: String) -> Result<()> {
     let mut stdin = reaper()?.lock().unwrap_or_else(|e| e.into_inner());
-    stdin.write_all(line.as_bytes()).context("writing to the reaper")?;
+    stdin
+        .write_all(line.as_bytes())
+        .context("writing to the reaper")?;
     stdin.flush().context("writing to the reaper")
 }
 
