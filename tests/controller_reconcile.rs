@@ -38,7 +38,11 @@ async fn setup(prefix: &str) -> Result<Env> {
     install_crds(&client).await?;
     let ns = support::create_namespace(&client, prefix).await?;
     let controller = ControllerProcess::for_namespace(cp, &ns).await?;
-    Ok(Env { client, ns, controller })
+    Ok(Env {
+        client,
+        ns,
+        controller,
+    })
 }
 
 impl Env {
@@ -65,21 +69,40 @@ impl Env {
     }
 }
 
+#[test]
+fn controller_child_process() {
+    controller_support::child_entry();
+}
+
 fn config_hash(d: &Deployment) -> String {
-    d.spec.as_ref().unwrap().template.metadata.as_ref().unwrap().annotations.as_ref().unwrap()
-        ["wsbridge.io/config-hash"]
+    d.spec
+        .as_ref()
+        .unwrap()
+        .template
+        .metadata
+        .as_ref()
+        .unwrap()
+        .annotations
+        .as_ref()
+        .unwrap()["wsbridge.io/config-hash"]
         .clone()
 }
 
 #[tokio::test]
 async fn a_bridge_gets_restricted_worker_objects_owned_by_it() -> Result<()> {
     let env = setup("ctl-worker").await?;
-    env.apply(&[SECRET, CHANNEL, ENDPOINT, BRIDGE].join("---\n")).await?;
+    env.apply(&[SECRET, CHANNEL, ENDPOINT, BRIDGE].join("---\n"))
+        .await?;
     let d = env.worker("wsbridge-worker-feed").await?;
     let bridge = env.api::<Bridge>().get("feed").await?;
     let owner = &d.owner_references()[0];
     assert_eq!(
-        (owner.kind.as_str(), owner.name.as_str(), owner.uid.as_str(), owner.controller),
+        (
+            owner.kind.as_str(),
+            owner.name.as_str(),
+            owner.uid.as_str(),
+            owner.controller
+        ),
         ("Bridge", "feed", bridge.uid().unwrap().as_str(), Some(true))
     );
     let spec = d.spec.as_ref().unwrap();
@@ -92,53 +115,113 @@ async fn a_bridge_gets_restricted_worker_objects_owned_by_it() -> Result<()> {
     assert_eq!(psc.seccomp_profile.as_ref().unwrap().type_, "RuntimeDefault");
     let c = &pod.containers[0];
     assert_eq!(c.image.as_deref(), Some("wsbridge:test"));
-    let expected_args = vec!["worker".to_string(), "--bridge".into(), format!("{}/feed", env.ns)];
+    let expected_args = vec![
+        "worker".to_string(),
+        "--bridge".into(),
+        format!("{}/feed", env.ns),
+    ];
     assert_eq!(c.args.as_ref().unwrap(), &expected_args);
     let sc = c.security_context.as_ref().unwrap();
     assert_eq!(sc.read_only_root_filesystem, Some(true));
     assert_eq!(sc.allow_privilege_escalation, Some(false));
-    assert_eq!(sc.capabilities.as_ref().unwrap().drop.as_deref(), Some(&["ALL".to_string()][..]));
     assert_eq!(
-        c.liveness_probe.as_ref().unwrap().http_get.as_ref().unwrap().path.as_deref(),
+        sc.capabilities.as_ref().unwrap().drop.as_deref(),
+        Some(&["ALL".to_string()][..])
+    );
+    assert_eq!(
+        c.liveness_probe
+            .as_ref()
+            .unwrap()
+            .http_get
+            .as_ref()
+            .unwrap()
+            .path
+            .as_deref(),
         Some("/healthz")
     );
     assert_eq!(
-        c.readiness_probe.as_ref().unwrap().http_get.as_ref().unwrap().path.as_deref(),
+        c.readiness_probe
+            .as_ref()
+            .unwrap()
+            .http_get
+            .as_ref()
+            .unwrap()
+            .path
+            .as_deref(),
         Some("/readyz")
     );
     let res = c.resources.as_ref().unwrap();
     assert!(res.requests.is_some() && res.limits.is_some());
     // Secret values never copied: the token comes from a secretKeyRef.
     let env_vars = c.env.as_ref().unwrap();
-    let token = env_vars.iter().find(|v| v.name == "WSBRIDGE_ENDPOINT_TOKEN").unwrap();
+    let token = env_vars
+        .iter()
+        .find(|v| v.name == "WSBRIDGE_ENDPOINT_TOKEN")
+        .unwrap();
     assert!(token.value.is_none());
-    assert_eq!(token.value_from.as_ref().unwrap().secret_key_ref.as_ref().unwrap().name, "creds");
+    assert_eq!(
+        token
+            .value_from
+            .as_ref()
+            .unwrap()
+            .secret_key_ref
+            .as_ref()
+            .unwrap()
+            .name,
+        "creds"
+    );
     let yaml = serde_json::to_string(&d)?;
-    assert!(!yaml.contains("\"one\""), "the secret value leaked into the Deployment");
+    assert!(
+        !yaml.contains("\"one\""),
+        "the secret value leaked into the Deployment"
+    );
 
     for owners in [
-        env.api::<ServiceAccount>().get("wsbridge-worker-feed").await?.owner_references().to_vec(),
-        env.api::<Role>().get("wsbridge-worker-feed").await?.owner_references().to_vec(),
-        env.api::<RoleBinding>().get("wsbridge-worker-feed").await?.owner_references().to_vec(),
+        env.api::<ServiceAccount>()
+            .get("wsbridge-worker-feed")
+            .await?
+            .owner_references()
+            .to_vec(),
+        env.api::<Role>()
+            .get("wsbridge-worker-feed")
+            .await?
+            .owner_references()
+            .to_vec(),
+        env.api::<RoleBinding>()
+            .get("wsbridge-worker-feed")
+            .await?
+            .owner_references()
+            .to_vec(),
     ] {
         assert_eq!(owners.len(), 1);
-        assert_eq!((owners[0].name.as_str(), owners[0].controller), ("feed", Some(true)));
+        assert_eq!(
+            (owners[0].name.as_str(), owners[0].controller),
+            ("feed", Some(true))
+        );
     }
     let role = env.api::<Role>().get("wsbridge-worker-feed").await?;
     let rules = role.rules.unwrap();
-    assert!(!rules.iter().any(|r| r.resources.iter().flatten().any(|x| x == "secrets")));
+    assert!(
+        !rules
+            .iter()
+            .any(|r| r.resources.iter().flatten().any(|x| x == "secrets"))
+    );
     let status_rule = rules
         .iter()
         .find(|r| r.resources.iter().flatten().any(|x| x == "bridges/status"))
         .unwrap();
-    assert_eq!(status_rule.resource_names.as_deref(), Some(&["feed".to_string()][..]));
+    assert_eq!(
+        status_rule.resource_names.as_deref(),
+        Some(&["feed".to_string()][..])
+    );
     Ok(())
 }
 
 #[tokio::test]
 async fn a_bridge_is_ready_only_when_available_and_connected() -> Result<()> {
     let env = setup("ctl-ready").await?;
-    env.apply(&[SECRET, CHANNEL, ENDPOINT, BRIDGE].join("---\n")).await?;
+    env.apply(&[SECRET, CHANNEL, ENDPOINT, BRIDGE].join("---\n"))
+        .await?;
     env.bridge_reason("feed", "WorkerUnavailable").await?;
     set_connected(&env.client, &env.ns, "feed", true).await?;
     // Connected alone is not enough.
@@ -148,9 +231,18 @@ async fn a_bridge_is_ready_only_when_available_and_connected() -> Result<()> {
     let b = env.bridge_reason("feed", "Ready").await?;
     let c = bridge_conditions(&b);
     assert!(conditions::is_true(&c, READY));
-    assert!(conditions::is_true(&c, CONNECTED), "the controller clobbered Connected: {c:?}");
-    assert_eq!(conditions::find(&c, READY).unwrap().observed_generation, b.metadata.generation);
-    assert_eq!(b.status.as_ref().unwrap().worker.as_deref(), Some("wsbridge-worker-feed"));
+    assert!(
+        conditions::is_true(&c, CONNECTED),
+        "the controller clobbered Connected: {c:?}"
+    );
+    assert_eq!(
+        conditions::find(&c, READY).unwrap().observed_generation,
+        b.metadata.generation
+    );
+    assert_eq!(
+        b.status.as_ref().unwrap().worker.as_deref(),
+        Some("wsbridge-worker-feed")
+    );
     set_connected(&env.client, &env.ns, "feed", false).await?;
     env.bridge_reason("feed", "NotConnected").await?;
     Ok(())
@@ -166,7 +258,9 @@ async fn a_missing_channel_and_endpoint_recover_by_themselves() -> Result<()> {
     env.apply(ENDPOINT).await?;
     env.bridge_reason("feed", "WorkerUnavailable").await?;
     env.worker("wsbridge-worker-feed").await?;
-    env.api::<Channel>().delete("ticker", &DeleteParams::default()).await?;
+    env.api::<Channel>()
+        .delete("ticker", &DeleteParams::default())
+        .await?;
     env.bridge_reason("feed", "ChannelNotFound").await?;
     Ok(())
 }
@@ -175,21 +269,40 @@ async fn a_missing_channel_and_endpoint_recover_by_themselves() -> Result<()> {
 async fn a_missing_secret_recovers_by_itself() -> Result<()> {
     let env = setup("ctl-secret").await?;
     env.apply(&[CHANNEL, ENDPOINT, BRIDGE].join("---\n")).await?;
-    let ep = wait_reason(&env.api::<Endpoint>(), "market", "SecretNotFound", |e: &Endpoint| {
-        e.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default()
-    })
+    let ep = wait_reason(
+        &env.api::<Endpoint>(),
+        "market",
+        "SecretNotFound",
+        |e: &Endpoint| {
+            e.status
+                .as_ref()
+                .map(|s| s.conditions.clone())
+                .unwrap_or_default()
+        },
+    )
     .await?;
     assert!(ep.status.unwrap().observed_generation.is_some());
     env.bridge_reason("feed", "EndpointNotReady").await?;
     env.apply("apiVersion: v1\nkind: Secret\nmetadata: {name: creds}\nstringData: {other: x}\n")
         .await?;
-    wait_reason(&env.api::<Endpoint>(), "market", "SecretKeyMissing", |e: &Endpoint| {
-        e.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default()
-    })
+    wait_reason(
+        &env.api::<Endpoint>(),
+        "market",
+        "SecretKeyMissing",
+        |e: &Endpoint| {
+            e.status
+                .as_ref()
+                .map(|s| s.conditions.clone())
+                .unwrap_or_default()
+        },
+    )
     .await?;
     env.apply(SECRET).await?;
     wait_reason(&env.api::<Endpoint>(), "market", "Ready", |e: &Endpoint| {
-        e.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default()
+        e.status
+            .as_ref()
+            .map(|s| s.conditions.clone())
+            .unwrap_or_default()
     })
     .await?;
     env.bridge_reason("feed", "WorkerUnavailable").await?;
@@ -200,7 +313,8 @@ async fn a_missing_secret_recovers_by_itself() -> Result<()> {
 #[tokio::test]
 async fn secret_rotation_and_spec_changes_update_the_worker_in_place() -> Result<()> {
     let env = setup("ctl-rotate").await?;
-    env.apply(&[SECRET, CHANNEL, ENDPOINT, BRIDGE].join("---\n")).await?;
+    env.apply(&[SECRET, CHANNEL, ENDPOINT, BRIDGE].join("---\n"))
+        .await?;
     let first = env.worker("wsbridge-worker-feed").await?;
     let hash = config_hash(&first);
     env.apply("apiVersion: v1\nkind: Secret\nmetadata: {name: creds}\nstringData: {token: two}\n")
@@ -222,7 +336,15 @@ async fn secret_rotation_and_spec_changes_update_the_worker_in_place() -> Result
         let api = api.clone();
         async move {
             let d = api.get("wsbridge-worker-feed").await?;
-            let has = d.spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0]
+            let has = d
+                .spec
+                .as_ref()
+                .unwrap()
+                .template
+                .spec
+                .as_ref()
+                .unwrap()
+                .containers[0]
                 .env
                 .iter()
                 .flatten()
@@ -241,7 +363,12 @@ async fn subscriptions_resolve_services_and_recover_when_they_appear() -> Result
     env.apply(CHANNEL).await?;
     env.apply("apiVersion: wsbridge.io/v1alpha1\nkind: Subscription\nmetadata: {name: pricing}\nspec:\n  channel: ticker\n  subscriber: {ref: {kind: Service, name: pricing, port: 8080}, path: /ingest}\n  delivery: {deadLetterSink: {uri: 'http://dlq.example:9/'}}\n---\napiVersion: wsbridge.io/v1alpha1\nkind: Subscription\nmetadata: {name: orphan}\nspec:\n  channel: nope\n  subscriber: {uri: 'http://x.example/'}\n").await?;
     let subs = env.api::<Subscription>();
-    let conds = |s: &Subscription| s.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
+    let conds = |s: &Subscription| {
+        s.status
+            .as_ref()
+            .map(|s| s.conditions.clone())
+            .unwrap_or_default()
+    };
     wait_reason(&subs, "pricing", "ServiceNotFound", conds).await?;
     wait_reason(&subs, "orphan", "ChannelNotFound", conds).await?;
     env.apply("apiVersion: v1\nkind: Service\nmetadata: {name: pricing}\nspec: {ports: [{port: 80}]}\n")
@@ -255,11 +382,17 @@ async fn subscriptions_resolve_services_and_recover_when_they_appear() -> Result
         status.subscriber_uri.as_deref(),
         Some(format!("http://pricing.{}.svc.cluster.local:8080/ingest", env.ns).as_str())
     );
-    assert_eq!(status.dead_letter_sink_uri.as_deref(), Some("http://dlq.example:9/"));
+    assert_eq!(
+        status.dead_letter_sink_uri.as_deref(),
+        Some("http://dlq.example:9/")
+    );
     env.apply("apiVersion: wsbridge.io/v1alpha1\nkind: Channel\nmetadata: {name: nope}\nspec: {}\n")
         .await?;
     let s = wait_reason(&subs, "orphan", "Ready", conds).await?;
-    assert_eq!(s.status.unwrap().subscriber_uri.as_deref(), Some("http://x.example/"));
+    assert_eq!(
+        s.status.unwrap().subscriber_uri.as_deref(),
+        Some("http://x.example/")
+    );
     Ok(())
 }
 
@@ -281,11 +414,16 @@ async fn a_channel_publishes_its_address_and_counts() -> Result<()> {
     let status = ch.status.unwrap();
     assert_eq!(
         status.address.unwrap().url,
-        format!("http://wsbridge-gateway.wsbridge-system.svc/channels/{}/ticker", env.ns)
+        format!(
+            "http://wsbridge-gateway.wsbridge-system.svc/channels/{}/ticker",
+            env.ns
+        )
     );
     assert!(conditions::is_true(&status.conditions, READY));
     assert_eq!(status.observed_generation, ch.metadata.generation);
-    env.api::<Subscription>().delete("a", &DeleteParams::default()).await?;
+    env.api::<Subscription>()
+        .delete("a", &DeleteParams::default())
+        .await?;
     support::eventually(WAIT, "count after delete", || {
         let api = api.clone();
         async move { Ok((api.get("ticker").await?.status.unwrap_or_default().subscriptions == 1).then_some(())) }
@@ -327,14 +465,18 @@ async fn transitions_are_reported_as_events() -> Result<()> {
 #[tokio::test]
 async fn an_idle_controller_makes_no_writes() -> Result<()> {
     let env = setup("ctl-idle").await?;
-    env.apply(&[SECRET, CHANNEL, ENDPOINT, BRIDGE].join("---\n")).await?;
+    env.apply(&[SECRET, CHANNEL, ENDPOINT, BRIDGE].join("---\n"))
+        .await?;
     env.apply("apiVersion: v1\nkind: Service\nmetadata: {name: pricing}\nspec: {ports: [{port: 80}]}\n---\napiVersion: wsbridge.io/v1alpha1\nkind: Subscription\nmetadata: {name: s}\nspec: {channel: ticker, subscriber: {ref: {kind: Service, name: pricing}}}\n").await?;
     env.worker("wsbridge-worker-feed").await?;
     mark_deployment_available(&env.client, &env.ns, "wsbridge-worker-feed").await?;
     set_connected(&env.client, &env.ns, "feed", true).await?;
     env.bridge_reason("feed", "Ready").await?;
     wait_reason(&env.api::<Subscription>(), "s", "Ready", |s: &Subscription| {
-        s.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default()
+        s.status
+            .as_ref()
+            .map(|s| s.conditions.clone())
+            .unwrap_or_default()
     })
     .await?;
     // Let the last reconciles drain, then count writes over an idle period.

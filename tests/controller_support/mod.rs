@@ -42,6 +42,40 @@ fn free_port() -> u16 {
         .port()
 }
 
+const CHILD_ARGS: &str = "WSBRIDGE_TEST_CONTROLLER_ARGS";
+
+#[derive(clap::Parser)]
+struct ChildCli {
+    #[command(flatten)]
+    args: wsbridge::controller::Args,
+}
+
+/// Body of the `controller_child_process` test every controller test file
+/// declares: a no-op normally; when started by [`ControllerProcess`], runs
+/// `wsbridge controller` (the library) until killed or its parent dies.
+pub fn child_entry() {
+    let Ok(argv) = std::env::var(CHILD_ARGS) else {
+        return;
+    };
+    let argv: Vec<String> = serde_json::from_str(&argv).expect("controller args");
+    let cli = <ChildCli as clap::Parser>::parse_from(std::iter::once("controller".to_string()).chain(argv));
+    let parent = std::os::unix::process::parent_id();
+    std::thread::spawn(move || {
+        loop {
+            std::thread::sleep(Duration::from_millis(500));
+            if std::os::unix::process::parent_id() != parent {
+                std::process::exit(0);
+            }
+        }
+    });
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    if let Err(e) = runtime.block_on(wsbridge::controller::run(cli.args)) {
+        eprintln!("controller failed: {e:#}");
+        std::process::exit(1);
+    }
+    std::process::exit(0);
+}
+
 /// A `wsbridge controller` child process; killed when dropped.
 pub struct ControllerProcess {
     pub child: Child,
@@ -54,13 +88,23 @@ impl ControllerProcess {
     /// added to `--listen`.
     pub async fn start(cp: &ControlPlane, name: &str, args: &[&str]) -> Result<Self> {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
-        let log = cp.log_dir().join(format!("controller-{name}-{}.log", addr.port()));
+        let log = cp
+            .log_dir()
+            .join(format!("controller-{name}-{}.log", addr.port()));
         let file = std::fs::File::create(&log)?;
-        let child = Command::new(env!("CARGO_BIN_EXE_wsbridge"))
-            .arg("controller")
-            .arg("--listen")
-            .arg(addr.to_string())
-            .args(args)
+        let mut argv = vec!["--listen".to_string(), addr.to_string()];
+        argv.extend(args.iter().map(|a| a.to_string()));
+        // The test binary re-runs itself as the controller (see
+        // `child_entry`): the shared `target/` may hold another branch's
+        // `wsbridge` binary, this one is always the code under test.
+        let child = Command::new(std::env::current_exe()?)
+            .args([
+                "--exact",
+                "controller_child_process",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD_ARGS, serde_json::to_string(&argv)?)
             .env("KUBECONFIG", cp.kubeconfig_path())
             .env("POD_NAME", name)
             .env("RUST_LOG", "info,kube_lease_manager=warn")
@@ -79,7 +123,13 @@ impl ControllerProcess {
         let p = Self::start(
             cp,
             ns,
-            &["--namespace", ns, "--leader-election=false", "--worker-image", "wsbridge:test"],
+            &[
+                "--namespace",
+                ns,
+                "--leader-election=false",
+                "--worker-image",
+                "wsbridge:test",
+            ],
         )
         .await?;
         p.wait_ready().await?;
@@ -89,7 +139,10 @@ impl ControllerProcess {
     pub async fn wait_ready(&self) -> Result<()> {
         let addr = self.addr;
         support::eventually(WAIT, "controller /readyz", || async move {
-            Ok(http_get(addr, "/readyz").await.ok().filter(|(code, _)| *code == 200))
+            Ok(http_get(addr, "/readyz")
+                .await
+                .ok()
+                .filter(|(code, _)| *code == 200))
         })
         .await
         .with_context(|| format!("log: {}", self.log.display()))?;
@@ -123,7 +176,9 @@ impl ControllerProcess {
 pub fn sum_metric(metrics: &str, name: &str, filters: &[&str]) -> f64 {
     metrics
         .lines()
-        .filter(|l| l.starts_with(name) && (l[name.len()..].starts_with('{') || l[name.len()..].starts_with(' ')))
+        .filter(|l| {
+            l.starts_with(name) && (l[name.len()..].starts_with('{') || l[name.len()..].starts_with(' '))
+        })
         .filter(|l| filters.iter().all(|f| l.contains(f)))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
@@ -142,7 +197,10 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| anyhow!("bad HTTP answer"))?;
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     Ok((code, body))
 }
 
@@ -210,5 +268,8 @@ where
 }
 
 pub fn bridge_conditions(b: &Bridge) -> Vec<Condition> {
-    b.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default()
+    b.status
+        .as_ref()
+        .map(|s| s.conditions.clone())
+        .unwrap_or_default()
 }
