@@ -14,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod controller;
 pub mod dataplane;
 pub mod follow;
 pub mod gateway;

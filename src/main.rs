@@ -95,6 +95,9 @@ enum Command {
         #[arg(long)]
         expect_token: Option<String>,
     },
+    /// Run the controller against the cluster of the current kubeconfig or
+    /// in-cluster config.
+    Controller(wsbridge::controller::Args),
 }
 
 #[tokio::main]
@@ -169,6 +172,7 @@ async fn main() -> anyhow::Result<ExitCode> {
         Command::DemoSubscriber { listen, expect_token } => {
             wsbridge::standalone::demo::subscriber(listen, expect_token).await?
         }
+        Command::Controller(args) => wsbridge::controller::run(args).await?,
     }
     Ok(ExitCode::SUCCESS)
 }

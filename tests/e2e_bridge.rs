@@ -40,18 +40,32 @@ async fn mark_available(client: &kube::Client, ns: &str, name: &str) -> Result<(
         "observedGeneration": generation, "replicas": 1, "readyReplicas": 1, "availableReplicas": 1, "updatedReplicas": 1,
         "conditions": [{"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable", "message": "test"}]
     }});
-    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&status)).await?;
+    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+        .await?;
     Ok(())
 }
 
-async fn bridge_condition(client: &kube::Client, ns: &str, name: &str, type_: &str, want: bool) -> Result<Bridge> {
+async fn bridge_condition(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    type_: &str,
+    want: bool,
+) -> Result<Bridge> {
     let api: Api<Bridge> = Api::namespaced(client.clone(), ns);
     support::eventually(WAIT, &format!("Bridge {name} {type_}={want}"), || {
         let api = api.clone();
         async move {
             let b = api.get(name).await?;
-            let conds = b.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
-            Ok((conditions::is_true(&conds, type_) == want && conditions::find(&conds, type_).is_some()).then_some(b))
+            let conds = b
+                .status
+                .as_ref()
+                .map(|s| s.conditions.clone())
+                .unwrap_or_default();
+            Ok(
+                (conditions::is_true(&conds, type_) == want && conditions::find(&conds, type_).is_some())
+                    .then_some(b),
+            )
         }
     })
     .await
@@ -107,12 +121,17 @@ fn subscription(ns: &str, name: &str, uri: &str) -> String {
 }
 
 #[tokio::test]
-async fn a_worker_started_from_the_controllers_pod_template_bridges_the_endpoint_to_every_subscriber() -> Result<()> {
+async fn a_worker_started_from_the_controllers_pod_template_bridges_the_endpoint_to_every_subscriber()
+-> Result<()> {
     support::install::installed().await;
     let cp = support::shared().await;
     let client = cp.client();
     let ns = support::create_namespace(&client, "e2e-bridge").await?;
-    let mut endpoint = WsServer::start(ServerOpts { select_subprotocol: true, ..Default::default() }).await;
+    let mut endpoint = WsServer::start(ServerOpts {
+        select_subprotocol: true,
+        ..Default::default()
+    })
+    .await;
     let mut subs = vec![Subscriber::ok().await, Subscriber::ok().await];
     let uris: Vec<String> = subs.iter().map(|s| s.uri.to_string()).collect();
     let uri_refs: Vec<&str> = uris.iter().map(String::as_str).collect();
@@ -122,14 +141,29 @@ async fn a_worker_started_from_the_controllers_pod_template_bridges_the_endpoint
 
     // The handshake carries the credentials and subprotocol; the open message follows.
     let (_, headers) = endpoint.next_connected().await;
-    assert_eq!(headers.get("authorization").unwrap(), &format!("Bearer {FEED_TOKEN}"));
-    assert!(headers.get("sec-websocket-protocol").unwrap().to_str()?.contains("feed.v1"));
+    assert_eq!(
+        headers.get("authorization").unwrap(),
+        &format!("Bearer {FEED_TOKEN}")
+    );
+    assert!(
+        headers
+            .get("sec-websocket-protocol")
+            .unwrap()
+            .to_str()?
+            .contains("feed.v1")
+    );
     let (_, open) = endpoint.next_frame().await;
-    assert_eq!(open, WsMessage::Text(r#"{"op":"subscribe","channel":"ticker"}"#.into()));
+    assert_eq!(
+        open,
+        WsMessage::Text(r#"{"op":"subscribe","channel":"ticker"}"#.into())
+    );
 
     // The worker reports Connected and its publish address on the Bridge.
     let bridge = bridge_condition(&client, &ns, "ticker-feed", conditions::CONNECTED, true).await?;
-    let address = bridge.status.and_then(|s| s.address).context("no status.address")?;
+    let address = bridge
+        .status
+        .and_then(|s| s.address)
+        .context("no status.address")?;
     assert!(address.url.starts_with("http://127.0.0.1:"), "{}", address.url);
     // Ready once the Deployment is available too (no kubelet: the test says so).
     mark_available(&client, &ns, "wsbridge-worker-ticker-feed").await?;
@@ -137,8 +171,15 @@ async fn a_worker_started_from_the_controllers_pod_template_bridges_the_endpoint
 
     // The worker follows the subscriptions' watch: wait until both are served.
     support::eventually(WAIT, "worker ready", || async {
-        let port = worker.env["WSBRIDGE_LISTEN"].rsplit(':').next().unwrap().parse::<u16>()?;
-        Ok(support::http::get(([127, 0, 0, 1], port).into(), "/readyz").await.ok().filter(|(c, _)| *c == 200))
+        let port = worker.env["WSBRIDGE_LISTEN"]
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .parse::<u16>()?;
+        Ok(support::http::get(([127, 0, 0, 1], port).into(), "/readyz")
+            .await
+            .ok()
+            .filter(|(c, _)| *c == 200))
     })
     .await?;
 
@@ -165,7 +206,12 @@ async fn a_worker_started_from_the_controllers_pod_template_bridges_the_endpoint
 
     // A new Subscription is followed live; a deleted one stops receiving.
     let mut third = Subscriber::ok().await;
-    support::apply_yaml(&client, &subscription(&ns, "sub-late", &third.uri.to_string()), Some(&ns)).await?;
+    support::apply_yaml(
+        &client,
+        &subscription(&ns, "sub-late", &third.uri.to_string()),
+        Some(&ns),
+    )
+    .await?;
     support::eventually(WAIT, "late subscriber served", || {
         let endpoint = &endpoint;
         let third = &third;
@@ -179,7 +225,10 @@ async fn a_worker_started_from_the_controllers_pod_template_bridges_the_endpoint
     let subs_api: Api<wsbridge::api::Subscription> = Api::namespaced(client.clone(), &ns);
     subs_api.delete("sub-0", &DeleteParams::default()).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    while tokio::time::timeout(Duration::from_millis(300), subs[0].received.recv()).await.is_ok_and(|r| r.is_some()) {}
+    while tokio::time::timeout(Duration::from_millis(300), subs[0].received.recv())
+        .await
+        .is_ok_and(|r| r.is_some())
+    {}
     endpoint.send(WsMessage::Text("after delete".into()));
     loop {
         let got = third.next().await;
@@ -191,13 +240,24 @@ async fn a_worker_started_from_the_controllers_pod_template_bridges_the_endpoint
 
     // Endpoint messages never go back out to the endpoint.
     let extra = tokio::time::timeout(Duration::from_millis(500), endpoint.next_frame()).await;
-    assert!(extra.is_err(), "the worker sent something back to the endpoint: {extra:?}");
+    assert!(
+        extra.is_err(),
+        "the worker sent something back to the endpoint: {extra:?}"
+    );
 
     // A clean SIGTERM, and no secret value in anything it logged.
-    assert_eq!(worker.terminate(Duration::from_secs(20)).await, Some(0), "log:\n{}", worker.logs());
+    assert_eq!(
+        worker.terminate(Duration::from_secs(20)).await,
+        Some(0),
+        "log:\n{}",
+        worker.logs()
+    );
     let logs = worker.logs();
     for secret in [FEED_TOKEN, SUBSCRIBER_TOKEN] {
-        assert!(!logs.contains(secret), "a secret value leaked into the worker's log");
+        assert!(
+            !logs.contains(secret),
+            "a secret value leaked into the worker's log"
+        );
     }
     bridge_condition(&client, &ns, "ticker-feed", conditions::CONNECTED, false).await?;
     Ok(())
@@ -208,14 +268,27 @@ async fn the_open_message_is_sent_again_after_the_endpoint_restarts() -> Result<
     support::install::installed().await;
     let client = support::shared().await.client();
     let ns = support::create_namespace(&client, "e2e-restart").await?;
-    let mut endpoint = WsServer::start(ServerOpts { select_subprotocol: true, ..Default::default() }).await;
+    let mut endpoint = WsServer::start(ServerOpts {
+        select_subprotocol: true,
+        ..Default::default()
+    })
+    .await;
     let sub = Subscriber::ok().await;
-    support::apply_yaml(&client, &objects(&ns, &endpoint.url(), &[&sub.uri.to_string()]), Some(&ns)).await?;
+    support::apply_yaml(
+        &client,
+        &objects(&ns, &endpoint.url(), &[&sub.uri.to_string()]),
+        Some(&ns),
+    )
+    .await?;
     let _worker = start_worker(&ns, "ticker-feed").await?;
     for round in 1..=3 {
         endpoint.next_connected().await;
         let (_, open) = endpoint.next_frame().await;
-        assert_eq!(open, WsMessage::Text(r#"{"op":"subscribe","channel":"ticker"}"#.into()), "round {round}");
+        assert_eq!(
+            open,
+            WsMessage::Text(r#"{"op":"subscribe","channel":"ticker"}"#.into()),
+            "round {round}"
+        );
         endpoint.restart().await;
     }
     Ok(())

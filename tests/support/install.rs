@@ -30,7 +30,10 @@ static INSTALLED: OnceCell<Installation> = OnceCell::const_new();
 
 /// Installs once per test binary and waits until both roles are ready.
 pub async fn installed() -> &'static Installation {
-    INSTALLED.get_or_try_init(install).await.expect("installing wsbridge into the test control plane")
+    INSTALLED
+        .get_or_try_init(install)
+        .await
+        .expect("installing wsbridge into the test control plane")
 }
 
 async fn install() -> Result<Installation> {
@@ -46,7 +49,10 @@ async fn install() -> Result<Installation> {
         async move {
             let port = super::http::free_port();
             let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
-            let deployment = deployments.get(name).await.with_context(|| format!("Deployment {name}"))?;
+            let deployment = deployments
+                .get(name)
+                .await
+                .with_context(|| format!("Deployment {name}"))?;
             let listen = addr.to_string();
             let pod = run_pod_template(cp, &client, &deployment, &[("WSBRIDGE_LISTEN", &listen)]).await?;
             Ok::<_, anyhow::Error>((addr, pod))
@@ -54,12 +60,27 @@ async fn install() -> Result<Installation> {
     };
     let (controller_addr, controller) = start("wsbridge-controller").await?;
     let (gateway_addr, gateway) = start("wsbridge-gateway").await?;
-    for (what, addr, pod) in [("controller", controller_addr, &controller), ("gateway", gateway_addr, &gateway)] {
-        super::eventually(Duration::from_secs(60), &format!("{what} /readyz"), || async move {
-            Ok(super::http::get(addr, "/readyz").await.ok().filter(|(code, _)| *code == 200))
-        })
+    for (what, addr, pod) in [
+        ("controller", controller_addr, &controller),
+        ("gateway", gateway_addr, &gateway),
+    ] {
+        super::eventually(
+            Duration::from_secs(60),
+            &format!("{what} /readyz"),
+            || async move {
+                Ok(super::http::get(addr, "/readyz")
+                    .await
+                    .ok()
+                    .filter(|(code, _)| *code == 200))
+            },
+        )
         .await
         .with_context(|| format!("{what} log:\n{}", pod.logs()))?;
     }
-    Ok(Installation { controller_addr, gateway_addr, controller: Mutex::new(controller), gateway: Mutex::new(gateway) })
+    Ok(Installation {
+        controller_addr,
+        gateway_addr,
+        controller: Mutex::new(controller),
+        gateway: Mutex::new(gateway),
+    })
 }

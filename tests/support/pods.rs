@@ -41,7 +41,9 @@ impl LocalPod {
 
     /// SIGTERM, then wait up to `grace` for a clean exit; returns the exit code.
     pub async fn terminate(&mut self, grace: Duration) -> Option<i32> {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
         let deadline = std::time::Instant::now() + grace;
         while std::time::Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {

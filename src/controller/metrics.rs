@@ -1,0 +1,116 @@
+//! Controller metrics: reconciles, failures by error label, durations, and
+//! the API requests the controller makes.
+
+use std::time::{Duration, Instant};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use super::reconcile::Timer;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailureLabels {
+    pub kind: String,
+    pub error: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// `get`, `list`, `watch`, `create`, `patch`, `update`, `delete`...
+    pub verb: String,
+}
+
+type HistogramFamily = Family<KindLabels, Histogram, fn() -> Histogram>;
+
+/// Handles to the controller's metrics (cheap to clone).
+#[derive(Clone)]
+pub struct Metrics {
+    pub reconciles: Family<KindLabels, Counter>,
+    pub failures: Family<FailureLabels, Counter>,
+    pub durations: HistogramFamily,
+    pub api_requests: Family<RequestLabels, Counter>,
+}
+
+impl Metrics {
+    /// Creates the metrics and registers them under `wsbridge_controller_`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self {
+            reconciles: Family::default(),
+            failures: Family::default(),
+            durations: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.0005, 2.0, 16))),
+            api_requests: Family::default(),
+        };
+        let r = registry.sub_registry_with_prefix("wsbridge_controller");
+        r.register("reconciles", "Reconciles run, by kind", m.reconciles.clone());
+        r.register(
+            "reconcile_failures",
+            "Reconciles that failed, by kind and error",
+            m.failures.clone(),
+        );
+        r.register(
+            "reconcile_duration_seconds",
+            "Time spent in one reconcile, by kind",
+            m.durations.clone(),
+        );
+        r.register(
+            "api_requests",
+            "Requests sent to the Kubernetes API server, by verb",
+            m.api_requests.clone(),
+        );
+        m
+    }
+
+    /// Starts timing a reconcile; counted when the returned guard drops.
+    pub fn start(&self, kind: &'static str) -> Timer {
+        Timer {
+            metrics: self.clone(),
+            kind,
+            started: Instant::now(),
+        }
+    }
+
+    pub(super) fn finish(&self, kind: &str, elapsed: Duration) {
+        let labels = KindLabels { kind: kind.into() };
+        self.reconciles.get_or_create(&labels).inc();
+        self.durations
+            .get_or_create(&labels)
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn failure(&self, kind: &str, error: &str) {
+        self.failures
+            .get_or_create(&FailureLabels {
+                kind: kind.into(),
+                error: error.into(),
+            })
+            .inc();
+    }
+
+    /// Counts one API request (from the client's middleware).
+    pub fn request<B>(&self, req: &http::Request<B>) {
+        let watch = req
+            .uri()
+            .query()
+            .is_some_and(|q| q.split('&').any(|p| p == "watch=true" || p == "watch=1"));
+        let verb = match *req.method() {
+            http::Method::GET if watch => "watch",
+            http::Method::GET => "get",
+            http::Method::POST => "create",
+            http::Method::PATCH => "patch",
+            http::Method::PUT => "update",
+            http::Method::DELETE => "delete",
+            _ => "other",
+        };
+        self.api_requests
+            .get_or_create(&RequestLabels { verb: verb.into() })
+            .inc();
+    }
+}
