@@ -1,0 +1,195 @@
+//! Publishing through the gateway on the real API server, with real
+//! ServiceAccount tokens: the gateway (from `deploy/`) authenticates with a
+//! TokenReview, authorizes `publish` with a SubjectAccessReview, sends out
+//! through each bridge's worker (from the controller's pod template) to real
+//! WebSocket endpoints and delivers to real HTTP subscribers.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Result;
+use support::peers::{ServerOpts, Subscriber, WsServer};
+use support::pods::{LocalPod, run_pod_template, wait_deployment};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+async fn start_worker(ns: &str, bridge: &str) -> Result<LocalPod> {
+    let cp = support::shared().await;
+    let client = cp.client();
+    let deployment = wait_deployment(&client, ns, &format!("wsbridge-worker-{bridge}"), WAIT).await?;
+    let listen = format!("127.0.0.1:{}", support::http::free_port());
+    run_pod_template(cp, &client, &deployment, &[("WSBRIDGE_LISTEN", &listen)]).await
+}
+
+async fn gateway() -> SocketAddr {
+    support::install::installed().await.gateway_addr
+}
+
+async fn publish(channel: &str, token: Option<&str>, body: &[u8]) -> Result<(u16, String)> {
+    let bearer = token.map(|t| format!("Bearer {t}"));
+    let mut headers = vec![("Content-Type", "application/json")];
+    if let Some(b) = &bearer {
+        headers.push(("Authorization", b));
+    }
+    support::http::request(gateway().await, "POST", &format!("/channels/{channel}"), &headers, body).await
+}
+
+/// Publishes until the gateway has caught up with the objects (its caches
+/// and the workers' Connected status), then returns the first non-503 answer.
+async fn publish_when_routed(channel: &str, token: Option<&str>, body: &[u8]) -> Result<(u16, String)> {
+    support::eventually(WAIT, &format!("a routed publish on {channel}"), || async move {
+        let answer = publish(channel, token, body).await?;
+        Ok((answer.0 != 503 && answer.0 != 404).then_some(answer))
+    })
+    .await
+}
+
+fn endpoint_and_channel(ns: &str, channel: &str, anonymous: bool, endpoints: &[(&str, String)]) -> String {
+    let mut yaml = format!(
+        "apiVersion: wsbridge.io/v1alpha1\nkind: Channel\nmetadata: {{name: {channel}, namespace: {ns}}}\nspec: {{allowAnonymousPublish: {anonymous}, maxMessageBytes: 256}}\n"
+    );
+    for (name, url) in endpoints {
+        yaml.push_str(&format!(
+            "---\napiVersion: wsbridge.io/v1alpha1\nkind: Endpoint\nmetadata: {{name: {name}, namespace: {ns}}}\nspec: {{url: '{url}', reconnect: {{initialDelay: 50ms, maxDelay: 500ms}}}}\n---\napiVersion: wsbridge.io/v1alpha1\nkind: Bridge\nmetadata: {{name: {name}, namespace: {ns}}}\nspec: {{channel: {channel}, endpoint: {name}}}\n"
+        ));
+    }
+    yaml
+}
+
+fn subscription(ns: &str, channel: &str, name: &str, uri: &str) -> String {
+    format!(
+        "---\napiVersion: wsbridge.io/v1alpha1\nkind: Subscription\nmetadata: {{name: {name}, namespace: {ns}}}\nspec: {{channel: {channel}, subscriber: {{uri: '{uri}'}}}}\n"
+    )
+}
+
+async fn next_text(endpoint: &mut WsServer) -> String {
+    loop {
+        if let (_, WsMessage::Text(t)) = endpoint.next_frame().await {
+            return t.to_string();
+        }
+    }
+}
+
+#[tokio::test]
+async fn only_publishers_allowed_to_publish_reach_the_endpoint_and_subscribers() -> Result<()> {
+    let cp = support::shared().await;
+    let client = cp.client();
+    let ns = support::create_namespace(&client, "e2e-publish").await?;
+    let mut endpoint = WsServer::start(ServerOpts::default()).await;
+    let mut subs = vec![Subscriber::ok().await, Subscriber::ok().await];
+    let mut yaml = endpoint_and_channel(&ns, "orders", false, &[("exchange", endpoint.url())]);
+    for (i, s) in subs.iter().enumerate() {
+        yaml.push_str(&subscription(&ns, "orders", &format!("sub-{i}"), &s.uri.to_string()));
+    }
+    // The Role from examples/, granting `publish` on this one channel.
+    let role = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/publisher-role.yaml"))?
+        .replace("channel-name", "orders")
+        .replace("namespace: default", &format!("namespace: {ns}"));
+    yaml.push_str("---\n");
+    yaml.push_str(&role);
+    support::apply_yaml(&client, &yaml, Some(&ns)).await?;
+    support::ensure_service_account(&client, &ns, "stranger").await?;
+    let token = |sa: &'static str| {
+        let (client, ns) = (client.clone(), ns.clone());
+        async move {
+            support::mint_service_account_token(&client, &ns, sa, &[support::API_AUDIENCE], Duration::from_secs(600)).await
+        }
+    };
+    let (publisher, stranger) = (token("publisher").await?, token("stranger").await?);
+    let _worker = start_worker(&ns, "exchange").await?;
+    endpoint.next_connected().await;
+
+    let channel = format!("{ns}/orders");
+    let (code, body) = publish_when_routed(&channel, Some(&publisher), br#"{"order":"buy"}"#).await?;
+    assert_eq!(code, 202, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body)?;
+    assert!(answer["id"].as_str().is_some_and(|id| !id.is_empty()), "{body}");
+    assert_eq!(next_text(&mut endpoint).await, r#"{"order":"buy"}"#);
+    for sub in subs.iter_mut() {
+        let got = sub.next().await;
+        assert_eq!(got.body.as_ref(), br#"{"order":"buy"}"#);
+        assert_eq!(got.headers["ce-id"], answer["id"].as_str().unwrap());
+        assert!(got.headers.get("authorization").is_none(), "published messages carry no bridge token");
+    }
+
+    let (code, body) = publish(&channel, Some(&stranger), b"{}").await?;
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("Forbidden") && body.contains("publish"), "{body}");
+    let (code, body) = publish(&channel, None, b"{}").await?;
+    assert_eq!(code, 401, "{body}");
+    let (code, body) = publish(&channel, Some("not-a-token"), b"{}").await?;
+    assert_eq!(code, 401, "{body}");
+    // None of the refused publishes went anywhere.
+    for sub in subs.iter_mut() {
+        sub.assert_quiet(Duration::from_millis(500)).await;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn anonymous_channels_need_no_token_and_bad_requests_get_clear_errors() -> Result<()> {
+    let client = support::shared().await.client();
+    let ns = support::create_namespace(&client, "e2e-anon").await?;
+    let mut sub = Subscriber::ok().await;
+    let mut yaml = endpoint_and_channel(&ns, "open", true, &[]);
+    yaml.push_str(&subscription(&ns, "open", "listener", &sub.uri.to_string()));
+    support::apply_yaml(&client, &yaml, Some(&ns)).await?;
+
+    let channel = format!("{ns}/open");
+    let (code, body) = publish_when_routed(&channel, None, b"hello").await?;
+    assert_eq!(code, 202, "{body}");
+    assert_eq!(sub.next().await.body.as_ref(), b"hello");
+
+    let (code, body) = publish(&format!("{ns}/no-such-channel"), None, b"x").await?;
+    assert_eq!((code, body.contains("ChannelNotFound")), (404, true), "{body}");
+    let (code, body) = publish(&channel, None, &[b'x'; 300]).await?;
+    assert_eq!((code, body.contains("MessageTooLarge")), (413, true), "{body}");
+    let (code, body) = publish(&channel, None, b"").await?;
+    assert_eq!(code, 400, "{body}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_channel_with_two_bridges_sends_each_publish_to_both_endpoints_once() -> Result<()> {
+    let client = support::shared().await.client();
+    let ns = support::create_namespace(&client, "e2e-two").await?;
+    let mut a = WsServer::start(ServerOpts::default()).await;
+    let mut b = WsServer::start(ServerOpts::default()).await;
+    let yaml = endpoint_and_channel(&ns, "fanout", true, &[("venue-a", a.url()), ("venue-b", b.url())]);
+    support::apply_yaml(&client, &yaml, Some(&ns)).await?;
+    let _workers = (start_worker(&ns, "venue-a").await?, start_worker(&ns, "venue-b").await?);
+    a.next_connected().await;
+    b.next_connected().await;
+
+    let (code, body) = publish_when_routed(&format!("{ns}/fanout"), None, br#"{"n":1}"#).await?;
+    assert_eq!(code, 202, "{body}");
+    assert_eq!(next_text(&mut a).await, r#"{"n":1}"#);
+    assert_eq!(next_text(&mut b).await, r#"{"n":1}"#);
+    for endpoint in [&mut a, &mut b] {
+        let again = tokio::time::timeout(Duration::from_secs(1), endpoint.next_frame()).await;
+        assert!(again.is_err(), "an endpoint got the message twice: {again:?}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_bridge_without_a_connection_answers_503() -> Result<()> {
+    let client = support::shared().await.client();
+    let ns = support::create_namespace(&client, "e2e-down").await?;
+    // Nothing listens on this port.
+    let url = format!("ws://127.0.0.1:{}/down", support::http::free_port());
+    support::apply_yaml(&client, &endpoint_and_channel(&ns, "stuck", true, &[("down", url)]), Some(&ns)).await?;
+    let _worker = start_worker(&ns, "down").await?;
+    let channel = format!("{ns}/stuck");
+    let (code, body) = support::eventually(WAIT, "the gateway knows the channel", || {
+        let channel = channel.clone();
+        async move { Ok(Some(publish(&channel, None, b"x").await?).filter(|(code, _)| *code != 404)) }
+    })
+    .await?;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("NoPathToEndpoint"), "{body}");
+    Ok(())
+}
