@@ -70,18 +70,27 @@ async fn bench() -> Result<()> {
     let mut docs = Vec::new();
     for ns in &namespaces {
         docs.push((ns.clone(), json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "creds"}, "stringData": {"token": "t"}})));
-        docs.push((ns.clone(), json!({"apiVersion": "wsbridge.io/v1alpha1", "kind": "Endpoint", "metadata": {"name": "feed"},
-            "spec": {"url": "wss://feed.example/", "auth": {"secretRef": {"name": "creds"}}}})));
-        docs.push((ns.clone(), json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "sink"},
-            "spec": {"ports": [{"port": 8080}]}})));
+        docs.push((
+            ns.clone(),
+            json!({"apiVersion": "wsbridge.io/v1alpha1", "kind": "Endpoint", "metadata": {"name": "feed"},
+            "spec": {"url": "wss://feed.example/", "auth": {"secretRef": {"name": "creds"}}}}),
+        ));
+        docs.push((
+            ns.clone(),
+            json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "sink"},
+            "spec": {"ports": [{"port": 8080}]}}),
+        ));
         for c in 0..CHANNELS_PER_NAMESPACE {
             docs.push((ns.clone(), json!({"apiVersion": "wsbridge.io/v1alpha1", "kind": "Channel", "metadata": {"name": format!("ch-{c}")}, "spec": {}})));
         }
     }
     let channel_of = |i: usize| format!("ch-{}", (i / NAMESPACES) % CHANNELS_PER_NAMESPACE);
     for i in 0..bridges {
-        docs.push((namespaces[i % NAMESPACES].clone(), json!({"apiVersion": "wsbridge.io/v1alpha1", "kind": "Bridge",
-            "metadata": {"name": format!("b-{i}")}, "spec": {"channel": channel_of(i), "endpoint": "feed"}})));
+        docs.push((
+            namespaces[i % NAMESPACES].clone(),
+            json!({"apiVersion": "wsbridge.io/v1alpha1", "kind": "Bridge",
+            "metadata": {"name": format!("b-{i}")}, "spec": {"channel": channel_of(i), "endpoint": "feed"}}),
+        ));
     }
     for i in 0..subscriptions {
         docs.push((namespaces[i % NAMESPACES].clone(), json!({"apiVersion": "wsbridge.io/v1alpha1", "kind": "Subscription",
@@ -115,7 +124,11 @@ async fn bench() -> Result<()> {
             .items
             .iter()
             .filter(|b| {
-                let c = b.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
+                let c = b
+                    .status
+                    .as_ref()
+                    .map(|s| s.conditions.as_slice())
+                    .unwrap_or_default();
                 conditions::find(c, READY).is_some_and(|r| r.reason == "WorkerUnavailable")
             })
             .count();
@@ -130,9 +143,19 @@ async fn bench() -> Result<()> {
             })
             .count();
         let channels = c_api.list(&ListParams::default()).await?.items;
-        let c_bridges: i64 = channels.iter().map(|c| i64::from(c.status.clone().unwrap_or_default().bridges)).sum();
-        let c_subs: i64 = channels.iter().map(|c| i64::from(c.status.clone().unwrap_or_default().subscriptions)).sum();
-        if b_done == bridges && s_done == subscriptions && c_bridges == bridges as i64 && c_subs == subscriptions as i64 {
+        let c_bridges: i64 = channels
+            .iter()
+            .map(|c| i64::from(c.status.clone().unwrap_or_default().bridges))
+            .sum();
+        let c_subs: i64 = channels
+            .iter()
+            .map(|c| i64::from(c.status.clone().unwrap_or_default().subscriptions))
+            .sum();
+        if b_done == bridges
+            && s_done == subscriptions
+            && c_bridges == bridges as i64
+            && c_subs == subscriptions as i64
+        {
             break;
         }
         if started.elapsed() > Duration::from_secs(1800) {
@@ -142,21 +165,33 @@ async fn bench() -> Result<()> {
     }
     let reconciled = started.elapsed();
     let metrics = controller.metrics().await?;
-    let requests = |verb: &str| sum_metric(&metrics, "wsbridge_controller_api_requests_total", &[&format!("verb=\"{verb}\"")]);
+    let requests = |verb: &str| {
+        sum_metric(
+            &metrics,
+            "wsbridge_controller_api_requests_total",
+            &[&format!("verb=\"{verb}\"")],
+        ) as u64
+    };
     let writes_before = controller.writes().await?;
     tokio::time::sleep(Duration::from_secs(10)).await;
-    let idle_writes = controller.writes().await? - writes_before;
+    let idle_writes = (controller.writes().await? - writes_before) as i64;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let hwm = status
         .lines()
         .find(|l| l.starts_with("VmHWM"))
         .unwrap_or("VmHWM: ?")
         .to_string();
-    let reconciles = sum_metric(&metrics, "wsbridge_controller_reconciles_total", &[]);
-    println!("controller_scale: {bridges} Bridges, {subscriptions} Subscriptions, {} Channels, {NAMESPACES} namespaces", NAMESPACES * CHANNELS_PER_NAMESPACE);
+    let reconciles = sum_metric(&metrics, "wsbridge_controller_reconciles_total", &[]) as u64;
+    println!(
+        "controller_scale: {bridges} Bridges, {subscriptions} Subscriptions, {} Channels, {NAMESPACES} namespaces",
+        NAMESPACES * CHANNELS_PER_NAMESPACE
+    );
     println!("  caches synced after        {synced:.2?}");
     println!("  all reconciled after       {reconciled:.2?} (from controller start)");
-    println!("  peak RSS                   {}", hwm.trim_start_matches("VmHWM:").trim());
+    println!(
+        "  peak RSS                   {}",
+        hwm.trim_start_matches("VmHWM:").trim()
+    );
     println!(
         "  API requests               get/list {} watch {} create {} patch {} update {} delete {}",
         requests("get"),

@@ -53,16 +53,20 @@ async fn deleting_a_bridge_removes_its_worker_objects() -> Result<()> {
     Api::<Bridge>::namespaced(client.clone(), &ns)
         .delete("feed", &DeleteParams::foreground())
         .await?;
-    support::eventually(std::time::Duration::from_secs(60), "worker objects deleted", || {
-        let (d, s, r, b) = (deployments.clone(), sas.clone(), roles.clone(), bindings.clone());
-        async move {
-            let none = d.get_opt(name).await?.is_none()
-                && s.get_opt(name).await?.is_none()
-                && r.get_opt(name).await?.is_none()
-                && b.get_opt(name).await?.is_none();
-            Ok(none.then_some(()))
-        }
-    })
+    support::eventually(
+        std::time::Duration::from_secs(60),
+        "worker objects deleted",
+        || {
+            let (d, s, r, b) = (deployments.clone(), sas.clone(), roles.clone(), bindings.clone());
+            async move {
+                let none = d.get_opt(name).await?.is_none()
+                    && s.get_opt(name).await?.is_none()
+                    && r.get_opt(name).await?.is_none()
+                    && b.get_opt(name).await?.is_none();
+                Ok(none.then_some(()))
+            }
+        },
+    )
     .await?;
     Ok(())
 }

@@ -3,6 +3,9 @@
 //! Every kind is namespaced; references (a Bridge's Channel and Endpoint, a
 //! Subscription's Channel and Service, Secrets) stay in the object's namespace.
 
+// `printcolumn(..., type_ = "string")` repeats by design.
+#![allow(clippy::duplicated_attributes)]
+
 mod bridge;
 mod channel;
 pub mod common;
