@@ -104,12 +104,14 @@ async fn one_leader_reconciles_and_the_standby_takes_over_when_it_dies() -> Resu
 }
 
 #[tokio::test]
-async fn a_leader_stopped_with_sigterm_hands_over_at_once() -> Result<()> {
+async fn a_leader_stopped_with_sigterm_releases_the_lease() -> Result<()> {
     let cp = support::shared().await;
     let client = cp.client();
     install_crds(&client).await?;
     let ns = support::create_namespace(&client, "ctl-release").await?;
-    // A long Lease: a handover well before it expires proves the release.
+    // The standby sleeps until the Lease would expire (kube-lease-manager
+    // does not watch it), so a release frees the Lease at once and the
+    // standby picks it up at the latest when it would have expired.
     let args = [
         "--namespace",
         &ns,
@@ -118,9 +120,9 @@ async fn a_leader_stopped_with_sigterm_hands_over_at_once() -> Result<()> {
         "--lease-name",
         "test-lease",
         "--lease-duration-seconds",
-        "60",
+        "6",
         "--lease-grace-seconds",
-        "5",
+        "2",
     ];
     let a_name = format!("a-{ns}");
     let b_name = format!("b-{ns}");
@@ -144,6 +146,7 @@ async fn a_leader_stopped_with_sigterm_hands_over_at_once() -> Result<()> {
     );
     let exit = tokio::time::timeout(WAIT, a.child.wait()).await??;
     assert!(exit.success(), "graceful exit: {exit:?}");
+    assert_ne!(holder(&leases).await?.as_deref(), Some(a_name.as_str()), "released");
     support::eventually(WAIT, "b holds the lease", || {
         let leases = leases.clone();
         let b_name = b_name.clone();
