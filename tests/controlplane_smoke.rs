@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use anyhow::Result;
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
-use k8s_openapi::api::authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec};
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{DeleteParams, ListParams, ObjectMeta, PostParams};
@@ -21,7 +23,10 @@ async fn control_plane_answers_readyz_ok() -> Result<()> {
         .await?;
     assert_eq!(body.trim(), "ok");
     let version = client.apiserver_version().await?;
-    assert_eq!((version.major.as_str(), version.minor.as_str()), ("1", "34"));
+    assert_eq!(
+        (version.major.as_str(), version.minor.as_str()),
+        ("1", "34")
+    );
     assert!(cp.kubeconfig_path().is_file());
     assert!(cp.server_url().starts_with("https://127.0.0.1:"));
     Ok(())
@@ -44,7 +49,8 @@ async fn a_minted_service_account_token_passes_token_review() -> Result<()> {
     let ns = support::create_namespace(&client, "tokenreview").await?;
     support::ensure_service_account(&client, &ns, "reader").await?;
     let token =
-        support::mint_service_account_token(&client, &ns, "reader", &[], Duration::from_secs(600)).await?;
+        support::mint_service_account_token(&client, &ns, "reader", &[], Duration::from_secs(600))
+            .await?;
 
     let review = TokenReview {
         spec: TokenReviewSpec {
@@ -71,9 +77,14 @@ async fn a_token_for_another_audience_is_rejected_by_token_review() -> Result<()
     let client = support::shared().await.client();
     let ns = support::create_namespace(&client, "audience").await?;
     support::ensure_service_account(&client, &ns, "reader").await?;
-    let token =
-        support::mint_service_account_token(&client, &ns, "reader", &["wsbridge"], Duration::from_secs(600))
-            .await?;
+    let token = support::mint_service_account_token(
+        &client,
+        &ns,
+        "reader",
+        &["wsbridge"],
+        Duration::from_secs(600),
+    )
+    .await?;
     let review = |audience: &str| TokenReview {
         spec: TokenReviewSpec {
             token: Some(token.clone()),
@@ -128,7 +139,8 @@ async fn subject_access_review_is_denied_until_a_role_binding_allows_it() -> Res
     assert!(!allowed(client.clone(), ns.clone(), user.clone()).await?);
     // The SA's own token is refused as well.
     let token =
-        support::mint_service_account_token(&client, &ns, "reader", &[], Duration::from_secs(600)).await?;
+        support::mint_service_account_token(&client, &ns, "reader", &[], Duration::from_secs(600))
+            .await?;
     let as_sa = cp.client_with_token(&token);
     let denied = Api::<ConfigMap>::namespaced(as_sa.clone(), &ns)
         .list(&ListParams::default())
@@ -169,15 +181,23 @@ subjects:
     )
     .await?;
 
-    support::eventually(Duration::from_secs(10), "SubjectAccessReview allowed", || {
-        let (client, ns, user) = (client.clone(), ns.clone(), user.clone());
-        async move { Ok(allowed(client, ns, user).await?.then_some(())) }
-    })
+    support::eventually(
+        Duration::from_secs(10),
+        "SubjectAccessReview allowed",
+        || {
+            let (client, ns, user) = (client.clone(), ns.clone(), user.clone());
+            async move { Ok(allowed(client, ns, user).await?.then_some(())) }
+        },
+    )
     .await?;
-    support::eventually(Duration::from_secs(10), "SA token may list configmaps", || {
-        let api = Api::<ConfigMap>::namespaced(as_sa.clone(), &ns);
-        async move { Ok(api.list(&ListParams::default()).await.ok().map(|_| ())) }
-    })
+    support::eventually(
+        Duration::from_secs(10),
+        "SA token may list configmaps",
+        || {
+            let api = Api::<ConfigMap>::namespaced(as_sa.clone(), &ns);
+            async move { Ok(api.list(&ListParams::default()).await.ok().map(|_| ())) }
+        },
+    )
     .await?;
     Ok(())
 }
@@ -186,7 +206,10 @@ subjects:
 async fn a_custom_resource_definition_is_established_and_serves_objects() -> Result<()> {
     let client = support::shared().await.client();
     let ns = support::create_namespace(&client, "crd").await?;
-    let group = format!("g{}.smoke.wsbridge.test", support::controlplane::random_hex(3));
+    let group = format!(
+        "g{}.smoke.wsbridge.test",
+        support::controlplane::random_hex(3)
+    );
     let applied = support::apply_yaml(
         &client,
         &format!(
@@ -224,7 +247,12 @@ spec:
     )
     .await?;
     assert_eq!(applied.len(), 2);
-    support::wait_crds_established(&client, &[&format!("widgets.{group}")], Duration::from_secs(30)).await?;
+    support::wait_crds_established(
+        &client,
+        &[&format!("widgets.{group}")],
+        Duration::from_secs(30),
+    )
+    .await?;
     assert_eq!(applied[1].metadata.namespace.as_deref(), Some(ns.as_str()));
     assert_eq!(applied[1].data["spec"]["size"], 3);
     Ok(())
@@ -266,7 +294,9 @@ async fn an_owned_object_is_garbage_collected_after_its_owner_is_deleted() -> Re
             },
         )
         .await?;
-    configmaps.delete("owner", &DeleteParams::background()).await?;
+    configmaps
+        .delete("owner", &DeleteParams::background())
+        .await?;
     support::eventually(
         Duration::from_secs(60),
         "owned ConfigMap garbage collected",
@@ -318,7 +348,11 @@ fn no_control_plane_process_survives_its_test_process() -> Result<()> {
         .split_once(" DIR ")
         .expect("PIDS ... DIR ...");
     let pids: Vec<u32> = pids.split(',').map(str::parse).collect::<Result<_, _>>()?;
-    assert_eq!(pids.len(), 3, "etcd, kube-apiserver, kube-controller-manager");
+    assert_eq!(
+        pids.len(),
+        3,
+        "etcd, kube-apiserver, kube-controller-manager"
+    );
 
     let running = |pid: &u32| {
         std::fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -338,5 +372,41 @@ fn no_control_plane_process_survives_its_test_process() -> Result<()> {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    Ok(())
+}
+
+#[tokio::test]
+async fn kubectl_reaches_the_control_plane_as_admin() -> Result<()> {
+    let cp = support::shared().await;
+    let out = tokio::process::Command::from(cp.kubectl())
+        .args(["auth", "can-i", "*", "*"])
+        .output()
+        .await?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "yes");
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_owned_control_plane_stops_when_dropped() -> Result<()> {
+    let cp = support::ControlPlane::start(support::Options::default()).await?;
+    let client = cp.client();
+    support::create_namespace(&client, "owned").await?;
+    let pids = cp.pids();
+    let dir = cp.temp_dir().to_path_buf();
+    drop(client);
+    drop(cp);
+    for (name, pid) in pids {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        assert!(
+            stat.is_empty() || stat.contains(") Z"),
+            "{name} ({pid}) still running"
+        );
+    }
+    assert!(!dir.exists());
     Ok(())
 }

@@ -9,6 +9,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
 echo "== python test dependencies"
+python3 -m pip --version >/dev/null 2>&1 || python3 -m ensurepip --upgrade >/dev/null
 python3 -m pip install -q websockets aiohttp 2>/dev/null ||
   python3 -m pip install -q --break-system-packages websockets aiohttp
 

@@ -12,7 +12,12 @@ use std::sync::OnceLock;
 use anyhow::{Context, Result, bail};
 
 /// Names of the binaries `build.sh` produces.
-pub const BINARIES: [&str; 4] = ["etcd", "kube-apiserver", "kube-controller-manager", "kubectl"];
+pub const BINARIES: [&str; 4] = [
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kubectl",
+];
 
 /// Root of the repository (where `Cargo.toml` lives).
 pub fn repo_root() -> PathBuf {
@@ -74,7 +79,8 @@ fn build() -> Result<PathBuf> {
 
     let script = repo_root().join("tests/controlplane/build.sh");
     let log_path = cp_dir.join("build.log");
-    let log = File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
+    let log =
+        File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
     let status = Command::new("bash")
         .arg(&script)
         .env("WSBRIDGE_CONTROLPLANE_BIN", &bin)

@@ -130,6 +130,7 @@ impl ControlPlane {
         fs::create_dir_all(&log_dir).map_err(fatal("creating the log dir"))?;
         reaper::remove_dir_at_exit(&dir).map_err(StartError::Fatal)?;
         prune_old_logs(&log_dir);
+        prune_orphaned_temp_dirs();
 
         let [etcd_port, etcd_peer_port, api_port] = free_ports().map_err(StartError::Fatal)?;
         let server_url = format!("https://127.0.0.1:{api_port}");
@@ -216,12 +217,19 @@ impl ControlPlane {
             }
             cp.check_alive()?;
             if Instant::now() > deadline {
-                return Err(StartError::Fatal(cp.failure("apiserver wrote no serving cert")));
+                return Err(StartError::Fatal(
+                    cp.failure("apiserver wrote no serving cert"),
+                ));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
 
-        let kubeconfig = kubeconfig_yaml(&cp.server_url, &ca_pem, "wsbridge-test-admin", &cp.admin_token);
+        let kubeconfig = kubeconfig_yaml(
+            &cp.server_url,
+            &ca_pem,
+            "wsbridge-test-admin",
+            &cp.admin_token,
+        );
         write(&cp.kubeconfig_path, &kubeconfig)?;
         cp.config = config_from_kubeconfig(&cp.kubeconfig_path)
             .await
@@ -252,9 +260,9 @@ impl ControlPlane {
             };
             self.check_alive()?;
             if Instant::now() > deadline {
-                return Err(StartError::Fatal(
-                    self.failure(&format!("/readyz not ok after {READY_TIMEOUT:?}: {last}")),
-                ));
+                return Err(StartError::Fatal(self.failure(&format!(
+                    "/readyz not ok after {READY_TIMEOUT:?}: {last}"
+                ))));
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -270,6 +278,7 @@ impl ControlPlane {
     }
 
     async fn start_controller_manager(&self) -> Result<()> {
+        let started = Instant::now();
         let ca_pem = fs::read_to_string(self.dir.join("certs/apiserver.crt"))?;
         let kubeconfig_path = self.dir.join("controller-manager.kubeconfig");
         let kubeconfig = kubeconfig_yaml(
@@ -305,11 +314,17 @@ impl ControlPlane {
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
             if sas.get_opt("default").await?.is_some() {
+                eprintln!(
+                    "test kube-controller-manager running in {:.1}s",
+                    started.elapsed().as_secs_f64()
+                );
                 return Ok(());
             }
             self.check_alive().map_err(StartError::into_inner)?;
             if Instant::now() > deadline {
-                return Err(self.failure("kube-controller-manager created no default ServiceAccount"));
+                return Err(
+                    self.failure("kube-controller-manager created no default ServiceAccount")
+                );
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
@@ -318,7 +333,8 @@ impl ControlPlane {
     fn spawn(&self, name: &'static str, args: &[String]) -> Result<()> {
         use std::os::unix::process::CommandExt;
         let log_path = self.log_dir.join(format!("{name}.log"));
-        let log = File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
+        let log =
+            File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
         let child = Command::new(self.bin_dir.join(name))
             .args(args)
             .current_dir(&self.dir)
@@ -415,6 +431,13 @@ impl ControlPlane {
         &self.log_dir
     }
 
+    /// A `kubectl` command already pointed at this control plane as admin.
+    pub fn kubectl(&self) -> Command {
+        let mut cmd = Command::new(self.bin_dir.join("kubectl"));
+        cmd.arg(format!("--kubeconfig={}", self.kubeconfig_path.display()));
+        cmd
+    }
+
     /// Path of a built control-plane binary (e.g. `kubectl`).
     pub fn binary(&self, name: &str) -> PathBuf {
         self.bin_dir.join(name)
@@ -423,7 +446,10 @@ impl ControlPlane {
     /// Names and process ids of the running control-plane processes.
     pub fn pids(&self) -> Vec<(&'static str, u32)> {
         let children = self.children.lock().unwrap_or_else(|e| e.into_inner());
-        children.iter().map(|(name, child)| (*name, child.id())).collect()
+        children
+            .iter()
+            .map(|(name, child)| (*name, child.id()))
+            .collect()
     }
 
     /// Temp dir holding etcd's data, certs, keys and kubeconfigs (removed at exit).
@@ -444,6 +470,7 @@ impl Drop for ControlPlane {
         for (_, child) in children.iter_mut().rev() {
             let _ = child.kill();
             let _ = child.wait();
+            let _ = reaper::forget_process_group(child.id());
         }
         let _ = fs::remove_dir_all(&self.dir);
     }
@@ -522,7 +549,11 @@ fn base64_encode(data: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
     for chunk in data.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
@@ -535,11 +566,35 @@ fn base64_encode(data: &[u8]) -> String {
     out
 }
 
+/// Removes `wsbridge-cp-<pid>-*` temp dirs whose test process is gone (left
+/// behind only if the reaper itself was killed).
+fn prune_orphaned_temp_dirs() {
+    let Ok(entries) = fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.filter_map(|e| e.ok()) {
+        let name = entry.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix("wsbridge-cp-")) else {
+            continue;
+        };
+        let Some((pid, _)) = rest.split_once('-') else {
+            continue;
+        };
+        if pid.parse::<u32>().is_ok() && !Path::new("/proc").join(pid).exists() {
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 /// Keeps the logs of the most recent runs only.
 fn prune_old_logs(current: &Path) {
     const KEEP: usize = 20;
-    let Some(parent) = current.parent() else { return };
-    let Ok(entries) = fs::read_dir(parent) else { return };
+    let Some(parent) = current.parent() else {
+        return;
+    };
+    let Ok(entries) = fs::read_dir(parent) else {
+        return;
+    };
     let mut dirs: Vec<_> = entries
         .filter_map(|e| e.ok())
         .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))

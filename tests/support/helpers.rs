@@ -42,7 +42,11 @@ pub async fn create_namespace(client: &Client, prefix: &str) -> Result<String> {
 /// YAML string, in order, through the dynamic API. Namespaced objects without
 /// a namespace go to `namespace` (an error if `None`). Kinds that are not
 /// served yet (a CRD applied just before its objects) are retried for a while.
-pub async fn apply_yaml(client: &Client, yaml: &str, namespace: Option<&str>) -> Result<Vec<DynamicObject>> {
+pub async fn apply_yaml(
+    client: &Client,
+    yaml: &str,
+    namespace: Option<&str>,
+) -> Result<Vec<DynamicObject>> {
     let mut applied = Vec::new();
     for document in serde_norway::Deserializer::from_str(yaml) {
         let value = serde_norway::Value::deserialize(document).context("parsing YAML")?;
@@ -64,7 +68,8 @@ pub async fn apply_yaml_file(
     namespace: Option<&str>,
 ) -> Result<Vec<DynamicObject>> {
     let path = path.as_ref();
-    let yaml = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let yaml =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     apply_yaml(client, &yaml, namespace)
         .await
         .with_context(|| format!("applying {}", path.display()))
@@ -101,7 +106,9 @@ async fn apply_object(
                 .namespace
                 .clone()
                 .or_else(|| namespace.map(str::to_string))
-                .ok_or_else(|| anyhow!("{} {name} is namespaced but has no namespace", types.kind))?;
+                .ok_or_else(|| {
+                    anyhow!("{} {name} is namespaced but has no namespace", types.kind)
+                })?;
             obj.metadata.namespace = Some(ns.clone());
             Api::namespaced_with(client.clone(), &ns, &resource)
         }
@@ -116,7 +123,11 @@ async fn apply_object(
 }
 
 /// Waits until every named CRD has the `Established` condition.
-pub async fn wait_crds_established(client: &Client, names: &[&str], timeout: Duration) -> Result<()> {
+pub async fn wait_crds_established(
+    client: &Client,
+    names: &[&str],
+    timeout: Duration,
+) -> Result<()> {
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
     for name in names {
         tokio::time::timeout(

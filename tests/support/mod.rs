@@ -25,8 +25,10 @@ pub mod controlplane;
 pub mod helpers;
 mod reaper;
 
-pub use controlplane::{API_AUDIENCE, ControlPlane, Options, shared, shared_with_controller_manager};
+pub use controlplane::{
+    API_AUDIENCE, ControlPlane, Options, shared, shared_with_controller_manager,
+};
 pub use helpers::{
-    FIELD_MANAGER, apply_yaml, apply_yaml_file, create_namespace, ensure_service_account, eventually,
-    mint_service_account_token, wait_crds_established,
+    FIELD_MANAGER, apply_yaml, apply_yaml_file, create_namespace, ensure_service_account,
+    eventually, mint_service_account_token, wait_crds_established,
 };

@@ -5,8 +5,8 @@
 //! "reaper" per test process reads process-group ids and directories from a
 //! pipe whose write end only this process holds. When the test process ends
 //! — normally, by panic, or killed by a signal — the pipe closes, the reaper
-//! reads end-of-file, sends SIGTERM then SIGKILL to every registered process
-//! group and removes the registered directories. The reaper runs in its own
+//! reads end-of-file, sends SIGKILL to every registered process group and
+//! removes the registered directories. The reaper runs in its own
 //! process group and ignores INT/TERM/HUP, so a Ctrl-C that hits the test
 //! process's group does not take the reaper down before it has cleaned up.
 
@@ -24,17 +24,18 @@ dirs=()
 while read -r kind value; do
   case "$kind" in
     pg) groups+=("$value") ;;
+    unpg) kept=(); for g in "${groups[@]}"; do [ "$g" = "$value" ] || kept+=("$g"); done; groups=("${kept[@]}") ;;
     dir) dirs+=("$value") ;;
   esac
 done
-for g in "${groups[@]}"; do kill -TERM -- "-$g" 2>/dev/null; done
+# Nothing here needs a graceful shutdown: etcd's data is thrown away.
+for g in "${groups[@]}"; do kill -KILL -- "-$g" 2>/dev/null; done
 for _ in $(seq 50); do
   alive=0
   for g in "${groups[@]}"; do kill -0 -- "-$g" 2>/dev/null && alive=1; done
   [ "$alive" = 0 ] && break
   sleep 0.1
 done
-for g in "${groups[@]}"; do kill -KILL -- "-$g" 2>/dev/null; done
 for d in "${dirs[@]}"; do rm -rf -- "$d"; done
 "#;
 
@@ -72,6 +73,12 @@ fn send(line: String) -> Result<()> {
 /// this process exits.
 pub fn watch_process_group(pgid: u32) -> Result<()> {
     send(format!("pg {pgid}\n"))
+}
+
+/// Forgets a process group that was already stopped (so a later process that
+/// reuses the id is left alone).
+pub fn forget_process_group(pgid: u32) -> Result<()> {
+    send(format!("unpg {pgid}\n"))
 }
 
 /// Removes `dir` when this process exits (after its processes are gone).
