@@ -146,7 +146,11 @@ async fn a_leader_stopped_with_sigterm_releases_the_lease() -> Result<()> {
     );
     let exit = tokio::time::timeout(WAIT, a.child.wait()).await??;
     assert!(exit.success(), "graceful exit: {exit:?}");
-    assert_ne!(holder(&leases).await?.as_deref(), Some(a_name.as_str()), "released");
+    assert_ne!(
+        holder(&leases).await?.as_deref(),
+        Some(a_name.as_str()),
+        "released"
+    );
     support::eventually(WAIT, "b holds the lease", || {
         let leases = leases.clone();
         let b_name = b_name.clone();
