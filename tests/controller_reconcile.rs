@@ -540,3 +540,24 @@ async fn deleted_worker_objects_are_put_back() -> Result<()> {
     assert_ne!(d.uid(), first.uid());
     Ok(())
 }
+
+#[tokio::test]
+async fn an_endpoint_ca_config_map_is_checked_and_recovers() -> Result<()> {
+    let env = setup("ctl-ca").await?;
+    env.apply("apiVersion: wsbridge.io/v1alpha1\nkind: Endpoint\nmetadata: {name: tls}\nspec:\n  url: wss://feed.example.com/\n  tls: {caConfigMapRef: {name: feed-ca, key: ca.crt}}\n").await?;
+    let conds = |e: &Endpoint| {
+        e.status
+            .as_ref()
+            .map(|s| s.conditions.clone())
+            .unwrap_or_default()
+    };
+    let api = env.api::<Endpoint>();
+    wait_reason(&api, "tls", "ConfigMapNotFound", conds).await?;
+    env.apply("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: feed-ca}\ndata: {other: x}\n")
+        .await?;
+    wait_reason(&api, "tls", "ConfigMapKeyMissing", conds).await?;
+    env.apply("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: feed-ca}\ndata: {ca.crt: pem}\n")
+        .await?;
+    wait_reason(&api, "tls", "Ready", conds).await?;
+    Ok(())
+}
