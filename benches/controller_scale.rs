@@ -170,18 +170,18 @@ async fn bench() -> Result<()> {
             &metrics,
             "wsbridge_controller_api_requests_total",
             &[&format!("verb=\"{verb}\"")],
-        )
+        ) as u64
     };
     let writes_before = controller.writes().await?;
     tokio::time::sleep(Duration::from_secs(10)).await;
-    let idle_writes = controller.writes().await? - writes_before;
+    let idle_writes = (controller.writes().await? - writes_before) as i64;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let hwm = status
         .lines()
         .find(|l| l.starts_with("VmHWM"))
         .unwrap_or("VmHWM: ?")
         .to_string();
-    let reconciles = sum_metric(&metrics, "wsbridge_controller_reconciles_total", &[]);
+    let reconciles = sum_metric(&metrics, "wsbridge_controller_reconciles_total", &[]) as u64;
     println!(
         "controller_scale: {bridges} Bridges, {subscriptions} Subscriptions, {} Channels, {NAMESPACES} namespaces",
         NAMESPACES * CHANNELS_PER_NAMESPACE

@@ -5,7 +5,7 @@
 mod controller_support;
 mod support;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use controller_support::*;
@@ -100,5 +100,74 @@ async fn one_leader_reconciles_and_the_standby_takes_over_when_it_dies() -> Resu
     addressed(&channels, "two").await?;
     assert!(b.metric_sum(reconciles, &[]).await? > 0.0);
     b.child.kill().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_leader_stopped_with_sigterm_releases_the_lease() -> Result<()> {
+    let cp = support::shared().await;
+    let client = cp.client();
+    install_crds(&client).await?;
+    let ns = support::create_namespace(&client, "ctl-release").await?;
+    // The standby sleeps until the Lease would expire (kube-lease-manager
+    // does not watch it), so a release frees the Lease at once and the
+    // standby picks it up at the latest when it would have expired.
+    let args = [
+        "--namespace",
+        &ns,
+        "--lease-namespace",
+        &ns,
+        "--lease-name",
+        "test-lease",
+        "--lease-duration-seconds",
+        "6",
+        "--lease-grace-seconds",
+        "2",
+    ];
+    let a_name = format!("a-{ns}");
+    let b_name = format!("b-{ns}");
+    let mut a = ControllerProcess::start(cp, &a_name, &args).await?;
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
+    support::eventually(WAIT, "a holds the lease", || {
+        let leases = leases.clone();
+        let a_name = a_name.clone();
+        async move { Ok(holder(&leases).await?.filter(|h| *h == a_name)) }
+    })
+    .await?;
+    let b = ControllerProcess::start(cp, &b_name, &args).await?;
+    b.wait_ready().await?;
+    let pid = a.child.id().expect("pid").to_string();
+    let stopped = Instant::now();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()?
+            .success()
+    );
+    let exit = tokio::time::timeout(WAIT, a.child.wait()).await??;
+    assert!(exit.success(), "graceful exit: {exit:?}");
+    assert_ne!(
+        holder(&leases).await?.as_deref(),
+        Some(a_name.as_str()),
+        "released"
+    );
+    support::eventually(WAIT, "b holds the lease", || {
+        let leases = leases.clone();
+        let b_name = b_name.clone();
+        async move { Ok(holder(&leases).await?.filter(|h| *h == b_name)) }
+    })
+    .await?;
+    assert!(
+        stopped.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        stopped.elapsed()
+    );
+    support::apply_yaml(
+        &client,
+        "apiVersion: wsbridge.io/v1alpha1\nkind: Channel\nmetadata: {name: one}\nspec: {}\n",
+        Some(&ns),
+    )
+    .await?;
+    addressed(&Api::namespaced(client.clone(), &ns), "one").await?;
     Ok(())
 }

@@ -504,3 +504,60 @@ async fn an_idle_controller_makes_no_writes() -> Result<()> {
     let _ = env.api::<Secret>().get("creds").await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn deleted_worker_objects_are_put_back() -> Result<()> {
+    let env = setup("ctl-heal").await?;
+    env.apply(&[SECRET, CHANNEL, ENDPOINT, BRIDGE].join("---\n"))
+        .await?;
+    let first = env.worker("wsbridge-worker-feed").await?;
+    let roles = env.api::<Role>();
+    support::eventually(WAIT, "role", || {
+        let roles = roles.clone();
+        async move { Ok(roles.get_opt("wsbridge-worker-feed").await?) }
+    })
+    .await?;
+    let role_uid = roles.get("wsbridge-worker-feed").await?.uid();
+    roles
+        .delete("wsbridge-worker-feed", &DeleteParams::default())
+        .await?;
+    env.api::<Deployment>()
+        .delete("wsbridge-worker-feed", &DeleteParams::default())
+        .await?;
+    let again = support::eventually(WAIT, "role recreated", || {
+        let roles = roles.clone();
+        let role_uid = role_uid.clone();
+        async move {
+            Ok(roles
+                .get_opt("wsbridge-worker-feed")
+                .await?
+                .filter(|r| r.uid() != role_uid))
+        }
+    })
+    .await?;
+    assert_eq!(again.owner_references()[0].name, "feed");
+    let d = env.worker("wsbridge-worker-feed").await?;
+    assert_ne!(d.uid(), first.uid());
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_endpoint_ca_config_map_is_checked_and_recovers() -> Result<()> {
+    let env = setup("ctl-ca").await?;
+    env.apply("apiVersion: wsbridge.io/v1alpha1\nkind: Endpoint\nmetadata: {name: tls}\nspec:\n  url: wss://feed.example.com/\n  tls: {caConfigMapRef: {name: feed-ca, key: ca.crt}}\n").await?;
+    let conds = |e: &Endpoint| {
+        e.status
+            .as_ref()
+            .map(|s| s.conditions.clone())
+            .unwrap_or_default()
+    };
+    let api = env.api::<Endpoint>();
+    wait_reason(&api, "tls", "ConfigMapNotFound", conds).await?;
+    env.apply("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: feed-ca}\ndata: {other: x}\n")
+        .await?;
+    wait_reason(&api, "tls", "ConfigMapKeyMissing", conds).await?;
+    env.apply("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: feed-ca}\ndata: {ca.crt: pem}\n")
+        .await?;
+    wait_reason(&api, "tls", "Ready", conds).await?;
+    Ok(())
+}

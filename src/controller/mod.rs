@@ -29,7 +29,8 @@ use std::time::Duration;
 use futures::{FutureExt, Stream, StreamExt, TryStreamExt};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store, store::Writer};
@@ -219,6 +220,9 @@ impl Runner {
         let config_maps = Shared::<ConfigMap>::new();
         let services = Shared::<Service>::new();
         let deployments = Shared::<Deployment>::new();
+        let service_accounts = Shared::<ServiceAccount>::new();
+        let roles = Shared::<Role>::new();
+        let role_bindings = Shared::<RoleBinding>::new();
         let stores = Stores {
             bridges: bridges.reader(),
             channels: channels.reader(),
@@ -228,6 +232,9 @@ impl Runner {
             config_maps: config_maps.reader(),
             services: services.reader(),
             deployments: deployments.reader(),
+            service_accounts: service_accounts.reader(),
+            roles: roles.reader(),
+            role_bindings: role_bindings.reader(),
         };
         let reporter = Reporter {
             controller: worker::FIELD_MANAGER.into(),
@@ -250,6 +257,9 @@ impl Runner {
         let bridge_controller = Controller::for_shared_stream(bridges.primary(), stores.bridges.clone())
             .with_config(config.clone())
             .owns_shared_stream(deployments.triggers())
+            .owns_shared_stream(service_accounts.triggers())
+            .owns_shared_stream(roles.triggers())
+            .owns_shared_stream(role_bindings.triggers())
             .watches_shared_stream(channels.triggers(), {
                 let s = s.clone();
                 move |c: Arc<Channel>| by_channel(&s.bridges, &c, |b| &b.spec.channel)
@@ -373,17 +383,10 @@ impl Runner {
             services
                 .run(api(&client, ns), watcher::Config::default(), |_| {})
                 .boxed(),
-            deployments
-                .run(
-                    api(&client, ns),
-                    watcher::Config::default().labels(&format!(
-                        "{}={}",
-                        worker::MANAGED_BY,
-                        worker::FIELD_MANAGER
-                    )),
-                    |_| {},
-                )
-                .boxed(),
+            deployments.run(api(&client, ns), owned(), |_| {}).boxed(),
+            service_accounts.run(api(&client, ns), owned(), |_| {}).boxed(),
+            roles.run(api(&client, ns), owned(), |_| {}).boxed(),
+            role_bindings.run(api(&client, ns), owned(), |_| {}).boxed(),
         ]);
         let readiness = self.readiness.clone();
         let synced = async move {
@@ -396,6 +399,9 @@ impl Runner {
                 stores.config_maps.wait_until_ready(),
                 stores.services.wait_until_ready(),
                 stores.deployments.wait_until_ready(),
+                stores.service_accounts.wait_until_ready(),
+                stores.roles.wait_until_ready(),
+                stores.role_bindings.wait_until_ready(),
             );
             info!("caches synced");
             readiness.set(true);
@@ -411,6 +417,11 @@ impl Runner {
         }
         anyhow::bail!("controllers stopped unexpectedly")
     }
+}
+
+/// Watches only the worker objects this controller applies.
+fn owned() -> watcher::Config {
+    watcher::Config::default().labels(&format!("{}={}", worker::MANAGED_BY, worker::FIELD_MANAGER))
 }
 
 fn api<K>(client: &Client, ns: Option<&str>) -> Api<K>

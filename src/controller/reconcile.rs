@@ -66,8 +66,11 @@ pub struct Stores {
     /// Values replaced by their SHA-256 digest before caching.
     pub config_maps: Store<ConfigMap>,
     pub services: Store<Service>,
-    /// Worker Deployments only (label-selected).
+    /// Worker objects only (label-selected).
     pub deployments: Store<Deployment>,
+    pub service_accounts: Store<ServiceAccount>,
+    pub roles: Store<Role>,
+    pub role_bindings: Store<RoleBinding>,
 }
 
 pub fn get<K>(store: &Store<K>, ns: &str, name: &str) -> Option<Arc<K>>
@@ -267,7 +270,11 @@ pub async fn reconcile_bridge(bridge: Arc<Bridge>, ctx: Arc<Context>) -> Result<
         );
         let want = objs.deployment.annotations().get(APPLIED_HASH);
         let have = existing.as_ref().and_then(|d| d.annotations().get(APPLIED_HASH));
-        if want != have {
+        // A deleted ServiceAccount, Role or RoleBinding is put back too.
+        let complete = get(&ctx.stores.service_accounts, &ns, &worker_name).is_some()
+            && get(&ctx.stores.roles, &ns, &worker_name).is_some()
+            && get(&ctx.stores.role_bindings, &ns, &worker_name).is_some();
+        if want != have || !complete {
             apply_worker(&ctx, &ns, &objs).await?;
         }
     }
