@@ -35,6 +35,12 @@ fn env_usize(name: &str, default: usize) -> usize {
 
 fn main() -> Result<()> {
     controller_support::child_entry();
+    // `cargo test --all-targets` runs bench targets too: only `cargo bench`
+    // (which passes --bench) should spend minutes creating 6,000 objects.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("controller_scale: skipped (run it with `cargo bench --bench controller_scale`)");
+        return Ok(());
+    }
     tokio::runtime::Runtime::new()?.block_on(bench())
 }
 
