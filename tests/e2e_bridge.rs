@@ -159,7 +159,9 @@ async fn a_worker_started_from_the_controllers_pod_template_bridges_the_endpoint
     );
 
     // The worker reports Connected and its publish address on the Bridge.
-    let bridge = bridge_condition(&client, &ns, "ticker-feed", conditions::CONNECTED, true).await?;
+    let bridge = bridge_condition(&client, &ns, "ticker-feed", conditions::CONNECTED, true)
+        .await
+        .with_context(|| format!("worker log:\n{}", worker.logs()))?;
     let address = bridge
         .status
         .and_then(|s| s.address)

@@ -192,7 +192,7 @@ impl Sessions {
             reason: format!("waiting for Endpoint {}", spec.endpoint),
             retry_in: None,
         });
-        tasks.spawn(status::report(
+        let reporter = tokio::spawn(status::report(
             Api::namespaced(self.client.clone(), &ns),
             bridge_name.clone(),
             spec.endpoint.clone(),
@@ -200,6 +200,7 @@ impl Sessions {
             self.options.advertise.clone(),
             state_rx,
         ));
+        let final_state = state_tx.clone();
 
         // Endpoint → connection config; the connection starts with the first valid one.
         let (inbound_tx, mut inbound_rx) = mpsc::channel::<Arc<Message>>(1024);
@@ -284,6 +285,8 @@ impl Sessions {
         Session {
             tasks,
             channel: channel_key,
+            state: final_state,
+            reporter,
         }
     }
 }
@@ -291,6 +294,10 @@ impl Sessions {
 struct Session {
     tasks: JoinSet<()>,
     channel: ChannelKey,
+    /// The state users see, and its reporter, outlive the other tasks so
+    /// the last word on the Bridge is "stopped", not a stale "connected".
+    state: watch::Sender<ConnectionState>,
+    reporter: tokio::task::JoinHandle<()>,
 }
 
 impl Session {
@@ -300,6 +307,15 @@ impl Session {
         let target = slot.write().ok().and_then(|mut s| s.take());
         if let Some(Ok(handle)) = target.map(|t| Arc::try_unwrap(t.handle)) {
             handle.shutdown().await;
+        }
+        // The reporter writes this last state, then ends when the sender goes.
+        self.state.send_replace(ConnectionState::Stopped);
+        drop(self.state);
+        if tokio::time::timeout(Duration::from_secs(5), &mut self.reporter)
+            .await
+            .is_err()
+        {
+            self.reporter.abort();
         }
         // Subscribers of a channel this worker no longer serves drain and go.
         engine.set_subscribers(&self.channel, Vec::new());
