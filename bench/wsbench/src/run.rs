@@ -72,12 +72,12 @@ impl Sizes {
                 msg_size: 256,
                 warm: 200,
                 tp1: 200_000,
-                tp100: 2_000,
+                tp100: 1_000,
                 subs100: 100,
                 lat: 10_000,
                 lat_rate: 1_000,
                 settle: Duration::from_secs(3),
-                phase_limit: Duration::from_secs(90),
+                phase_limit: Duration::from_secs(120),
                 stall: Duration::from_secs(10),
                 connect_limit: Duration::from_secs(60),
                 poll: Duration::from_millis(100),
@@ -685,7 +685,9 @@ fn render(o: &Opts, s: &Sizes, results: &BTreeMap<String, RelayResult>, ceiling:
     if !notes.is_empty() {
         let _ = writeln!(out, "\nNotes:\n");
         for n in notes {
-            let _ = writeln!(out, "- {}", n.replace('\n', " "));
+            // No machine paths in the committed report.
+            let n = n.replace('\n', " ").replace(&*o.work.to_string_lossy(), "<work>");
+            let _ = writeln!(out, "- {n}");
         }
     }
     out
