@@ -9,8 +9,12 @@
 //!   the Kubernetes client, so it runs and is tested without a cluster.
 //! - [`controller`], [`worker`], [`gateway`]: the Kubernetes adapters.
 //! - [`standalone`]: the same data plane fed from YAML files.
+//! - [`translate`]: from the API types to the data plane's values, shared by
+//!   every adapter.
 #![forbid(unsafe_code)]
 
 pub mod api;
 pub mod dataplane;
 pub mod ops;
+pub mod standalone;
+pub mod translate;

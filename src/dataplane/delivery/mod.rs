@@ -1,0 +1,14 @@
+//! Delivery of channel messages to HTTP subscribers.
+
+mod engine;
+mod http;
+mod policy;
+
+pub use engine::{
+    CE_FAILURE, DEAD_LETTER_ATTEMPTS, DEAD_LETTER_REASON, DEAD_LETTER_STATUS, DEAD_LETTER_SUBSCRIBER, DeliveryEngine,
+    DeliveryStats, DispatchReport, EngineConfig, ShutdownReport, SubscriberSpec,
+};
+pub use http::HttpSender;
+pub use policy::{
+    AttemptOutcome, BackoffPolicy, DeliveryPolicy, MAX_RETRY_DELAY, Ordering, Verdict, classify, parse_retry_after,
+};

@@ -1,0 +1,227 @@
+//! Delivery options and the retry rules.
+
+use std::time::Duration;
+
+use http::StatusCode;
+
+/// How the delay between retries grows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BackoffPolicy {
+    /// `backoffDelay * n` before retry `n`.
+    Linear,
+    /// `backoffDelay * 2^(n-1)` before retry `n`.
+    #[default]
+    Exponential,
+}
+
+/// Ordering of deliveries to one subscriber.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ordering {
+    /// One message in flight at a time, in arrival order (a retried message
+    /// holds back the ones after it).
+    Ordered,
+    /// Up to `max_in_flight` deliveries at once; no order guarantee.
+    Unordered {
+        /// Concurrency bound (at least 1).
+        max_in_flight: usize,
+    },
+}
+
+/// Effective delivery options of one subscriber.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryPolicy {
+    /// Retries after the first attempt (total attempts = `retry + 1`).
+    pub retry: u32,
+    /// Growth of the retry delay.
+    pub backoff_policy: BackoffPolicy,
+    /// Base retry delay.
+    pub backoff_delay: Duration,
+    /// Per-attempt timeout (connect, request and response).
+    pub timeout: Duration,
+    /// Ordered or unordered.
+    pub ordering: Ordering,
+    /// Where undeliverable messages go; `None` drops them (counted).
+    pub dead_letter_sink: Option<http::Uri>,
+    /// Bound of the subscriber's queue; overflow is dead-lettered or dropped.
+    pub queue_capacity: usize,
+    /// Largest `Retry-After` honoured.
+    pub retry_after_max: Duration,
+}
+
+impl Default for DeliveryPolicy {
+    fn default() -> Self {
+        Self {
+            retry: 3,
+            backoff_policy: BackoffPolicy::Exponential,
+            backoff_delay: Duration::from_millis(200),
+            timeout: Duration::from_secs(5),
+            ordering: Ordering::Ordered,
+            dead_letter_sink: None,
+            queue_capacity: 1024,
+            retry_after_max: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Longest delay between two attempts, whatever the policy says.
+pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(3600);
+
+impl DeliveryPolicy {
+    /// The delay before retry `n` (1-based), ignoring `Retry-After`.
+    pub fn retry_delay(&self, n: u32) -> Duration {
+        let n = n.max(1);
+        let factor = match self.backoff_policy {
+            BackoffPolicy::Linear => n,
+            BackoffPolicy::Exponential => 2u32.checked_pow(n - 1).unwrap_or(u32::MAX),
+        };
+        self.backoff_delay
+            .checked_mul(factor)
+            .unwrap_or(MAX_RETRY_DELAY)
+            .min(MAX_RETRY_DELAY)
+    }
+
+    /// The delay before retry `n` given the verdict's `Retry-After`, capped
+    /// at `retry_after_max`.
+    pub fn delay_for(&self, n: u32, retry_after: Option<Duration>) -> Duration {
+        match retry_after {
+            Some(after) => after.min(self.retry_after_max),
+            None => self.retry_delay(n),
+        }
+    }
+
+    /// Max concurrent deliveries.
+    pub fn max_in_flight(&self) -> usize {
+        match self.ordering {
+            Ordering::Ordered => 1,
+            Ordering::Unordered { max_in_flight } => max_in_flight.max(1),
+        }
+    }
+}
+
+/// What one HTTP attempt produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttemptOutcome {
+    /// A response with this status and, when present, `Retry-After` seconds.
+    Response {
+        /// Status code.
+        status: StatusCode,
+        /// Parsed `Retry-After`.
+        retry_after: Option<Duration>,
+    },
+    /// No response within the attempt timeout.
+    Timeout,
+    /// Connect or I/O failure.
+    Network(String),
+}
+
+/// What to do after an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// 2xx: done.
+    Delivered,
+    /// Network error, timeout, 5xx, 408 or 429: try again.
+    Retry {
+        /// The subscriber's `Retry-After`.
+        retry_after: Option<Duration>,
+    },
+    /// Any other status (4xx, 3xx, 1xx): retrying cannot help.
+    Reject,
+}
+
+/// Classifies an attempt: retry on network errors, timeouts, 5xx, 408 and
+/// 429; never on other 4xx.
+pub fn classify(outcome: &AttemptOutcome) -> Verdict {
+    match outcome {
+        AttemptOutcome::Timeout | AttemptOutcome::Network(_) => Verdict::Retry { retry_after: None },
+        AttemptOutcome::Response { status, retry_after } => {
+            if status.is_success() {
+                Verdict::Delivered
+            } else if status.is_server_error()
+                || *status == StatusCode::REQUEST_TIMEOUT
+                || *status == StatusCode::TOO_MANY_REQUESTS
+            {
+                Verdict::Retry {
+                    retry_after: *retry_after,
+                }
+            } else {
+                Verdict::Reject
+            }
+        }
+    }
+}
+
+/// Parses `Retry-After` given in seconds (HTTP dates are ignored).
+pub fn parse_retry_after(value: &http::HeaderValue) -> Option<Duration> {
+    value.to_str().ok()?.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resp(code: u16) -> AttemptOutcome {
+        AttemptOutcome::Response {
+            status: StatusCode::from_u16(code).unwrap(),
+            retry_after: None,
+        }
+    }
+
+    #[test]
+    fn retry_classification() {
+        assert_eq!(classify(&resp(200)), Verdict::Delivered);
+        assert_eq!(classify(&resp(202)), Verdict::Delivered);
+        for code in [500, 502, 503, 504, 408, 429] {
+            assert!(matches!(classify(&resp(code)), Verdict::Retry { .. }), "{code}");
+        }
+        for code in [400, 401, 403, 404, 409, 413, 422, 301] {
+            assert_eq!(classify(&resp(code)), Verdict::Reject, "{code}");
+        }
+        assert!(matches!(classify(&AttemptOutcome::Timeout), Verdict::Retry { .. }));
+        assert!(matches!(classify(&AttemptOutcome::Network("refused".into())), Verdict::Retry { .. }));
+        let with_after = AttemptOutcome::Response {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            retry_after: Some(Duration::from_secs(2)),
+        };
+        assert_eq!(
+            classify(&with_after),
+            Verdict::Retry {
+                retry_after: Some(Duration::from_secs(2))
+            }
+        );
+    }
+
+    #[test]
+    fn linear_and_exponential_backoff() {
+        let mut p = DeliveryPolicy {
+            backoff_delay: Duration::from_millis(100),
+            backoff_policy: BackoffPolicy::Linear,
+            ..Default::default()
+        };
+        assert_eq!(p.retry_delay(1), Duration::from_millis(100));
+        assert_eq!(p.retry_delay(3), Duration::from_millis(300));
+        p.backoff_policy = BackoffPolicy::Exponential;
+        assert_eq!(p.retry_delay(1), Duration::from_millis(100));
+        assert_eq!(p.retry_delay(2), Duration::from_millis(200));
+        assert_eq!(p.retry_delay(4), Duration::from_millis(800));
+        assert_eq!(p.retry_delay(200), MAX_RETRY_DELAY);
+    }
+
+    #[test]
+    fn retry_after_is_honoured_and_capped() {
+        let p = DeliveryPolicy {
+            retry_after_max: Duration::from_secs(10),
+            ..Default::default()
+        };
+        assert_eq!(p.delay_for(1, Some(Duration::from_secs(3))), Duration::from_secs(3));
+        assert_eq!(p.delay_for(1, Some(Duration::from_secs(3600))), Duration::from_secs(10));
+        assert_eq!(p.delay_for(1, None), p.retry_delay(1));
+        assert_eq!(
+            parse_retry_after(&http::HeaderValue::from_static(" 7 ")),
+            Some(Duration::from_secs(7))
+        );
+        assert_eq!(
+            parse_retry_after(&http::HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT")),
+            None
+        );
+    }
+}

@@ -1,0 +1,361 @@
+//! The message that flows through the data plane, and its CloudEvents
+//! binary-mode HTTP representation.
+
+use std::fmt;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+
+use super::secret::SecretString;
+
+/// Where a message entered the data plane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Origin {
+    /// Received from an external WebSocket endpoint (goes to subscribers only).
+    Endpoint,
+    /// Published on a channel over HTTP (goes to subscribers and bridged endpoints).
+    Published,
+}
+
+impl Origin {
+    /// The default CloudEvents `type` for messages of this origin.
+    pub fn default_event_type(self) -> &'static str {
+        match self {
+            Origin::Endpoint => "io.wsbridge.endpoint.message",
+            Origin::Published => "io.wsbridge.channel.published",
+        }
+    }
+}
+
+/// Whether a payload is text (UTF-8) or binary; maps to WebSocket frame types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PayloadKind {
+    /// A text frame; the bytes are valid UTF-8.
+    Text,
+    /// A binary frame.
+    Binary,
+}
+
+/// A message body. Text payloads are guaranteed to be valid UTF-8. Cloning is
+/// cheap (the bytes are reference counted).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Payload {
+    kind: PayloadKind,
+    bytes: Bytes,
+}
+
+/// Bytes that were declared text but are not UTF-8.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("text payload is not valid UTF-8")]
+pub struct NotUtf8;
+
+impl Payload {
+    /// A text payload.
+    pub fn text(text: impl Into<String>) -> Self {
+        Self {
+            kind: PayloadKind::Text,
+            bytes: Bytes::from(text.into()),
+        }
+    }
+
+    /// A text payload from bytes, checked to be UTF-8.
+    pub fn text_from_bytes(bytes: Bytes) -> Result<Self, NotUtf8> {
+        std::str::from_utf8(&bytes).map_err(|_| NotUtf8)?;
+        Ok(Self {
+            kind: PayloadKind::Text,
+            bytes,
+        })
+    }
+
+    /// A binary payload.
+    pub fn binary(bytes: impl Into<Bytes>) -> Self {
+        Self {
+            kind: PayloadKind::Binary,
+            bytes: bytes.into(),
+        }
+    }
+
+    /// Text or binary.
+    pub fn kind(&self) -> PayloadKind {
+        self.kind
+    }
+
+    /// The raw bytes (for a text payload, its UTF-8 encoding).
+    pub fn bytes(&self) -> &Bytes {
+        &self.bytes
+    }
+
+    /// The text, for a text payload.
+    pub fn as_text(&self) -> Option<&str> {
+        match self.kind {
+            PayloadKind::Text => std::str::from_utf8(&self.bytes).ok(),
+            PayloadKind::Binary => None,
+        }
+    }
+
+    /// Size in bytes.
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// True for an empty payload.
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// The HTTP `Content-Type` for this payload: `application/json` when the
+    /// text parses as JSON, `text/plain` for other text,
+    /// `application/octet-stream` for binary.
+    pub fn content_type(&self) -> &'static str {
+        match self.kind {
+            PayloadKind::Binary => CONTENT_TYPE_BINARY,
+            PayloadKind::Text => {
+                if serde_json::from_slice::<serde::de::IgnoredAny>(&self.bytes).is_ok() {
+                    CONTENT_TYPE_JSON
+                } else {
+                    CONTENT_TYPE_TEXT
+                }
+            }
+        }
+    }
+}
+
+impl fmt::Debug for Payload {
+    /// Never prints the body (it may carry user data); only kind and size.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Payload")
+            .field("kind", &self.kind)
+            .field("len", &self.bytes.len())
+            .finish()
+    }
+}
+
+/// `Content-Type` of JSON text.
+pub const CONTENT_TYPE_JSON: &str = "application/json";
+/// `Content-Type` of non-JSON text.
+pub const CONTENT_TYPE_TEXT: &str = "text/plain; charset=utf-8";
+/// `Content-Type` of binary payloads.
+pub const CONTENT_TYPE_BINARY: &str = "application/octet-stream";
+
+/// `ce-specversion` header.
+pub const CE_SPECVERSION: HeaderName = HeaderName::from_static("ce-specversion");
+/// `ce-id` header.
+pub const CE_ID: HeaderName = HeaderName::from_static("ce-id");
+/// `ce-source` header.
+pub const CE_SOURCE: HeaderName = HeaderName::from_static("ce-source");
+/// `ce-type` header.
+pub const CE_TYPE: HeaderName = HeaderName::from_static("ce-type");
+/// `ce-time` header.
+pub const CE_TIME: HeaderName = HeaderName::from_static("ce-time");
+
+/// One message. Shared between subscribers as `Arc<Message>`; everything a
+/// delivery needs (body, headers) is prepared once at construction.
+#[derive(Clone)]
+pub struct Message {
+    id: String,
+    payload: Payload,
+    origin: Origin,
+    source: String,
+    event_type: String,
+    time: SystemTime,
+    content_type: &'static str,
+    headers: HeaderMap,
+}
+
+impl Message {
+    /// A new message with a fresh unique id (UUID v4), the current time and
+    /// the origin's default type. `source` becomes `ce-source` (a URI
+    /// reference such as `/namespaces/default/bridges/ticker-feed`).
+    pub fn new(payload: Payload, origin: Origin, source: impl Into<String>) -> Self {
+        let id = uuid::Uuid::new_v4().to_string();
+        let content_type = payload.content_type();
+        let mut msg = Self {
+            id,
+            payload,
+            origin,
+            source: source.into(),
+            event_type: origin.default_event_type().to_string(),
+            time: SystemTime::now(),
+            content_type,
+            headers: HeaderMap::with_capacity(8),
+        };
+        msg.rebuild_headers();
+        msg
+    }
+
+    /// Replaces the CloudEvents `type`.
+    pub fn with_event_type(mut self, event_type: impl Into<String>) -> Self {
+        self.event_type = event_type.into();
+        self.rebuild_headers();
+        self
+    }
+
+    /// Replaces the id (e.g. to keep an id given by a publisher).
+    pub fn with_id(mut self, id: impl Into<String>) -> Self {
+        self.id = id.into();
+        self.rebuild_headers();
+        self
+    }
+
+    /// Replaces the time.
+    pub fn with_time(mut self, time: SystemTime) -> Self {
+        self.time = time;
+        self.rebuild_headers();
+        self
+    }
+
+    /// Presents `token` to subscribers as `Authorization: Bearer <token>`
+    /// (the Bridge's token). The header is marked sensitive.
+    pub fn with_subscriber_token(mut self, token: Option<&SecretString>) -> Self {
+        match token.and_then(|t| bearer_header(t).ok()) {
+            Some(v) => {
+                self.headers.insert(AUTHORIZATION, v);
+            }
+            None => {
+                self.headers.remove(AUTHORIZATION);
+            }
+        }
+        self
+    }
+
+    fn rebuild_headers(&mut self) {
+        let auth = self.headers.remove(AUTHORIZATION);
+        self.headers.clear();
+        let h = &mut self.headers;
+        h.insert(CONTENT_TYPE, HeaderValue::from_static(self.content_type));
+        h.insert(CE_SPECVERSION, HeaderValue::from_static("1.0"));
+        h.insert(CE_ID, header_value_or(&self.id, "invalid-id"));
+        h.insert(CE_SOURCE, header_value_or(&self.source, "/wsbridge"));
+        h.insert(CE_TYPE, header_value_or(&self.event_type, "io.wsbridge.message"));
+        let time = humantime::format_rfc3339_millis(self.time).to_string();
+        h.insert(CE_TIME, header_value_or(&time, "1970-01-01T00:00:00Z"));
+        if let Some(a) = auth {
+            h.insert(AUTHORIZATION, a);
+        }
+    }
+
+    /// Unique id (`ce-id`).
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+    /// The body.
+    pub fn payload(&self) -> &Payload {
+        &self.payload
+    }
+    /// Where the message came from.
+    pub fn origin(&self) -> Origin {
+        self.origin
+    }
+    /// `ce-source`.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+    /// `ce-type`.
+    pub fn event_type(&self) -> &str {
+        &self.event_type
+    }
+    /// `ce-time`.
+    pub fn time(&self) -> SystemTime {
+        self.time
+    }
+    /// The HTTP `Content-Type` of the body.
+    pub fn content_type(&self) -> &'static str {
+        self.content_type
+    }
+    /// The headers of a delivery POST: `Content-Type`, the CloudEvents
+    /// binary-mode `ce-*` headers and, when set, the (sensitive)
+    /// `Authorization` header.
+    pub fn http_headers(&self) -> &HeaderMap {
+        &self.headers
+    }
+}
+
+impl fmt::Debug for Message {
+    /// Never prints the body or the token.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Message")
+            .field("id", &self.id)
+            .field("origin", &self.origin)
+            .field("source", &self.source)
+            .field("type", &self.event_type)
+            .field("payload", &self.payload)
+            .finish()
+    }
+}
+
+fn header_value_or(value: &str, fallback: &'static str) -> HeaderValue {
+    HeaderValue::from_str(value).unwrap_or_else(|_| HeaderValue::from_static(fallback))
+}
+
+/// `Bearer <token>` as a sensitive header value. The error never contains
+/// the token.
+pub fn bearer_header(token: &SecretString) -> Result<HeaderValue, InvalidSecretHeader> {
+    let mut v = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
+        .map_err(|_| InvalidSecretHeader)?;
+    v.set_sensitive(true);
+    Ok(v)
+}
+
+/// A secret value that cannot be used in an HTTP header (e.g. has a newline).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("secret value is not a valid HTTP header value (contains control characters?)")]
+pub struct InvalidSecretHeader;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_type_follows_the_payload() {
+        assert_eq!(Payload::text(r#"{"a":1}"#).content_type(), CONTENT_TYPE_JSON);
+        assert_eq!(Payload::text("[1, 2, 3]").content_type(), CONTENT_TYPE_JSON);
+        assert_eq!(Payload::text("42").content_type(), CONTENT_TYPE_JSON);
+        assert_eq!(Payload::text("hello").content_type(), CONTENT_TYPE_TEXT);
+        assert_eq!(Payload::text("{broken").content_type(), CONTENT_TYPE_TEXT);
+        assert_eq!(Payload::text("").content_type(), CONTENT_TYPE_TEXT);
+        assert_eq!(
+            Payload::binary(vec![0u8, 1, 2]).content_type(),
+            CONTENT_TYPE_BINARY
+        );
+        assert_eq!(
+            Payload::binary(Bytes::from_static(b"{}")).content_type(),
+            CONTENT_TYPE_BINARY
+        );
+    }
+
+    #[test]
+    fn text_from_bytes_refuses_invalid_utf8() {
+        assert!(Payload::text_from_bytes(Bytes::from_static(&[0xff, 0xfe])).is_err());
+        let p = Payload::text_from_bytes(Bytes::from_static(b"ok")).unwrap();
+        assert_eq!(p.as_text(), Some("ok"));
+    }
+
+    #[test]
+    fn messages_carry_cloudevents_headers() {
+        let m = Message::new(Payload::text("{}"), Origin::Endpoint, "/bridges/default/b");
+        let h = m.http_headers();
+        assert_eq!(h[CE_SPECVERSION], "1.0");
+        assert_eq!(h[CE_ID], m.id());
+        assert_eq!(h[CE_SOURCE], "/bridges/default/b");
+        assert_eq!(h[CE_TYPE], "io.wsbridge.endpoint.message");
+        assert_eq!(h[CONTENT_TYPE], CONTENT_TYPE_JSON);
+        let time = h[CE_TIME].to_str().unwrap();
+        assert!(humantime::parse_rfc3339(time).is_ok(), "{time}");
+        let other = Message::new(Payload::text("{}"), Origin::Endpoint, "/x");
+        assert_ne!(m.id(), other.id());
+    }
+
+    #[test]
+    fn token_header_is_sensitive_and_not_in_debug() {
+        let token = SecretString::new("planted-token-123");
+        let m = Message::new(Payload::text("x"), Origin::Endpoint, "/s")
+            .with_subscriber_token(Some(&token))
+            .with_event_type("t");
+        let auth = &m.http_headers()[AUTHORIZATION];
+        assert!(auth.is_sensitive());
+        assert_eq!(auth, "Bearer planted-token-123");
+        assert!(!format!("{m:?}").contains("planted"));
+        assert!(!format!("{:?}", m.http_headers()).contains("planted"));
+    }
+}

@@ -1,0 +1,569 @@
+//! Reading the configuration: YAML files and folders of the four kinds plus
+//! `v1` Secrets (and ConfigMaps, for CA bundles), validated the way the API
+//! server validates them, references checked, and translated into data plane
+//! values.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use base64::Engine as _;
+use serde_json::Value;
+
+use super::schema;
+use crate::api::{
+    self, BridgeSpec, ChannelSpec, DNS1123_SUBDOMAIN, EndpointSpec, SubscriptionSpec,
+};
+use crate::dataplane::SecretString;
+use crate::dataplane::endpoint::EndpointConfig;
+use crate::dataplane::routing::{BridgeInfo, ChannelInfo, ObjectKey, SubscriptionInfo};
+use crate::translate::{self, SecretLookupError, SecretSource};
+
+/// The namespace of objects that name none.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// One problem in the configuration, with where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file, as given on the command line (or found in a given folder).
+    pub file: String,
+    /// `Kind namespace/name`, when the problem is about one object.
+    pub object: Option<String>,
+    /// `spec.port`, when the problem is about one field.
+    pub field: Option<String>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: ", self.file)?;
+        if let Some(object) = &self.object {
+            write!(f, "{object}: ")?;
+        }
+        if let Some(field) = self.field.as_deref().filter(|f| !f.is_empty()) {
+            write!(f, "{field}: ")?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// Every problem found; the configuration is used only when there is none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Where an object was read from.
+#[derive(Debug, Clone)]
+struct Origin {
+    file: String,
+    label: String,
+}
+
+/// A Bridge, ready to run: its channel and its endpoint connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BridgePlan {
+    /// For the routing index.
+    pub info: BridgeInfo,
+    /// The channel it feeds.
+    pub channel: ObjectKey,
+    /// The Endpoint (for logs).
+    pub endpoint: ObjectKey,
+    /// The connection's configuration (Endpoint spec + secrets + token).
+    pub config: EndpointConfig,
+}
+
+/// A Channel, ready to run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelPlan {
+    /// For the routing index.
+    pub info: ChannelInfo,
+    /// Largest message accepted on the publish path.
+    pub max_message_bytes: usize,
+}
+
+/// A valid configuration, translated into data plane values.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Channels by key.
+    pub channels: BTreeMap<ObjectKey, ChannelPlan>,
+    /// Subscriptions by key.
+    pub subscriptions: BTreeMap<ObjectKey, SubscriptionInfo>,
+    /// Bridges by key.
+    pub bridges: BTreeMap<ObjectKey, BridgePlan>,
+    /// Endpoints read (counted in summaries).
+    pub endpoints: usize,
+    /// Secrets read (counted in summaries).
+    pub secrets: usize,
+}
+
+impl Plan {
+    /// A one-line summary for logs and `--check`.
+    pub fn summary(&self) -> String {
+        format!(
+            "{} channel(s), {} bridge(s), {} endpoint(s), {} subscription(s), {} secret(s)",
+            self.channels.len(),
+            self.bridges.len(),
+            self.endpoints,
+            self.subscriptions.len(),
+            self.secrets
+        )
+    }
+}
+
+/// The YAML files under `paths` (files as given, folders searched
+/// recursively for `*.yaml` and `*.yml`), sorted within each folder.
+pub fn yaml_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, ConfigErrors> {
+    let mut out = Vec::new();
+    let mut errors = Vec::new();
+    for path in paths {
+        match std::fs::metadata(path) {
+            Ok(m) if m.is_dir() => collect_dir(path, &mut out, &mut errors),
+            Ok(_) => out.push(path.clone()),
+            Err(e) => errors.push(file_error(path, format!("cannot read: {e}"))),
+        }
+    }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(ConfigErrors(errors))
+    }
+}
+
+fn collect_dir(dir: &Path, out: &mut Vec<PathBuf>, errors: &mut Vec<ConfigError>) {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) => {
+            errors.push(file_error(dir, format!("cannot read folder: {e}")));
+            return;
+        }
+    };
+    let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    paths.sort();
+    for path in paths {
+        if path.is_dir() {
+            collect_dir(&path, out, errors);
+        } else if path
+            .extension()
+            .is_some_and(|e| e == "yaml" || e == "yml")
+        {
+            out.push(path);
+        }
+    }
+}
+
+/// What changes when a file is edited, added or removed: path, size and
+/// modification time of every file. Polled to detect edits.
+pub fn fingerprint(paths: &[PathBuf]) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
+    let files = yaml_files(paths).unwrap_or_default();
+    files
+        .into_iter()
+        .map(|p| {
+            let meta = std::fs::metadata(&p).ok();
+            let len = meta.as_ref().map(|m| m.len()).unwrap_or(0);
+            let modified = meta.and_then(|m| m.modified().ok());
+            (p, len, modified)
+        })
+        .collect()
+}
+
+fn file_error(path: &Path, message: String) -> ConfigError {
+    ConfigError {
+        file: path.display().to_string(),
+        object: None,
+        field: None,
+        message,
+    }
+}
+
+/// Objects read from files, before translation.
+#[derive(Default)]
+struct Objects {
+    endpoints: BTreeMap<ObjectKey, (EndpointSpec, Origin)>,
+    channels: BTreeMap<ObjectKey, (ChannelSpec, Origin)>,
+    bridges: BTreeMap<ObjectKey, (BridgeSpec, Origin)>,
+    subscriptions: BTreeMap<ObjectKey, (SubscriptionSpec, Origin)>,
+    secrets: BTreeMap<ObjectKey, (BTreeMap<String, SecretString>, Origin)>,
+    config_maps: BTreeMap<ObjectKey, (BTreeMap<String, String>, Origin)>,
+}
+
+/// Reads, validates and translates the configuration under `paths`.
+/// Every problem is reported, each naming its file, object and field.
+pub fn load(paths: &[PathBuf]) -> Result<Plan, ConfigErrors> {
+    let files = yaml_files(paths)?;
+    let mut errors = Vec::new();
+    let mut objects = Objects::default();
+    if files.is_empty() {
+        errors.push(ConfigError {
+            file: paths
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            object: None,
+            field: None,
+            message: "no *.yaml or *.yml files found".into(),
+        });
+    }
+    for file in &files {
+        read_file(file, &mut objects, &mut errors);
+    }
+    if !errors.is_empty() {
+        return Err(ConfigErrors(errors));
+    }
+    let plan = plan(&objects, &mut errors);
+    if errors.is_empty() {
+        Ok(plan)
+    } else {
+        Err(ConfigErrors(errors))
+    }
+}
+
+fn read_file(file: &Path, objects: &mut Objects, errors: &mut Vec<ConfigError>) {
+    let name = file.display().to_string();
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) => {
+            errors.push(file_error(file, format!("cannot read: {e}")));
+            return;
+        }
+    };
+    for (index, document) in serde_norway::Deserializer::from_str(&text).enumerate() {
+        let mut value: Value = match serde::Deserialize::deserialize(document) {
+            Ok(v) => v,
+            Err(e) => {
+                errors.push(file_error(file, format!("invalid YAML: {e}")));
+                return;
+            }
+        };
+        if value.is_null() {
+            continue;
+        }
+        schema::prune_nulls(&mut value);
+        read_object(&name, index + 1, value, objects, errors);
+    }
+}
+
+fn read_object(
+    file: &str,
+    document: usize,
+    value: Value,
+    objects: &mut Objects,
+    errors: &mut Vec<ConfigError>,
+) {
+    let mut error = |object: Option<String>, field: Option<&str>, message: String| {
+        errors.push(ConfigError {
+            file: file.to_string(),
+            object,
+            field: field.map(str::to_string),
+            message,
+        })
+    };
+    let api_version = value["apiVersion"].as_str().unwrap_or_default().to_string();
+    let kind = value["kind"].as_str().unwrap_or_default().to_string();
+    if !value.is_object() || api_version.is_empty() || kind.is_empty() {
+        error(
+            Some(format!("document {document}")),
+            None,
+            "not a Kubernetes object (apiVersion and kind are required)".into(),
+        );
+        return;
+    }
+    let name = value["metadata"]["name"].as_str().unwrap_or_default().to_string();
+    let namespace = value["metadata"]["namespace"]
+        .as_str()
+        .unwrap_or(DEFAULT_NAMESPACE)
+        .to_string();
+    let label = format!("{kind} {namespace}/{name}");
+    if name.is_empty() {
+        error(
+            Some(format!("{kind} (document {document})")),
+            Some("metadata.name"),
+            "Required value".into(),
+        );
+        return;
+    }
+    let dns = is_dns1123(&name);
+    if !dns || name.len() > 253 {
+        error(
+            Some(label.clone()),
+            Some("metadata.name"),
+            format!("invalid value {name:?}: must be a lowercase DNS-1123 subdomain"),
+        );
+        return;
+    }
+    if namespace.len() > 63 || namespace.contains('.') || !is_dns1123(&namespace) {
+        error(
+            Some(label.clone()),
+            Some("metadata.namespace"),
+            format!("invalid value {namespace:?}: must be a lowercase DNS-1123 label"),
+        );
+        return;
+    }
+    let key = ObjectKey::new(namespace, name);
+    let origin = Origin {
+        file: file.to_string(),
+        label: label.clone(),
+    };
+    let (group, version) = api_version
+        .split_once('/')
+        .unwrap_or(("", api_version.as_str()));
+    let duplicate = |previous: &Origin| {
+        (
+            Some(label.clone()),
+            None::<&str>,
+            format!("defined twice (also in {})", previous.file),
+        )
+    };
+    match (group, version, kind.as_str()) {
+        ("", "v1", "Secret") => {
+            let mut data = BTreeMap::new();
+            for (k, v) in value["data"].as_object().into_iter().flatten() {
+                let decoded = v
+                    .as_str()
+                    .and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok())
+                    .and_then(|b| String::from_utf8(b).ok());
+                match decoded {
+                    Some(d) => {
+                        data.insert(k.clone(), SecretString::new(d));
+                    }
+                    None => {
+                        error(
+                            Some(label.clone()),
+                            Some(&format!("data.{k}")),
+                            "must be base64-encoded UTF-8 text (value not shown)".into(),
+                        );
+                        return;
+                    }
+                }
+            }
+            for (k, v) in value["stringData"].as_object().into_iter().flatten() {
+                match v.as_str() {
+                    Some(s) => {
+                        data.insert(k.clone(), SecretString::new(s));
+                    }
+                    None => {
+                        error(
+                            Some(label.clone()),
+                            Some(&format!("stringData.{k}")),
+                            "must be a string (value not shown)".into(),
+                        );
+                        return;
+                    }
+                }
+            }
+            if let Some((_, prev)) = objects.secrets.get(&key) {
+                let (o, f, m) = duplicate(prev);
+                error(o, f, m);
+                return;
+            }
+            objects.secrets.insert(key, (data, origin));
+        }
+        ("", "v1", "ConfigMap") => {
+            let data = value["data"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string())))
+                .collect();
+            objects.config_maps.insert(key, (data, origin));
+        }
+        (api::GROUP, api::VERSION, "Endpoint" | "Channel" | "Bridge" | "Subscription") => {
+            let problems = schema::validate(&kind, &value);
+            if !problems.is_empty() {
+                for p in problems {
+                    error(Some(label.clone()), Some(&p.field), p.message);
+                }
+                return;
+            }
+            let spec = value.get("spec").cloned().unwrap_or(Value::Object(Default::default()));
+            macro_rules! insert {
+                ($map:ident) => {{
+                    if let Some((_, prev)) = objects.$map.get(&key) {
+                        let (o, f, m) = duplicate(prev);
+                        error(o, f, m);
+                        return;
+                    }
+                    match serde_json::from_value(spec) {
+                        Ok(spec) => {
+                            objects.$map.insert(key, (spec, origin));
+                        }
+                        Err(e) => error(Some(label.clone()), Some("spec"), e.to_string()),
+                    }
+                }};
+            }
+            match kind.as_str() {
+                "Endpoint" => insert!(endpoints),
+                "Channel" => insert!(channels),
+                "Bridge" => insert!(bridges),
+                _ => insert!(subscriptions),
+            }
+        }
+        (api::GROUP, _, _) => error(
+            Some(label),
+            Some("apiVersion"),
+            format!(
+                "unsupported {api_version} {kind}: expected {}/{} Endpoint, Channel, Bridge or Subscription",
+                api::GROUP,
+                api::VERSION
+            ),
+        ),
+        _ => tracing::warn!(file, object = %label, "ignoring {api_version} {kind}: standalone reads the wsbridge kinds, Secrets and ConfigMaps only"),
+    }
+}
+
+fn is_dns1123(name: &str) -> bool {
+    static RE: std::sync::OnceLock<jsonschema::Validator> = std::sync::OnceLock::new();
+    RE.get_or_init(|| {
+        jsonschema::validator_for(&serde_json::json!({"type": "string", "pattern": DNS1123_SUBDOMAIN}))
+            .expect("the pattern compiles")
+    })
+    .is_valid(&Value::String(name.to_string()))
+}
+
+struct Secrets<'a> {
+    namespace: &'a str,
+    objects: &'a Objects,
+}
+
+impl SecretSource for Secrets<'_> {
+    fn get(&self, secret: &str, key: &str) -> Result<SecretString, SecretLookupError> {
+        let (data, _) = self
+            .objects
+            .secrets
+            .get(&ObjectKey::new(self.namespace, secret))
+            .ok_or_else(|| SecretLookupError::SecretNotFound(secret.to_string()))?;
+        data.get(key)
+            .cloned()
+            .ok_or_else(|| SecretLookupError::KeyNotFound {
+                secret: secret.to_string(),
+                key: key.to_string(),
+            })
+    }
+}
+
+fn plan(objects: &Objects, errors: &mut Vec<ConfigError>) -> Plan {
+    let mut plan = Plan {
+        endpoints: objects.endpoints.len(),
+        secrets: objects.secrets.len(),
+        ..Plan::default()
+    };
+    let mut fail = |origin: &Origin, field: &str, message: String| {
+        errors.push(ConfigError {
+            file: origin.file.clone(),
+            object: Some(origin.label.clone()),
+            field: Some(field.to_string()),
+            message,
+        })
+    };
+    for (key, (spec, origin)) in &objects.channels {
+        match translate::channel_info(&key.namespace, spec) {
+            Ok(info) => {
+                plan.channels.insert(
+                    key.clone(),
+                    ChannelPlan {
+                        info,
+                        max_message_bytes: translate::channel_max_message_bytes(spec),
+                    },
+                );
+            }
+            Err(e) => fail(origin, &e.field, e.message),
+        }
+    }
+    for (key, (spec, origin)) in &objects.subscriptions {
+        let channel = key.sibling(&spec.channel);
+        if !objects.channels.contains_key(&channel) {
+            fail(
+                origin,
+                "spec.channel",
+                format!("Channel {channel} not found"),
+            );
+            continue;
+        }
+        match translate::subscription_info(&key.namespace, spec) {
+            Ok(info) => {
+                plan.subscriptions.insert(key.clone(), info);
+            }
+            Err(e) => fail(origin, &e.field, e.message),
+        }
+    }
+    for (key, (spec, origin)) in &objects.bridges {
+        let channel = key.sibling(&spec.channel);
+        let endpoint_key = key.sibling(&spec.endpoint);
+        if !objects.channels.contains_key(&channel) {
+            fail(origin, "spec.channel", format!("Channel {channel} not found"));
+            continue;
+        }
+        let Some((endpoint, endpoint_origin)) = objects.endpoints.get(&endpoint_key) else {
+            fail(
+                origin,
+                "spec.endpoint",
+                format!("Endpoint {endpoint_key} not found"),
+            );
+            continue;
+        };
+        let source = Secrets {
+            namespace: &key.namespace,
+            objects,
+        };
+        let mut resolved = match translate::resolve_secrets(endpoint, Some(spec), &source) {
+            // The Bridge's own reference is reported on the Bridge, the
+            // Endpoint's on the Endpoint.
+            Err(e) if e.field == "spec.tokenSecretRef" => {
+                fail(origin, &e.field, e.message);
+                continue;
+            }
+            Err(e) => {
+                fail(endpoint_origin, &e.field, e.message);
+                continue;
+            }
+            Ok(r) => r,
+        };
+        if let Some(ca) = endpoint.tls.as_ref().and_then(|t| t.ca_config_map_ref.as_ref()) {
+            let found = objects
+                .config_maps
+                .get(&key.sibling(&ca.name))
+                .and_then(|(data, _)| data.get(&ca.key));
+            match found {
+                Some(pem) => resolved.endpoint_ca = Some(pem.clone()),
+                None => {
+                    fail(
+                        endpoint_origin,
+                        "spec.tls.caConfigMapRef",
+                        format!("ConfigMap {:?} with key {:?} not found", ca.name, ca.key),
+                    );
+                    continue;
+                }
+            }
+        }
+        match translate::endpoint_config(&key.namespace, &key.name, endpoint, &resolved) {
+            Ok(config) => {
+                plan.bridges.insert(
+                    key.clone(),
+                    BridgePlan {
+                        info: translate::bridge_info(spec),
+                        channel,
+                        endpoint: endpoint_key,
+                        config,
+                    },
+                );
+            }
+            Err(e) => fail(endpoint_origin, &e.field, e.message),
+        }
+    }
+    plan
+}
