@@ -177,6 +177,23 @@ fn mem_kib(pid: u32) -> Option<(u64, u64)> {
     Some((field("VmRSS:")?, field("VmHWM:")?))
 }
 
+/// User + system CPU time of a process so far, in microseconds.
+fn cpu_us(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name `(…)`: state is field 3, utime 14, stime 15.
+    let rest = &s[s.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    let hz = 100; // USER_HZ, fixed at 100 on Linux for /proc
+    Some(ticks * 1_000_000 / hz)
+}
+
+/// CPU microseconds the relay spent per delivery since `before`.
+fn cpu_per(pid: u32, before: Option<u64>, deliveries: u64) -> Option<f64> {
+    let (b, a) = (before?, cpu_us(pid)?);
+    (deliveries > 0).then(|| a.saturating_sub(b) as f64 / deliveries as f64)
+}
+
 fn free_port() -> Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(l.local_addr()?.port())
@@ -187,6 +204,8 @@ fn free_port() -> Result<u16> {
 struct Relay {
     child: Child,
     log: PathBuf,
+    /// wsbridge's listener, for `/metrics`.
+    metrics_port: Option<u16>,
 }
 
 impl Relay {
@@ -207,6 +226,22 @@ impl Relay {
         Ok(())
     }
 
+    /// wsbridge's counters whose name says something was lost or retried,
+    /// non-zero ones only; the whole scrape is kept beside the relay log.
+    async fn loss_metrics(&self) -> Vec<String> {
+        let Some(port) = self.metrics_port else { return Vec::new() };
+        let Ok(Ok(text)) = tokio::time::timeout(Duration::from_secs(5), http_get(port, "/metrics")).await else {
+            return vec!["could not scrape /metrics".into()];
+        };
+        let _ = std::fs::write(self.log.with_file_name("metrics.txt"), &text);
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter(|l| ["drop", "dead", "retr", "fail", "reconnect"].iter().any(|k| l.split(['{', ' ']).next().unwrap_or("").contains(k)))
+            .filter(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()).is_some_and(|v| v > 0.0))
+            .map(String::from)
+            .collect()
+    }
+
     async fn stop(mut self) {
         if let Some(pid) = self.child.id() {
             let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
@@ -219,6 +254,15 @@ impl Relay {
     }
 }
 
+async fn http_get(port: u16, path: &str) -> Result<String> {
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    tcp.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes()).await?;
+    let mut buf = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut tcp, &mut buf).await?;
+    let text = String::from_utf8_lossy(&buf).to_string();
+    Ok(text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or(text))
+}
+
 fn sink_uri(sink_port: u16, i: usize) -> String {
     format!("http://127.0.0.1:{sink_port}/in/{i}")
 }
@@ -227,6 +271,7 @@ fn launch(o: &Opts, relay: &str, dir: &Path, ws_port: u16, sink_port: u16, subs:
     std::fs::create_dir_all(dir)?;
     let ws_url = format!("ws://127.0.0.1:{ws_port}/feed");
     let log = dir.join("relay.log");
+    let mut metrics_port = None;
     let mut cmd = match relay {
         "wsbridge" => {
             let bin = o.wsbridge.as_ref().ok_or_else(|| anyhow!("no wsbridge binary"))?;
@@ -248,8 +293,10 @@ fn launch(o: &Opts, relay: &str, dir: &Path, ws_port: u16, sink_port: u16, subs:
                 );
             }
             std::fs::write(cfg.join("bench.yaml"), y)?;
+            let port = free_port()?;
+            metrics_port = Some(port);
             let mut c = Command::new(bin);
-            c.arg("standalone").arg("-f").arg(&cfg).arg("--listen").arg(format!("127.0.0.1:{}", free_port()?));
+            c.arg("standalone").arg("-f").arg(&cfg).arg("--listen").arg(format!("127.0.0.1:{port}"));
             c.env("RUST_LOG", std::env::var("WSBENCH_RUST_LOG").unwrap_or_else(|_| "warn".into()));
             c
         }
@@ -296,7 +343,7 @@ fn launch(o: &Opts, relay: &str, dir: &Path, ws_port: u16, sink_port: u16, subs:
     let out = std::fs::File::create(&log)?;
     cmd.stdin(Stdio::null()).stdout(out.try_clone()?).stderr(out).kill_on_drop(true);
     let child = cmd.spawn().with_context(|| format!("start {relay}"))?;
-    Ok(Relay { child, log })
+    Ok(Relay { child, log, metrics_port })
 }
 
 // ---------------------------------------------------------------- measuring
@@ -348,6 +395,8 @@ struct RelayResult {
     lat: Option<Phase>,
     tp1: Option<Phase>,
     hwm1_kib: Option<u64>,
+    cpu1_us: Option<f64>,
+    cpu100_us: Option<f64>,
     tp100: Option<Phase>,
     hwm100_kib: Option<u64>,
     errors: Vec<String>,
@@ -399,10 +448,16 @@ async fn bench_relay_one(o: &Opts, s: &Sizes, name: &str, r: &mut RelayResult) -
         src.expect("sent", Duration::from_secs(10)).await?;
         sink.reset().await?;
 
+        let cpu0 = cpu_us(relay.pid());
         let start = msg::now_ns();
         src.send(&format!("send {} 0", s.tp1)).await?;
-        r.tp1 = Some(wait_for(&mut sink, Some(&mut relay), s.tp1, start, s).await?);
+        let p = wait_for(&mut sink, Some(&mut relay), s.tp1, start, s).await?;
+        r.cpu1_us = cpu_per(relay.pid(), cpu0, p.stats.count);
+        r.tp1 = Some(p);
         r.hwm1_kib = mem_kib(relay.pid()).map(|m| m.1);
+        for m in relay.loss_metrics().await {
+            r.errors.push(format!("1→1 relay metric: {m}"));
+        }
         anyhow::Ok(())
     }
     .await;
@@ -417,10 +472,16 @@ async fn bench_relay_many(o: &Opts, s: &Sizes, name: &str, r: &mut RelayResult) 
     let res = async {
         wait_connected(&mut src, &mut relay, s.connect_limit).await?;
         warm_up(&mut src, &mut sink, &mut relay, (s.warm / 10).max(2), s.subs100, s).await?;
+        let cpu0 = cpu_us(relay.pid());
         let start = msg::now_ns();
         src.send(&format!("send {} 0", s.tp100)).await?;
-        r.tp100 = Some(wait_for(&mut sink, Some(&mut relay), s.tp100 * s.subs100 as u64, start, s).await?);
+        let p = wait_for(&mut sink, Some(&mut relay), s.tp100 * s.subs100 as u64, start, s).await?;
+        r.cpu100_us = cpu_per(relay.pid(), cpu0, p.stats.count);
+        r.tp100 = Some(p);
         r.hwm100_kib = mem_kib(relay.pid()).map(|m| m.1);
+        for m in relay.loss_metrics().await {
+            r.errors.push(format!("1→100 relay metric: {m}"));
+        }
         anyhow::Ok(())
     }
     .await;
@@ -525,7 +586,7 @@ fn phase_cell(p: &Option<Phase>) -> String {
         Some(p) => {
             let mut s = fmt_rate(p.rate);
             if p.timed_out {
-                let _ = write!(s, " (only {}/{})", p.stats.count, p.expected);
+                let _ = write!(s, " (delivered {} of {})", p.stats.count, p.expected);
             }
             s
         }
@@ -549,6 +610,8 @@ fn render(o: &Opts, s: &Sizes, results: &BTreeMap<String, RelayResult>, ceiling:
     let idle = |r: &RelayResult| r.idle_rss_kib.map(|v| v as f64);
     let hwm1 = |r: &RelayResult| r.hwm1_kib.map(|v| v as f64);
     let hwm100 = |r: &RelayResult| r.hwm100_kib.map(|v| v as f64);
+    let cpu1 = |r: &RelayResult| r.cpu1_us;
+    let cpu100 = |r: &RelayResult| r.cpu100_us;
 
     let mut out = String::new();
     let _ = writeln!(out, "# wsbridge data-plane benchmark\n");
@@ -557,7 +620,9 @@ fn render(o: &Opts, s: &Sizes, results: &BTreeMap<String, RelayResult>, ceiling:
         "Run {started} with `{}`; {} cores; {} mode. Messages are {} bytes of JSON text. \
          Throughput runs send {} messages (1→1) and {} messages to {} subscribers (1→100) as fast as the source can; \
          latency is end to end (source send → sink receipt) at a fixed {} msg/s for {} messages, 1 subscriber. \
-         RSS is the relay process's VmRSS after connecting (idle) and its VmHWM after each load. \
+         RSS is the relay process's VmRSS after connecting (idle) and its VmHWM after each load; \
+         CPU per delivery is the relay process's user + system time over the throughput run ÷ deliveries \
+         (less sensitive to a noisy neighbour than a rate). \
          The machine is shared and noisy: these are figures, not assertions.\n",
         o.command_line,
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
@@ -602,6 +667,8 @@ fn render(o: &Opts, s: &Sizes, results: &BTreeMap<String, RelayResult>, ceiling:
     row(&mut out, "RSS idle (MiB)", &|r| opt(idle(r).map(|v| fmt_mib(v as u64))), "—".into());
     row(&mut out, "RSS peak 1→1 (MiB)", &|r| opt(hwm1(r).map(|v| fmt_mib(v as u64))), "—".into());
     row(&mut out, "RSS peak 1→100 (MiB)", &|r| opt(hwm100(r).map(|v| fmt_mib(v as u64))), "—".into());
+    row(&mut out, "relay CPU per delivery 1→1 (µs)", &|r| opt(cpu1(r).map(|v| format!("{v:.1}"))), "—".into());
+    row(&mut out, "relay CPU per delivery 1→100 (µs)", &|r| opt(cpu100(r).map(|v| format!("{v:.1}"))), "—".into());
 
     // Ratios: how many times better wsbridge is (>1 = wsbridge better).
     let w = get("wsbridge");
@@ -622,7 +689,7 @@ fn render(o: &Opts, s: &Sizes, results: &BTreeMap<String, RelayResult>, ceiling:
         _ => "n/a".into(),
     };
     type Getter<'a> = &'a dyn Fn(&RelayResult) -> Option<f64>;
-    let rows: [(&str, Getter, bool, String); 7] = [
+    let rows: [(&str, Getter, bool, String); 9] = [
         ("1→1 throughput", &tp1, true, pct(tp1(&w), ceiling.tp1.map(|c| c.0))),
         ("1→100 throughput", &tp100, true, pct(tp100(&w), ceiling.tp100)),
         ("latency p50", &p50, false, "—".into()),
@@ -630,6 +697,8 @@ fn render(o: &Opts, s: &Sizes, results: &BTreeMap<String, RelayResult>, ceiling:
         ("RSS idle", &idle, false, "—".into()),
         ("RSS peak 1→1", &hwm1, false, "—".into()),
         ("RSS peak 1→100", &hwm100, false, "—".into()),
+        ("CPU per delivery 1→1", &cpu1, false, "—".into()),
+        ("CPU per delivery 1→100", &cpu100, false, "—".into()),
     ];
     for (label, f, higher_better, ceil) in rows {
         let _ = write!(out, "| {label} |");
