@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # wsbridge data-plane benchmark, side by side with baseline relays.
 #
-#   bash bench/run.sh [--quick] [--relays wsbridge,benthos,node,python] [--out FILE]
+#   bash bench/run.sh [--quick] [--relays wsbridge,benthos,node,python] [--repeat K] [--out FILE]
+#
+# --quick: smoke-test sizes (seconds per relay; figures not meaningful).
+# --repeat K: K interleaved rounds, best figure of each (default 2; 1 with --quick).
 #
 # Builds what it needs (release): the wsbench harness (source, sink, load
 # generator, runner), wsbridge, Benthos v4.60.0 (Go module proxy), the Node
@@ -17,21 +20,25 @@ root="$(cd "$here/.." && pwd)"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target}"
 target="$CARGO_TARGET_DIR"
 
+orig_args="$*"
 quick=""
+repeat=""
 relays="wsbridge,benthos,node,python"
 out=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --quick) quick="--quick"; shift ;;
     --relays) relays="$2"; shift 2 ;;
+    --repeat) repeat="$2"; shift 2 ;;
     --out) out="$2"; shift 2 ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
 done
 if [[ -z "$out" ]]; then
   if [[ -n "$quick" ]]; then out="$here/results/quick.md"; else out="$here/results/latest.md"; fi
 fi
+[[ -z "$repeat" ]] && { if [[ -n "$quick" ]]; then repeat=1; else repeat=2; fi; }
 has() { [[ ",$relays," == *",$1,"* ]]; }
 log() { echo "[bench] $*" >&2; }
 
@@ -42,7 +49,7 @@ log "building wsbench (release)"
 cargo build --release --quiet --manifest-path "$here/wsbench/Cargo.toml" || { log "wsbench build failed"; exit 1; }
 wsbench="$target/release/wsbench"
 
-args=(run $quick --relays "$relays" --out "$out" --work "$target/bench")
+args=(run $quick --relays "$relays" --repeat "$repeat" --out "$out" --work "$target/bench")
 
 if has wsbridge; then
   log "building wsbridge (release)"
@@ -96,5 +103,5 @@ fi
 
 mkdir -p "$target/bench"
 log "running: ${args[*]}"
-export WSBENCH_COMMAND="bash bench/run.sh${quick:+ $quick}"
+export WSBENCH_COMMAND="bash bench/run.sh${orig_args:+ $orig_args}"
 exec "$wsbench" "${args[@]}"

@@ -83,6 +83,7 @@ fn main() -> Result<()> {
                 work: args.path("work").unwrap_or_else(std::env::temp_dir).join(format!("wsbench-{}", std::process::id())),
                 out: args.path("out"),
                 command_line: std::env::var("WSBENCH_COMMAND").unwrap_or_else(|_| argv.join(" ")),
+                repeat: args.get("repeat", 1)?,
             };
             rt.block_on(run::main(opts))
         }

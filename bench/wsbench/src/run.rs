@@ -30,6 +30,8 @@ pub struct Opts {
     pub work: PathBuf,
     pub out: Option<PathBuf>,
     pub command_line: String,
+    /// Rounds over all relays (interleaved); each figure is the best round's.
+    pub repeat: usize,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -254,6 +256,14 @@ impl Relay {
     }
 }
 
+async fn http_head(port: u16, path: &str) -> Result<String> {
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    tcp.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes()).await?;
+    let mut buf = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut tcp, &mut buf).await?;
+    Ok(String::from_utf8_lossy(&buf).lines().next().unwrap_or("").to_string())
+}
+
 async fn http_get(port: u16, path: &str) -> Result<String> {
     let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
     tcp.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes()).await?;
@@ -411,16 +421,34 @@ async fn start_pair(dir: &Path) -> Result<(Proc, u16, Proc, u16)> {
     Ok((sink, sink_port, src, ws_port))
 }
 
+/// Waits until the relay has connected to the source and, for wsbridge,
+/// until `/readyz` answers 200 (subscriptions loaded), so that no warm-up
+/// message meets a relay that is still starting.
 async fn wait_connected(src: &mut Proc, relay: &mut Relay, limit: Duration) -> Result<()> {
     let deadline = Instant::now() + limit;
     loop {
         relay.check_alive()?;
         match src.expect("connected", Duration::from_millis(250)).await {
-            Ok(_) => return Ok(()),
+            Ok(_) => break,
             Err(_) if Instant::now() < deadline => continue,
             Err(_) => bail!("relay did not connect within {limit:?}; log: {}", relay.log_tail()),
         }
     }
+    if let Some(port) = relay.metrics_port {
+        loop {
+            relay.check_alive()?;
+            if let Ok(Ok(head)) = tokio::time::timeout(Duration::from_secs(2), http_head(port, "/readyz")).await {
+                if head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200") {
+                    break;
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("relay not ready within {limit:?}; log: {}", relay.log_tail());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(())
 }
 
 async fn warm_up(src: &mut Proc, sink: &mut Proc, relay: &mut Relay, n: u64, subs: usize, s: &Sizes) -> Result<()> {
@@ -471,6 +499,7 @@ async fn bench_relay_many(o: &Opts, s: &Sizes, name: &str, r: &mut RelayResult) 
     let mut relay = launch(o, name, &dir, ws_port, sink_port, s.subs100)?;
     let res = async {
         wait_connected(&mut src, &mut relay, s.connect_limit).await?;
+        tokio::time::sleep(s.settle).await;
         warm_up(&mut src, &mut sink, &mut relay, (s.warm / 10).max(2), s.subs100, s).await?;
         let cpu0 = cpu_us(relay.pid());
         let start = msg::now_ns();
@@ -557,6 +586,65 @@ async fn bench_ceiling(o: &Opts, s: &Sizes) -> Ceiling {
     c
 }
 
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
+fn min_opt<T: PartialOrd + Copy>(a: Option<T>, b: Option<T>) -> Option<T> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(if y < x { y } else { x }),
+        (x, y) => x.or(y),
+    }
+}
+
+fn best_phase(a: Option<Phase>, b: Option<Phase>, better: impl Fn(&Phase, &Phase) -> bool) -> Option<Phase> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(if better(&y, &x) { y } else { x }),
+        (x, y) => x.or(y),
+    }
+}
+
+impl RelayResult {
+    /// Per figure, the better of two rounds.
+    fn best(self, o: RelayResult) -> RelayResult {
+        let mut errors = self.errors;
+        for e in o.errors {
+            if !errors.contains(&e) {
+                errors.push(e);
+            }
+        }
+        RelayResult {
+            idle_rss_kib: min_opt(self.idle_rss_kib, o.idle_rss_kib),
+            lat: best_phase(self.lat, o.lat, |y, x| y.stats.count > 0 && (x.stats.count == 0 || y.stats.p99_us < x.stats.p99_us)),
+            tp1: best_phase(self.tp1, o.tp1, |y, x| y.rate > x.rate),
+            hwm1_kib: min_opt(self.hwm1_kib, o.hwm1_kib),
+            cpu1_us: min_opt(self.cpu1_us, o.cpu1_us),
+            cpu100_us: min_opt(self.cpu100_us, o.cpu100_us),
+            tp100: best_phase(self.tp100, o.tp100, |y, x| y.rate > x.rate),
+            hwm100_kib: min_opt(self.hwm100_kib, o.hwm100_kib),
+            errors,
+        }
+    }
+}
+
+impl Ceiling {
+    fn best(self, o: Ceiling) -> Ceiling {
+        let tp1 = match (self.tp1, o.tp1) {
+            (Some(x), Some(y)) => Some(if y.0 > x.0 { y } else { x }),
+            (x, y) => x.or(y),
+        };
+        let tp100 = match (self.tp100, o.tp100) {
+            (Some(x), Some(y)) => Some(x.max(y)),
+            (x, y) => x.or(y),
+        };
+        let mut errors = self.errors;
+        errors.extend(o.errors);
+        Ceiling { tp1, tp100, errors }
+    }
+}
+
 // ---------------------------------------------------------------- report
 
 fn fmt_rate(v: f64) -> String {
@@ -600,7 +688,7 @@ fn ratio(a: Option<f64>, b: Option<f64>) -> String {
     }
 }
 
-fn render(o: &Opts, s: &Sizes, results: &BTreeMap<String, RelayResult>, ceiling: &Ceiling, started: &str) -> String {
+fn render(o: &Opts, s: &Sizes, results: &BTreeMap<String, RelayResult>, ceiling: &Ceiling, started: &str, load: (String, String)) -> String {
     let relays = &o.relays;
     let get = |name: &str| results.get(name).cloned().unwrap_or_default();
     let tp1 = |r: &RelayResult| r.tp1.as_ref().filter(|p| p.rate > 0.0).map(|p| p.rate);
@@ -623,7 +711,8 @@ fn render(o: &Opts, s: &Sizes, results: &BTreeMap<String, RelayResult>, ceiling:
          RSS is the relay process's VmRSS after connecting (idle) and its VmHWM after each load; \
          CPU per delivery is the relay process's user + system time over the throughput run ÷ deliveries \
          (less sensitive to a noisy neighbour than a rate). \
-         The machine is shared and noisy: these are figures, not assertions.\n",
+         The machine is shared and noisy (load average {} before, {} after): these are figures, not assertions. \
+         {}\n",
         o.command_line,
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         if o.quick { "quick (smoke-test sizes, not meaningful)" } else { "full" },
@@ -633,6 +722,13 @@ fn render(o: &Opts, s: &Sizes, results: &BTreeMap<String, RelayResult>, ceiling:
         s.subs100,
         s.lat_rate,
         s.lat,
+        load.0,
+        load.1,
+        if o.repeat > 1 {
+            format!("Each figure is the best of {} interleaved rounds (highest rate, lowest latency, RSS and CPU).", o.repeat)
+        } else {
+            "One round.".to_string()
+        },
     );
     let _ = write!(out, "| scenario |");
     for r in relays {
@@ -769,33 +865,41 @@ pub async fn main(o: Opts) -> Result<()> {
         let out = std::process::Command::new("date").arg("-u").arg("+%Y-%m-%d %H:%M UTC").output();
         out.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default()
     };
-    let mut results = BTreeMap::new();
-    for name in &o.relays {
-        eprintln!("== {name}");
-        let mut r = RelayResult::default();
-        let t = Instant::now();
-        if let Err(e) = bench_relay_one(&o, &s, name, &mut r).await {
-            eprintln!("   {name} 1→1: {e:#}");
-            r.errors.push(format!("1→1/latency/idle: {e:#}"));
+    let load_before = loadavg();
+    let mut results: BTreeMap<String, RelayResult> = BTreeMap::new();
+    let mut ceiling = Ceiling::default();
+    for round in 1..=o.repeat.max(1) {
+        let ro = Opts { work: o.work.join(format!("round-{round}")), ..o.clone() };
+        for name in &o.relays {
+            eprintln!("== {name} (round {round}/{})", o.repeat.max(1));
+            let mut r = RelayResult::default();
+            let t = Instant::now();
+            if let Err(e) = bench_relay_one(&ro, &s, name, &mut r).await {
+                eprintln!("   {name} 1→1: {e:#}");
+                r.errors.push(format!("1→1/latency/idle: {e:#}"));
+            }
+            if let Err(e) = bench_relay_many(&ro, &s, name, &mut r).await {
+                eprintln!("   {name} 1→100: {e:#}");
+                r.errors.push(format!("1→100: {e:#}"));
+            }
+            eprintln!(
+                "   {name}: 1→1 {} msg/s, 1→100 {} deliveries/s, p50 {} p99 {} ms, idle {} MiB ({:.0?})",
+                phase_cell(&r.tp1),
+                phase_cell(&r.tp100),
+                r.lat.as_ref().map(|p| fmt_ms(p.stats.p50_us)).unwrap_or("n/a".into()),
+                r.lat.as_ref().map(|p| fmt_ms(p.stats.p99_us)).unwrap_or("n/a".into()),
+                r.idle_rss_kib.map(fmt_mib).unwrap_or("n/a".into()),
+                t.elapsed()
+            );
+            let best = results.remove(name).map(|b| b.best(r.clone())).unwrap_or(r);
+            results.insert(name.clone(), best);
         }
-        if let Err(e) = bench_relay_many(&o, &s, name, &mut r).await {
-            eprintln!("   {name} 1→100: {e:#}");
-            r.errors.push(format!("1→100: {e:#}"));
-        }
-        eprintln!(
-            "   {name}: 1→1 {} msg/s, 1→100 {} deliveries/s, p50 {} p99 {} ms, idle {} MiB ({:.0?})",
-            phase_cell(&r.tp1),
-            phase_cell(&r.tp100),
-            r.lat.as_ref().map(|p| fmt_ms(p.stats.p50_us)).unwrap_or("n/a".into()),
-            r.lat.as_ref().map(|p| fmt_ms(p.stats.p99_us)).unwrap_or("n/a".into()),
-            r.idle_rss_kib.map(fmt_mib).unwrap_or("n/a".into()),
-            t.elapsed()
-        );
-        results.insert(name.clone(), r);
+        eprintln!("== ceiling (round {round})");
+        let c = bench_ceiling(&ro, &s).await;
+        ceiling = ceiling.best(c);
     }
-    eprintln!("== ceiling");
-    let ceiling = bench_ceiling(&o, &s).await;
-    let table = render(&o, &s, &results, &ceiling, &started);
+    let load = (load_before, loadavg());
+    let table = render(&o, &s, &results, &ceiling, &started, load);
     println!("{table}");
     if let Some(out) = &o.out {
         if let Some(parent) = out.parent() {
