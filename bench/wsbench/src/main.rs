@@ -1,0 +1,92 @@
+//! wsbench: the wsbridge data-plane benchmark in one binary.
+//!
+//! wsbench source [--port P] [--size B]       WebSocket source (stdin-driven)
+//! wsbench sink [--port P]                    HTTP sink with latency histograms
+//! wsbench load --port P [--paths K] [--conns C] [--count N] [--limit-secs S]
+//! wsbench run [--quick] [--relays a,b,..] [--wsbridge BIN] [--benthos BIN]
+//!             [--node BIN] [--node-relay JS] [--python BIN] [--python-relay PY]
+//!             [--work DIR] [--out FILE]
+
+mod load;
+mod msg;
+mod run;
+mod sink;
+mod source;
+
+use anyhow::{Result, anyhow, bail};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+struct Args {
+    flags: HashMap<String, String>,
+    switches: Vec<String>,
+}
+
+impl Args {
+    fn parse(argv: &[String]) -> Result<Args> {
+        let mut flags = HashMap::new();
+        let mut switches = Vec::new();
+        let mut i = 0;
+        while i < argv.len() {
+            let a = &argv[i];
+            let Some(name) = a.strip_prefix("--") else { bail!("unexpected argument {a}") };
+            if name == "quick" {
+                switches.push(name.to_string());
+                i += 1;
+                continue;
+            }
+            let v = argv.get(i + 1).ok_or_else(|| anyhow!("{a} needs a value"))?;
+            flags.insert(name.to_string(), v.clone());
+            i += 2;
+        }
+        Ok(Args { flags, switches })
+    }
+    fn get<T: std::str::FromStr>(&self, name: &str, default: T) -> Result<T> {
+        match self.flags.get(name) {
+            None => Ok(default),
+            Some(v) => v.parse().map_err(|_| anyhow!("bad value for --{name}: {v}")),
+        }
+    }
+    fn path(&self, name: &str) -> Option<PathBuf> {
+        self.flags.get(name).filter(|v| !v.is_empty()).map(PathBuf::from)
+    }
+}
+
+fn main() -> Result<()> {
+    let argv: Vec<String> = std::env::args().collect();
+    let cmd = argv.get(1).map(String::as_str).unwrap_or("");
+    let args = Args::parse(argv.get(2..).unwrap_or(&[]))?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    match cmd {
+        "source" => rt.block_on(source::main(args.get("port", 0)?, args.get("size", 256)?)),
+        "sink" => rt.block_on(sink::main(args.get("port", 0)?)),
+        "load" => rt.block_on(load::main(
+            args.get("port", 0)?,
+            args.get("paths", 1)?,
+            args.get("conns", 64)?,
+            args.get("count", 10_000)?,
+            args.get("size", 256)?,
+            Duration::from_secs(args.get("limit-secs", 60)?),
+        )),
+        "run" => {
+            let relays: String = args.get("relays", "wsbridge,benthos,node,python".to_string())?;
+            let opts = run::Opts {
+                quick: args.switches.iter().any(|s| s == "quick"),
+                relays: relays.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
+                wsbridge: args.path("wsbridge"),
+                benthos: args.path("benthos"),
+                node: args.path("node"),
+                node_relay: args.path("node-relay"),
+                python: args.path("python"),
+                python_relay: args.path("python-relay"),
+                work: args.path("work").unwrap_or_else(std::env::temp_dir).join(format!("wsbench-{}", std::process::id())),
+                out: args.path("out"),
+                command_line: std::env::var("WSBENCH_COMMAND").unwrap_or_else(|_| argv.join(" ")),
+                repeat: args.get("repeat", 1)?,
+            };
+            rt.block_on(run::main(opts))
+        }
+        _ => bail!("usage: wsbench source|sink|load|run [options] (see src/main.rs)"),
+    }
+}
