@@ -906,14 +906,89 @@ fn gitops_examples_point_at_the_chart_and_the_manifests() -> Result<()> {
 
 // ---------------------------------------------------------------------------
 
-/// TODO(controller branch): run `wsbridge controller` as a local process
-/// authenticated as the chart's controller ServiceAccount (TokenRequest, or
-/// impersonation), with the chart's args, and prove it reconciles an example
-/// Bridge (worker Deployment/ServiceAccount/Role/RoleBinding created, status
-/// written, Events recorded) with nothing but the chart's RBAC. Needs the
-/// controller, which is not on this branch yet.
-#[test]
-#[ignore = "TODO: needs `wsbridge controller` (branch controller)"]
-fn todo_controller_reconciles_an_example_with_the_chart_rbac() {
-    unimplemented!("needs the controller");
+/// After a real `helm install`, the controller — run from the release's own
+/// pod template, as the release's ServiceAccount, with nothing but the
+/// chart's RBAC — reconciles the market-feed example: worker objects
+/// created, statuses written, Events recorded.
+#[tokio::test]
+async fn the_controller_reconciles_an_example_with_the_chart_rbac() -> Result<()> {
+    use wsbridge::api::{Channel, Subscription, conditions};
+    let cp = support::shared().await;
+    crds_installed(cp).await?;
+    let system = namespace(cp, "helm-controller", &[]).await?;
+    let release = format!("rc-{}", support::controlplane::random_hex(3));
+    let mut install = helm(Some(cp));
+    install
+        .args(["install", &release])
+        .arg(installable_chart(cp).await?)
+        .args(["--namespace", &system, "--timeout", "60s"]);
+    run(install, None)?;
+    let client = cp.client();
+    let deployment = Api::<Deployment>::namespaced(client.clone(), &system)
+        .get(&format!("{release}-wsbridge-controller"))
+        .await?;
+    let listen = format!("127.0.0.1:{}", support::http::free_port());
+    let mut controller =
+        support::pods::run_pod_template(cp, &client, &deployment, &[("WSBRIDGE_LISTEN", &listen)]).await?;
+
+    let ns = namespace(cp, "helm-example", &[]).await?;
+    support::apply_yaml_file(&client, repo().join("examples/market-feed.yaml"), Some(&ns)).await?;
+    let wait = std::time::Duration::from_secs(60);
+    let log = || controller.logs();
+    support::pods::wait_deployment(&client, &ns, "wsbridge-worker-ticker-feed", wait)
+        .await
+        .with_context(|| format!("controller log:\n{}", log()))?;
+    Api::<ServiceAccount>::namespaced(client.clone(), &ns)
+        .get("wsbridge-worker-ticker-feed")
+        .await?;
+    let channels: Api<Channel> = Api::namespaced(client.clone(), &ns);
+    let address = support::eventually(wait, "Channel address", || {
+        let channels = channels.clone();
+        async move {
+            Ok(channels
+                .get("ticker")
+                .await?
+                .status
+                .and_then(|s| s.address)
+                .map(|a| a.url))
+        }
+    })
+    .await?;
+    assert_eq!(
+        address,
+        format!("http://{release}-wsbridge-gateway.{system}.svc/channels/{ns}/ticker")
+    );
+    let subscriptions: Api<Subscription> = Api::namespaced(client.clone(), &ns);
+    let reason = support::eventually(wait, "Subscription pricing Ready reason", || {
+        let subscriptions = subscriptions.clone();
+        async move {
+            let s = subscriptions.get("pricing").await?;
+            Ok(s.status
+                .and_then(|s| conditions::find(&s.conditions, conditions::READY).map(|c| c.reason.clone())))
+        }
+    })
+    .await?;
+    assert_eq!(
+        reason, "ServiceNotFound",
+        "the example's Service does not exist here"
+    );
+    let events = Api::<k8s_openapi::api::events::v1::Event>::namespaced(client.clone(), &ns);
+    let recorded = support::eventually(wait, "an Event", || {
+        let events = events.clone();
+        async move { Ok(Some(events.list(&Default::default()).await?.items).filter(|e| !e.is_empty())) }
+    })
+    .await?;
+    assert!(
+        recorded
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("ServiceNotFound")),
+        "{recorded:?}"
+    );
+    assert_eq!(
+        controller.terminate(std::time::Duration::from_secs(20)).await,
+        Some(0),
+        "{}",
+        controller.logs()
+    );
+    Ok(())
 }

@@ -13,8 +13,15 @@ python3 -m pip --version >/dev/null 2>&1 || python3 -m ensurepip --upgrade >/dev
 python3 -m pip install -q websockets aiohttp 2>/dev/null ||
   python3 -m pip install -q --break-system-packages websockets aiohttp
 
-echo "== control plane"
+echo "== control plane and helm"
 time bash tests/controlplane/build.sh
+time bash tests/tools/build.sh
 
 echo "== cargo test"
-cargo test --all-targets "$@"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --all-targets "$@" 2>&1 | tee "$log" || status=$?
+# One closing line for the whole suite, summed over every test binary.
+awk '/^test result:/ { p += $4; f += $6; i += $8 } END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, i }' "$log"
+exit "$status"
