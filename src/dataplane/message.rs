@@ -2,6 +2,7 @@
 //! binary-mode HTTP representation.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -149,90 +150,68 @@ pub const CE_TYPE: HeaderName = HeaderName::from_static("ce-type");
 /// `ce-time` header.
 pub const CE_TIME: HeaderName = HeaderName::from_static("ce-time");
 
-/// One message. Shared between subscribers as `Arc<Message>`; everything a
-/// delivery needs (body, headers) is prepared once at construction.
+/// One message. Shared between subscribers as `Arc<Message>` and kept small,
+/// since queues hold many: the strings every message of a source shares are
+/// `Arc<str>`, and the delivery headers are built per request (each request
+/// needs its own `HeaderMap` anyway).
 #[derive(Clone)]
 pub struct Message {
-    id: String,
+    id: Box<str>,
     payload: Payload,
     origin: Origin,
-    source: String,
-    event_type: String,
+    source: Arc<str>,
+    event_type: Arc<str>,
     time: SystemTime,
     content_type: &'static str,
-    headers: HeaderMap,
+    authorization: Option<HeaderValue>,
 }
 
 impl Message {
     /// A new message with a fresh unique id (UUID v4), the current time and
     /// the origin's default type. `source` becomes `ce-source` (a URI
     /// reference such as `/namespaces/default/bridges/ticker-feed`).
-    pub fn new(payload: Payload, origin: Origin, source: impl Into<String>) -> Self {
-        let id = uuid::Uuid::new_v4().to_string();
-        let content_type = payload.content_type();
-        let mut msg = Self {
-            id,
+    pub fn new(payload: Payload, origin: Origin, source: impl Into<Arc<str>>) -> Self {
+        Self {
+            id: uuid::Uuid::new_v4().to_string().into_boxed_str(),
+            content_type: payload.content_type(),
             payload,
             origin,
             source: source.into(),
-            event_type: origin.default_event_type().to_string(),
+            event_type: Arc::from(origin.default_event_type()),
             time: SystemTime::now(),
-            content_type,
-            headers: HeaderMap::with_capacity(8),
-        };
-        msg.rebuild_headers();
-        msg
+            authorization: None,
+        }
     }
 
     /// Replaces the CloudEvents `type`.
-    pub fn with_event_type(mut self, event_type: impl Into<String>) -> Self {
+    pub fn with_event_type(mut self, event_type: impl Into<Arc<str>>) -> Self {
         self.event_type = event_type.into();
-        self.rebuild_headers();
         self
     }
 
     /// Replaces the id (e.g. to keep an id given by a publisher).
     pub fn with_id(mut self, id: impl Into<String>) -> Self {
-        self.id = id.into();
-        self.rebuild_headers();
+        self.id = id.into().into_boxed_str();
         self
     }
 
     /// Replaces the time.
     pub fn with_time(mut self, time: SystemTime) -> Self {
         self.time = time;
-        self.rebuild_headers();
         self
     }
 
     /// Presents `token` to subscribers as `Authorization: Bearer <token>`
     /// (the Bridge's token). The header is marked sensitive.
-    pub fn with_subscriber_token(mut self, token: Option<&SecretString>) -> Self {
-        match token.and_then(|t| bearer_header(t).ok()) {
-            Some(v) => {
-                self.headers.insert(AUTHORIZATION, v);
-            }
-            None => {
-                self.headers.remove(AUTHORIZATION);
-            }
-        }
-        self
+    pub fn with_subscriber_token(self, token: Option<&SecretString>) -> Self {
+        self.with_authorization(token.and_then(|t| bearer_header(t).ok()))
     }
 
-    fn rebuild_headers(&mut self) {
-        let auth = self.headers.remove(AUTHORIZATION);
-        self.headers.clear();
-        let h = &mut self.headers;
-        h.insert(CONTENT_TYPE, HeaderValue::from_static(self.content_type));
-        h.insert(CE_SPECVERSION, HeaderValue::from_static("1.0"));
-        h.insert(CE_ID, header_value_or(&self.id, "invalid-id"));
-        h.insert(CE_SOURCE, header_value_or(&self.source, "/wsbridge"));
-        h.insert(CE_TYPE, header_value_or(&self.event_type, "io.wsbridge.message"));
-        let time = humantime::format_rfc3339_millis(self.time).to_string();
-        h.insert(CE_TIME, header_value_or(&time, "1970-01-01T00:00:00Z"));
-        if let Some(a) = auth {
-            h.insert(AUTHORIZATION, a);
-        }
+    /// Sets a prepared `Authorization` value (see [`bearer_header`]): callers
+    /// that stamp many messages with the same token build it once.
+    pub fn with_authorization(mut self, value: Option<HeaderValue>) -> Self {
+        self.authorization = value;
+        self
     }
 
     /// Unique id (`ce-id`).
@@ -266,8 +245,19 @@ impl Message {
     /// The headers of a delivery POST: `Content-Type`, the CloudEvents
     /// binary-mode `ce-*` headers and, when set, the (sensitive)
     /// `Authorization` header.
-    pub fn http_headers(&self) -> &HeaderMap {
-        &self.headers
+    pub fn http_headers(&self) -> HeaderMap {
+        let mut h = HeaderMap::with_capacity(8);
+        h.insert(CONTENT_TYPE, HeaderValue::from_static(self.content_type()));
+        h.insert(CE_SPECVERSION, HeaderValue::from_static("1.0"));
+        h.insert(CE_ID, header_value_or(&self.id, "invalid-id"));
+        h.insert(CE_SOURCE, header_value_or(&self.source, "/wsbridge"));
+        h.insert(CE_TYPE, header_value_or(&self.event_type, "io.wsbridge.message"));
+        let time = humantime::format_rfc3339_millis(self.time).to_string();
+        h.insert(CE_TIME, header_value_or(&time, "1970-01-01T00:00:00Z"));
+        if let Some(a) = &self.authorization {
+            h.insert(AUTHORIZATION, a.clone());
+        }
+        h
     }
 }
 

@@ -561,7 +561,7 @@ impl WorkerCtx {
             attempts += 1;
             let send = self.shared.http.post(
                 &spec.uri,
-                q.msg.http_headers().clone(),
+                q.msg.http_headers(),
                 q.msg.payload().bytes().clone(),
                 policy.timeout,
             );
@@ -693,7 +693,7 @@ async fn run_dead_letters(
 }
 
 async fn post_dead_letter(shared: &Shared, dl: DeadLetter, attempts: u32) {
-    let mut headers = dl.msg.http_headers().clone();
+    let mut headers = dl.msg.http_headers();
     headers.insert(DEAD_LETTER_REASON, HeaderValue::from_static(dl.reason));
     headers.insert(CE_FAILURE, HeaderValue::from_static(dl.reason));
     if let Ok(v) = HeaderValue::from_str(&dl.subscriber) {

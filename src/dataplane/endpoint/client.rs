@@ -19,7 +19,7 @@ use tracing::{debug, info, warn};
 use super::backoff::ReconnectBackoff;
 use super::config::{ConfigError, EndpointConfig};
 use super::tls;
-use crate::dataplane::message::{Message, Origin, Payload, PayloadKind};
+use crate::dataplane::message::{Message, Origin, Payload, PayloadKind, bearer_header};
 use crate::dataplane::metrics::{DataplaneMetrics, EndpointLabels};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -408,7 +408,9 @@ impl Runner {
         let mut ping = tokio::time::interval_at(Instant::now() + interval, interval);
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut pong_deadline: Option<Instant> = None;
+        // Shared by every inbound message of this connection: built once.
         let mut source: Arc<str> = Arc::from(cfg.inbound_source.as_str());
+        let mut authorization = cfg.subscriber_token.as_ref().and_then(|t| bearer_header(t).ok());
 
         loop {
             let deadline = async {
@@ -431,6 +433,7 @@ impl Runner {
                     }
                     *cfg = new;
                     source = Arc::from(cfg.inbound_source.as_str());
+                    authorization = cfg.subscriber_token.as_ref().and_then(|t| bearer_header(t).ok());
                 }
                 frame = ws.next() => {
                     let payload = match frame {
@@ -467,8 +470,8 @@ impl Runner {
                             continue;
                         }
                         self.metrics.received.get_or_create(&self.labels).inc();
-                        let msg = Message::new(payload, Origin::Endpoint, &*source)
-                            .with_subscriber_token(cfg.subscriber_token.as_ref());
+                        let msg = Message::new(payload, Origin::Endpoint, source.clone())
+                            .with_authorization(authorization.clone());
                         if self.inbound.send(Arc::new(msg)).await.is_err() {
                             self.metrics.drop_endpoint(&self.name, "no_consumer");
                         }
