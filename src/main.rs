@@ -31,6 +31,9 @@ enum Command {
         /// Write one file per CRD into this folder instead of printing.
         #[arg(long, value_name = "DIR")]
         out_dir: Option<PathBuf>,
+        /// Print a Markdown reference of every field instead.
+        #[arg(long, conflicts_with = "out_dir")]
+        reference: bool,
     },
     /// Run one bridge worker (what the worker pod runs).
     Worker {
@@ -107,8 +110,11 @@ async fn main() -> anyhow::Result<ExitCode> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     ops::init_logging(cli.log_format);
     match cli.command {
-        Command::Crd { out_dir: None } => print!("{}", wsbridge::api::crds_yaml()),
-        Command::Crd { out_dir: Some(dir) } => wsbridge::api::write_crds(&dir)?,
+        Command::Crd { reference: true, .. } => print!("{}", wsbridge::api::reference::markdown()),
+        Command::Crd { out_dir: None, .. } => print!("{}", wsbridge::api::crds_yaml()),
+        Command::Crd {
+            out_dir: Some(dir), ..
+        } => wsbridge::api::write_crds(&dir)?,
         Command::Worker {
             bridge,
             listen,

@@ -38,3 +38,13 @@ fn wsbridge_crd_prints_all_four_kinds() {
     }
     assert_eq!(all.matches("kind: CustomResourceDefinition").count(), 4);
 }
+
+#[test]
+fn the_field_reference_matches_the_crds() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/reference.md");
+    let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        on_disk == wsbridge::api::reference::markdown(),
+        "docs/reference.md is out of date: run `cargo run -- crd --reference > docs/reference.md`"
+    );
+}

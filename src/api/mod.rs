@@ -11,6 +11,7 @@ mod channel;
 pub mod common;
 pub mod conditions;
 mod endpoint;
+pub mod reference;
 mod subscription;
 
 pub use bridge::{Bridge, BridgeSpec, BridgeStatus};
