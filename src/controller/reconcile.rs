@@ -123,6 +123,9 @@ pub struct Context {
     pub worker_image: String,
     pub gateway_url: String,
     pub cluster_domain: String,
+    /// Where subscribers and dead-letter sinks may point; also handed to
+    /// every worker through its environment.
+    pub destinations: Arc<crate::dataplane::DestinationPolicy>,
 }
 
 fn namespace<K: Resource>(obj: &K) -> Result<String, Error> {
@@ -264,6 +267,7 @@ pub async fn reconcile_bridge(bridge: Arc<Bridge>, ctx: Arc<Context>) -> Result<
             endpoint,
             &ctx.worker_image,
             &worker::config_hash(&entries),
+            &ctx.destinations,
         );
         let want = objs.deployment.annotations().get(APPLIED_HASH);
         let have = existing.as_ref().and_then(|d| d.annotations().get(APPLIED_HASH));
@@ -401,6 +405,7 @@ pub async fn reconcile_subscription(sub: Arc<Subscription>, ctx: Arc<Context>) -
         &ns,
         &ctx.cluster_domain,
         &move |svc: &str| get(&services, &lookup_ns, svc),
+        &ctx.destinations,
     );
     let current = sub.status.clone().unwrap_or_default();
     let generation = sub.meta().generation;
