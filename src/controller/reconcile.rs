@@ -244,7 +244,9 @@ pub async fn reconcile_bridge(bridge: Arc<Bridge>, ctx: Arc<Context>) -> Result<
     };
     let channel = get(&ctx.stores.channels, &ns, &bridge.spec.channel);
     let endpoint = get(&ctx.stores.endpoints, &ns, &bridge.spec.endpoint);
-    let endpoint_problem = endpoint.as_ref().map(|e| status::endpoint_problem(e, &refs));
+    let endpoint_problem = endpoint.as_ref().map(|e| {
+        status::endpoint_destination_problem(e, &ctx.destinations).or_else(|| status::endpoint_problem(e, &refs))
+    });
     let token_problem = bridge
         .spec
         .token_secret_ref
@@ -370,7 +372,8 @@ pub async fn reconcile_endpoint(endpoint: Arc<Endpoint>, ctx: Arc<Context>) -> R
         stores: &ctx.stores,
         ns: &ns,
     };
-    let decided = status::endpoint_ready(&endpoint, &refs);
+    let decided = status::endpoint_destination_problem(&endpoint, &ctx.destinations)
+        .unwrap_or_else(|| status::endpoint_ready(&endpoint, &refs));
     let current = endpoint.status.clone().unwrap_or_default();
     let generation = endpoint.meta().generation;
     let desired = EndpointStatus {

@@ -105,6 +105,20 @@ pub fn endpoint_problem(ep: &Endpoint, refs: &dyn ConfigLookup) -> Option<Decide
     None
 }
 
+/// `Ready=False`, reason `DestinationDenied`, when the Endpoint's URL points
+/// at a host the destination policy refuses (the worker would refuse to
+/// connect).
+pub fn endpoint_destination_problem(ep: &Endpoint, policy: &DestinationPolicy) -> Option<Decided> {
+    let host = url::Url::parse(&ep.spec.url).ok()?.host_str()?.to_string();
+    policy.check_host(&host).err().map(|denied| {
+        Decided::failed(
+            READY,
+            "DestinationDenied",
+            format!("url is not an allowed destination: {denied}; ask the operator to allow it"),
+        )
+    })
+}
+
 /// The Endpoint's `Ready`.
 pub fn endpoint_ready(ep: &Endpoint, refs: &dyn ConfigLookup) -> Decided {
     endpoint_problem(ep, refs)
@@ -544,6 +558,16 @@ mod tests {
         );
         assert_eq!(d.dead_letter_sink_uri.as_deref(), Some("http://d/"));
         assert!(d.ready.status);
+    }
+
+    #[test]
+    fn denied_endpoint_urls_are_not_ready() {
+        let p = DestinationPolicy::default();
+        let d = endpoint_destination_problem(&endpoint("url: ws://169.254.169.254:80/x"), &p).unwrap();
+        assert_eq!(d.reason, "DestinationDenied");
+        let d = endpoint_destination_problem(&endpoint("url: wss://[fe80::1]/x"), &p).unwrap();
+        assert!(d.message.contains("fe80::1"), "{}", d.message);
+        assert!(endpoint_destination_problem(&endpoint("url: wss://feed.example/"), &p).is_none());
     }
 
     #[test]
