@@ -117,7 +117,9 @@ fn assert_no_secrets(outputs: &[(String, String)], needles: &[(String, String)])
             if let Some(at) = text.find(needle.as_str()) {
                 let start = text[..at].char_indices().rev().nth(80).map_or(0, |(i, _)| i);
                 let end = (at + needle.len() + 80).min(text.len());
-                let end = (end..=text.len()).find(|i| text.is_char_boundary(*i)).unwrap_or(text.len());
+                let end = (end..=text.len())
+                    .find(|i| text.is_char_boundary(*i))
+                    .unwrap_or(text.len());
                 found.push(format!("{what} in {source}: ...{}...", &text[start..end]));
             }
         }
@@ -125,7 +127,15 @@ fn assert_no_secrets(outputs: &[(String, String)], needles: &[(String, String)])
     assert!(found.is_empty(), "secret values leaked:\n{}", found.join("\n"));
 }
 
-fn objects(ns: &str, endpoint_url: &str, ok: &str, failing: &str, failing2: &str, dlq: &str, dlq_bad: &str) -> String {
+fn objects(
+    ns: &str,
+    endpoint_url: &str,
+    ok: &str,
+    failing: &str,
+    failing2: &str,
+    dlq: &str,
+    dlq_bad: &str,
+) -> String {
     format!(
         r#"
 apiVersion: wsbridge.io/v1alpha1
@@ -237,7 +247,10 @@ fn check_pod_template(d: &Deployment) {
             if secret {
                 assert!(var.value.is_none(), "{} has a value", var.name);
                 assert!(
-                    var.value_from.as_ref().and_then(|f| f.secret_key_ref.as_ref()).is_some(),
+                    var.value_from
+                        .as_ref()
+                        .and_then(|f| f.secret_key_ref.as_ref())
+                        .is_some(),
                     "{} is not a secretKeyRef",
                     var.name
                 );
@@ -384,7 +397,12 @@ async fn no_secret_value_reaches_logs_events_status_metrics_or_errors() -> Resul
     for (what, path, token, body) in [
         ("no token", path.as_str(), None, b"x".to_vec()),
         ("bogus token", path.as_str(), Some(PUBLISHER_TOKEN), b"x".to_vec()),
-        ("no channel", "/channels/nowhere/none", Some(PUBLISHER_TOKEN), b"x".to_vec()),
+        (
+            "no channel",
+            "/channels/nowhere/none",
+            Some(PUBLISHER_TOKEN),
+            b"x".to_vec(),
+        ),
     ] {
         let (code, body) = publish(gateway, path, token, &body).await?;
         assert!(code >= 400, "{what}: {code} {body}");
@@ -410,7 +428,8 @@ async fn no_secret_value_reaches_logs_events_status_metrics_or_errors() -> Resul
     outputs.push(("worker log (round 1)".into(), worker.logs()));
     let (mut worker, worker_addr) = start_worker(&ns, &d2).await?;
     let (_, headers) = endpoint.next_connected().await;
-    let basic = base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", ROUND_2.username, ROUND_2.password));
+    let basic = base64::engine::general_purpose::STANDARD
+        .encode(format!("{}:{}", ROUND_2.username, ROUND_2.password));
     assert_eq!(
         headers.get("authorization").and_then(|v| v.to_str().ok()),
         Some(format!("Basic {basic}").as_str()),
@@ -435,10 +454,7 @@ async fn no_secret_value_reaches_logs_events_status_metrics_or_errors() -> Resul
     outputs.extend(every_object(&client).await?);
     assert_eq!(worker.terminate(Duration::from_secs(15)).await, Some(0));
     outputs.push(("worker log (round 2)".into(), worker.logs()));
-    outputs.push((
-        "controller log".into(),
-        install.controller.lock().unwrap().logs(),
-    ));
+    outputs.push(("controller log".into(), install.controller.lock().unwrap().logs()));
     outputs.push(("gateway log".into(), install.gateway.lock().unwrap().logs()));
 
     // The logs really are at trace level and cover the paths exercised.
@@ -447,7 +463,12 @@ async fn no_secret_value_reaches_logs_events_status_metrics_or_errors() -> Resul
         .filter(|(s, _)| s.contains(" log"))
         .map(|(_, t)| t.as_str())
         .collect();
-    for expected in ["TRACE", "401", "message not delivered", "dead-letter sink did not accept"] {
+    for expected in [
+        "TRACE",
+        "401",
+        "message not delivered",
+        "dead-letter sink did not accept",
+    ] {
         assert!(all_logs.contains(expected), "logs mention {expected:?}");
     }
     let total: usize = outputs.iter().map(|(_, t)| t.len()).sum();

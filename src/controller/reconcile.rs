@@ -245,7 +245,8 @@ pub async fn reconcile_bridge(bridge: Arc<Bridge>, ctx: Arc<Context>) -> Result<
     let channel = get(&ctx.stores.channels, &ns, &bridge.spec.channel);
     let endpoint = get(&ctx.stores.endpoints, &ns, &bridge.spec.endpoint);
     let endpoint_problem = endpoint.as_ref().map(|e| {
-        status::endpoint_destination_problem(e, &ctx.destinations).or_else(|| status::endpoint_problem(e, &refs))
+        status::endpoint_destination_problem(e, &ctx.destinations)
+            .or_else(|| status::endpoint_problem(e, &refs))
     });
     let token_problem = bridge
         .spec
