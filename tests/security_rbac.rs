@@ -158,7 +158,9 @@ async fn every_installed_and_generated_role_is_least_privilege() -> Result<()> {
         ensure!(names.contains(&expected), "{expected} installed: {names:?}");
     }
     ensure!(
-        names.iter().any(|n| n.ends_with("wsbridge-controller-leader-election")),
+        names
+            .iter()
+            .any(|n| n.ends_with("wsbridge-controller-leader-election")),
         "leader-election Role installed: {names:?}"
     );
 
@@ -173,7 +175,11 @@ async fn every_installed_and_generated_role_is_least_privilege() -> Result<()> {
             found.extend(problems(short, rule));
         }
     }
-    ensure!(found.is_empty(), "least-privilege violations:\n{}", found.join("\n"));
+    ensure!(
+        found.is_empty(),
+        "least-privilege violations:\n{}",
+        found.join("\n")
+    );
 
     // The worker's Role: no Secrets at all; named verbs scoped to its own
     // Bridge, Channel and Endpoint; only Subscriptions are listed unnamed
@@ -189,7 +195,11 @@ async fn every_installed_and_generated_role_is_least_privilege() -> Result<()> {
         let named_verb = rule.verbs.iter().any(|v| NAMED_VERBS.contains(&v.as_str()));
         if named_verb || resources.iter().any(|r| r != "subscriptions") {
             let names = rule.resource_names.clone().unwrap_or_default();
-            ensure!(!names.is_empty(), "worker rule not scoped by resourceNames: {}", show(rule));
+            ensure!(
+                !names.is_empty(),
+                "worker rule not scoped by resourceNames: {}",
+                show(rule)
+            );
         }
         if resources.iter().any(|r| r == "subscriptions") {
             ensure!(
@@ -240,8 +250,14 @@ async fn every_installed_and_generated_role_is_least_privilege() -> Result<()> {
             }
         }
     }
-    ensure!(can_i_lines(&gateway, "secrets").is_empty(), "gateway reads Secrets");
-    ensure!(can_i_lines(&worker_list, "secrets").is_empty(), "worker reads Secrets");
+    ensure!(
+        can_i_lines(&gateway, "secrets").is_empty(),
+        "gateway reads Secrets"
+    );
+    ensure!(
+        can_i_lines(&worker_list, "secrets").is_empty(),
+        "worker reads Secrets"
+    );
     for line in can_i_lines(&controller, "secrets") {
         ensure!(line.contains("[get list watch]"), "controller on Secrets: {line}");
     }
@@ -264,7 +280,9 @@ async fn worker_pods_are_admitted_under_the_restricted_pod_security_standard() -
         .labels
         .get_or_insert_default()
         .insert("pod-security.kubernetes.io/enforce".into(), "restricted".into());
-    namespaces.replace(&ns, &PostParams::default(), &namespace).await?;
+    namespaces
+        .replace(&ns, &PostParams::default(), &namespace)
+        .await?;
     support::apply_yaml(&client, &bridge_objects(&ns), Some(&ns)).await?;
     let d: Deployment = wait_deployment(&client, &ns, "wsbridge-worker-feed", WAIT).await?;
     let template = d.spec.context("spec")?.template;
@@ -294,7 +312,10 @@ async fn worker_pods_are_admitted_under_the_restricted_pod_security_standard() -
         .security_context
         .get_or_insert_default()
         .allow_privilege_escalation = Some(true);
-    let err = pods.create(&dry_run, &weak).await.expect_err("restricted namespace");
+    let err = pods
+        .create(&dry_run, &weak)
+        .await
+        .expect_err("restricted namespace");
     ensure!(
         err.to_string().contains("violates PodSecurity \"restricted"),
         "{err}"

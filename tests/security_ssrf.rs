@@ -87,7 +87,10 @@ async fn a_denied_address_is_never_connected_and_the_message_is_dead_lettered_as
     let mut sink = Subscriber::ok().await;
     let (engine, metrics) = engine(policy(&["127.0.0.2/32"]));
     let channel = ChannelKey::new("default", "ticker");
-    engine.set_subscribers(&channel, vec![spec(&format!("http://{addr}/ingest"), Some(&sink.uri))]);
+    engine.set_subscribers(
+        &channel,
+        vec![spec(&format!("http://{addr}/ingest"), Some(&sink.uri))],
+    );
     engine.dispatch(&channel, message());
     let dead = sink.next().await;
     assert_eq!(
@@ -97,11 +100,16 @@ async fn a_denied_address_is_never_connected_and_the_message_is_dead_lettered_as
         Some("destination_denied")
     );
     assert_eq!(
-        dead.headers.get("x-wsbridge-attempts").and_then(|v| v.to_str().ok()),
+        dead.headers
+            .get("x-wsbridge-attempts")
+            .and_then(|v| v.to_str().ok()),
         Some("1"),
         "a denial is not retried"
     );
-    eventually("counted", || metrics.dead_lettered_total("destination_denied") == 1).await;
+    eventually("counted", || {
+        metrics.dead_lettered_total("destination_denied") == 1
+    })
+    .await;
     assert_eq!(engine.stats().retried, 0);
     assert_no_connection(&listener).await;
 }
