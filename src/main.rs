@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use wsbridge::dataplane::destination::DestinationArgs;
 use wsbridge::dataplane::routing::ObjectKey;
 use wsbridge::ops::{self, LogFormat};
 
@@ -46,6 +47,10 @@ enum Command {
         /// The pod's IP, advertised on the Bridge's status as the publish address.
         #[arg(long, env = wsbridge::worker::env::POD_IP)]
         pod_ip: Option<std::net::IpAddr>,
+        /// Outbound destination policy (the controller sets it through the
+        /// environment).
+        #[command(flatten)]
+        destinations: DestinationArgs,
     },
     /// Run the publish gateway.
     Gateway {
@@ -61,6 +66,10 @@ enum Command {
         /// Audience publisher tokens must carry (default: the API server's).
         #[arg(long = "token-audience")]
         token_audiences: Vec<String>,
+        /// Outbound destination policy for deliveries to subscribers and
+        /// dead-letter sinks.
+        #[command(flatten)]
+        destinations: DestinationArgs,
     },
     /// Run bridges, the publish gateway and delivery in one process, from
     /// YAML files of Endpoints, Channels, Bridges, Subscriptions and Secrets.
@@ -79,6 +88,10 @@ enum Command {
         /// How long queued deliveries may take to finish at shutdown.
         #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
         drain_timeout: Duration,
+        /// Outbound destination policy (subscribers, dead-letter sinks,
+        /// endpoints).
+        #[command(flatten)]
+        destinations: DestinationArgs,
     },
     /// Demo WebSocket feed for the quickstart: sends a JSON tick every
     /// second and echoes what it receives.
@@ -119,6 +132,7 @@ async fn main() -> anyhow::Result<ExitCode> {
             bridge,
             listen,
             pod_ip,
+            destinations,
         } => {
             let advertise = pod_ip.map(|ip| format!("http://{}", SocketAddr::new(ip, listen.port())));
             let options = wsbridge::worker::WorkerOptions {
@@ -126,6 +140,7 @@ async fn main() -> anyhow::Result<ExitCode> {
                 listen,
                 advertise,
                 drain: std::time::Duration::from_secs(10),
+                destinations: std::sync::Arc::new(destinations.policy()?),
             };
             wsbridge::worker::run(options, kube::Client::try_default().await?).await?;
         }
@@ -134,6 +149,7 @@ async fn main() -> anyhow::Result<ExitCode> {
             namespace,
             auth_cache_ttl,
             token_audiences,
+            destinations,
         } => {
             let options = wsbridge::gateway::GatewayOptions {
                 listen,
@@ -145,6 +161,7 @@ async fn main() -> anyhow::Result<ExitCode> {
                 },
                 send_timeout: std::time::Duration::from_secs(5),
                 drain: std::time::Duration::from_secs(10),
+                destinations: std::sync::Arc::new(destinations.policy()?),
             };
             wsbridge::gateway::run(options, kube::Client::try_default().await?).await?;
         }
@@ -153,6 +170,7 @@ async fn main() -> anyhow::Result<ExitCode> {
             listen,
             check,
             drain_timeout,
+            destinations,
         } => {
             if check {
                 return Ok(match wsbridge::standalone::check(&files) {
@@ -169,6 +187,7 @@ async fn main() -> anyhow::Result<ExitCode> {
             let mut options = wsbridge::standalone::Options::new(files);
             options.listen = listen;
             options.drain_timeout = drain_timeout;
+            options.destinations = std::sync::Arc::new(destinations.policy()?);
             if let Err(e) = wsbridge::standalone::run(options).await {
                 eprintln!("error: {e}");
                 return Ok(ExitCode::FAILURE);

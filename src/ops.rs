@@ -25,16 +25,37 @@ pub enum LogFormat {
 
 /// Installs the global `tracing` subscriber. `RUST_LOG` overrides the level
 /// (default `info`).
+///
+/// Whatever `RUST_LOG` says, [`secret_safe_filter`] caps the libraries that
+/// log credentials or message bodies at `trace`: tungstenite logs the whole
+/// client handshake request (the endpoint's `Authorization` and secret
+/// headers) and every frame.
 pub fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{Layer, filter::FilterExt};
+    let env = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let filter = env.and(secret_safe_filter());
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => tracing_subscriber::registry()
+            .with(layer.with_filter(filter))
+            .try_init(),
+        LogFormat::Json => tracing_subscriber::registry()
+            .with(layer.json().flatten_event(true).with_filter(filter))
+            .try_init(),
     };
+}
+
+/// Targets that must never log at `trace`: tungstenite writes the handshake
+/// request (credentials) and frame contents (message bodies) there.
+pub fn secret_safe_filter() -> tracing_subscriber::filter::Targets {
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    Targets::new()
+        .with_default(LevelFilter::TRACE)
+        .with_target("tungstenite", LevelFilter::DEBUG)
+        .with_target("tokio_tungstenite", LevelFilter::DEBUG)
 }
 
 /// A readiness flag a role flips once it can do its job (caches synced,
@@ -160,5 +181,20 @@ mod tests {
         assert!(get("/healthz").await.starts_with("HTTP/1.1 200"));
         let metrics = get("/metrics").await;
         assert!(metrics.contains("probe_total 1"), "{metrics}");
+    }
+}
+
+#[cfg(test)]
+mod secret_safe_tests {
+    use tracing::Level;
+
+    #[test]
+    fn tungstenite_never_logs_at_trace() {
+        let f = super::secret_safe_filter();
+        assert!(!f.would_enable("tungstenite::handshake::client", &Level::TRACE));
+        assert!(!f.would_enable("tokio_tungstenite", &Level::TRACE));
+        assert!(f.would_enable("tungstenite::protocol", &Level::DEBUG));
+        assert!(f.would_enable("wsbridge::worker", &Level::TRACE));
+        assert!(f.would_enable("hyper_util", &Level::TRACE));
     }
 }

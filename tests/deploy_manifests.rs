@@ -448,6 +448,41 @@ fn chart_renders_the_documented_defaults() -> Result<()> {
 }
 
 #[test]
+fn destination_policy_values_become_controller_and_gateway_flags() -> Result<()> {
+    let docs = documents(&render(
+        "wsbridge",
+        "wsbridge-system",
+        &[
+            "destinations.deny={127.0.0.2/32,.corp.example}",
+            "destinations.allow={10.0.0.0/8}",
+            "destinations.allowLinkLocal=true",
+        ],
+    )?)?;
+    for d in of_kind(&docs, "Deployment") {
+        let args = strings(&d["spec"]["template"]["spec"]["containers"][0]["args"]);
+        let joined = args.join(" ");
+        for expected in [
+            "--destination-deny 127.0.0.2/32 --destination-deny .corp.example",
+            "--destination-allow 10.0.0.0/8",
+            "--allow-link-local",
+        ] {
+            assert!(joined.contains(expected), "{}: {joined}", name(d));
+        }
+    }
+    let defaults = documents(&render("wsbridge", "wsbridge-system", &[])?)?;
+    for d in of_kind(&defaults, "Deployment") {
+        let args = strings(&d["spec"]["template"]["spec"]["containers"][0]["args"]);
+        assert!(
+            !args
+                .iter()
+                .any(|a| a.contains("destination") || a.contains("link-local")),
+            "no flags by default (the built-in denials need none): {args:?}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
 fn chart_rbac_is_least_privilege() -> Result<()> {
     let docs = documents(&render("wsbridge", "wsbridge-system", ALL_FEATURES)?)?;
     let roles: Vec<&Value> = docs

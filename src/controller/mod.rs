@@ -93,10 +93,15 @@ pub struct Args {
     /// Reconciles running at once, per kind.
     #[arg(long, default_value_t = 16)]
     pub concurrency: u16,
+    /// Outbound destination policy (subscribers, dead-letter sinks,
+    /// endpoints); passed on to every worker.
+    #[command(flatten)]
+    pub destinations: crate::dataplane::destination::DestinationArgs,
 }
 
 /// Runs the controller until SIGINT/SIGTERM.
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    let destinations = Arc::new(args.destinations.policy()?);
     // A no-op when the binary already set logging up (tests call `run` directly).
     ops::init_logging(LogFormat::Text);
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -138,6 +143,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         metrics,
         readiness: readiness.clone(),
         identity: identity.clone(),
+        destinations,
     };
     let result = if args.leader_election {
         runner.run_with_lease(stop_rx).await
@@ -160,6 +166,7 @@ struct Runner {
     metrics: Metrics,
     readiness: Readiness,
     identity: String,
+    destinations: Arc<crate::dataplane::DestinationPolicy>,
 }
 
 impl Runner {
@@ -248,6 +255,7 @@ impl Runner {
             worker_image: self.args.worker_image.clone(),
             gateway_url: self.args.gateway_url.clone(),
             cluster_domain: self.args.cluster_domain.clone(),
+            destinations: self.destinations.clone(),
         });
         let config = ControllerConfig::default()
             .concurrency(self.args.concurrency)

@@ -126,6 +126,9 @@ pub struct Context {
     pub worker_image: String,
     pub gateway_url: String,
     pub cluster_domain: String,
+    /// Where subscribers and dead-letter sinks may point; also handed to
+    /// every worker through its environment.
+    pub destinations: Arc<crate::dataplane::DestinationPolicy>,
 }
 
 fn namespace<K: Resource>(obj: &K) -> Result<String, Error> {
@@ -244,7 +247,10 @@ pub async fn reconcile_bridge(bridge: Arc<Bridge>, ctx: Arc<Context>) -> Result<
     };
     let channel = get(&ctx.stores.channels, &ns, &bridge.spec.channel);
     let endpoint = get(&ctx.stores.endpoints, &ns, &bridge.spec.endpoint);
-    let endpoint_problem = endpoint.as_ref().map(|e| status::endpoint_problem(e, &refs));
+    let endpoint_problem = endpoint.as_ref().map(|e| {
+        status::endpoint_destination_problem(e, &ctx.destinations)
+            .or_else(|| status::endpoint_problem(e, &refs))
+    });
     let token_problem = bridge
         .spec
         .token_secret_ref
@@ -267,6 +273,7 @@ pub async fn reconcile_bridge(bridge: Arc<Bridge>, ctx: Arc<Context>) -> Result<
             endpoint,
             &ctx.worker_image,
             &worker::config_hash(&entries),
+            &ctx.destinations,
         );
         let want = objs.deployment.annotations().get(APPLIED_HASH);
         let have = existing.as_ref().and_then(|d| d.annotations().get(APPLIED_HASH));
@@ -373,7 +380,8 @@ pub async fn reconcile_endpoint(endpoint: Arc<Endpoint>, ctx: Arc<Context>) -> R
         stores: &ctx.stores,
         ns: &ns,
     };
-    let decided = status::endpoint_ready(&endpoint, &refs);
+    let decided = status::endpoint_destination_problem(&endpoint, &ctx.destinations)
+        .unwrap_or_else(|| status::endpoint_ready(&endpoint, &refs));
     let current = endpoint.status.clone().unwrap_or_default();
     let generation = endpoint.meta().generation;
     let desired = EndpointStatus {
@@ -408,6 +416,7 @@ pub async fn reconcile_subscription(sub: Arc<Subscription>, ctx: Arc<Context>) -
         &ns,
         &ctx.cluster_domain,
         &move |svc: &str| get(&services, &lookup_ns, svc),
+        &ctx.destinations,
     );
     let current = sub.status.clone().unwrap_or_default();
     let generation = sub.meta().generation;

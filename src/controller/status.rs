@@ -8,6 +8,7 @@ use k8s_openapi::api::core::v1::Service;
 
 use crate::api::conditions::{Decided, READY};
 use crate::api::{Destination, Endpoint, KeySelector};
+use crate::dataplane::DestinationPolicy;
 
 /// The keys a Secret or ConfigMap holds (values are never needed to decide).
 pub type Keys = BTreeSet<String>;
@@ -54,8 +55,7 @@ pub fn endpoint_problem(ep: &Endpoint, refs: &dyn ConfigLookup) -> Option<Decide
             .map(|(_, key)| key.0.as_str())
             .collect();
         let has = |k: &str| keys.contains(k);
-        let credentials = has("token") || (has("username") && has("password")) || !headers.is_empty();
-        if !credentials {
+        if !(has("token") || (has("username") && has("password"))) && headers.is_empty() {
             let missing = if has("username") {
                 "password"
             } else if has("password") {
@@ -103,6 +103,20 @@ pub fn endpoint_problem(ep: &Endpoint, refs: &dyn ConfigLookup) -> Option<Decide
         }
     }
     None
+}
+
+/// `Ready=False`, reason `DestinationDenied`, when the Endpoint's URL points
+/// at a host the destination policy refuses (the worker would refuse to
+/// connect).
+pub fn endpoint_destination_problem(ep: &Endpoint, policy: &DestinationPolicy) -> Option<Decided> {
+    let host = url::Url::parse(&ep.spec.url).ok()?.host_str()?.to_string();
+    policy.check_host(&host).err().map(|denied| {
+        Decided::failed(
+            READY,
+            "DestinationDenied",
+            format!("url is not an allowed destination: {denied}; ask the operator to allow it"),
+        )
+    })
 }
 
 /// The Endpoint's `Ready`.
@@ -243,18 +257,46 @@ pub struct SubscriptionDecision {
 /// Decides a Subscription's status from its Channel (if any), its
 /// subscriber and its dead-letter sink (the Subscription's, else the
 /// Channel's).
+/// `Ready=False`, reason `DestinationDenied`, when `policy` refuses the host
+/// of a resolved URI (the data plane would refuse it at connect time too).
+pub fn check_destination(uri: &str, policy: &DestinationPolicy, what: &str) -> Result<(), Decided> {
+    let host = uri
+        .parse::<http::Uri>()
+        .ok()
+        .and_then(|u| u.host().map(str::to_string));
+    let Some(host) = host else {
+        return Ok(());
+    };
+    policy.check_host(&host).map_err(|denied| {
+        Decided::failed(
+            READY,
+            "DestinationDenied",
+            format!(
+                "{what} {uri:?} is not an allowed destination: {denied}; ask the operator to allow it or use another address"
+            ),
+        )
+    })
+}
+
 pub fn subscription_status(
     sub: &crate::api::Subscription,
     channel: Option<&crate::api::Channel>,
     namespace: &str,
     cluster_domain: &str,
     service: &dyn Fn(&str) -> Option<std::sync::Arc<Service>>,
+    destinations: &DestinationPolicy,
 ) -> SubscriptionDecision {
-    let subscriber = resolve_destination(
-        &sub.spec.subscriber,
-        namespace,
-        cluster_domain,
-        service,
+    let checked = |r: Result<String, Decided>, what: &str| {
+        r.and_then(|uri| check_destination(&uri, destinations, what).map(|()| uri))
+    };
+    let subscriber = checked(
+        resolve_destination(
+            &sub.spec.subscriber,
+            namespace,
+            cluster_domain,
+            service,
+            "subscriber",
+        ),
         "subscriber",
     );
     let sink = sub
@@ -267,7 +309,12 @@ pub fn subscription_status(
                 .and_then(|c| c.spec.delivery.as_ref())
                 .and_then(|d| d.dead_letter_sink.as_ref())
         });
-    let sink = sink.map(|s| resolve_destination(s, namespace, cluster_domain, service, "deadLetterSink"));
+    let sink = sink.map(|s| {
+        checked(
+            resolve_destination(s, namespace, cluster_domain, service, "deadLetterSink"),
+            "deadLetterSink",
+        )
+    });
     let ready = if channel.is_none() {
         Decided::failed(
             READY,
@@ -436,20 +483,46 @@ mod tests {
             "channel: c\nsubscriber: {ref: {kind: Service, name: pricing, port: 8080}, path: /ingest}",
         );
         let ch = Channel::new("c", ChannelSpec::default());
-        let d = subscription_status(&sub, Some(&ch), "ns", "cluster.local", &|_| {
-            Some(service(&[8080]))
-        });
+        let d = subscription_status(
+            &sub,
+            Some(&ch),
+            "ns",
+            "cluster.local",
+            &|_| Some(service(&[8080])),
+            &DestinationPolicy::default(),
+        );
         assert_eq!(
             d.subscriber_uri.as_deref(),
             Some("http://pricing.ns.svc.cluster.local:8080/ingest")
         );
         assert!(d.ready.status);
-        let d = subscription_status(&sub, Some(&ch), "ns", "cluster.local", &|_| Some(service(&[80])));
+        let d = subscription_status(
+            &sub,
+            Some(&ch),
+            "ns",
+            "cluster.local",
+            &|_| Some(service(&[80])),
+            &DestinationPolicy::default(),
+        );
         assert_eq!(d.ready.reason, "ServicePortNotFound");
         assert_eq!(d.subscriber_uri, None);
-        let d = subscription_status(&sub, Some(&ch), "ns", "cluster.local", &|_| None);
+        let d = subscription_status(
+            &sub,
+            Some(&ch),
+            "ns",
+            "cluster.local",
+            &|_| None,
+            &DestinationPolicy::default(),
+        );
         assert_eq!(d.ready.reason, "ServiceNotFound");
-        let d = subscription_status(&sub, None, "ns", "cluster.local", &|_| Some(service(&[])));
+        let d = subscription_status(
+            &sub,
+            None,
+            "ns",
+            "cluster.local",
+            &|_| Some(service(&[])),
+            &DestinationPolicy::default(),
+        );
         assert_eq!(d.ready.reason, "ChannelNotFound");
     }
 
@@ -459,7 +532,14 @@ mod tests {
         let ch: ChannelSpec =
             serde_norway::from_str("delivery: {deadLetterSink: {ref: {kind: Service, name: dlq}}}").unwrap();
         let ch = Channel::new("c", ch);
-        let d = subscription_status(&sub, Some(&ch), "ns", "cluster.local", &|_| Some(service(&[])));
+        let d = subscription_status(
+            &sub,
+            Some(&ch),
+            "ns",
+            "cluster.local",
+            &|_| Some(service(&[])),
+            &DestinationPolicy::default(),
+        );
         assert_eq!(d.subscriber_uri.as_deref(), Some("http://x:1/a"));
         assert_eq!(
             d.dead_letter_sink_uri.as_deref(),
@@ -468,8 +548,80 @@ mod tests {
         let sub = subscription(
             "channel: c\nsubscriber: {uri: 'http://x:1/a'}\ndelivery: {deadLetterSink: {uri: 'http://d/'}}",
         );
-        let d = subscription_status(&sub, Some(&ch), "ns", "cluster.local", &|_| None);
+        let d = subscription_status(
+            &sub,
+            Some(&ch),
+            "ns",
+            "cluster.local",
+            &|_| None,
+            &DestinationPolicy::default(),
+        );
         assert_eq!(d.dead_letter_sink_uri.as_deref(), Some("http://d/"));
+        assert!(d.ready.status);
+    }
+
+    #[test]
+    fn denied_endpoint_urls_are_not_ready() {
+        let p = DestinationPolicy::default();
+        let d = endpoint_destination_problem(&endpoint("url: ws://169.254.169.254:80/x"), &p).unwrap();
+        assert_eq!(d.reason, "DestinationDenied");
+        let d = endpoint_destination_problem(&endpoint("url: wss://[fe80::1]/x"), &p).unwrap();
+        assert!(d.message.contains("fe80::1"), "{}", d.message);
+        assert!(endpoint_destination_problem(&endpoint("url: wss://feed.example/"), &p).is_none());
+    }
+
+    #[test]
+    fn denied_destinations_make_the_subscription_not_ready() {
+        let ch = Channel::new("c", ChannelSpec::default());
+        let none = &|_: &str| None;
+        let sub = subscription("channel: c\nsubscriber: {uri: 'http://169.254.169.254/latest/meta-data/'}");
+        let d = subscription_status(
+            &sub,
+            Some(&ch),
+            "ns",
+            "cluster.local",
+            none,
+            &DestinationPolicy::default(),
+        );
+        assert_eq!(d.ready.reason, "DestinationDenied");
+        assert!(!d.ready.status);
+        assert!(d.ready.message.contains("169.254.169.254"), "{}", d.ready.message);
+        assert_eq!(
+            d.subscriber_uri, None,
+            "a denied URI is not published to the data plane"
+        );
+        let sub = subscription(
+            "channel: c\nsubscriber: {uri: 'http://ok:1/'}\ndelivery: {deadLetterSink: {uri: 'http://metadata.google.internal/'}}",
+        );
+        let d = subscription_status(
+            &sub,
+            Some(&ch),
+            "ns",
+            "cluster.local",
+            none,
+            &DestinationPolicy::default(),
+        );
+        assert_eq!(d.ready.reason, "DestinationDenied");
+        assert!(d.ready.message.contains("deadLetterSink"), "{}", d.ready.message);
+        let policy = DestinationPolicy::from_rules(&[".svc.cluster.local".into()], &[], false).unwrap();
+        let sub = subscription("channel: c\nsubscriber: {ref: {kind: Service, name: pricing}}");
+        let d = subscription_status(
+            &sub,
+            Some(&ch),
+            "ns",
+            "cluster.local",
+            &|_| Some(service(&[])),
+            &policy,
+        );
+        assert_eq!(d.ready.reason, "DestinationDenied");
+        let d = subscription_status(
+            &sub,
+            Some(&ch),
+            "ns",
+            "cluster.local",
+            &|_| Some(service(&[])),
+            &DestinationPolicy::default(),
+        );
         assert!(d.ready.status);
     }
 }

@@ -18,6 +18,7 @@ use kube::{Resource, ResourceExt};
 use sha2::{Digest, Sha256};
 
 use crate::api::{Bridge, Endpoint};
+use crate::dataplane::DestinationPolicy;
 
 /// Field manager of everything the controller writes.
 pub const FIELD_MANAGER: &str = "wsbridge-controller";
@@ -170,7 +171,7 @@ fn field_env(name: &str, path: &str) -> EnvVar {
 /// The worker's environment: downward API, listen address and secret
 /// references (`valueFrom`, never values). `WSBRIDGE_ENDPOINT_HEADER_<i>` is
 /// 0-based over `auth.secretHeaders` sorted by header name.
-pub fn worker_env(bridge: &Bridge, endpoint: &Endpoint) -> Vec<EnvVar> {
+pub fn worker_env(bridge: &Bridge, endpoint: &Endpoint, destinations: &DestinationPolicy) -> Vec<EnvVar> {
     let mut env = vec![
         field_env("POD_IP", "status.podIP"),
         field_env("POD_NAME", "metadata.name"),
@@ -181,6 +182,14 @@ pub fn worker_env(bridge: &Bridge, endpoint: &Endpoint) -> Vec<EnvVar> {
             ..Default::default()
         },
     ];
+    // The controller's destination policy: plain values (no secrets).
+    for (name, value) in destinations.to_env() {
+        env.push(EnvVar {
+            name: name.into(),
+            value: Some(value),
+            ..Default::default()
+        });
+    }
     if let Some(auth) = &endpoint.spec.auth {
         let s = &auth.secret_ref.name;
         env.push(secret_env("WSBRIDGE_ENDPOINT_TOKEN", s, "token", true));
@@ -243,7 +252,13 @@ fn probe(path: &str) -> Probe {
 
 /// Builds the worker objects. The Deployment carries [`APPLIED_HASH`] over
 /// all four.
-pub fn worker_objects(bridge: &Bridge, endpoint: &Endpoint, image: &str, config_hash: &str) -> WorkerObjects {
+pub fn worker_objects(
+    bridge: &Bridge,
+    endpoint: &Endpoint,
+    image: &str,
+    config_hash: &str,
+    destinations: &DestinationPolicy,
+) -> WorkerObjects {
     let ns = bridge.namespace().unwrap_or_default();
     let b = bridge.name_any();
     let name = worker_name(&b);
@@ -313,7 +328,7 @@ pub fn worker_objects(bridge: &Bridge, endpoint: &Endpoint, image: &str, config_
             protocol: Some("TCP".into()),
             ..Default::default()
         }]),
-        env: Some(worker_env(bridge, endpoint)),
+        env: Some(worker_env(bridge, endpoint, destinations)),
         liveness_probe: Some(probe("/healthz")),
         readiness_probe: Some(probe("/readyz")),
         resources: Some(ResourceRequirements {
@@ -446,7 +461,7 @@ mod tests {
     #[test]
     fn deployment_is_restricted_and_owned() {
         let (b, e) = fixture();
-        let w = worker_objects(&b, &e, "img:1", "abc");
+        let w = worker_objects(&b, &e, "img:1", "abc", &DestinationPolicy::default());
         let d = &w.deployment;
         assert_eq!(d.metadata.name.as_deref(), Some("wsbridge-worker-feed"));
         let owner = &d.metadata.owner_references.as_ref().unwrap()[0];
@@ -479,7 +494,7 @@ mod tests {
     #[test]
     fn env_references_secrets_and_never_holds_values() {
         let (b, e) = fixture();
-        let env = worker_env(&b, &e);
+        let env = worker_env(&b, &e, &DestinationPolicy::default());
         let by_name = |n: &str| env.iter().find(|v| v.name == n).unwrap();
         for v in &env {
             if v.name.starts_with("WSBRIDGE_ENDPOINT") || v.name == "WSBRIDGE_BRIDGE_TOKEN" {
@@ -534,6 +549,29 @@ mod tests {
     }
 
     #[test]
+    fn the_destination_policy_reaches_the_worker_env_and_rolls_it() {
+        let (b, e) = fixture();
+        let policy = DestinationPolicy::from_rules(&["127.0.0.2/32".into()], &[], true).unwrap();
+        let env = worker_env(&b, &e, &policy);
+        let value = |n: &str| env.iter().find(|v| v.name == n).and_then(|v| v.value.clone());
+        assert_eq!(
+            value("WSBRIDGE_DESTINATION_DENY").as_deref(),
+            Some("127.0.0.2/32")
+        );
+        assert_eq!(value("WSBRIDGE_ALLOW_LINK_LOCAL").as_deref(), Some("true"));
+        assert!(value("WSBRIDGE_DESTINATION_ALLOW").is_none());
+        let hash = |p: &DestinationPolicy| {
+            worker_objects(&b, &e, "img:1", "abc", p)
+                .deployment
+                .metadata
+                .annotations
+                .unwrap()[APPLIED_HASH]
+                .clone()
+        };
+        assert_ne!(hash(&policy), hash(&DestinationPolicy::default()));
+    }
+
+    #[test]
     fn config_hash_follows_the_digests() {
         let (b, e) = fixture();
         let keys = referenced_keys(&b, &e);
@@ -554,10 +592,37 @@ mod tests {
         let (b, e) = fixture();
         let hash =
             |w: &WorkerObjects| w.deployment.metadata.annotations.as_ref().unwrap()[APPLIED_HASH].clone();
-        let one = worker_objects(&b, &e, "img:1", "abc");
-        assert_eq!(hash(&one), hash(&worker_objects(&b, &e, "img:1", "abc")));
-        assert_ne!(hash(&one), hash(&worker_objects(&b, &e, "img:2", "abc")));
-        assert_ne!(hash(&one), hash(&worker_objects(&b, &e, "img:1", "abd")));
+        let one = worker_objects(&b, &e, "img:1", "abc", &DestinationPolicy::default());
+        assert_eq!(
+            hash(&one),
+            hash(&worker_objects(
+                &b,
+                &e,
+                "img:1",
+                "abc",
+                &DestinationPolicy::default()
+            ))
+        );
+        assert_ne!(
+            hash(&one),
+            hash(&worker_objects(
+                &b,
+                &e,
+                "img:2",
+                "abc",
+                &DestinationPolicy::default()
+            ))
+        );
+        assert_ne!(
+            hash(&one),
+            hash(&worker_objects(
+                &b,
+                &e,
+                "img:1",
+                "abd",
+                &DestinationPolicy::default()
+            ))
+        );
     }
 
     #[test]

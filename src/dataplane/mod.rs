@@ -6,6 +6,7 @@
 //! adapters that feed these types.
 
 pub mod delivery;
+pub mod destination;
 pub mod duration;
 pub mod endpoint;
 pub mod message;
@@ -13,6 +14,7 @@ pub mod metrics;
 pub mod routing;
 pub mod secret;
 
+pub use destination::{DestinationDenied, DestinationPolicy};
 pub use duration::parse_duration;
 pub use message::{Message, Origin, Payload, PayloadKind};
 pub use metrics::DataplaneMetrics;

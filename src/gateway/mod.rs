@@ -43,6 +43,9 @@ pub struct GatewayOptions {
     pub send_timeout: Duration,
     /// How long in-flight deliveries may take at shutdown.
     pub drain: Duration,
+    /// Where deliveries and dead-letters may go. Sends to workers use the
+    /// built-in policy only (worker addresses are pod IPs).
+    pub destinations: Arc<crate::dataplane::DestinationPolicy>,
 }
 
 /// How a bridge can be reached right now (from its status).
@@ -112,7 +115,13 @@ impl Gateway {
             index: Arc::new(RoutingIndex::default()),
             limits: RwLock::default(),
             paths: RwLock::default(),
-            engine: Arc::new(DeliveryEngine::new(EngineConfig::default(), dataplane.clone())),
+            engine: Arc::new(DeliveryEngine::new(
+                EngineConfig {
+                    destinations: options.destinations.clone(),
+                    ..EngineConfig::default()
+                },
+                dataplane.clone(),
+            )),
             access: Access::new(client.clone(), options.access.clone()),
             http: HttpSender::new(),
             send_timeout: options.send_timeout,

@@ -197,6 +197,6 @@ async fn send_to_worker(shared: &Shared, address: &http::Uri, message: &Message)
         AttemptOutcome::Response { status, .. } if status.is_success() => Ok(()),
         AttemptOutcome::Response { status, .. } => Err(format!("the worker answered {status}")),
         AttemptOutcome::Timeout => Err("the worker did not answer in time".into()),
-        AttemptOutcome::Network(e) => Err(e),
+        AttemptOutcome::Network(e) | AttemptOutcome::Denied(e) => Err(e),
     }
 }

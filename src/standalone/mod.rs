@@ -41,6 +41,8 @@ pub struct Options {
     pub poll_interval: Duration,
     /// How long queued deliveries may take to finish at shutdown.
     pub drain_timeout: Duration,
+    /// Where deliveries, dead-letters and endpoint connections may go.
+    pub destinations: std::sync::Arc<crate::dataplane::DestinationPolicy>,
 }
 
 impl Options {
@@ -52,6 +54,7 @@ impl Options {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             poll_interval: Duration::from_secs(1),
             drain_timeout: Duration::from_secs(10),
+            destinations: Default::default(),
         }
     }
 }
@@ -108,7 +111,7 @@ pub async fn start(options: Options) -> Result<Standalone, Error> {
         "Configuration reloads after a file change, by result (applied or rejected)",
         reloads.clone(),
     );
-    let runtime = Arc::new(Runtime::new(metrics));
+    let runtime = Arc::new(Runtime::with_destinations(metrics, options.destinations.clone()));
     runtime.apply(plan);
 
     let ready = Readiness::default();

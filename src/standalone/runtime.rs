@@ -11,6 +11,7 @@ use tokio::task::JoinHandle;
 use tracing::info;
 
 use super::load::{BridgePlan, ChannelPlan, Plan};
+use crate::dataplane::DestinationPolicy;
 use crate::dataplane::delivery::{DeliveryEngine, EngineConfig, ShutdownReport};
 use crate::dataplane::endpoint::{EndpointConfig, EndpointHandle, EndpointOptions, SendError};
 use crate::dataplane::metrics::ChannelLabels;
@@ -77,16 +78,30 @@ pub struct Runtime {
     index: Arc<RoutingIndex>,
     engine: DeliveryEngine,
     metrics: Arc<DataplaneMetrics>,
+    destinations: Arc<DestinationPolicy>,
     state: Mutex<State>,
 }
 
 impl Runtime {
     /// An empty runtime; call [`Runtime::apply`] with a configuration.
     pub fn new(metrics: Arc<DataplaneMetrics>) -> Self {
+        Self::with_destinations(metrics, Arc::default())
+    }
+
+    /// An empty runtime whose deliveries and endpoint connections go only
+    /// where `destinations` allows.
+    pub fn with_destinations(metrics: Arc<DataplaneMetrics>, destinations: Arc<DestinationPolicy>) -> Self {
         Self {
             index: Arc::new(RoutingIndex::default()),
-            engine: DeliveryEngine::new(EngineConfig::default(), metrics.clone()),
+            engine: DeliveryEngine::new(
+                EngineConfig {
+                    destinations: destinations.clone(),
+                    ..EngineConfig::default()
+                },
+                metrics.clone(),
+            ),
             metrics,
+            destinations,
             state: Mutex::new(State::default()),
         }
     }
@@ -178,7 +193,10 @@ impl Runtime {
         let (config_tx, config_rx) = watch::channel(bridge.config.clone());
         let (inbound_tx, mut inbound_rx) = mpsc::channel::<Arc<Message>>(INBOUND_CAPACITY);
         let handle = EndpointHandle::spawn(
-            EndpointOptions::new(key.to_string()),
+            EndpointOptions {
+                destinations: self.destinations.clone(),
+                ..EndpointOptions::new(key.to_string())
+            },
             config_rx,
             inbound_tx,
             self.metrics.clone(),

@@ -43,6 +43,8 @@ pub struct WorkerOptions {
     pub advertise: Option<String>,
     /// How long in-flight deliveries may take at shutdown.
     pub drain: Duration,
+    /// Where deliveries, dead-letters and the endpoint connection may go.
+    pub destinations: Arc<crate::dataplane::DestinationPolicy>,
 }
 
 /// Runs the worker until SIGINT/SIGTERM, then drains.
@@ -70,7 +72,13 @@ impl Worker {
     pub async fn start(options: WorkerOptions, client: Client) -> anyhow::Result<Self> {
         let mut registry = Registry::default();
         let metrics = Arc::new(DataplaneMetrics::new(&mut registry));
-        let engine = Arc::new(DeliveryEngine::new(EngineConfig::default(), metrics.clone()));
+        let engine = Arc::new(DeliveryEngine::new(
+            EngineConfig {
+                destinations: options.destinations.clone(),
+                ..EngineConfig::default()
+            },
+            metrics.clone(),
+        ));
         let ready = Readiness::default();
         let slot: SendSlot = Arc::new(RwLock::new(None));
         let (stop, stopped) = watch::channel(false);
@@ -215,6 +223,7 @@ impl Sessions {
                 state: state_tx,
                 slot: self.slot.clone(),
                 source: translate::channel_source(&ns, &spec.channel),
+                destinations: self.options.destinations.clone(),
             },
         ));
 
@@ -324,6 +333,7 @@ impl Session {
 
 /// What the endpoint follower hands to the connection it starts.
 struct EndpointRuntime {
+    destinations: Arc<crate::dataplane::DestinationPolicy>,
     metrics: Arc<DataplaneMetrics>,
     inbound: mpsc::Sender<Arc<Message>>,
     state: watch::Sender<ConnectionState>,
@@ -395,7 +405,10 @@ async fn connect(mut configs: watch::Receiver<Option<EndpointConfig>>, rt: Endpo
     let first = first.expect("waited for Some");
     let (live_tx, live_rx) = watch::channel(first.clone());
     let handle = Arc::new(EndpointHandle::spawn(
-        EndpointOptions::new(rt.source.clone()),
+        EndpointOptions {
+            destinations: rt.destinations.clone(),
+            ..EndpointOptions::new(rt.source.clone())
+        },
         live_rx,
         rt.inbound,
         rt.metrics,

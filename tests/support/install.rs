@@ -27,6 +27,15 @@ pub struct Installation {
 }
 
 static INSTALLED: OnceCell<Installation> = OnceCell::const_new();
+static LOG_FILTER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Like [`installed`], with the controller and the gateway logging with
+/// `filter` (`RUST_LOG` syntax, e.g. `trace`) instead of the chart's level.
+/// Takes effect only if this test binary has not installed yet.
+pub async fn installed_with_log(filter: &str) -> &'static Installation {
+    let _ = LOG_FILTER.set(filter.to_string());
+    installed().await
+}
 
 /// Installs once per test binary and waits until both roles are ready.
 pub async fn installed() -> &'static Installation {
@@ -54,7 +63,11 @@ async fn install() -> Result<Installation> {
                 .await
                 .with_context(|| format!("Deployment {name}"))?;
             let listen = addr.to_string();
-            let pod = run_pod_template(cp, &client, &deployment, &[("WSBRIDGE_LISTEN", &listen)]).await?;
+            let mut overrides = vec![("WSBRIDGE_LISTEN", listen.as_str())];
+            if let Some(filter) = LOG_FILTER.get() {
+                overrides.push(("RUST_LOG", filter.as_str()));
+            }
+            let pod = run_pod_template(cp, &client, &deployment, &overrides).await?;
             Ok::<_, anyhow::Error>((addr, pod))
         }
     };

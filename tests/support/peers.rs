@@ -35,6 +35,8 @@ pub struct ServerOpts {
     pub mute_first: bool,
     /// Refuse every handshake with this HTTP status.
     pub refuse_with: Option<u16>,
+    /// Refuse only the first handshake with this HTTP status.
+    pub refuse_first_with: Option<u16>,
     pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
@@ -160,7 +162,7 @@ pub async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
 ) {
     let seen = Arc::new(Mutex::new(HeaderMap::new()));
     let seen2 = seen.clone();
-    let refuse = opts.refuse_with;
+    let refuse = opts.refuse_with.or(opts.refuse_first_with.filter(|_| n == 1));
     let select = opts.select_subprotocol;
     let callback = move |req: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
         *seen2.lock().unwrap() = req.headers().clone();

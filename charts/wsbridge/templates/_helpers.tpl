@@ -152,3 +152,18 @@ volumeMounts:
   - name: tmp
     mountPath: /tmp
 {{- end }}
+
+{{/* Command-line flags of the outbound destination policy (controller, gateway). */}}
+{{- define "wsbridge.destinationArgs" -}}
+{{- range .Values.destinations.deny }}
+- --destination-deny
+- {{ . | quote }}
+{{- end }}
+{{- range .Values.destinations.allow }}
+- --destination-allow
+- {{ . | quote }}
+{{- end }}
+{{- if .Values.destinations.allowLinkLocal }}
+- --allow-link-local
+{{- end }}
+{{- end }}

@@ -16,6 +16,7 @@ use tracing::{debug, warn};
 
 use super::http::HttpSender;
 use super::policy::{AttemptOutcome, DeliveryPolicy, Verdict, classify};
+use crate::dataplane::destination::DestinationPolicy;
 use crate::dataplane::message::Message;
 use crate::dataplane::metrics::{DataplaneMetrics, ReasonLabels, SubscriberLabels};
 use crate::dataplane::routing::{ChannelKey, ChannelRoutes};
@@ -44,6 +45,10 @@ pub struct EngineConfig {
     /// How long a removed subscriber may keep draining its queue; after that
     /// the rest is dead-lettered (reason `unsubscribed`) or dropped.
     pub removal_grace: Duration,
+    /// Where deliveries and dead-letters may go (checked at connect time on
+    /// the resolved addresses); denied ones are dead-lettered or dropped
+    /// with reason `destination_denied`.
+    pub destinations: Arc<DestinationPolicy>,
 }
 
 impl Default for EngineConfig {
@@ -53,6 +58,7 @@ impl Default for EngineConfig {
             dead_letter_concurrency: 32,
             dead_letter_attempts: 3,
             removal_grace: Duration::from_secs(30),
+            destinations: Arc::default(),
         }
     }
 }
@@ -255,7 +261,7 @@ impl DeliveryEngine {
     pub fn new(config: EngineConfig, metrics: Arc<DataplaneMetrics>) -> Self {
         let (dl_tx, dl_rx) = mpsc::channel(config.dead_letter_capacity.max(1));
         let shared = Arc::new(Shared {
-            http: HttpSender::new(),
+            http: HttpSender::with_policy(config.destinations.clone()),
             metrics,
             stats: Stats::default(),
             dead_letters: dl_tx,
@@ -581,6 +587,7 @@ impl WorkerCtx {
                     return;
                 }
                 Verdict::Reject => break "rejected",
+                Verdict::Denied => break "destination_denied",
                 Verdict::Retry { retry_after } => {
                     if attempts > policy.retry {
                         break "retries_exhausted";
@@ -729,6 +736,11 @@ async fn post_dead_letter(shared: &Shared, dl: DeadLetter, attempts: u32) {
                 return;
             }
             Verdict::Reject => break,
+            Verdict::Denied => {
+                warn!(channel = %dl.channel, subscriber = %dl.subscriber, id = dl.msg.id(), reason = dl.reason, "dead-letter sink is a denied destination; dropped");
+                shared.count_drop(&dl.channel, &dl.subscriber, "destination_denied", 1);
+                return;
+            }
             Verdict::Retry { .. } if attempt < attempts => {
                 tokio::time::sleep(Duration::from_millis(100) * attempt).await;
             }

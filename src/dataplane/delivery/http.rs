@@ -1,5 +1,10 @@
 //! The pooled HTTP/1.1 client used for deliveries and dead-letters.
 
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -7,9 +12,99 @@ use http::{HeaderMap, Method, Request, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::client::legacy::connect::dns::Name;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpStream;
 
 use super::policy::{AttemptOutcome, parse_retry_after};
+use crate::dataplane::destination::{DestinationDenied, DestinationPolicy, resolve_allowed};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Resolves names with the system resolver and keeps only the addresses the
+/// policy allows; a name with none left fails with [`DestinationDenied`].
+#[derive(Clone)]
+struct GuardedResolver {
+    policy: Arc<DestinationPolicy>,
+}
+
+impl tower::Service<Name> for GuardedResolver {
+    type Response = std::vec::IntoIter<SocketAddr>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, name: Name) -> Self::Future {
+        let policy = self.policy.clone();
+        Box::pin(async move {
+            // Port 0: the connector sets the URI's port on every address.
+            let allowed = resolve_allowed(&policy, name.as_str(), 0).await?;
+            Ok(allowed.into_iter())
+        })
+    }
+}
+
+/// An [`HttpConnector`] that enforces a [`DestinationPolicy`] before any
+/// connection is made: on the host name, on IP literals (which the inner
+/// connector would not resolve) and, through [`GuardedResolver`], on every
+/// address a name resolves to.
+#[derive(Clone)]
+pub struct GuardedConnector {
+    inner: HttpConnector<GuardedResolver>,
+    policy: Arc<DestinationPolicy>,
+}
+
+impl GuardedConnector {
+    fn new(policy: Arc<DestinationPolicy>) -> Self {
+        let mut inner = HttpConnector::new_with_resolver(GuardedResolver {
+            policy: policy.clone(),
+        });
+        inner.set_nodelay(true);
+        inner.set_keepalive(Some(Duration::from_secs(60)));
+        Self { inner, policy }
+    }
+}
+
+impl tower::Service<Uri> for GuardedConnector {
+    type Response = TokioIo<TcpStream>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, dst: Uri) -> Self::Future {
+        if let Err(denied) = dst.host().map_or(Ok(()), |h| self.policy.check_host(h)) {
+            return Box::pin(std::future::ready(Err(Box::new(denied) as BoxError)));
+        }
+        let connecting = self.inner.call(dst);
+        Box::pin(async move { connecting.await.map_err(Into::into) })
+    }
+}
+
+/// The [`DestinationDenied`] somewhere in an error's source chain.
+fn denial_of<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a DestinationDenied> {
+    let mut current: Option<&'a (dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = current {
+        if let Some(d) = err.downcast_ref::<DestinationDenied>() {
+            return Some(d);
+        }
+        // `io::Error::source` skips its own inner error: look at it directly.
+        if let Some(d) = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<DestinationDenied>())
+        {
+            return Some(d);
+        }
+        current = err.source();
+    }
+    None
+}
 
 /// Response bodies beyond this are not read (the connection is then not reused).
 const MAX_RESPONSE_BODY: usize = 64 * 1024;
@@ -17,7 +112,7 @@ const MAX_RESPONSE_BODY: usize = 64 * 1024;
 /// A keep-alive connection pool shared by all subscribers.
 #[derive(Clone)]
 pub struct HttpSender {
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<GuardedConnector, Full<Bytes>>,
 }
 
 impl Default for HttpSender {
@@ -27,11 +122,15 @@ impl Default for HttpSender {
 }
 
 impl HttpSender {
-    /// A pooled HTTP/1.1 client (plain `http://`).
+    /// A pooled HTTP/1.1 client (plain `http://`) with the default
+    /// [`DestinationPolicy`] (link-local and cloud metadata denied).
     pub fn new() -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_keepalive(Some(Duration::from_secs(60)));
+        Self::with_policy(Arc::new(DestinationPolicy::default()))
+    }
+
+    /// A pooled HTTP/1.1 client that connects only where `policy` allows.
+    pub fn with_policy(policy: Arc<DestinationPolicy>) -> Self {
+        let connector = GuardedConnector::new(policy);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(256)
@@ -68,7 +167,10 @@ impl HttpSender {
         match tokio::time::timeout(timeout, exchange).await {
             Err(_) => AttemptOutcome::Timeout,
             Ok(Ok(outcome)) => outcome,
-            Ok(Err(e)) => AttemptOutcome::Network(describe(&e)),
+            Ok(Err(e)) => match denial_of(&e) {
+                Some(denied) => AttemptOutcome::Denied(denied.to_string()),
+                None => AttemptOutcome::Network(describe(&e)),
+            },
         }
     }
 }

@@ -112,6 +112,8 @@ pub enum AttemptOutcome {
     Timeout,
     /// Connect or I/O failure.
     Network(String),
+    /// The destination policy refused the address (never retried).
+    Denied(String),
 }
 
 /// What to do after an attempt.
@@ -126,6 +128,9 @@ pub enum Verdict {
     },
     /// Any other status (4xx, 3xx, 1xx): retrying cannot help.
     Reject,
+    /// The destination policy refused the address: not retried, reason
+    /// `destination_denied`.
+    Denied,
 }
 
 /// Classifies an attempt: retry on network errors, timeouts, 5xx, 408 and
@@ -133,6 +138,7 @@ pub enum Verdict {
 pub fn classify(outcome: &AttemptOutcome) -> Verdict {
     match outcome {
         AttemptOutcome::Timeout | AttemptOutcome::Network(_) => Verdict::Retry { retry_after: None },
+        AttemptOutcome::Denied(_) => Verdict::Denied,
         AttemptOutcome::Response { status, retry_after } => {
             if status.is_success() {
                 Verdict::Delivered

@@ -7,6 +7,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
+
+use crate::dataplane::destination::{DestinationPolicy, resolve_allowed};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
@@ -86,6 +88,8 @@ pub struct EndpointOptions {
     pub name: String,
     /// Capacity of the outbound (publish) buffer.
     pub outbound_capacity: usize,
+    /// Where the connection may go (checked on the resolved addresses).
+    pub destinations: Arc<DestinationPolicy>,
 }
 
 impl EndpointOptions {
@@ -94,6 +98,7 @@ impl EndpointOptions {
         Self {
             name: name.into(),
             outbound_capacity: 1024,
+            destinations: Arc::default(),
         }
     }
 }
@@ -141,6 +146,7 @@ impl EndpointHandle {
             state: state_tx,
             stop: stop_rx,
             metrics,
+            destinations: options.destinations,
         };
         let task = tokio::spawn(runner.run());
         Self {
@@ -228,6 +234,7 @@ struct Runner {
     state: watch::Sender<ConnectionState>,
     stop: watch::Receiver<bool>,
     metrics: Arc<DataplaneMetrics>,
+    destinations: Arc<DestinationPolicy>,
 }
 
 /// Resolves when the watched value changes; never when the sender is gone.
@@ -359,10 +366,25 @@ impl Runner {
             .max_message_size(Some(ceiling))
             .max_frame_size(Some(ceiling));
         debug!(endpoint = %self.name, url = %cfg.display_url(), "connecting");
-        let attempt = tokio::time::timeout(
-            cfg.connect_timeout,
-            tokio_tungstenite::connect_async_tls_with_config(request, Some(ws_config), true, Some(connector)),
-        );
+        let policy = self.destinations.clone();
+        let target = cfg
+            .effective_url()
+            .ok()
+            .and_then(|u| Some((u.host_str()?.to_string(), u.port_or_known_default()?)));
+        let attempt = tokio::time::timeout(cfg.connect_timeout, async move {
+            let (host, port) = target.ok_or_else(|| {
+                tokio_tungstenite::tungstenite::Error::Url(
+                    tokio_tungstenite::tungstenite::error::UrlError::NoHostName,
+                )
+            })?;
+            // The destination policy is checked on every resolved address
+            // before any packet leaves.
+            let addrs = resolve_allowed(&policy, &host, port).await?;
+            let stream = TcpStream::connect(&addrs[..]).await?;
+            let _ = stream.set_nodelay(true);
+            tokio_tungstenite::client_async_tls_with_config(request, stream, Some(ws_config), Some(connector))
+                .await
+        });
         tokio::select! {
             _ = stopped(&mut self.stop) => Connect::Stopped,
             // Any change while connecting: start over at once with it.
