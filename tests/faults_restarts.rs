@@ -151,7 +151,7 @@ async fn a_gateway_terminated_under_load_delivers_every_publish_it_accepted() ->
     let accepted = accepted.lock().unwrap().clone();
     let lost = lost(&accepted, &[&a, &b], &feed).await;
     eprintln!(
-        "FIGURES gateway SIGTERM under load: {} publishes accepted ({} of them after SIGTERM was sent... at most), refused {:?} (0 = no answer); lost {lost}",
+        "FIGURES gateway SIGTERM under load: {} publishes accepted ({} while it was shutting down), refused {:?} (0 = connection refused once it stopped listening); lost {lost}",
         accepted.len(),
         accepted.len() - before,
         refused.lock().unwrap(),
@@ -198,10 +198,11 @@ async fn a_worker_terminated_under_load_sends_out_every_publish_it_accepted() ->
         .logs()
         .lines()
         .find(|l| l.contains("deliveries drained"))
-        .unwrap_or("")
-        .to_string();
+        .and_then(|l| l.split("report").nth(1))
+        .map(|r| r.chars().filter(|c| !c.is_control()).collect::<String>())
+        .unwrap_or_default();
     eprintln!(
-        "FIGURES worker SIGTERM under publish load: {} publishes accepted ({at_term} before the replacement), refused {:?} (503 while no worker is connected); lost {lost}; old worker: {drained}",
+        "FIGURES worker SIGTERM under publish load: {} publishes accepted ({at_term} before the replacement), refused {:?} (503 while no worker is connected); lost {lost}; old worker's drain report{drained}",
         accepted.len(),
         refused.lock().unwrap(),
     );
