@@ -116,3 +116,33 @@ async fn the_worker_survives_50_endpoint_crashes_and_delivers_everything_sent_wh
     );
     Ok(())
 }
+
+/// What the worker's `POST /v1/send` answered 202 for sits in the
+/// connection's outbound queue: closing the connection (SIGTERM, a changed
+/// Bridge) sends it first, before the close frame.
+#[tokio::test]
+async fn closing_the_connection_sends_every_message_already_accepted_first() -> Result<()> {
+    use std::sync::Arc;
+    use wsbridge::dataplane::endpoint::{EndpointConfig, EndpointHandle, EndpointOptions};
+    use wsbridge::dataplane::{DataplaneMetrics, Message, Origin, Payload};
+
+    let feed = Feed::start().await?;
+    let metrics = Arc::new(DataplaneMetrics::unregistered());
+    let (_config, config_rx) = tokio::sync::watch::channel(EndpointConfig::new(&feed.url()));
+    let (inbound, _inbound_rx) = tokio::sync::mpsc::channel(16);
+    let handle = EndpointHandle::spawn(EndpointOptions::new("default/feed"), config_rx, inbound, metrics);
+    assert!(handle.wait_connected(Duration::from_secs(10)).await);
+    let mut accepted = 0;
+    for n in 0..500 {
+        let payload = Payload::text(format!("out {n}"));
+        if handle.try_send(Arc::new(Message::new(payload, Origin::Published, "test"))).is_ok() {
+            accepted += 1;
+        }
+    }
+    handle.shutdown().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let written = feed.frames.lock().unwrap().len();
+    eprintln!("FIGURES endpoint close: {accepted} sends accepted, {written} written before the close frame");
+    assert_eq!(written, accepted, "accepted sends lost when the connection closed");
+    Ok(())
+}

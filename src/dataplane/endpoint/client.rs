@@ -198,6 +198,16 @@ impl EndpointHandle {
             .unwrap_or(false)
     }
 
+    /// Closes the connection like [`EndpointHandle::shutdown`], for a shared
+    /// handle: waits until the task has stopped, or `timeout` passes.
+    /// Returns whether it stopped.
+    pub async fn close(&self, timeout: Duration) -> bool {
+        let _ = self.stop.send(true);
+        let mut state = self.state.clone();
+        let stopped = state.wait_for(|s| matches!(s, ConnectionState::Stopped));
+        matches!(tokio::time::timeout(timeout, stopped).await, Ok(Ok(_)))
+    }
+
     /// Closes the connection (with a close frame) and ends the task.
     pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
@@ -249,6 +259,21 @@ fn protocol_ceiling(limit: usize) -> usize {
 
 /// How long a single write may take before the connection counts as dead.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long queued outbound messages may take to go out when the connection closes.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The WebSocket frame of a message: text stays text, binary stays binary.
+fn frame_of(msg: &Message) -> WsMessage {
+    let payload = msg.payload();
+    match payload.kind() {
+        PayloadKind::Text => match tokio_tungstenite::tungstenite::Utf8Bytes::try_from(payload.bytes().clone()) {
+            Ok(t) => WsMessage::Text(t),
+            Err(_) => WsMessage::Binary(payload.bytes().clone()),
+        },
+        PayloadKind::Binary => WsMessage::Binary(payload.bytes().clone()),
+    }
+}
+
 /// A connection that lasted this long resets the backoff.
 const HEALTHY_AFTER: Duration = Duration::from_secs(10);
 
@@ -337,6 +362,17 @@ impl Runner {
             }
         }
         self.metrics.connected.get_or_create(&self.labels).set(0);
+        // Accepted while connected, never sent (the connection was lost, or
+        // the flush above gave up): counted, not lost silently.
+        self.outbound.close();
+        let mut unsent = 0;
+        while self.outbound.try_recv().is_ok() {
+            self.metrics.drop_endpoint(&self.name, "shutdown");
+            unsent += 1;
+        }
+        if unsent > 0 {
+            warn!(endpoint = %self.name, unsent, "stopped with messages not sent to the endpoint; dropped");
+        }
         self.set_state(ConnectionState::Stopped);
         debug!(endpoint = %self.name, "endpoint client stopped");
     }
@@ -382,6 +418,23 @@ impl Runner {
         }
     }
 
+    /// Sends every message still queued for the endpoint (at shutdown), within
+    /// [`FLUSH_TIMEOUT`]; whatever cannot be sent is counted as dropped.
+    async fn flush_outbound(&mut self, ws: &mut Ws) {
+        let deadline = Instant::now() + FLUSH_TIMEOUT;
+        while let Ok(msg) = self.outbound.try_recv() {
+            match tokio::time::timeout_at(deadline, ws.send(frame_of(&msg))).await {
+                Ok(Ok(())) => {
+                    self.metrics.sent.get_or_create(&self.labels).inc();
+                }
+                _ => {
+                    self.metrics.drop_endpoint(&self.name, "send_failed");
+                    break;
+                }
+            }
+        }
+    }
+
     async fn session(
         &mut self,
         ws: Box<Ws>,
@@ -419,6 +472,8 @@ impl Runner {
             };
             tokio::select! {
                 _ = stopped(&mut self.stop) => {
+                    // What was accepted for the endpoint goes out before the close frame.
+                    self.flush_outbound(&mut ws).await;
                     let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
                     return SessionEnd::Stopped;
                 }
@@ -491,15 +546,7 @@ impl Runner {
                 }
                 out = self.outbound.recv() => {
                     let Some(msg) = out else { return SessionEnd::Stopped };
-                    let payload = msg.payload();
-                    let frame = match payload.kind() {
-                        PayloadKind::Text => match tokio_tungstenite::tungstenite::Utf8Bytes::try_from(payload.bytes().clone()) {
-                            Ok(t) => WsMessage::Text(t),
-                            Err(_) => WsMessage::Binary(payload.bytes().clone()),
-                        },
-                        PayloadKind::Binary => WsMessage::Binary(payload.bytes().clone()),
-                    };
-                    match tokio::time::timeout(WRITE_TIMEOUT, ws.send(frame)).await {
+                    match tokio::time::timeout(WRITE_TIMEOUT, ws.send(frame_of(&msg))).await {
                         Ok(Ok(())) => {
                             self.metrics.sent.get_or_create(&self.labels).inc();
                         }
