@@ -348,7 +348,8 @@ pub fn metric_sum(metrics: &str, name: &str, filters: &[&str]) -> f64 {
         })
         .filter(|l| filters.iter().all(|f| l.contains(f)))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+        .sum::<f64>()
+        + 0.0 // an empty sum is -0.0
 }
 
 /// A `/proc/PID/status` field in kB (`VmHWM`, `VmRSS`).
