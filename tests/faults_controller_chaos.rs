@@ -135,8 +135,17 @@ async fn killing_the_leader_20_times_during_changes_converges_to_one_worker_per_
     let mut live: BTreeSet<usize> = BTreeSet::new();
     let mut moved = 0;
     for i in 0..KILLS {
+        let wait_start = Instant::now();
+        let names: Vec<String> = replicas.iter().map(|(n, _)| n.clone()).collect();
+        let leader = support::eventually(WAIT, "a live lease holder", || {
+            let (leases, names) = (leases.clone(), names.clone());
+            async move { Ok(holder(&leases).await?.filter(|h| names.contains(h))) }
+        })
+        .await?;
+        takeovers.push(wait_start.elapsed());
         // Changes: a new Bridge; an older one moves to the other Endpoint;
-        // every third round one is deleted.
+        // every third round one is deleted. The leader gets a random part
+        // of the way through them before it dies.
         support::apply_yaml(&client, &bridge(&format!("b{i}"), "ep-a"), Some(&ns)).await?;
         live.insert(i);
         if i >= 2 && live.contains(&(i - 2)) {
@@ -152,16 +161,7 @@ async fn killing_the_leader_20_times_during_changes_converges_to_one_worker_per_
         if i % 3 == 2 && live.remove(&(i - 1)) {
             bridges.delete(&format!("b{}", i - 1), &DeleteParams::background()).await?;
         }
-        // Let the leader get part of the way, then kill it.
-        let wait_start = Instant::now();
-        let names: Vec<String> = replicas.iter().map(|(n, _)| n.clone()).collect();
-        let leader = support::eventually(WAIT, "a live lease holder", || {
-            let (leases, names) = (leases.clone(), names.clone());
-            async move { Ok(holder(&leases).await?.filter(|h| names.contains(h))) }
-        })
-        .await?;
-        takeovers.push(wait_start.elapsed());
-        tokio::time::sleep(Duration::from_millis(rng.random_range(100..600))).await;
+        tokio::time::sleep(Duration::from_millis(rng.random_range(0..300))).await;
         let at = replicas.iter().position(|(n, _)| *n == leader).expect("the holder is a replica");
         let (_, mut dead) = replicas.remove(at);
         dead.child.kill().await?; // SIGKILL: the lease is not released

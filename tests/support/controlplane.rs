@@ -349,7 +349,8 @@ impl ControlPlane {
     }
 
     /// Stops the control-plane process `name` (e.g. `kube-apiserver`) with
-    /// SIGTERM (SIGKILL after 30 s), keeps it down for `downtime`, starts it
+    /// SIGTERM (SIGKILL after 5 s: the apiserver stops serving at once but
+    /// its process may linger), keeps it down for `downtime`, starts it
     /// again with the same arguments (same port, certs and data) and, for the
     /// apiserver, waits for `/readyz`. Its log continues in the same file.
     pub async fn restart(&self, name: &'static str, downtime: Duration) -> Result<()> {
@@ -371,7 +372,7 @@ impl ControlPlane {
         };
         let mut child = child;
         let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(5);
         while child.try_wait()?.is_none() {
             if Instant::now() > deadline {
                 let _ = child.kill();
