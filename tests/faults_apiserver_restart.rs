@@ -25,7 +25,12 @@ async fn controller_gateway_and_worker_recover_from_an_apiserver_restart_without
     let ns = support::create_namespace(&client, "faults-apiserver").await?;
     let feed = Arc::new(Feed::start().await?);
     let a = CountingSubscriber::ok().await?;
-    let yaml = objects(&ns, &feed.url(), "{allowAnonymousPublish: true}", &[("a", &a.uri, "{}")]);
+    let yaml = objects(
+        &ns,
+        &feed.url(),
+        "{allowAnonymousPublish: true}",
+        &[("a", &a.uri, "{}")],
+    );
     support::apply_yaml(&client, &yaml, Some(&ns)).await?;
     let mut worker = start_worker(&ns, "feed").await?;
     feed.wait_connections(1, WAIT).await?;
@@ -67,8 +72,14 @@ async fn controller_gateway_and_worker_recover_from_an_apiserver_restart_without
         );
     }
     assert!(worker.is_running(), "worker log:\n{}", worker.logs());
-    assert!(installation.controller.lock().unwrap().is_running(), "the controller exited");
-    assert!(installation.gateway.lock().unwrap().is_running(), "the gateway exited");
+    assert!(
+        installation.controller.lock().unwrap().is_running(),
+        "the controller exited"
+    );
+    assert!(
+        installation.gateway.lock().unwrap().is_running(),
+        "the gateway exited"
+    );
 
     // A Subscription created now: the controller resolves it, the worker
     // follows it, the gateway delivers publishes to it.

@@ -55,11 +55,17 @@ async fn divergence(bridges: &Api<Bridge>, deployments: &Api<Deployment>) -> Res
             .and_then(|s| conditions::find(&s.conditions, conditions::READY).cloned())
             .and_then(|c| c.observed_generation);
         if observed != generation {
-            problems.push(format!("{}: Ready observed {observed:?}, generation {generation:?}", b.name_any()));
+            problems.push(format!(
+                "{}: Ready observed {observed:?}, generation {generation:?}",
+                b.name_any()
+            ));
         }
         want.insert(
             format!("wsbridge-worker-{}", b.name_any()),
-            (b.uid().unwrap_or_default(), format!("cred-{}", &b.spec.endpoint[3..])),
+            (
+                b.uid().unwrap_or_default(),
+                format!("cred-{}", &b.spec.endpoint[3..]),
+            ),
         );
     }
     let mut have = BTreeSet::new();
@@ -159,10 +165,15 @@ async fn killing_the_leader_20_times_during_changes_converges_to_one_worker_per_
             moved += 1;
         }
         if i % 3 == 2 && live.remove(&(i - 1)) {
-            bridges.delete(&format!("b{}", i - 1), &DeleteParams::background()).await?;
+            bridges
+                .delete(&format!("b{}", i - 1), &DeleteParams::background())
+                .await?;
         }
         tokio::time::sleep(Duration::from_millis(rng.random_range(0..300))).await;
-        let at = replicas.iter().position(|(n, _)| *n == leader).expect("the holder is a replica");
+        let at = replicas
+            .iter()
+            .position(|(n, _)| *n == leader)
+            .expect("the holder is a replica");
         let (_, mut dead) = replicas.remove(at);
         dead.child.kill().await?; // SIGKILL: the lease is not released
         let name = format!("n{i}");

@@ -24,7 +24,8 @@ const MAX_DELAY: Duration = Duration::from_millis(500);
 const SLACK: Duration = Duration::from_millis(1500);
 
 #[tokio::test]
-async fn the_worker_survives_50_endpoint_crashes_and_delivers_everything_sent_while_connected() -> Result<()> {
+async fn the_worker_survives_50_endpoint_crashes_and_delivers_everything_sent_while_connected() -> Result<()>
+{
     support::install::installed().await;
     let client = support::shared().await.client();
     let ns = support::create_namespace(&client, "faults-flaps").await?;
@@ -53,7 +54,10 @@ async fn the_worker_survives_50_endpoint_crashes_and_delivers_everything_sent_wh
         while Instant::now() < until {
             let seq = attempted;
             attempted += 1;
-            if feed.send(WsMessage::Text(format!("{{\"seq\":{seq}}}").into())).await {
+            if feed
+                .send(WsMessage::Text(format!("{{\"seq\":{seq}}}").into()))
+                .await
+            {
                 sent.insert(seq);
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
@@ -64,7 +68,11 @@ async fn the_worker_survives_50_endpoint_crashes_and_delivers_everything_sent_wh
         // Crash, stay down for a while, come back on the same port.
         feed.kill().await;
         tokio::time::sleep(Duration::from_millis(rng.random_range(20..200))).await;
-        assert!(worker.is_running(), "the worker exited at flap {flap}:\n{}", worker.logs());
+        assert!(
+            worker.is_running(),
+            "the worker exited at flap {flap}:\n{}",
+            worker.logs()
+        );
         let back = Instant::now();
         feed.listen().await?;
         let connected = feed.wait_connections(flap + 2, WAIT).await?;
@@ -80,11 +88,16 @@ async fn the_worker_survives_50_endpoint_crashes_and_delivers_everything_sent_wh
     // Everything flushed while connected arrives, once, at both subscribers.
     let expected: BTreeSet<String> = sent.iter().map(|s| format!("{{\"seq\":{s}}}")).collect();
     let got = |s: &CountingSubscriber| -> BTreeSet<String> {
-        s.bodies().into_iter().filter(|b| b.starts_with("{\"seq\"")).collect()
+        s.bodies()
+            .into_iter()
+            .filter(|b| b.starts_with("{\"seq\""))
+            .collect()
     };
     for (name, sub) in ["a", "b"].iter().zip(&subs) {
         let waited = sub
-            .wait_for("all frames delivered", Duration::from_secs(30), |s| got(s).len() >= expected.len())
+            .wait_for("all frames delivered", Duration::from_secs(30), |s| {
+                got(s).len() >= expected.len()
+            })
             .await;
         let received = got(sub);
         let missing: Vec<_> = expected.difference(&received).take(10).collect();
@@ -135,7 +148,10 @@ async fn closing_the_connection_sends_every_message_already_accepted_first() -> 
     let mut accepted = 0;
     for n in 0..500 {
         let payload = Payload::text(format!("out {n}"));
-        if handle.try_send(Arc::new(Message::new(payload, Origin::Published, "test"))).is_ok() {
+        if handle
+            .try_send(Arc::new(Message::new(payload, Origin::Published, "test")))
+            .is_ok()
+        {
             accepted += 1;
         }
     }
@@ -143,6 +159,9 @@ async fn closing_the_connection_sends_every_message_already_accepted_first() -> 
     tokio::time::sleep(Duration::from_millis(300)).await;
     let written = feed.frames.lock().unwrap().len();
     eprintln!("FIGURES endpoint close: {accepted} sends accepted, {written} written before the close frame");
-    assert_eq!(written, accepted, "accepted sends lost when the connection closed");
+    assert_eq!(
+        written, accepted,
+        "accepted sends lost when the connection closed"
+    );
     Ok(())
 }

@@ -59,7 +59,11 @@ async fn with_enough_retries_a_subscriber_failing_30_percent_gets_every_message_
         &feed.url(),
         "{}",
         &[
-            ("flaky", &flaky_sub.uri, "{retry: 12, backoffPolicy: linear, backoffDelay: 5ms}"),
+            (
+                "flaky",
+                &flaky_sub.uri,
+                "{retry: 12, backoffPolicy: linear, backoffDelay: 5ms}",
+            ),
             ("steady", &steady.uri, "{}"),
         ],
     );
@@ -71,8 +75,10 @@ async fn with_enough_retries_a_subscriber_failing_30_percent_gets_every_message_
     let started = std::time::Instant::now();
     let sent = stream(&feed).await?;
     for (name, sub) in [("flaky", &flaky_sub), ("steady", &steady)] {
-        sub.wait_for(name, Duration::from_secs(45), |s| seq_bodies(s.bodies()).len() >= MESSAGES)
-            .await?;
+        sub.wait_for(name, Duration::from_secs(45), |s| {
+            seq_bodies(s.bodies()).len() >= MESSAGES
+        })
+        .await?;
         assert_eq!(seq_bodies(sub.bodies()), sent, "{name}");
         assert_eq!(sub.duplicates(), 0, "{name} got a message twice");
     }
@@ -116,7 +122,12 @@ async fn with_retries_exhausted_delivered_plus_dead_lettered_equals_sent_exactly
         "{{retry: 1, backoffDelay: 5ms, deadLetterSink: {{uri: '{}'}}}}",
         sink.uri
     );
-    let yaml = objects(&ns, &feed.url(), "{}", &[("r0", &r0.uri, &d0), ("r1", &r1.uri, &d1)]);
+    let yaml = objects(
+        &ns,
+        &feed.url(),
+        "{}",
+        &[("r0", &r0.uri, &d0), ("r1", &r1.uri, &d1)],
+    );
     support::apply_yaml(&client, &yaml, Some(&ns)).await?;
     let worker = start_worker(&ns, "feed").await?;
     feed.wait_connections(1, WAIT).await?;
@@ -132,7 +143,10 @@ async fn with_retries_exhausted_delivered_plus_dead_lettered_equals_sent_exactly
         sink.wait_for(name, Duration::from_secs(45), accounted).await?;
         let delivered = seq_bodies(sub.bodies());
         let dead = seq_bodies(sink.bodies_from(&id));
-        assert!(delivered.is_disjoint(&dead), "{name}: a message was both delivered and dead-lettered");
+        assert!(
+            delivered.is_disjoint(&dead),
+            "{name}: a message was both delivered and dead-lettered"
+        );
         let all: BTreeSet<String> = delivered.union(&dead).cloned().collect();
         assert_eq!(all, sent, "{name}: delivered + dead-lettered != sent");
         assert_eq!(sub.duplicates(), 0, "{name} got a message twice");
@@ -157,7 +171,11 @@ async fn with_retries_exhausted_delivered_plus_dead_lettered_equals_sent_exactly
         let dead = metric_sum(&m, "wsbridge_messages_dead_lettered_total", &[&label]);
         let dropped = metric_sum(&m, "wsbridge_messages_dropped_total", &[&label]);
         assert_eq!(delivered, sub.delivered() as f64, "{name}: delivered metric");
-        assert_eq!(dead, sink.bodies_from(&id).len() as f64, "{name}: dead-lettered metric");
+        assert_eq!(
+            dead,
+            sink.bodies_from(&id).len() as f64,
+            "{name}: dead-lettered metric"
+        );
         assert_eq!(dropped, 0.0, "{name}: dropped metric");
         let exhausted = metric_sum(
             &m,

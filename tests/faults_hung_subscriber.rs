@@ -47,7 +47,8 @@ async fn run(
     for seq in 0..n {
         if seq > 0 && seq % chunk == 0 {
             for sub in subs {
-                sub.wait_for(tag, Duration::from_secs(40), |s| count(s) >= seq).await?;
+                sub.wait_for(tag, Duration::from_secs(40), |s| count(s) >= seq)
+                    .await?;
             }
         }
         anyhow::ensure!(
@@ -56,7 +57,8 @@ async fn run(
         );
     }
     for sub in subs {
-        sub.wait_for(tag, Duration::from_secs(40), |s| count(s) >= n).await?;
+        sub.wait_for(tag, Duration::from_secs(40), |s| count(s) >= n)
+            .await?;
         assert_eq!(count(sub), n, "{tag}");
     }
     Ok(n as f64 / started.elapsed().as_secs_f64())
@@ -73,7 +75,12 @@ async fn a_hung_subscriber_neither_slows_the_others_nor_grows_the_workers_memory
     // The healthy subscribers' queues take a whole burst: the endpoint sends
     // faster than they answer, and a full queue drops (by design).
     let roomy = "{queueCapacity: 4096}";
-    let yaml = objects(&ns, &feed.url(), "{}", &[("a", &a.uri, roomy), ("b", &b.uri, roomy)]);
+    let yaml = objects(
+        &ns,
+        &feed.url(),
+        "{}",
+        &[("a", &a.uri, roomy), ("b", &b.uri, roomy)],
+    );
     support::apply_yaml(&client, &yaml, Some(&ns)).await?;
     let worker = start_worker(&ns, "feed").await?;
     let pid = worker.child.id();
@@ -84,10 +91,18 @@ async fn a_hung_subscriber_neither_slows_the_others_nor_grows_the_workers_memory
     let warm = run(&feed, &[&a, &b], "warmup", 200, SMALL, BURST).await?;
     let baseline = run(&feed, &[&a, &b], "baseline", BURST, SMALL, BURST).await?;
     let hung_delivery = format!("{{timeout: 60s, retry: 0, queueCapacity: {QUEUE}}}");
-    support::apply_yaml(&client, &subscription(&ns, "hung", &hung.uri, &hung_delivery), Some(&ns)).await?;
+    support::apply_yaml(
+        &client,
+        &subscription(&ns, "hung", &hung.uri, &hung_delivery),
+        Some(&ns),
+    )
+    .await?;
     let deadline = Instant::now() + WAIT;
     while hung.requests.load(std::sync::atomic::Ordering::SeqCst) == 0 {
-        anyhow::ensure!(Instant::now() < deadline, "the hung subscriber never got a request");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the hung subscriber never got a request"
+        );
         feed.send(WsMessage::Text("probe hung".into())).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -102,7 +117,11 @@ async fn a_hung_subscriber_neither_slows_the_others_nor_grows_the_workers_memory
     tokio::time::sleep(Duration::from_millis(300)).await;
     let m = metrics(pod_addr(&worker)).await?;
     let label = format!("subscriber=\"{ns}/hung\"");
-    let overflow = metric_sum(&m, "wsbridge_messages_dropped_total", &[&label, "reason=\"queue_full\""]);
+    let overflow = metric_sum(
+        &m,
+        "wsbridge_messages_dropped_total",
+        &[&label, "reason=\"queue_full\""],
+    );
     let hung_offered = BURST + FLOOD; // at least: probes come on top
     assert!(
         overflow >= (hung_offered - QUEUE - 1) as f64,
@@ -119,7 +138,11 @@ async fn a_hung_subscriber_neither_slows_the_others_nor_grows_the_workers_memory
         rss_after / 1024,
         hwm / 1024,
     );
-    assert!(ratio >= 0.5, "the hung subscriber slowed the others to {:.0}%", ratio * 100.0);
+    assert!(
+        ratio >= 0.5,
+        "the hung subscriber slowed the others to {:.0}%",
+        ratio * 100.0
+    );
     assert!(hwm > 0 && hwm / 1024 < MAX_HWM_MIB, "VmHWM {} MiB", hwm / 1024);
     Ok(())
 }

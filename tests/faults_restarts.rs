@@ -29,7 +29,11 @@ fn publish_load(
     gateway: impl Fn() -> SocketAddr + Send + Sync + Clone + 'static,
     channel: String,
     stop: Arc<AtomicBool>,
-) -> (Accepted, Arc<Mutex<std::collections::BTreeMap<u16, usize>>>, Vec<tokio::task::JoinHandle<()>>) {
+) -> (
+    Accepted,
+    Arc<Mutex<std::collections::BTreeMap<u16, usize>>>,
+    Vec<tokio::task::JoinHandle<()>>,
+) {
     let accepted: Accepted = Arc::default();
     let refused: Arc<Mutex<std::collections::BTreeMap<u16, usize>>> = Arc::default();
     let tasks = (0..PUBLISHERS)
@@ -108,9 +112,10 @@ fn setup_yaml(ns: &str, feed: &Feed, subs: &[&CountingSubscriber]) -> String {
 /// Publishes until one is accepted (the gateway knows the route).
 async fn wait_publishable(gateway: SocketAddr, channel: &str) -> Result<()> {
     support::eventually(WAIT, "a publish accepted", || async move {
-        let (code, _) = support::http::request(gateway, "POST", &format!("/channels/{channel}"), &[], b"warm")
-            .await
-            .unwrap_or((0, String::new()));
+        let (code, _) =
+            support::http::request(gateway, "POST", &format!("/channels/{channel}"), &[], b"warm")
+                .await
+                .unwrap_or((0, String::new()));
         Ok((code == 202).then_some(()))
     })
     .await
@@ -156,7 +161,12 @@ async fn a_gateway_terminated_under_load_delivers_every_publish_it_accepted() ->
         accepted.len() - before,
         refused.lock().unwrap(),
     );
-    assert_eq!(lost, 0, "accepted publishes lost; gateway log:\n{}", gateway.logs());
+    assert_eq!(
+        lost,
+        0,
+        "accepted publishes lost; gateway log:\n{}",
+        gateway.logs()
+    );
     Ok(())
 }
 
@@ -185,7 +195,10 @@ async fn a_worker_terminated_under_load_sends_out_every_publish_it_accepted() ->
     feed.wait_connections(2, WAIT).await?;
     let deadline = tokio::time::Instant::now() + WAIT;
     while accepted.lock().unwrap().len() < at_term + 50 {
-        anyhow::ensure!(tokio::time::Instant::now() < deadline, "publishing did not resume");
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "publishing did not resume"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     stop.store(true, Ordering::SeqCst);

@@ -221,7 +221,10 @@ impl Gateway {
     /// no subscriber.
     pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
-        if tokio::time::timeout(self.drain / 2, &mut self.server).await.is_err() {
+        if tokio::time::timeout(self.drain / 2, &mut self.server)
+            .await
+            .is_err()
+        {
             tracing::warn!("publishes still in flight after {:?}; closing", self.drain / 2);
             self.server.abort();
         }

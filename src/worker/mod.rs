@@ -110,10 +110,16 @@ impl Worker {
     /// engine after it closed would be lost.
     pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
-        if tokio::time::timeout(Duration::from_secs(5), &mut self.server).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(5), &mut self.server)
+            .await
+            .is_err()
+        {
             self.server.abort();
         }
-        if tokio::time::timeout(Duration::from_secs(15), &mut self.sessions).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(15), &mut self.sessions)
+            .await
+            .is_err()
+        {
             tracing::warn!("the session did not stop in time");
             self.sessions.abort();
         }
@@ -321,11 +327,17 @@ impl Session {
         // The Bridge's status says the worker stopped.
         self.state.send_replace(ConnectionState::Stopped);
         drop(self.state);
-        if tokio::time::timeout(Duration::from_secs(5), &mut self.status).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(5), &mut self.status)
+            .await
+            .is_err()
+        {
             self.status.abort();
         }
         // Everything the connection read reaches the engine.
-        if tokio::time::timeout(Duration::from_secs(5), &mut self.dispatcher).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(5), &mut self.dispatcher)
+            .await
+            .is_err()
+        {
             tracing::warn!("endpoint messages still undispatched; dropping them");
             self.dispatcher.abort();
         }

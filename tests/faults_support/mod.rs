@@ -184,7 +184,8 @@ impl CountingSubscriber {
                     Answer::Status(code) => {
                         let status = StatusCode::from_u16(code).unwrap();
                         if status.is_success() {
-                            let header = |h: &str| headers.get(h).and_then(|v| v.to_str().ok()).map(str::to_owned);
+                            let header =
+                                |h: &str| headers.get(h).and_then(|v| v.to_str().ok()).map(str::to_owned);
                             // A dead-letter sink gets the same ce-id once per subscriber.
                             let id = match header("x-wsbridge-subscriber") {
                                 Some(sub) => format!("{}|{sub}", header("ce-id").unwrap_or_default()),
@@ -368,10 +369,16 @@ pub async fn wait_routed(feed: &Feed, subs: &[&CountingSubscriber]) -> Result<us
     let deadline = Instant::now() + WAIT;
     let mut probes = 0;
     loop {
-        if subs.iter().all(|s| s.bodies().iter().any(|b| b.starts_with("probe"))) {
+        if subs
+            .iter()
+            .all(|s| s.bodies().iter().any(|b| b.starts_with("probe")))
+        {
             return Ok(probes);
         }
-        anyhow::ensure!(Instant::now() < deadline, "the worker did not route probes within {WAIT:?}");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the worker did not route probes within {WAIT:?}"
+        );
         if feed.send(WsMessage::Text(format!("probe {probes}").into())).await {
             probes += 1;
         }

@@ -371,7 +371,9 @@ impl ControlPlane {
             children.remove(at).1
         };
         let mut child = child;
-        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
         let deadline = Instant::now() + Duration::from_secs(5);
         while child.try_wait()?.is_none() {
             if Instant::now() > deadline {

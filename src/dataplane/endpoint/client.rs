@@ -266,10 +266,12 @@ const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 fn frame_of(msg: &Message) -> WsMessage {
     let payload = msg.payload();
     match payload.kind() {
-        PayloadKind::Text => match tokio_tungstenite::tungstenite::Utf8Bytes::try_from(payload.bytes().clone()) {
-            Ok(t) => WsMessage::Text(t),
-            Err(_) => WsMessage::Binary(payload.bytes().clone()),
-        },
+        PayloadKind::Text => {
+            match tokio_tungstenite::tungstenite::Utf8Bytes::try_from(payload.bytes().clone()) {
+                Ok(t) => WsMessage::Text(t),
+                Err(_) => WsMessage::Binary(payload.bytes().clone()),
+            }
+        }
         PayloadKind::Binary => WsMessage::Binary(payload.bytes().clone()),
     }
 }
