@@ -141,7 +141,7 @@ async fn closing_the_connection_sends_every_message_already_accepted_first() -> 
 
     let feed = Feed::start().await?;
     let metrics = Arc::new(DataplaneMetrics::unregistered());
-    let (_config, config_rx) = tokio::sync::watch::channel(EndpointConfig::new(&feed.url()));
+    let (_config, config_rx) = tokio::sync::watch::channel(EndpointConfig::new(feed.url()));
     let (inbound, _inbound_rx) = tokio::sync::mpsc::channel(16);
     let handle = EndpointHandle::spawn(EndpointOptions::new("default/feed"), config_rx, inbound, metrics);
     assert!(handle.wait_connected(Duration::from_secs(10)).await);

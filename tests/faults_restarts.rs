@@ -22,6 +22,8 @@ const PUBLISHERS: usize = 4;
 
 /// Accepted publishes: (ce-id, body).
 type Accepted = Arc<Mutex<Vec<(String, String)>>>;
+/// Refused publishes by status (0 = no answer).
+type Refused = Arc<Mutex<std::collections::BTreeMap<u16, usize>>>;
 
 /// `PUBLISHERS` tasks publishing to `gateway()` until `stop`; returns the
 /// accepted publishes and the count of refusals by status (0 = no answer).
@@ -29,13 +31,9 @@ fn publish_load(
     gateway: impl Fn() -> SocketAddr + Send + Sync + Clone + 'static,
     channel: String,
     stop: Arc<AtomicBool>,
-) -> (
-    Accepted,
-    Arc<Mutex<std::collections::BTreeMap<u16, usize>>>,
-    Vec<tokio::task::JoinHandle<()>>,
-) {
+) -> (Accepted, Refused, Vec<tokio::task::JoinHandle<()>>) {
     let accepted: Accepted = Arc::default();
-    let refused: Arc<Mutex<std::collections::BTreeMap<u16, usize>>> = Arc::default();
+    let refused: Refused = Arc::default();
     let tasks = (0..PUBLISHERS)
         .map(|p| {
             let (gateway, channel, stop) = (gateway.clone(), channel.clone(), stop.clone());

@@ -155,6 +155,9 @@ pub enum Answer {
     Hang,
 }
 
+/// 2xx answers, the body's first 64 bytes, the dead-letter reason header.
+pub type Record = (u32, Bytes, Option<String>);
+
 /// An HTTP subscriber that records, per `ce-id`, how many requests it
 /// answered with a 2xx, and the body.
 pub struct CountingSubscriber {
@@ -162,14 +165,14 @@ pub struct CountingSubscriber {
     pub requests: Arc<AtomicUsize>,
     /// ce-id (`ce-id|subscriber` at a dead-letter sink) → (2xx answers,
     /// body, dead-letter reason header).
-    pub ok: Arc<Mutex<HashMap<String, (u32, Bytes, Option<String>)>>>,
+    pub ok: Arc<Mutex<HashMap<String, Record>>>,
     task: JoinHandle<()>,
 }
 
 impl CountingSubscriber {
     pub async fn start(answer: impl Fn(usize) -> Answer + Send + Sync + 'static) -> Result<Self> {
         let requests = Arc::new(AtomicUsize::new(0));
-        let ok: Arc<Mutex<HashMap<String, (u32, Bytes, Option<String>)>>> = Arc::default();
+        let ok: Arc<Mutex<HashMap<String, Record>>> = Arc::default();
         let answer = Arc::new(answer);
         let (counter, record) = (requests.clone(), ok.clone());
         let app = Router::new().fallback(move |headers: HeaderMap, body: Bytes| {
