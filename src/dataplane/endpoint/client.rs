@@ -262,6 +262,9 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long queued outbound messages may take to go out when the connection closes.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long the endpoint gets to answer our close frame.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// The WebSocket frame of a message: text stays text, binary stays binary.
 fn frame_of(msg: &Message) -> WsMessage {
     let payload = msg.payload();
@@ -437,6 +440,49 @@ impl Runner {
         }
     }
 
+    /// An inbound message to the channel (or counted as dropped).
+    async fn hand_on(&mut self, payload: Payload, cfg: &EndpointConfig, source: &Arc<str>) {
+        if payload.len() > cfg.max_message_bytes {
+            self.metrics.drop_endpoint(&self.name, "too_large");
+            warn!(endpoint = %self.name, size = payload.len(), max = cfg.max_message_bytes, "inbound message too large; dropped");
+            return;
+        }
+        self.metrics.received.get_or_create(&self.labels).inc();
+        let msg = Message::new(payload, Origin::Endpoint, &**source)
+            .with_subscriber_token(cfg.subscriber_token.as_ref());
+        if self.inbound.send(Arc::new(msg)).await.is_err() {
+            self.metrics.drop_endpoint(&self.name, "no_consumer");
+        }
+    }
+
+    /// Sends the close frame, then reads until the endpoint's close reply
+    /// (bounded): what the endpoint sent before it saw our close frame is
+    /// still handed on, as the WebSocket closing handshake intends.
+    async fn close_and_drain(&mut self, ws: &mut Ws, cfg: &EndpointConfig, source: &Arc<str>) {
+        if !matches!(
+            tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await,
+            Ok(Ok(()))
+        ) {
+            return;
+        }
+        let drain = async {
+            while let Some(Ok(frame)) = ws.next().await {
+                let payload = match frame {
+                    WsMessage::Text(t) => Payload::text_from_bytes(Bytes::from(t)).ok(),
+                    WsMessage::Binary(b) => Some(Payload::binary(b)),
+                    WsMessage::Close(_) => break,
+                    _ => None,
+                };
+                if let Some(payload) = payload {
+                    self.hand_on(payload, cfg, source).await;
+                }
+            }
+        };
+        if tokio::time::timeout(CLOSE_TIMEOUT, drain).await.is_err() {
+            debug!(endpoint = %self.name, "no close reply from the endpoint in time");
+        }
+    }
+
     async fn session(
         &mut self,
         ws: Box<Ws>,
@@ -476,13 +522,13 @@ impl Runner {
                 _ = stopped(&mut self.stop) => {
                     // What was accepted for the endpoint goes out before the close frame.
                     self.flush_outbound(&mut ws).await;
-                    let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
+                    self.close_and_drain(&mut ws, cfg, &source).await;
                     return SessionEnd::Stopped;
                 }
                 _ = changed(&mut self.config) => {
                     let new = self.config.borrow_and_update().clone();
                     if cfg.needs_reconnect(&new) {
-                        let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
+                        self.close_and_drain(&mut ws, cfg, &source).await;
                         *cfg = new;
                         return SessionEnd::Reconfigure;
                     }
@@ -518,17 +564,7 @@ impl Runner {
                         Some(Err(e)) => return SessionEnd::Lost(describe(&e)),
                     };
                     if let Some(payload) = payload {
-                        if payload.len() > cfg.max_message_bytes {
-                            self.metrics.drop_endpoint(&self.name, "too_large");
-                            warn!(endpoint = %self.name, size = payload.len(), max = cfg.max_message_bytes, "inbound message too large; dropped");
-                            continue;
-                        }
-                        self.metrics.received.get_or_create(&self.labels).inc();
-                        let msg = Message::new(payload, Origin::Endpoint, &*source)
-                            .with_subscriber_token(cfg.subscriber_token.as_ref());
-                        if self.inbound.send(Arc::new(msg)).await.is_err() {
-                            self.metrics.drop_endpoint(&self.name, "no_consumer");
-                        }
+                        self.hand_on(payload, cfg, &source).await;
                     }
                 }
                 _ = ping.tick(), if keepalive.is_some() => {
