@@ -17,6 +17,7 @@ use faults_support::*;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::Api;
 use support::pods::run_pod_template;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 const PUBLISHERS: usize = 4;
 
@@ -210,7 +211,7 @@ async fn a_worker_terminated_under_load_sends_out_every_publish_it_accepted() ->
         .lines()
         .find(|l| l.contains("deliveries drained"))
         .and_then(|l| l.split("report").nth(1))
-        .map(|r| r.chars().filter(|c| !c.is_control()).collect::<String>())
+        .map(strip_ansi)
         .unwrap_or_default();
     eprintln!(
         "FIGURES worker SIGTERM under publish load: {} publishes accepted ({at_term} before the replacement), refused {:?} (503 while no worker is connected); lost {lost}; old worker's drain report{drained}",
@@ -224,5 +225,67 @@ async fn a_worker_terminated_under_load_sends_out_every_publish_it_accepted() ->
         worker.logs(),
         next.logs()
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_worker_terminated_under_endpoint_load_delivers_every_frame_sent_before_it_closed() -> Result<()> {
+    support::install::installed().await;
+    let client = support::shared().await.client();
+    let ns = support::create_namespace(&client, "faults-wk-ep").await?;
+    let feed = Arc::new(Feed::start().await?);
+    let (a, b) = (CountingSubscriber::ok().await?, CountingSubscriber::ok().await?);
+    support::apply_yaml(&client, &setup_yaml(&ns, &feed, &[&a, &b]), Some(&ns)).await?;
+    let mut worker = start_worker(&ns, "feed").await?;
+    feed.wait_connections(1, WAIT).await?;
+    wait_routed(&feed, &[&a, &b]).await?;
+
+    // A steady stream (a frame every millisecond, below what the subscribers
+    // take) until the worker closes.
+    let stop = Arc::new(AtomicBool::new(false));
+    let streaming = {
+        let (feed, stop) = (feed.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut sent = BTreeSet::new();
+            let mut n = 0;
+            while !stop.load(Ordering::SeqCst) {
+                let body = format!("ep {n}");
+                n += 1;
+                if feed.send(WsMessage::Text(body.clone().into())).await {
+                    sent.insert(body);
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            sent
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let code = worker.terminate(Duration::from_secs(20)).await;
+    stop.store(true, Ordering::SeqCst);
+    let sent = streaming.await?;
+    assert_eq!(code, Some(0), "worker exit; log:\n{}", worker.logs());
+    let mut lost = 0;
+    for sub in [&a, &b] {
+        let got: BTreeSet<String> = sub
+            .bodies()
+            .into_iter()
+            .filter(|b| b.starts_with("ep "))
+            .collect();
+        lost += sent.difference(&got).count();
+    }
+    let drained = worker
+        .logs()
+        .lines()
+        .find(|l| l.contains("deliveries drained"))
+        .and_then(|l| l.split("report").nth(1))
+        .map(strip_ansi)
+        .unwrap_or_default();
+    eprintln!(
+        "FIGURES worker SIGTERM under endpoint load: {} frames flushed by the endpoint before the worker's close frame, delivered {} / {}; lost {lost}; drain report{drained}",
+        sent.len(),
+        a.count_prefix("ep "),
+        b.count_prefix("ep "),
+    );
+    assert_eq!(lost, 0, "frames lost; worker log:\n{}", worker.logs());
     Ok(())
 }

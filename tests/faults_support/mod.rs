@@ -41,6 +41,9 @@ pub struct Feed {
     pub connects: Arc<Mutex<Vec<Instant>>>,
     /// Text frames received from the worker (the publish path).
     pub frames: Arc<Mutex<Vec<String>>>,
+    /// Set once the worker sent a close frame: from then on `send` refuses,
+    /// as a server does once it is closing.
+    pub closing: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Feed {
@@ -52,6 +55,7 @@ impl Feed {
             tasks: Arc::default(),
             connects: Arc::default(),
             frames: Arc::default(),
+            closing: Arc::default(),
         };
         feed.serve(listener);
         Ok(feed)
@@ -69,11 +73,12 @@ impl Feed {
     }
 
     fn serve(&self, listener: TcpListener) {
-        let (conn, tasks, connects, frames) = (
+        let (conn, tasks, connects, frames, closing) = (
             self.conn.clone(),
             self.tasks.clone(),
             self.connects.clone(),
             self.frames.clone(),
+            self.closing.clone(),
         );
         let accept = tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
@@ -81,13 +86,23 @@ impl Feed {
                     continue;
                 };
                 let (sink, mut stream) = ws.split();
+                closing.store(false, Ordering::SeqCst);
                 *conn.lock().await = Some(sink);
                 connects.lock().unwrap().push(Instant::now());
-                let frames = frames.clone();
+                let (frames, closing, conn) = (frames.clone(), closing.clone(), conn.clone());
                 let reader = tokio::spawn(async move {
                     while let Some(Ok(msg)) = stream.next().await {
-                        if let WsMessage::Text(t) = msg {
-                            frames.lock().unwrap().push(t.to_string());
+                        match msg {
+                            WsMessage::Text(t) => frames.lock().unwrap().push(t.to_string()),
+                            WsMessage::Close(_) => {
+                                // Nothing more is sent once the peer closes;
+                                // the reply goes out with the next read.
+                                closing.store(true, Ordering::SeqCst);
+                                if let Some(mut sink) = conn.lock().await.take() {
+                                    let _ = sink.close().await;
+                                }
+                            }
+                            _ => {}
                         }
                     }
                 });
@@ -108,6 +123,9 @@ impl Feed {
     /// Writes one frame on the live connection; true when it was flushed.
     pub async fn send(&self, msg: WsMessage) -> bool {
         let mut conn = self.conn.lock().await;
+        if self.closing.load(Ordering::SeqCst) {
+            return false;
+        }
         let Some(sink) = conn.as_mut() else {
             return false;
         };
@@ -412,4 +430,22 @@ pub fn percentiles(samples: &mut [Duration]) -> (f64, f64, f64) {
     }
     let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
     (ms(at(0.5)), ms(at(0.99)), ms(*samples.last().unwrap()))
+}
+
+/// A log line without its terminal colour codes.
+pub fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
