@@ -82,6 +82,7 @@ async fn next_text(endpoint: &mut WsServer) -> String {
 
 #[tokio::test]
 async fn only_publishers_allowed_to_publish_reach_the_endpoint_and_subscribers() -> Result<()> {
+    support::install::installed().await;
     let cp = support::shared().await;
     let client = cp.client();
     let ns = support::create_namespace(&client, "e2e-publish").await?;
@@ -156,6 +157,7 @@ async fn only_publishers_allowed_to_publish_reach_the_endpoint_and_subscribers()
 
 #[tokio::test]
 async fn anonymous_channels_need_no_token_and_bad_requests_get_clear_errors() -> Result<()> {
+    support::install::installed().await;
     let client = support::shared().await.client();
     let ns = support::create_namespace(&client, "e2e-anon").await?;
     let mut sub = Subscriber::ok().await;
@@ -179,6 +181,7 @@ async fn anonymous_channels_need_no_token_and_bad_requests_get_clear_errors() ->
 
 #[tokio::test]
 async fn a_channel_with_two_bridges_sends_each_publish_to_both_endpoints_once() -> Result<()> {
+    support::install::installed().await;
     let client = support::shared().await.client();
     let ns = support::create_namespace(&client, "e2e-two").await?;
     let mut a = WsServer::start(ServerOpts::default()).await;
@@ -205,6 +208,7 @@ async fn a_channel_with_two_bridges_sends_each_publish_to_both_endpoints_once() 
 
 #[tokio::test]
 async fn a_bridge_without_a_connection_answers_503() -> Result<()> {
+    support::install::installed().await;
     let client = support::shared().await.client();
     let ns = support::create_namespace(&client, "e2e-down").await?;
     // Nothing listens on this port.
