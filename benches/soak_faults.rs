@@ -164,7 +164,11 @@ async fn soak() -> Result<()> {
     );
     println!(
         "  hung (queue 256): queue_full drops {}",
-        metric_sum(&m, "wsbridge_messages_dropped_total", &[&hung_label, "reason=\"queue_full\""])
+        metric_sum(
+            &m,
+            "wsbridge_messages_dropped_total",
+            &[&hung_label, "reason=\"queue_full\""]
+        )
     );
     println!(
         "  reconnect after restart: p50 {p50:.0} ms, p99 {p99:.0} ms, max {max:.0} ms; counted by the worker {}",
