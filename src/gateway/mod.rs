@@ -89,6 +89,7 @@ impl Shared {
 /// A running gateway (the library form, used by tests and `run`).
 pub struct Gateway {
     shared: Arc<Shared>,
+    server: JoinHandle<std::io::Result<()>>,
     tasks: JoinSet<()>,
     stop: tokio::sync::watch::Sender<bool>,
     drain: Duration,
@@ -140,9 +141,6 @@ impl Gateway {
         tracing::info!(%addr, "gateway listening");
 
         let mut tasks = JoinSet::new();
-        tasks.spawn(async move {
-            let _ = server.await;
-        });
         let synced = Arc::new(std::sync::atomic::AtomicU8::new(0));
         let mark = |bit: u8| {
             let synced = synced.clone();
@@ -219,6 +217,7 @@ impl Gateway {
         ));
         Ok(Self {
             shared,
+            server,
             tasks,
             stop,
             drain: options.drain,
@@ -226,9 +225,18 @@ impl Gateway {
         })
     }
 
-    /// Stops serving and drains deliveries.
+    /// Stops serving and drains deliveries. Publishes in flight finish
+    /// first: one answered 202 after the delivery engine closed would reach
+    /// no subscriber.
     pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
+        if tokio::time::timeout(self.drain / 2, &mut self.server)
+            .await
+            .is_err()
+        {
+            tracing::warn!("publishes still in flight after {:?}; closing", self.drain / 2);
+            self.server.abort();
+        }
         let report = self.shared.engine.shutdown(self.drain).await;
         tracing::info!(?report, "deliveries drained");
         self.tasks.abort_all();

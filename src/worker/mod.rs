@@ -60,7 +60,8 @@ pub async fn run(options: WorkerOptions, client: Client) -> anyhow::Result<()> {
 /// A running worker (the library form, used by tests and `run`).
 pub struct Worker {
     engine: Arc<DeliveryEngine>,
-    tasks: JoinSet<()>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    sessions: tokio::task::JoinHandle<()>,
     stop: watch::Sender<bool>,
     drain: Duration,
     /// The bound HTTP address.
@@ -91,10 +92,6 @@ impl Worker {
         .await?;
         tracing::info!(%addr, bridge = %options.bridge, "worker listening");
 
-        let mut tasks = JoinSet::new();
-        tasks.spawn(async move {
-            let _ = server.await;
-        });
         let drain = options.drain;
         let sessions = Sessions {
             client,
@@ -104,28 +101,38 @@ impl Worker {
             ready,
             slot,
         };
-        tasks.spawn(sessions.run(stopped));
+        let sessions = tokio::spawn(sessions.run(stopped));
         Ok(Self {
             engine,
-            tasks,
+            server,
+            sessions,
             stop,
             drain,
             addr,
         })
     }
 
-    /// Stops following, closes the connection, drains deliveries.
+    /// Stops taking sends, closes the connection (sending what was accepted
+    /// for the endpoint first), hands what it read to the delivery engine,
+    /// then drains deliveries. In that order: a message that reaches the
+    /// engine after it closed would be lost.
     pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
+        if tokio::time::timeout(Duration::from_secs(5), &mut self.server)
+            .await
+            .is_err()
+        {
+            self.server.abort();
+        }
+        if tokio::time::timeout(Duration::from_secs(15), &mut self.sessions)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the session did not stop in time");
+            self.sessions.abort();
+        }
         let report = self.engine.shutdown(self.drain).await;
         tracing::info!(?report, "deliveries drained");
-        while tokio::time::timeout(Duration::from_secs(5), self.tasks.join_next())
-            .await
-            .ok()
-            .flatten()
-            .is_some()
-        {}
-        self.tasks.abort_all();
     }
 }
 
@@ -200,7 +207,7 @@ impl Sessions {
             reason: format!("waiting for Endpoint {}", spec.endpoint),
             retry_in: None,
         });
-        let reporter = tokio::spawn(status::report(
+        let status = tokio::spawn(status::report(
             Api::namespaced(self.client.clone(), &ns),
             bridge_name.clone(),
             spec.endpoint.clone(),
@@ -208,8 +215,8 @@ impl Sessions {
             self.options.advertise.clone(),
             state_rx,
         ));
-        let final_state = state_tx.clone();
 
+        let state = state_tx.clone();
         // Endpoint → connection config; the connection starts with the first valid one.
         let (inbound_tx, mut inbound_rx) = mpsc::channel::<Arc<Message>>(1024);
         tasks.spawn(follow_endpoint(
@@ -230,7 +237,7 @@ impl Sessions {
         // Endpoint messages → the channel's subscribers. Never back out.
         let engine = self.engine.clone();
         let key = channel_key.clone();
-        tasks.spawn(async move {
+        let dispatcher = tokio::spawn(async move {
             while let Some(message) = inbound_rx.recv().await {
                 engine.dispatch(&key, message);
             }
@@ -293,38 +300,55 @@ impl Sessions {
         });
         Session {
             tasks,
+            dispatcher,
+            status,
+            state,
             channel: channel_key,
-            state: final_state,
-            reporter,
         }
     }
 }
 
 struct Session {
     tasks: JoinSet<()>,
-    channel: ChannelKey,
-    /// The state users see, and its reporter, outlive the other tasks so
-    /// the last word on the Bridge is "stopped", not a stale "connected".
+    /// Endpoint messages → the delivery engine; ends once the connection
+    /// (the last inbound sender) is gone and everything it read is dispatched.
+    dispatcher: tokio::task::JoinHandle<()>,
+    /// Writes `Connected`; ends after writing the last state once every
+    /// state sender is gone.
+    status: tokio::task::JoinHandle<()>,
     state: watch::Sender<ConnectionState>,
-    reporter: tokio::task::JoinHandle<()>,
+    channel: ChannelKey,
 }
 
 impl Session {
     async fn stop(mut self, engine: &DeliveryEngine, slot: &SendSlot) {
+        // Close the connection first: it sends what was accepted for the
+        // endpoint, then stops reading.
+        let target = slot.write().ok().and_then(|mut s| s.take());
+        if let Some(target) = &target
+            && !target.handle.close(Duration::from_secs(10)).await
+        {
+            tracing::warn!("the endpoint connection did not close in time");
+        }
+        drop(target);
         self.tasks.abort_all();
         while self.tasks.join_next().await.is_some() {}
-        let target = slot.write().ok().and_then(|mut s| s.take());
-        if let Some(Ok(handle)) = target.map(|t| Arc::try_unwrap(t.handle)) {
-            handle.shutdown().await;
-        }
-        // The reporter writes this last state, then ends when the sender goes.
+        // The Bridge's status says the worker stopped.
         self.state.send_replace(ConnectionState::Stopped);
         drop(self.state);
-        if tokio::time::timeout(Duration::from_secs(5), &mut self.reporter)
+        if tokio::time::timeout(Duration::from_secs(5), &mut self.status)
             .await
             .is_err()
         {
-            self.reporter.abort();
+            self.status.abort();
+        }
+        // Everything the connection read reaches the engine.
+        if tokio::time::timeout(Duration::from_secs(5), &mut self.dispatcher)
+            .await
+            .is_err()
+        {
+            tracing::warn!("endpoint messages still undispatched; dropping them");
+            self.dispatcher.abort();
         }
         // Subscribers of a channel this worker no longer serves drain and go.
         engine.set_subscribers(&self.channel, Vec::new());

@@ -57,6 +57,8 @@ pub struct ControlPlane {
     config: Config,
     startup: Duration,
     children: Mutex<Vec<(&'static str, Child)>>,
+    /// The arguments each child was started with (for [`ControlPlane::restart`]).
+    args: Mutex<Vec<(&'static str, Vec<String>)>>,
     controller_manager: OnceCell<()>,
 }
 
@@ -161,6 +163,7 @@ impl ControlPlane {
             config: Config::new(http::Uri::from_static("https://127.0.0.1")),
             startup: Duration::ZERO,
             children: Mutex::new(Vec::new()),
+            args: Mutex::new(Vec::new()),
             controller_manager: OnceCell::new(),
         };
         let d = |name: &str| cp.dir.join(name).display().to_string();
@@ -339,7 +342,74 @@ impl ControlPlane {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push((name, child));
+        let mut all_args = self.args.lock().unwrap_or_else(|e| e.into_inner());
+        all_args.retain(|(n, _)| *n != name);
+        all_args.push((name, args.to_vec()));
         registered
+    }
+
+    /// Stops the control-plane process `name` (e.g. `kube-apiserver`) with
+    /// SIGTERM (SIGKILL after 5 s: the apiserver stops serving at once but
+    /// its process may linger), keeps it down for `downtime`, starts it
+    /// again with the same arguments (same port, certs and data) and, for the
+    /// apiserver, waits for `/readyz`. Its log continues in the same file.
+    pub async fn restart(&self, name: &'static str, downtime: Duration) -> Result<()> {
+        let args = {
+            let all_args = self.args.lock().unwrap_or_else(|e| e.into_inner());
+            all_args
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, a)| a.clone())
+                .with_context(|| format!("{name} was never started"))?
+        };
+        let child = {
+            let mut children = self.children.lock().unwrap_or_else(|e| e.into_inner());
+            let at = children
+                .iter()
+                .position(|(n, _)| *n == name)
+                .with_context(|| format!("{name} is not running"))?;
+            children.remove(at).1
+        };
+        let mut child = child;
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while child.try_wait()?.is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = reaper::forget_process_group(child.id());
+        tokio::time::sleep(downtime).await;
+        let log_path = self.log_dir.join(format!("{name}.log"));
+        let log = fs::OpenOptions::new().append(true).create(true).open(&log_path)?;
+        {
+            use std::os::unix::process::CommandExt;
+            let child = Command::new(self.bin_dir.join(name))
+                .args(&args)
+                .current_dir(&self.dir)
+                .stdin(Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .process_group(0)
+                .spawn()
+                .with_context(|| format!("restarting {name}"))?;
+            reaper::watch_process_group(child.id())?;
+            self.children
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((name, child));
+        }
+        if name == "kube-apiserver" {
+            self.wait_ready(Instant::now() + READY_TIMEOUT)
+                .await
+                .map_err(StartError::into_inner)?;
+        }
+        Ok(())
     }
 
     /// Fails (retryably when it looks like a port clash) if a child exited.

@@ -204,6 +204,16 @@ impl EndpointHandle {
             .unwrap_or(false)
     }
 
+    /// Closes the connection like [`EndpointHandle::shutdown`], for a shared
+    /// handle: waits until the task has stopped, or `timeout` passes.
+    /// Returns whether it stopped.
+    pub async fn close(&self, timeout: Duration) -> bool {
+        let _ = self.stop.send(true);
+        let mut state = self.state.clone();
+        let stopped = state.wait_for(|s| matches!(s, ConnectionState::Stopped));
+        matches!(tokio::time::timeout(timeout, stopped).await, Ok(Ok(_)))
+    }
+
     /// Closes the connection (with a close frame) and ends the task.
     pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
@@ -256,6 +266,26 @@ fn protocol_ceiling(limit: usize) -> usize {
 
 /// How long a single write may take before the connection counts as dead.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long queued outbound messages may take to go out when the connection closes.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long the endpoint gets to answer our close frame.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The WebSocket frame of a message: text stays text, binary stays binary.
+fn frame_of(msg: &Message) -> WsMessage {
+    let payload = msg.payload();
+    match payload.kind() {
+        PayloadKind::Text => {
+            match tokio_tungstenite::tungstenite::Utf8Bytes::try_from(payload.bytes().clone()) {
+                Ok(t) => WsMessage::Text(t),
+                Err(_) => WsMessage::Binary(payload.bytes().clone()),
+            }
+        }
+        PayloadKind::Binary => WsMessage::Binary(payload.bytes().clone()),
+    }
+}
+
 /// A connection that lasted this long resets the backoff.
 const HEALTHY_AFTER: Duration = Duration::from_secs(10);
 
@@ -344,6 +374,17 @@ impl Runner {
             }
         }
         self.metrics.connected.get_or_create(&self.labels).set(0);
+        // Accepted while connected, never sent (the connection was lost, or
+        // the flush above gave up): counted, not lost silently.
+        self.outbound.close();
+        let mut unsent = 0;
+        while self.outbound.try_recv().is_ok() {
+            self.metrics.drop_endpoint(&self.name, "shutdown");
+            unsent += 1;
+        }
+        if unsent > 0 {
+            warn!(endpoint = %self.name, unsent, "stopped with messages not sent to the endpoint; dropped");
+        }
         self.set_state(ConnectionState::Stopped);
         debug!(endpoint = %self.name, "endpoint client stopped");
     }
@@ -404,6 +445,66 @@ impl Runner {
         }
     }
 
+    /// Sends every message still queued for the endpoint (at shutdown), within
+    /// [`FLUSH_TIMEOUT`]; whatever cannot be sent is counted as dropped.
+    async fn flush_outbound(&mut self, ws: &mut Ws) {
+        let deadline = Instant::now() + FLUSH_TIMEOUT;
+        while let Ok(msg) = self.outbound.try_recv() {
+            match tokio::time::timeout_at(deadline, ws.send(frame_of(&msg))).await {
+                Ok(Ok(())) => {
+                    self.metrics.sent.get_or_create(&self.labels).inc();
+                }
+                _ => {
+                    self.metrics.drop_endpoint(&self.name, "send_failed");
+                    break;
+                }
+            }
+        }
+    }
+
+    /// An inbound message to the channel (or counted as dropped).
+    async fn hand_on(&mut self, payload: Payload, cfg: &EndpointConfig, stamp: &Stamp) {
+        if payload.len() > cfg.max_message_bytes {
+            self.metrics.drop_endpoint(&self.name, "too_large");
+            warn!(endpoint = %self.name, size = payload.len(), max = cfg.max_message_bytes, "inbound message too large; dropped");
+            return;
+        }
+        self.metrics.received.get_or_create(&self.labels).inc();
+        let msg = Message::new(payload, Origin::Endpoint, stamp.source.clone())
+            .with_authorization(stamp.authorization.clone());
+        if self.inbound.send(Arc::new(msg)).await.is_err() {
+            self.metrics.drop_endpoint(&self.name, "no_consumer");
+        }
+    }
+
+    /// Sends the close frame, then reads until the endpoint's close reply
+    /// (bounded): what the endpoint sent before it saw our close frame is
+    /// still handed on, as the WebSocket closing handshake intends.
+    async fn close_and_drain(&mut self, ws: &mut Ws, cfg: &EndpointConfig, stamp: &Stamp) {
+        if !matches!(
+            tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await,
+            Ok(Ok(()))
+        ) {
+            return;
+        }
+        let drain = async {
+            while let Some(Ok(frame)) = ws.next().await {
+                let payload = match frame {
+                    WsMessage::Text(t) => Payload::text_from_bytes(Bytes::from(t)).ok(),
+                    WsMessage::Binary(b) => Some(Payload::binary(b)),
+                    WsMessage::Close(_) => break,
+                    _ => None,
+                };
+                if let Some(payload) = payload {
+                    self.hand_on(payload, cfg, stamp).await;
+                }
+            }
+        };
+        if tokio::time::timeout(CLOSE_TIMEOUT, drain).await.is_err() {
+            debug!(endpoint = %self.name, "no close reply from the endpoint in time");
+        }
+    }
+
     async fn session(
         &mut self,
         ws: Box<Ws>,
@@ -430,9 +531,7 @@ impl Runner {
         let mut ping = tokio::time::interval_at(Instant::now() + interval, interval);
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut pong_deadline: Option<Instant> = None;
-        // Shared by every inbound message of this connection: built once.
-        let mut source: Arc<str> = Arc::from(cfg.inbound_source.as_str());
-        let mut authorization = cfg.subscriber_token.as_ref().and_then(|t| bearer_header(t).ok());
+        let mut stamp = Stamp::of(cfg);
 
         loop {
             let deadline = async {
@@ -443,19 +542,20 @@ impl Runner {
             };
             tokio::select! {
                 _ = stopped(&mut self.stop) => {
-                    let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
+                    // What was accepted for the endpoint goes out before the close frame.
+                    self.flush_outbound(&mut ws).await;
+                    self.close_and_drain(&mut ws, cfg, &stamp).await;
                     return SessionEnd::Stopped;
                 }
                 _ = changed(&mut self.config) => {
                     let new = self.config.borrow_and_update().clone();
                     if cfg.needs_reconnect(&new) {
-                        let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
+                        self.close_and_drain(&mut ws, cfg, &stamp).await;
                         *cfg = new;
                         return SessionEnd::Reconfigure;
                     }
                     *cfg = new;
-                    source = Arc::from(cfg.inbound_source.as_str());
-                    authorization = cfg.subscriber_token.as_ref().and_then(|t| bearer_header(t).ok());
+                    stamp = Stamp::of(cfg);
                 }
                 frame = ws.next() => {
                     let payload = match frame {
@@ -486,17 +586,7 @@ impl Runner {
                         Some(Err(e)) => return SessionEnd::Lost(describe(&e)),
                     };
                     if let Some(payload) = payload {
-                        if payload.len() > cfg.max_message_bytes {
-                            self.metrics.drop_endpoint(&self.name, "too_large");
-                            warn!(endpoint = %self.name, size = payload.len(), max = cfg.max_message_bytes, "inbound message too large; dropped");
-                            continue;
-                        }
-                        self.metrics.received.get_or_create(&self.labels).inc();
-                        let msg = Message::new(payload, Origin::Endpoint, source.clone())
-                            .with_authorization(authorization.clone());
-                        if self.inbound.send(Arc::new(msg)).await.is_err() {
-                            self.metrics.drop_endpoint(&self.name, "no_consumer");
-                        }
+                        self.hand_on(payload, cfg, &stamp).await;
                     }
                 }
                 _ = ping.tick(), if keepalive.is_some() => {
@@ -516,15 +606,7 @@ impl Runner {
                 }
                 out = self.outbound.recv() => {
                     let Some(msg) = out else { return SessionEnd::Stopped };
-                    let payload = msg.payload();
-                    let frame = match payload.kind() {
-                        PayloadKind::Text => match tokio_tungstenite::tungstenite::Utf8Bytes::try_from(payload.bytes().clone()) {
-                            Ok(t) => WsMessage::Text(t),
-                            Err(_) => WsMessage::Binary(payload.bytes().clone()),
-                        },
-                        PayloadKind::Binary => WsMessage::Binary(payload.bytes().clone()),
-                    };
-                    match tokio::time::timeout(WRITE_TIMEOUT, ws.send(frame)).await {
+                    match tokio::time::timeout(WRITE_TIMEOUT, ws.send(frame_of(&msg))).await {
                         Ok(Ok(())) => {
                             self.metrics.sent.get_or_create(&self.labels).inc();
                         }
@@ -577,5 +659,21 @@ mod tests {
         assert_eq!(protocol_ceiling(1024 * 1024), 2 * 1024 * 1024);
         assert_eq!(protocol_ceiling(1000), 1000 + 64 * 1024);
         assert_eq!(protocol_ceiling(usize::MAX), usize::MAX);
+    }
+}
+
+/// What every inbound message of a connection shares, built once per
+/// configuration rather than per message.
+struct Stamp {
+    source: Arc<str>,
+    authorization: Option<http::HeaderValue>,
+}
+
+impl Stamp {
+    fn of(cfg: &EndpointConfig) -> Self {
+        Self {
+            source: Arc::from(cfg.inbound_source.as_str()),
+            authorization: cfg.subscriber_token.as_ref().and_then(|t| bearer_header(t).ok()),
+        }
     }
 }
