@@ -650,18 +650,6 @@ fn describe(e: &WsError) -> String {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ceiling_leaves_room_above_the_limit() {
-        assert_eq!(protocol_ceiling(1024 * 1024), 2 * 1024 * 1024);
-        assert_eq!(protocol_ceiling(1000), 1000 + 64 * 1024);
-        assert_eq!(protocol_ceiling(usize::MAX), usize::MAX);
-    }
-}
-
 /// What every inbound message of a connection shares, built once per
 /// configuration rather than per message.
 struct Stamp {
@@ -675,5 +663,17 @@ impl Stamp {
             source: Arc::from(cfg.inbound_source.as_str()),
             authorization: cfg.subscriber_token.as_ref().and_then(|t| bearer_header(t).ok()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ceiling_leaves_room_above_the_limit() {
+        assert_eq!(protocol_ceiling(1024 * 1024), 2 * 1024 * 1024);
+        assert_eq!(protocol_ceiling(1000), 1000 + 64 * 1024);
+        assert_eq!(protocol_ceiling(usize::MAX), usize::MAX);
     }
 }
