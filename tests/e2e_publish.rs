@@ -34,7 +34,14 @@ async fn publish(channel: &str, token: Option<&str>, body: &[u8]) -> Result<(u16
     if let Some(b) = &bearer {
         headers.push(("Authorization", b));
     }
-    support::http::request(gateway().await, "POST", &format!("/channels/{channel}"), &headers, body).await
+    support::http::request(
+        gateway().await,
+        "POST",
+        &format!("/channels/{channel}"),
+        &headers,
+        body,
+    )
+    .await
 }
 
 /// Publishes until the gateway has caught up with the objects (its caches
@@ -82,12 +89,20 @@ async fn only_publishers_allowed_to_publish_reach_the_endpoint_and_subscribers()
     let mut subs = vec![Subscriber::ok().await, Subscriber::ok().await];
     let mut yaml = endpoint_and_channel(&ns, "orders", false, &[("exchange", endpoint.url())]);
     for (i, s) in subs.iter().enumerate() {
-        yaml.push_str(&subscription(&ns, "orders", &format!("sub-{i}"), &s.uri.to_string()));
+        yaml.push_str(&subscription(
+            &ns,
+            "orders",
+            &format!("sub-{i}"),
+            &s.uri.to_string(),
+        ));
     }
     // The Role from examples/, granting `publish` on this one channel.
-    let role = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/publisher-role.yaml"))?
-        .replace("channel-name", "orders")
-        .replace("namespace: default", &format!("namespace: {ns}"));
+    let role = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/publisher-role.yaml"
+    ))?
+    .replace("channel-name", "orders")
+    .replace("namespace: default", &format!("namespace: {ns}"));
     yaml.push_str("---\n");
     yaml.push_str(&role);
     support::apply_yaml(&client, &yaml, Some(&ns)).await?;
@@ -95,7 +110,14 @@ async fn only_publishers_allowed_to_publish_reach_the_endpoint_and_subscribers()
     let token = |sa: &'static str| {
         let (client, ns) = (client.clone(), ns.clone());
         async move {
-            support::mint_service_account_token(&client, &ns, sa, &[support::API_AUDIENCE], Duration::from_secs(600)).await
+            support::mint_service_account_token(
+                &client,
+                &ns,
+                sa,
+                &[support::API_AUDIENCE],
+                Duration::from_secs(600),
+            )
+            .await
         }
     };
     let (publisher, stranger) = (token("publisher").await?, token("stranger").await?);
@@ -112,7 +134,10 @@ async fn only_publishers_allowed_to_publish_reach_the_endpoint_and_subscribers()
         let got = sub.next().await;
         assert_eq!(got.body.as_ref(), br#"{"order":"buy"}"#);
         assert_eq!(got.headers["ce-id"], answer["id"].as_str().unwrap());
-        assert!(got.headers.get("authorization").is_none(), "published messages carry no bridge token");
+        assert!(
+            got.headers.get("authorization").is_none(),
+            "published messages carry no bridge token"
+        );
     }
 
     let (code, body) = publish(&channel, Some(&stranger), b"{}").await?;
@@ -160,7 +185,10 @@ async fn a_channel_with_two_bridges_sends_each_publish_to_both_endpoints_once() 
     let mut b = WsServer::start(ServerOpts::default()).await;
     let yaml = endpoint_and_channel(&ns, "fanout", true, &[("venue-a", a.url()), ("venue-b", b.url())]);
     support::apply_yaml(&client, &yaml, Some(&ns)).await?;
-    let _workers = (start_worker(&ns, "venue-a").await?, start_worker(&ns, "venue-b").await?);
+    let _workers = (
+        start_worker(&ns, "venue-a").await?,
+        start_worker(&ns, "venue-b").await?,
+    );
     a.next_connected().await;
     b.next_connected().await;
 
@@ -181,7 +209,12 @@ async fn a_bridge_without_a_connection_answers_503() -> Result<()> {
     let ns = support::create_namespace(&client, "e2e-down").await?;
     // Nothing listens on this port.
     let url = format!("ws://127.0.0.1:{}/down", support::http::free_port());
-    support::apply_yaml(&client, &endpoint_and_channel(&ns, "stuck", true, &[("down", url)]), Some(&ns)).await?;
+    support::apply_yaml(
+        &client,
+        &endpoint_and_channel(&ns, "stuck", true, &[("down", url)]),
+        Some(&ns),
+    )
+    .await?;
     let _worker = start_worker(&ns, "down").await?;
     let channel = format!("{ns}/stuck");
     let (code, body) = support::eventually(WAIT, "the gateway knows the channel", || {
