@@ -90,6 +90,8 @@ pub fn is_binary(headers: &HeaderMap) -> bool {
 /// The channel named by `/channels/{namespace}/{name}`: 400 with a JSON
 /// reason when the path cannot name a Channel (not percent-decodable, not
 /// lowercase DNS-1123), rather than a lookup that could never succeed.
+// A rejection is the response itself, as axum's extractors have it.
+#[allow(clippy::result_large_err)]
 pub fn channel_key(path: Result<Path<(String, String)>, PathRejection>) -> Result<ChannelKey, Response> {
     let Path((namespace, name)) = path.map_err(|e| {
         error(

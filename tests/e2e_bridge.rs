@@ -132,7 +132,7 @@ async fn a_worker_started_from_the_controllers_pod_template_bridges_the_endpoint
         ..Default::default()
     })
     .await;
-    let mut subs = vec![Subscriber::ok().await, Subscriber::ok().await];
+    let mut subs = [Subscriber::ok().await, Subscriber::ok().await];
     let uris: Vec<String> = subs.iter().map(|s| s.uri.to_string()).collect();
     let uri_refs: Vec<&str> = uris.iter().map(String::as_str).collect();
     support::apply_yaml(&client, &objects(&ns, &endpoint.url(), &uri_refs), Some(&ns)).await?;

@@ -86,7 +86,7 @@ async fn only_publishers_allowed_to_publish_reach_the_endpoint_and_subscribers()
     let client = cp.client();
     let ns = support::create_namespace(&client, "e2e-publish").await?;
     let mut endpoint = WsServer::start(ServerOpts::default()).await;
-    let mut subs = vec![Subscriber::ok().await, Subscriber::ok().await];
+    let mut subs = [Subscriber::ok().await, Subscriber::ok().await];
     let mut yaml = endpoint_and_channel(&ns, "orders", false, &[("exchange", endpoint.url())]);
     for (i, s) in subs.iter().enumerate() {
         yaml.push_str(&subscription(

@@ -54,7 +54,7 @@ pub fn endpoint_problem(ep: &Endpoint, refs: &dyn ConfigLookup) -> Option<Decide
             .map(|(_, key)| key.0.as_str())
             .collect();
         let has = |k: &str| keys.contains(k);
-        if !has("token") && !(has("username") && has("password")) && headers.is_empty() {
+        if !has("token") && (!has("username") || !has("password")) && headers.is_empty() {
             let missing = if has("username") {
                 "password"
             } else if has("password") {
