@@ -84,6 +84,8 @@ async fn next_text(endpoint: &mut WsServer) -> String {
 async fn only_publishers_allowed_to_publish_reach_the_endpoint_and_subscribers() -> Result<()> {
     let cp = support::shared().await;
     let client = cp.client();
+    // The CRDs and the gateway, before any object is applied.
+    gateway().await;
     let ns = support::create_namespace(&client, "e2e-publish").await?;
     let mut endpoint = WsServer::start(ServerOpts::default()).await;
     let mut subs = [Subscriber::ok().await, Subscriber::ok().await];
@@ -157,6 +159,8 @@ async fn only_publishers_allowed_to_publish_reach_the_endpoint_and_subscribers()
 #[tokio::test]
 async fn anonymous_channels_need_no_token_and_bad_requests_get_clear_errors() -> Result<()> {
     let client = support::shared().await.client();
+    // The CRDs and the gateway, before any object is applied.
+    gateway().await;
     let ns = support::create_namespace(&client, "e2e-anon").await?;
     let mut sub = Subscriber::ok().await;
     let mut yaml = endpoint_and_channel(&ns, "open", true, &[]);
@@ -180,6 +184,8 @@ async fn anonymous_channels_need_no_token_and_bad_requests_get_clear_errors() ->
 #[tokio::test]
 async fn a_channel_with_two_bridges_sends_each_publish_to_both_endpoints_once() -> Result<()> {
     let client = support::shared().await.client();
+    // The CRDs and the gateway, before any object is applied.
+    gateway().await;
     let ns = support::create_namespace(&client, "e2e-two").await?;
     let mut a = WsServer::start(ServerOpts::default()).await;
     let mut b = WsServer::start(ServerOpts::default()).await;
@@ -206,6 +212,8 @@ async fn a_channel_with_two_bridges_sends_each_publish_to_both_endpoints_once() 
 #[tokio::test]
 async fn a_bridge_without_a_connection_answers_503() -> Result<()> {
     let client = support::shared().await.client();
+    // The CRDs and the gateway, before any object is applied.
+    gateway().await;
     let ns = support::create_namespace(&client, "e2e-down").await?;
     // Nothing listens on this port.
     let url = format!("ws://127.0.0.1:{}/down", support::http::free_port());
