@@ -27,13 +27,15 @@ fn config() -> ProptestConfig {
     }
 }
 
-/// A temp dir per test binary, for configuration files.
+/// A configuration file of its own per case (removed after the case).
 fn temp_file(text: &[u8]) -> PathBuf {
     use std::sync::atomic::{AtomicUsize, Ordering};
     static N: AtomicUsize = AtomicUsize::new(0);
-    let dir = std::env::temp_dir().join(format!("wsbridge-fuzz-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(format!("case-{}.yaml", N.fetch_add(1, Ordering::Relaxed)));
+    let path = std::env::temp_dir().join(format!(
+        "wsbridge-fuzz-{}-{}.yaml",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
     std::fs::write(&path, text).unwrap();
     path
 }
