@@ -113,8 +113,9 @@ async fn metrics(State(state): State<OpsState>) -> impl IntoResponse {
     }
 }
 
-/// Binds `addr` and serves `router` until `shutdown` resolves. Returns the
-/// bound address (useful with port 0) and the server task.
+/// Binds `addr` and serves `router` until `shutdown` resolves, with JSON
+/// 404 and 405 answers. Returns the bound address (useful with port 0) and
+/// the server task.
 pub async fn serve(
     addr: SocketAddr,
     router: Router,
@@ -123,7 +124,7 @@ pub async fn serve(
     let listener = TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     let task = tokio::spawn(async move {
-        axum::serve(listener, router)
+        axum::serve(listener, crate::publish::with_json_errors(router))
             .with_graceful_shutdown(shutdown)
             .await
     });

@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use axum::Router;
 use axum::body::Body;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -28,12 +29,15 @@ pub fn router(shared: Arc<Shared>) -> Router {
 
 async fn handle(
     State(shared): State<Arc<Shared>>,
-    Path((namespace, name)): Path<(String, String)>,
+    path: Result<Path<(String, String)>, PathRejection>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     let started = Instant::now();
-    let response = publish_on(&shared, ChannelKey::new(namespace, name), &headers, body).await;
+    let response = match publish::channel_key(path) {
+        Ok(channel) => publish_on(&shared, channel, &headers, body).await,
+        Err(rejection) => tagged(rejection, "InvalidChannel"),
+    };
     let reason = response
         .headers()
         .get("x-wsbridge-reason")

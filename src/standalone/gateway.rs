@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -17,7 +18,6 @@ use serde_json::json;
 use crate::publish::{self, error, too_large};
 
 use super::runtime::{PublishError, Runtime};
-use crate::dataplane::routing::ChannelKey;
 
 /// The publish routes, to merge with the ops routes.
 pub fn router(runtime: Arc<Runtime>) -> Router {
@@ -28,11 +28,14 @@ pub fn router(runtime: Arc<Runtime>) -> Router {
 
 async fn publish(
     State(runtime): State<Arc<Runtime>>,
-    Path((namespace, name)): Path<(String, String)>,
+    path: Result<Path<(String, String)>, PathRejection>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let channel = ChannelKey::new(namespace, name);
+    let channel = match publish::channel_key(path) {
+        Ok(channel) => channel,
+        Err(rejection) => return rejection,
+    };
     let Some(max) = runtime.max_message_bytes(&channel) else {
         return error(
             StatusCode::NOT_FOUND,

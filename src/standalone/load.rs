@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use base64::Engine as _;
+use serde::Deserialize as _;
 use serde_json::Value;
 
 use super::schema;
@@ -130,7 +131,7 @@ pub fn yaml_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, ConfigErrors> {
     let mut errors = Vec::new();
     for path in paths {
         match std::fs::metadata(path) {
-            Ok(m) if m.is_dir() => collect_dir(path, &mut out, &mut errors),
+            Ok(m) if m.is_dir() => collect_dir(path, &mut out, &mut errors, &mut Vec::new()),
             Ok(_) => out.push(path.clone()),
             Err(e) => errors.push(file_error(path, format!("cannot read: {e}"))),
         }
@@ -142,7 +143,18 @@ pub fn yaml_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, ConfigErrors> {
     }
 }
 
-fn collect_dir(dir: &Path, out: &mut Vec<PathBuf>, errors: &mut Vec<ConfigError>) {
+/// `visiting` holds the folders being searched (canonical paths), so that a
+/// symbolic link back to one of them is not followed round in circles.
+fn collect_dir(
+    dir: &Path,
+    out: &mut Vec<PathBuf>,
+    errors: &mut Vec<ConfigError>,
+    visiting: &mut Vec<PathBuf>,
+) {
+    let canonical = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    if visiting.contains(&canonical) {
+        return;
+    }
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) => {
@@ -150,15 +162,17 @@ fn collect_dir(dir: &Path, out: &mut Vec<PathBuf>, errors: &mut Vec<ConfigError>
             return;
         }
     };
+    visiting.push(canonical);
     let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
     paths.sort();
     for path in paths {
         if path.is_dir() {
-            collect_dir(&path, out, errors);
+            collect_dir(&path, out, errors, visiting);
         } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
             out.push(path);
         }
     }
+    visiting.pop();
 }
 
 /// What changes when a file is edited, added or removed: path, size and
@@ -228,18 +242,122 @@ pub fn load(paths: &[PathBuf]) -> Result<Plan, ConfigErrors> {
     }
 }
 
+/// Largest file read: far above any real configuration, small enough that
+/// a stray log file or device never exhausts memory.
+pub const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Deepest nesting of flow collections (`[`, `{`) accepted. The YAML parser
+/// takes time quadratic in this depth, and anything deeper than 128 levels
+/// fails later anyway; refusing it first keeps the time bounded.
+pub const MAX_FLOW_DEPTH: usize = 256;
+
+/// The text of a regular file of at most [`MAX_FILE_BYTES`], as UTF-8.
+fn read_text(file: &Path) -> Result<String, String> {
+    use std::io::Read as _;
+    let meta = std::fs::metadata(file).map_err(|e| format!("cannot read: {e}"))?;
+    if !meta.is_file() {
+        return Err("cannot read: not a regular file".into());
+    }
+    let too_large = || {
+        format!(
+            "file larger than the limit of {} MiB: split it",
+            MAX_FILE_BYTES / 1024 / 1024
+        )
+    };
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(too_large());
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    std::fs::File::open(file)
+        .and_then(|f| f.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes))
+        .map_err(|e| format!("cannot read: {e}"))?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(too_large());
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        let at = e.utf8_error().valid_up_to();
+        let line = e.as_bytes()[..at].iter().filter(|b| **b == b'\n').count() + 1;
+        format!("not UTF-8 text (invalid byte at line {line}, byte offset {at}): YAML files must be UTF-8")
+    })
+}
+
+/// The line where flow collections nest deeper than `limit`, if they do.
+/// Quoted scalars and comments are skipped; elsewhere brackets are counted
+/// as they come, which can only over-estimate the depth.
+pub fn flow_depth_exceeded(text: &str, limit: usize) -> Option<usize> {
+    let bytes = text.as_bytes();
+    let (mut depth, mut line, mut i) = (0usize, 1usize, 0usize);
+    // The last byte outside a scalar that can precede a quoted scalar.
+    let mut token_start = true;
+    while i < bytes.len() {
+        let b = bytes[i];
+        match b {
+            b'\n' => {
+                line += 1;
+                token_start = true;
+                if bytes[i + 1..].starts_with(b"---") || bytes[i + 1..].starts_with(b"...") {
+                    depth = 0;
+                }
+            }
+            b'#' if token_start || i == 0 || bytes[i - 1].is_ascii_whitespace() => {
+                while i + 1 < bytes.len() && bytes[i + 1] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'"' | b'\'' if token_start => {
+                // Skip to the closing quote (`\"` and `''` are escapes).
+                i += 1;
+                while i < bytes.len() {
+                    match bytes[i] {
+                        b'\\' if b == b'"' => i += 1,
+                        b'\'' if b == b'\'' && bytes.get(i + 1) == Some(&b'\'') => i += 1,
+                        c if c == b => break,
+                        b'\n' => line += 1,
+                        _ => {}
+                    }
+                    i += 1;
+                }
+                token_start = false;
+            }
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > limit {
+                    return Some(line);
+                }
+                token_start = true;
+            }
+            b']' | b'}' => {
+                depth = depth.saturating_sub(1);
+                token_start = false;
+            }
+            b',' | b':' | b'-' | b'?' => token_start = true,
+            c if c.is_ascii_whitespace() => {}
+            _ => token_start = false,
+        }
+        i += 1;
+    }
+    None
+}
+
 fn read_file(file: &Path, objects: &mut Objects, errors: &mut Vec<ConfigError>) {
     let name = file.display().to_string();
-    let text = match std::fs::read_to_string(file) {
+    let text = match read_text(file) {
         Ok(t) => t,
-        Err(e) => {
-            errors.push(file_error(file, format!("cannot read: {e}")));
+        Err(message) => {
+            errors.push(file_error(file, message));
             return;
         }
     };
+    if let Some(line) = flow_depth_exceeded(&text, MAX_FLOW_DEPTH) {
+        errors.push(file_error(
+            file,
+            format!("invalid YAML: collections nested deeper than {MAX_FLOW_DEPTH} levels at line {line}"),
+        ));
+        return;
+    }
     for (index, document) in serde_norway::Deserializer::from_str(&text).enumerate() {
-        let mut value: Value = match serde::Deserialize::deserialize(document) {
-            Ok(v) => v,
+        let mut value: Value = match StrictValue::deserialize(document) {
+            Ok(v) => v.0,
             Err(e) => {
                 errors.push(file_error(file, format!("invalid YAML: {e}")));
                 return;
@@ -250,6 +368,97 @@ fn read_file(file: &Path, objects: &mut Objects, errors: &mut Vec<ConfigError>) 
         }
         schema::prune_nulls(&mut value);
         read_object(&name, index + 1, value, objects, errors);
+    }
+}
+
+/// A YAML document as JSON, refusing what the API server refuses and
+/// `serde_json::Value` would let through: duplicate keys (the last would
+/// silently win), and numbers JSON cannot hold.
+struct StrictValue(Value);
+
+impl<'de> serde::Deserialize<'de> for StrictValue {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(StrictVisitor).map(StrictValue)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StrictVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a YAML value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_i128<E: serde::de::Error>(self, v: i128) -> Result<Value, E> {
+        i64::try_from(v)
+            .map(Value::from)
+            .map_err(|_| E::custom(format!("number {v} is out of range")))
+    }
+
+    fn visit_u128<E: serde::de::Error>(self, v: u128) -> Result<Value, E> {
+        u64::try_from(v)
+            .map(Value::from)
+            .map_err(|_| E::custom(format!("number {v} is out of range")))
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Value, E> {
+        serde_json::Number::from_f64(v)
+            .map(Value::Number)
+            .ok_or_else(|| E::custom(format!("{v} is not a number JSON can hold")))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_string()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        StrictValue::deserialize(d).map(|v| v.0)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(StrictValue(v)) = seq.next_element()? {
+            items.push(v);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if out.contains_key(&key) {
+                return Err(serde::de::Error::custom(format!("duplicate key {key:?}")));
+            }
+            let StrictValue(value) = map.next_value()?;
+            out.insert(key, value);
+        }
+        Ok(Value::Object(out))
     }
 }
 
@@ -268,19 +477,62 @@ fn read_object(
             message,
         })
     };
-    let api_version = value["apiVersion"].as_str().unwrap_or_default().to_string();
-    let kind = value["kind"].as_str().unwrap_or_default().to_string();
-    if !value.is_object() || api_version.is_empty() || kind.is_empty() {
+    let Some(fields) = value.as_object() else {
         error(
             Some(format!("document {document}")),
             None,
-            "not a Kubernetes object (apiVersion and kind are required)".into(),
+            format!(
+                "not a Kubernetes object: the document is {}, not a mapping with apiVersion, kind and metadata",
+                type_name(&value)
+            ),
         );
         return;
+    };
+    let mut required = |field: &str, at: Option<&Value>| -> Option<String> {
+        let problem = match at {
+            Some(Value::String(s)) if !s.is_empty() => return Some(s.clone()),
+            None | Some(Value::Null) => "Required value".to_string(),
+            Some(Value::String(_)) => "Required value: must not be empty".to_string(),
+            Some(other) => format!("must be a string, not {}", type_name(other)),
+        };
+        error(Some(format!("document {document}")), Some(field), problem);
+        None
+    };
+    let (Some(api_version), Some(kind)) = (
+        required("apiVersion", fields.get("apiVersion")),
+        required("kind", fields.get("kind")),
+    ) else {
+        return;
+    };
+    let metadata = match fields.get("metadata") {
+        Some(Value::Object(m)) => Some(m),
+        None => None,
+        Some(other) => {
+            error(
+                Some(format!("{kind} (document {document})")),
+                Some("metadata"),
+                format!("must be a mapping, not {}", type_name(other)),
+            );
+            return;
+        }
+    };
+    let meta = |field: &str| metadata.and_then(|m| m.get(field));
+    for field in ["name", "namespace"] {
+        if let Some(other) = meta(field).filter(|v| !v.is_string()) {
+            error(
+                Some(format!("{kind} (document {document})")),
+                Some(&format!("metadata.{field}")),
+                format!("must be a string, not {}", type_name(other)),
+            );
+            return;
+        }
     }
-    let name = value["metadata"]["name"].as_str().unwrap_or_default().to_string();
-    let namespace = value["metadata"]["namespace"]
-        .as_str()
+    let name = meta("name")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let namespace = meta("namespace")
+        .and_then(Value::as_str)
         .unwrap_or(DEFAULT_NAMESPACE)
         .to_string();
     let label = format!("{kind} {namespace}/{name}");
@@ -373,6 +625,11 @@ fn read_object(
                 .flatten()
                 .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string())))
                 .collect();
+            if let Some((_, prev)) = objects.config_maps.get(&key) {
+                let (o, f, m) = duplicate(prev);
+                error(o, f, m);
+                return;
+            }
             objects.config_maps.insert(key, (data, origin));
         }
         (api::GROUP, api::VERSION, "Endpoint" | "Channel" | "Bridge" | "Subscription") => {
@@ -421,6 +678,18 @@ fn read_object(
         _ => {
             tracing::warn!(file, object = %label, "ignoring {api_version} {kind}: standalone reads the wsbridge kinds, Secrets and ConfigMaps only")
         }
+    }
+}
+
+/// `a string`, `a list`, ... for messages about a value of the wrong type.
+fn type_name(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "a mapping",
     }
 }
 

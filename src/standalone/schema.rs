@@ -155,13 +155,44 @@ fn cel<K>(object: &Value) -> Result<(), Vec<FieldError>>
 where
     K: kube::CustomResourceExt + Resource + serde::Serialize + serde::de::DeserializeOwned,
 {
+    // Through the typed object, as kube's `validate_cel` does: what the
+    // rules see is what the API server would have stored.
     let typed: K = serde_json::from_value(object.clone()).map_err(|e| {
         vec![FieldError {
             field: String::new(),
             message: format!("cannot read the object: {e}"),
         }]
     })?;
-    kube::core::cel::validate_cel(&typed).map_err(|errors| {
+    let object = serde_json::to_value(&typed).map_err(|e| {
+        vec![FieldError {
+            field: String::new(),
+            message: format!("cannot read the object: {e}"),
+        }]
+    })?;
+    // The rules are compiled once per kind (and thread), not per object:
+    // compiling them is what made large files slow to check.
+    thread_local! {
+        static COMPILED: std::cell::RefCell<HashMap<String, std::rc::Rc<kube_cel::CompiledSchema>>> =
+            std::cell::RefCell::default();
+    }
+    let compiled = COMPILED.with(|compiled| {
+        compiled
+            .borrow_mut()
+            .entry(K::crd_name().to_string())
+            .or_insert_with(|| {
+                let crd = K::crd();
+                let schema = crd.spec.versions[0]
+                    .schema
+                    .as_ref()
+                    .and_then(|s| s.open_api_v3_schema.as_ref())
+                    .map(serde_json::to_value)
+                    .and_then(Result::ok)
+                    .unwrap_or(Value::Null);
+                std::rc::Rc::new(kube_cel::compile_schema(&schema))
+            })
+            .clone()
+    });
+    kube_cel::validate_compiled(&compiled, &object, None).map_err(|errors| {
         errors
             .into_vec()
             .into_iter()

@@ -583,6 +583,12 @@ impl Runner {
                             warn!(endpoint = %self.name, size, max_size, "inbound message above the protocol ceiling; dropped, reconnecting");
                             return SessionEnd::Lost(format!("inbound message of {size} bytes above the ceiling of {max_size} bytes"));
                         }
+                        Some(Err(e @ WsError::Utf8(_))) => {
+                            // RFC 6455 fails the connection; the message is lost, so count it.
+                            self.metrics.drop_endpoint(&self.name, "invalid_utf8");
+                            warn!(endpoint = %self.name, "inbound text message is not UTF-8; dropped, reconnecting");
+                            return SessionEnd::Lost(describe(&e));
+                        }
                         Some(Err(e)) => return SessionEnd::Lost(describe(&e)),
                     };
                     if let Some(payload) = payload {
