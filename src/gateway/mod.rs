@@ -48,6 +48,16 @@ pub struct GatewayOptions {
     pub destinations: Arc<crate::dataplane::DestinationPolicy>,
 }
 
+/// What a publish needs of a Channel besides its routes.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ChannelFacts {
+    pub max_message_bytes: usize,
+    /// Bridges the controller counted on the Channel's status: a publish
+    /// waits (503) while the gateway has seen fewer, rather than silently
+    /// skipping an endpoint it has not heard of yet.
+    pub bridges: usize,
+}
+
 /// How a bridge can be reached right now (from its status).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct BridgePath {
@@ -58,7 +68,7 @@ pub(crate) struct BridgePath {
 /// The caches a publish reads.
 pub(crate) struct Shared {
     pub index: Arc<RoutingIndex>,
-    pub limits: RwLock<HashMap<ChannelKey, usize>>,
+    pub channels: RwLock<HashMap<ChannelKey, ChannelFacts>>,
     pub paths: RwLock<HashMap<ObjectKey, BridgePath>>,
     pub engine: Arc<DeliveryEngine>,
     pub access: Access,
@@ -114,7 +124,7 @@ impl Gateway {
         let metrics = metrics::GatewayMetrics::new(&mut registry);
         let shared = Arc::new(Shared {
             index: Arc::new(RoutingIndex::default()),
-            limits: RwLock::default(),
+            channels: RwLock::default(),
             paths: RwLock::default(),
             engine: Arc::new(DeliveryEngine::new(
                 EngineConfig {
@@ -161,10 +171,17 @@ impl Gateway {
                     let key = key_of(c);
                     match translate::channel_info(&key.namespace, &c.spec) {
                         Ok(info) => {
-                            s.limits
+                            let facts = ChannelFacts {
+                                max_message_bytes: translate::channel_max_message_bytes(&c.spec),
+                                bridges: c
+                                    .status
+                                    .as_ref()
+                                    .map_or(0, |st| usize::try_from(st.bridges).unwrap_or(0)),
+                            };
+                            s.channels
                                 .write()
-                                .expect("limits lock")
-                                .insert(key.clone(), translate::channel_max_message_bytes(&c.spec));
+                                .expect("channels lock")
+                                .insert(key.clone(), facts);
                             s.index.apply_channel(key.clone(), info);
                             s.follow_channel(&key);
                         }
@@ -172,7 +189,7 @@ impl Gateway {
                     }
                 }
                 Change::Deleted(key) => {
-                    s.limits.write().expect("limits lock").remove(key);
+                    s.channels.write().expect("channels lock").remove(key);
                     s.index.delete_channel(key);
                     s.forget_channel(key);
                 }

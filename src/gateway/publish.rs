@@ -100,13 +100,23 @@ async fn publish_on(shared: &Shared, channel: ChannelKey, headers: &HeaderMap, b
             }
         }
     }
-    let max = shared
-        .limits
-        .read()
-        .map(|l| l.get(&channel).copied())
-        .ok()
-        .flatten()
-        .unwrap_or(translate::channel_max_message_bytes(&Default::default()));
+    let facts = shared.channels.read().ok().and_then(|c| c.get(&channel).copied());
+    let max = facts.map_or(translate::channel_max_message_bytes(&Default::default()), |f| {
+        f.max_message_bytes
+    });
+    if let Some(expected) = facts.map(|f| f.bridges).filter(|n| *n > routes.bridges.len()) {
+        return tagged(
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "NoPathToEndpoint",
+                format!(
+                    "channel {channel} has {expected} bridges and this gateway has seen {} of them so far; retry shortly",
+                    routes.bridges.len()
+                ),
+            ),
+            "NoPathToEndpoint",
+        );
+    }
     let payload = match publish::read_message(headers, body, max).await {
         Ok(p) => p,
         Err(rejection) => return tagged(rejection, "BadMessage"),
