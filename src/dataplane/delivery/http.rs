@@ -10,6 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Uri};
 use http_body_util::{BodyExt, Full, Limited};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::connect::dns::Name;
@@ -62,6 +63,8 @@ impl GuardedConnector {
         let mut inner = HttpConnector::new_with_resolver(GuardedResolver {
             policy: policy.clone(),
         });
+        // TLS is layered on top (https); this connector only makes the TCP connection.
+        inner.enforce_http(false);
         inner.set_nodelay(true);
         inner.set_keepalive(Some(Duration::from_secs(60)));
         Self { inner, policy }
@@ -109,10 +112,12 @@ fn denial_of<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a Destina
 /// Response bodies beyond this are not read (the connection is then not reused).
 const MAX_RESPONSE_BODY: usize = 64 * 1024;
 
-/// A keep-alive connection pool shared by all subscribers.
+/// A keep-alive connection pool shared by all subscribers: `http://`, and
+/// `https://` verified against the system roots (`SSL_CERT_FILE` /
+/// `SSL_CERT_DIR` add more).
 #[derive(Clone)]
 pub struct HttpSender {
-    client: Client<GuardedConnector, Full<Bytes>>,
+    client: Client<HttpsConnector<GuardedConnector>, Full<Bytes>>,
 }
 
 impl Default for HttpSender {
@@ -122,7 +127,7 @@ impl Default for HttpSender {
 }
 
 impl HttpSender {
-    /// A pooled HTTP/1.1 client (plain `http://`) with the default
+    /// A pooled HTTP/1.1 client (`http://` and `https://`) with the default
     /// [`DestinationPolicy`] (link-local and cloud metadata denied).
     pub fn new() -> Self {
         Self::with_policy(Arc::new(DestinationPolicy::default()))
@@ -130,7 +135,24 @@ impl HttpSender {
 
     /// A pooled HTTP/1.1 client that connects only where `policy` allows.
     pub fn with_policy(policy: Arc<DestinationPolicy>) -> Self {
-        let connector = GuardedConnector::new(policy);
+        // The policy is enforced underneath TLS, on the TCP connection.
+        let tls = crate::dataplane::endpoint::tls::client_config(None)
+            .map(|c| (*c).clone())
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "no system roots for https subscribers");
+                rustls::ClientConfig::builder_with_provider(
+                    Arc::new(rustls::crypto::ring::default_provider()),
+                )
+                .with_safe_default_protocol_versions()
+                .expect("ring supports the default protocol versions")
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth()
+            });
+        let connector = HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(GuardedConnector::new(policy));
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(256)
