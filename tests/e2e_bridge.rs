@@ -14,22 +14,12 @@ use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use serde_json::json;
 use support::peers::{ServerOpts, Subscriber, WsServer};
-use support::pods::{LocalPod, run_pod_template, wait_deployment};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use wsbridge::api::{Bridge, conditions};
 
 const WAIT: Duration = Duration::from_secs(60);
 const FEED_TOKEN: &str = "feed-secret-7f3a9c2e";
 const SUBSCRIBER_TOKEN: &str = "subscriber-secret-41d8b6";
-
-/// Runs the worker of `bridge` from the Deployment the controller wrote.
-async fn start_worker(ns: &str, bridge: &str) -> Result<LocalPod> {
-    let cp = support::shared().await;
-    let client = cp.client();
-    let deployment = wait_deployment(&client, ns, &format!("wsbridge-worker-{bridge}"), WAIT).await?;
-    let listen = format!("127.0.0.1:{}", support::http::free_port());
-    run_pod_template(cp, &client, &deployment, &[("WSBRIDGE_LISTEN", &listen)]).await
-}
 
 /// No kubelet: report the worker Deployment available, as the kubelet would
 /// once the pod is ready.
@@ -137,7 +127,7 @@ async fn a_worker_started_from_the_controllers_pod_template_bridges_the_endpoint
     let uri_refs: Vec<&str> = uris.iter().map(String::as_str).collect();
     support::apply_yaml(&client, &objects(&ns, &endpoint.url(), &uri_refs), Some(&ns)).await?;
 
-    let mut worker = start_worker(&ns, "ticker-feed").await?;
+    let mut worker = support::pods::start_bridge_worker(&ns, "ticker-feed").await?;
 
     // The handshake carries the credentials and subprotocol; the open message follows.
     let (_, headers) = endpoint.next_connected().await;
@@ -282,7 +272,7 @@ async fn the_open_message_is_sent_again_after_the_endpoint_restarts() -> Result<
         Some(&ns),
     )
     .await?;
-    let _worker = start_worker(&ns, "ticker-feed").await?;
+    let _worker = support::pods::start_bridge_worker(&ns, "ticker-feed").await?;
     for round in 1..=3 {
         endpoint.next_connected().await;
         let (_, open) = endpoint.next_frame().await;

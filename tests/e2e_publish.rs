@@ -11,18 +11,9 @@ use std::time::Duration;
 
 use anyhow::Result;
 use support::peers::{ServerOpts, Subscriber, WsServer};
-use support::pods::{LocalPod, run_pod_template, wait_deployment};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 const WAIT: Duration = Duration::from_secs(60);
-
-async fn start_worker(ns: &str, bridge: &str) -> Result<LocalPod> {
-    let cp = support::shared().await;
-    let client = cp.client();
-    let deployment = wait_deployment(&client, ns, &format!("wsbridge-worker-{bridge}"), WAIT).await?;
-    let listen = format!("127.0.0.1:{}", support::http::free_port());
-    run_pod_template(cp, &client, &deployment, &[("WSBRIDGE_LISTEN", &listen)]).await
-}
 
 async fn gateway() -> SocketAddr {
     support::install::installed().await.gateway_addr
@@ -136,7 +127,7 @@ async fn only_publishers_allowed_to_publish_reach_the_endpoint_and_subscribers()
         }
     };
     let (publisher, stranger) = (token("publisher").await?, token("stranger").await?);
-    let _worker = start_worker(&ns, "exchange").await?;
+    let _worker = support::pods::start_bridge_worker(&ns, "exchange").await?;
     endpoint.next_connected().await;
 
     let channel = format!("{ns}/orders");
@@ -209,8 +200,8 @@ async fn a_channel_with_two_bridges_sends_each_publish_to_both_endpoints_once() 
     let yaml = endpoint_and_channel(&ns, "fanout", true, &[("venue-a", a.url()), ("venue-b", b.url())]);
     support::apply_yaml(&client, &yaml, Some(&ns)).await?;
     let _workers = (
-        start_worker(&ns, "venue-a").await?,
-        start_worker(&ns, "venue-b").await?,
+        support::pods::start_bridge_worker(&ns, "venue-a").await?,
+        support::pods::start_bridge_worker(&ns, "venue-b").await?,
     );
     a.next_connected().await;
     b.next_connected().await;
@@ -239,7 +230,7 @@ async fn a_bridge_without_a_connection_answers_503() -> Result<()> {
         Some(&ns),
     )
     .await?;
-    let _worker = start_worker(&ns, "down").await?;
+    let _worker = support::pods::start_bridge_worker(&ns, "down").await?;
     let channel = format!("{ns}/stuck");
     let (code, body) = support::eventually(WAIT, "the gateway knows the channel", || {
         let channel = channel.clone();

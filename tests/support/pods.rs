@@ -218,3 +218,14 @@ pub async fn wait_deployment(client: &Client, ns: &str, name: &str, timeout: Dur
     })
     .await
 }
+
+/// Runs the worker of Bridge `ns/bridge` from the Deployment the controller
+/// wrote for it (waiting for it to appear), listening on a free loopback port.
+pub async fn start_bridge_worker(ns: &str, bridge: &str) -> Result<LocalPod> {
+    let cp = super::shared().await;
+    let client = cp.client();
+    let name = format!("wsbridge-worker-{bridge}");
+    let deployment = wait_deployment(&client, ns, &name, Duration::from_secs(60)).await?;
+    let listen = format!("127.0.0.1:{}", super::http::free_port());
+    run_pod_template(cp, &client, &deployment, &[("WSBRIDGE_LISTEN", &listen)]).await
+}
