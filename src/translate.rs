@@ -91,6 +91,15 @@ fn duration(field: &str, value: &api::Duration) -> Result<std::time::Duration, T
     value.get().map_err(|e| TranslateError::new(field, e))
 }
 
+/// An optional duration field, or `default` when it is unset.
+fn duration_or(
+    field: &str,
+    value: Option<&api::Duration>,
+    default: std::time::Duration,
+) -> Result<std::time::Duration, TranslateError> {
+    value.map_or(Ok(default), |v| duration(field, v))
+}
+
 fn positive(field: &str, value: i64) -> Result<usize, TranslateError> {
     usize::try_from(value)
         .ok()
@@ -357,35 +366,19 @@ pub fn endpoint_config(
     if let Some(k) = &endpoint.keepalive {
         let d = KeepAlive::default();
         config.keepalive = Some(KeepAlive {
-            interval: k
-                .interval
-                .as_ref()
-                .map(|v| duration("spec.keepalive.interval", v))
-                .transpose()?
-                .unwrap_or(d.interval),
-            timeout: k
-                .timeout
-                .as_ref()
-                .map(|v| duration("spec.keepalive.timeout", v))
-                .transpose()?
-                .unwrap_or(d.timeout),
+            interval: duration_or("spec.keepalive.interval", k.interval.as_ref(), d.interval)?,
+            timeout: duration_or("spec.keepalive.timeout", k.timeout.as_ref(), d.timeout)?,
         });
     }
     if let Some(r) = &endpoint.reconnect {
         let d = ReconnectPolicy::default();
         config.reconnect = ReconnectPolicy {
-            initial_delay: r
-                .initial_delay
-                .as_ref()
-                .map(|v| duration("spec.reconnect.initialDelay", v))
-                .transpose()?
-                .unwrap_or(d.initial_delay),
-            max_delay: r
-                .max_delay
-                .as_ref()
-                .map(|v| duration("spec.reconnect.maxDelay", v))
-                .transpose()?
-                .unwrap_or(d.max_delay),
+            initial_delay: duration_or(
+                "spec.reconnect.initialDelay",
+                r.initial_delay.as_ref(),
+                d.initial_delay,
+            )?,
+            max_delay: duration_or("spec.reconnect.maxDelay", r.max_delay.as_ref(), d.max_delay)?,
         };
     }
     if let Some(n) = endpoint.max_message_bytes {
