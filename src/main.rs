@@ -93,6 +93,10 @@ enum Command {
         #[command(flatten)]
         destinations: DestinationArgs,
     },
+    /// Validates configuration texts given as JSON on stdin and prints the
+    /// verdict as JSON: the child process `standalone` validates reloads in.
+    #[command(name = "validate-config", hide = true)]
+    ValidateConfig,
     /// Demo WebSocket feed for the quickstart: sends a JSON tick every
     /// second and echoes what it receives.
     #[command(hide = true)]
@@ -119,6 +123,11 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
+    if let Command::ValidateConfig = cli.command {
+        // No logging: the parent reports what matters, once.
+        wsbridge::standalone::validator::serve_stdio()?;
+        return Ok(ExitCode::SUCCESS);
+    }
     // One TLS provider for the process (kube's client and the endpoint client).
     let _ = rustls::crypto::ring::default_provider().install_default();
     ops::init_logging(cli.log_format);
@@ -188,11 +197,13 @@ async fn main() -> anyhow::Result<ExitCode> {
             options.listen = listen;
             options.drain_timeout = drain_timeout;
             options.destinations = std::sync::Arc::new(destinations.policy()?);
+            options.validation = wsbridge::standalone::Validation::isolated_or_in_process();
             if let Err(e) = wsbridge::standalone::run(options).await {
                 eprintln!("error: {e}");
                 return Ok(ExitCode::FAILURE);
             }
         }
+        Command::ValidateConfig => {} // answered before logging starts
         Command::DemoFeed { listen, interval } => wsbridge::standalone::demo::feed(listen, interval).await?,
         Command::DemoSubscriber { listen, expect_token } => {
             wsbridge::standalone::demo::subscriber(listen, expect_token).await?

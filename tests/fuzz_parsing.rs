@@ -385,3 +385,21 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// The hand-written name check agrees with the CRD's own pattern.
+    #[test]
+    fn dns1123_check_agrees_with_the_crd_pattern(name in "[a-z0-9.\\-A-Z_]{0,12}") {
+        let pattern = jsonschema::validator_for(
+            &json!({"type": "string", "pattern": wsbridge::api::DNS1123_SUBDOMAIN}),
+        )
+        .unwrap();
+        prop_assert_eq!(
+            wsbridge::api::is_dns1123_subdomain(&name),
+            pattern.is_valid(&Value::String(name.clone())),
+            "{:?}", name
+        );
+    }
+}

@@ -9,11 +9,11 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use base64::Engine as _;
-use serde::Deserialize as _;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::schema;
-use crate::api::{self, BridgeSpec, ChannelSpec, DNS1123_SUBDOMAIN, EndpointSpec, SubscriptionSpec};
+use crate::api::{self, BridgeSpec, ChannelSpec, EndpointSpec, SubscriptionSpec};
 use crate::dataplane::SecretString;
 use crate::dataplane::endpoint::EndpointConfig;
 use crate::dataplane::routing::{BridgeInfo, ChannelInfo, ObjectKey, SubscriptionInfo};
@@ -23,7 +23,7 @@ use crate::translate::{self, SecretLookupError, SecretSource};
 pub const DEFAULT_NAMESPACE: &str = "default";
 
 /// One problem in the configuration, with where it is.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConfigError {
     /// The file, as given on the command line (or found in a given folder).
     pub file: String,
@@ -49,7 +49,7 @@ impl fmt::Display for ConfigError {
 }
 
 /// Every problem found; the configuration is used only when there is none.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConfigErrors(pub Vec<ConfigError>);
 
 impl fmt::Display for ConfigErrors {
@@ -210,26 +210,75 @@ struct Objects {
     config_maps: BTreeMap<ObjectKey, (BTreeMap<String, String>, Origin)>,
 }
 
+/// The text of one configuration file, as read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Source {
+    /// The file, as given on the command line (or found in a given folder).
+    pub file: String,
+    /// Its content.
+    pub text: String,
+}
+
+/// Whether objects are checked against the CRDs' schema and CEL rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SchemaCheck {
+    /// Check them here.
+    Run,
+    /// These exact sources already passed the check (in a validator process).
+    Passed,
+}
+
 /// Reads, validates and translates the configuration under `paths`.
 /// Every problem is reported, each naming its file, object and field.
 pub fn load(paths: &[PathBuf]) -> Result<Plan, ConfigErrors> {
+    load_sources(&read_sources(paths)?, SchemaCheck::Run)
+}
+
+/// The texts of the YAML files under `paths`; fails when there are none or
+/// one cannot be read.
+pub fn read_sources(paths: &[PathBuf]) -> Result<Vec<Source>, ConfigErrors> {
     let files = yaml_files(paths)?;
-    let mut errors = Vec::new();
-    let mut objects = Objects::default();
     if files.is_empty() {
-        errors.push(ConfigError {
-            file: paths
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", "),
+        return Err(ConfigErrors(vec![ConfigError {
+            file: describe_paths(paths),
             object: None,
             field: None,
             message: "no *.yaml or *.yml files found".into(),
-        });
+        }]));
     }
+    let mut errors = Vec::new();
+    let mut sources = Vec::with_capacity(files.len());
     for file in &files {
-        read_file(file, &mut objects, &mut errors);
+        match read_text(file) {
+            Ok(text) => sources.push(Source {
+                file: file.display().to_string(),
+                text,
+            }),
+            Err(message) => errors.push(file_error(file, message)),
+        }
+    }
+    if errors.is_empty() {
+        Ok(sources)
+    } else {
+        Err(ConfigErrors(errors))
+    }
+}
+
+/// `paths` as one string, for errors about all of them.
+pub fn describe_paths(paths: &[PathBuf]) -> String {
+    paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Parses, validates and translates configuration texts.
+pub fn load_sources(sources: &[Source], check: SchemaCheck) -> Result<Plan, ConfigErrors> {
+    let mut errors = Vec::new();
+    let mut objects = Objects::default();
+    for source in sources {
+        parse_source(source, check, &mut objects, &mut errors);
     }
     if !errors.is_empty() {
         return Err(ConfigErrors(errors));
@@ -339,27 +388,25 @@ pub fn flow_depth_exceeded(text: &str, limit: usize) -> Option<usize> {
     None
 }
 
-fn read_file(file: &Path, objects: &mut Objects, errors: &mut Vec<ConfigError>) {
-    let name = file.display().to_string();
-    let text = match read_text(file) {
-        Ok(t) => t,
-        Err(message) => {
-            errors.push(file_error(file, message));
-            return;
-        }
+fn parse_source(source: &Source, check: SchemaCheck, objects: &mut Objects, errors: &mut Vec<ConfigError>) {
+    let Source { file: name, text } = source;
+    let error = |message: String| ConfigError {
+        file: name.clone(),
+        object: None,
+        field: None,
+        message,
     };
-    if let Some(line) = flow_depth_exceeded(&text, MAX_FLOW_DEPTH) {
-        errors.push(file_error(
-            file,
-            format!("invalid YAML: collections nested deeper than {MAX_FLOW_DEPTH} levels at line {line}"),
-        ));
+    if let Some(line) = flow_depth_exceeded(text, MAX_FLOW_DEPTH) {
+        errors.push(error(format!(
+            "invalid YAML: collections nested deeper than {MAX_FLOW_DEPTH} levels at line {line}"
+        )));
         return;
     }
-    for (index, document) in serde_norway::Deserializer::from_str(&text).enumerate() {
+    for (index, document) in serde_norway::Deserializer::from_str(text).enumerate() {
         let mut value: Value = match StrictValue::deserialize(document) {
             Ok(v) => v.0,
             Err(e) => {
-                errors.push(file_error(file, format!("invalid YAML: {e}")));
+                errors.push(error(format!("invalid YAML: {e}")));
                 return;
             }
         };
@@ -367,7 +414,7 @@ fn read_file(file: &Path, objects: &mut Objects, errors: &mut Vec<ConfigError>) 
             continue;
         }
         schema::prune_nulls(&mut value);
-        read_object(&name, index + 1, value, objects, errors);
+        read_object(name, index + 1, value, check, objects, errors);
     }
 }
 
@@ -466,6 +513,7 @@ fn read_object(
     file: &str,
     document: usize,
     value: Value,
+    check: SchemaCheck,
     objects: &mut Objects,
     errors: &mut Vec<ConfigError>,
 ) {
@@ -544,7 +592,7 @@ fn read_object(
         );
         return;
     }
-    let dns = is_dns1123(&name);
+    let dns = api::is_dns1123_subdomain(&name);
     if !dns || name.len() > 253 {
         error(
             Some(label.clone()),
@@ -553,7 +601,7 @@ fn read_object(
         );
         return;
     }
-    if namespace.len() > 63 || namespace.contains('.') || !is_dns1123(&namespace) {
+    if namespace.len() > 63 || namespace.contains('.') || !api::is_dns1123_subdomain(&namespace) {
         error(
             Some(label.clone()),
             Some("metadata.namespace"),
@@ -633,7 +681,10 @@ fn read_object(
             objects.config_maps.insert(key, (data, origin));
         }
         (api::GROUP, api::VERSION, "Endpoint" | "Channel" | "Bridge" | "Subscription") => {
-            let problems = schema::validate(&kind, &value);
+            let problems = match check {
+                SchemaCheck::Run => schema::validate(&kind, &value),
+                SchemaCheck::Passed => Vec::new(),
+            };
             if !problems.is_empty() {
                 for p in problems {
                     error(Some(label.clone()), Some(&p.field), p.message);
@@ -691,15 +742,6 @@ fn type_name(value: &Value) -> &'static str {
         Value::Array(_) => "a list",
         Value::Object(_) => "a mapping",
     }
-}
-
-fn is_dns1123(name: &str) -> bool {
-    static RE: std::sync::OnceLock<jsonschema::Validator> = std::sync::OnceLock::new();
-    RE.get_or_init(|| {
-        jsonschema::validator_for(&serde_json::json!({"type": "string", "pattern": DNS1123_SUBDOMAIN}))
-            .expect("the pattern compiles")
-    })
-    .is_valid(&Value::String(name.to_string()))
 }
 
 struct Secrets<'a> {

@@ -12,6 +12,7 @@ pub mod gateway;
 pub mod load;
 pub mod runtime;
 pub mod schema;
+pub mod validator;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -26,6 +27,7 @@ use tracing::{error, info, warn};
 
 pub use load::{ConfigError, ConfigErrors, Plan, load};
 pub use runtime::Runtime;
+pub use validator::Validation;
 
 use crate::dataplane::DataplaneMetrics;
 use crate::ops::{self, Readiness};
@@ -43,6 +45,8 @@ pub struct Options {
     pub drain_timeout: Duration,
     /// Where deliveries, dead-letters and endpoint connections may go.
     pub destinations: std::sync::Arc<crate::dataplane::DestinationPolicy>,
+    /// Where the files are validated (the CLI uses a child process).
+    pub validation: Validation,
 }
 
 impl Options {
@@ -55,6 +59,7 @@ impl Options {
             poll_interval: Duration::from_secs(1),
             drain_timeout: Duration::from_secs(10),
             destinations: Default::default(),
+            validation: Validation::InProcess,
         }
     }
 }
@@ -100,7 +105,7 @@ pub struct Standalone {
 /// listener, and follows the files. Fails without starting anything when
 /// the configuration is invalid.
 pub async fn start(options: Options) -> Result<Standalone, Error> {
-    let plan = load(&options.files)?;
+    let plan = validator::load(&options.files, &options.validation).await?;
     info!(files = ?options.files, "configuration loaded: {}", plan.summary());
 
     let mut registry = Registry::default();
@@ -134,6 +139,7 @@ pub async fn start(options: Options) -> Result<Standalone, Error> {
 
     let reloader = tokio::spawn(follow_files(
         options.files.clone(),
+        options.validation.clone(),
         options.poll_interval,
         runtime.clone(),
         reloads,
@@ -183,6 +189,7 @@ pub async fn run(options: Options) -> Result<(), Error> {
 
 async fn follow_files(
     files: Vec<PathBuf>,
+    validation: Validation,
     interval: Duration,
     runtime: Arc<Runtime>,
     reloads: Family<ReloadLabels, Counter>,
@@ -199,10 +206,8 @@ async fn follow_files(
             continue;
         }
         last = now;
-        let files = files.clone();
-        let loaded = tokio::task::spawn_blocking(move || load(&files)).await;
-        match loaded {
-            Ok(Ok(plan)) => {
+        match validator::load(&files, &validation).await {
+            Ok(plan) => {
                 info!("configuration changed; applying: {}", plan.summary());
                 runtime.apply(plan);
                 reloads
@@ -211,7 +216,7 @@ async fn follow_files(
                     })
                     .inc();
             }
-            Ok(Err(errors)) => {
+            Err(errors) => {
                 for e in &errors.0 {
                     error!("{e}");
                 }
@@ -222,7 +227,6 @@ async fn follow_files(
                     })
                     .inc();
             }
-            Err(e) => error!("configuration reload failed: {e}"),
         }
     }
 }

@@ -1,9 +1,10 @@
 //! The pooled HTTP/1.1 client used for deliveries and dead-letters.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -16,6 +17,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::connect::dns::Name;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::policy::{AttemptOutcome, parse_retry_after};
 use crate::dataplane::destination::{DestinationDenied, DestinationPolicy, resolve_allowed};
@@ -112,12 +114,60 @@ fn denial_of<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a Destina
 /// Response bodies beyond this are not read (the connection is then not reused).
 const MAX_RESPONSE_BODY: usize = 64 * 1024;
 
+/// Concurrent requests (and so connections) per origin, by default. Also
+/// the number of idle connections the pool keeps per origin: with no more
+/// requests in flight than connections kept, every connection opened is
+/// reused, and a burst to many subscribers of one Service never opens and
+/// closes a connection per message.
+pub const DEFAULT_CONNECTIONS_PER_ORIGIN: usize = 256;
+
+type OriginKey = (bool, http::uri::Authority);
+
+/// One semaphore per origin (scheme and authority) bounding requests in flight.
+struct OriginLimits {
+    per_origin: usize,
+    origins: Mutex<HashMap<OriginKey, Arc<Semaphore>>>,
+}
+
+/// Origins remembered before idle ones are forgotten.
+const MAX_REMEMBERED_ORIGINS: usize = 4096;
+
+impl OriginLimits {
+    fn new(per_origin: usize) -> Self {
+        Self {
+            per_origin: per_origin.max(1),
+            origins: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Waits for a free slot to `uri`'s origin (FIFO among waiters).
+    async fn acquire(&self, uri: &Uri) -> Option<OwnedSemaphorePermit> {
+        let key = (
+            uri.scheme() == Some(&http::uri::Scheme::HTTPS),
+            uri.authority()?.clone(),
+        );
+        let semaphore = {
+            let mut origins = self.origins.lock().unwrap_or_else(|p| p.into_inner());
+            if !origins.contains_key(&key) && origins.len() >= MAX_REMEMBERED_ORIGINS {
+                let idle = self.per_origin;
+                origins.retain(|_, s| s.available_permits() < idle);
+            }
+            origins
+                .entry(key)
+                .or_insert_with(|| Arc::new(Semaphore::new(self.per_origin)))
+                .clone()
+        };
+        semaphore.acquire_owned().await.ok()
+    }
+}
+
 /// A keep-alive connection pool shared by all subscribers: `http://`, and
 /// `https://` verified against the system roots (`SSL_CERT_FILE` /
 /// `SSL_CERT_DIR` add more).
 #[derive(Clone)]
 pub struct HttpSender {
     client: Client<HttpsConnector<GuardedConnector>, Full<Bytes>>,
+    limits: Arc<OriginLimits>,
 }
 
 impl Default for HttpSender {
@@ -133,8 +183,15 @@ impl HttpSender {
         Self::with_policy(Arc::new(DestinationPolicy::default()))
     }
 
-    /// A pooled HTTP/1.1 client that connects only where `policy` allows.
+    /// A pooled HTTP/1.1 client that connects only where `policy` allows,
+    /// with [`DEFAULT_CONNECTIONS_PER_ORIGIN`].
     pub fn with_policy(policy: Arc<DestinationPolicy>) -> Self {
+        Self::with_limits(policy, DEFAULT_CONNECTIONS_PER_ORIGIN)
+    }
+
+    /// A pooled HTTP/1.1 client that connects only where `policy` allows and
+    /// keeps at most `per_origin` requests in flight to each origin.
+    pub fn with_limits(policy: Arc<DestinationPolicy>, per_origin: usize) -> Self {
         // The policy is enforced underneath TLS, on the TCP connection.
         let tls = crate::dataplane::endpoint::tls::client_config(None)
             .map(|c| (*c).clone())
@@ -155,14 +212,17 @@ impl HttpSender {
             .wrap_connector(GuardedConnector::new(policy));
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(256)
+            .pool_max_idle_per_host(per_origin.max(1))
             .build(connector);
-        Self { client }
+        Self {
+            client,
+            limits: Arc::new(OriginLimits::new(per_origin)),
+        }
     }
 
-    /// POSTs `body` with `headers`, all within `timeout`. Reads (up to a
-    /// small bound) and discards the response body so the connection can be
-    /// reused.
+    /// POSTs `body` with `headers` once a slot to the origin is free, then
+    /// all within `timeout`. Reads (up to a small bound) and discards the
+    /// response body so the connection can be reused.
     pub async fn post(
         &self,
         uri: &Uri,
@@ -174,6 +234,8 @@ impl HttpSender {
         *request.method_mut() = Method::POST;
         *request.uri_mut() = uri.clone();
         *request.headers_mut() = headers;
+        // Waiting for a slot is not the subscriber's time: outside the timeout.
+        let _slot = self.limits.acquire(uri).await;
         let exchange = async {
             let response = self.client.request(request).await?;
             let status = response.status();
