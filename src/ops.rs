@@ -23,8 +23,10 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the global `tracing` subscriber. `RUST_LOG` overrides the level
-/// (default `info`).
+/// Installs the global `tracing` subscriber. `RUST_LOG` sets levels
+/// (default `info`): a level, `target=level` pairs, or both, comma-separated
+/// (e.g. `info,wsbridge=debug`). Span and field filters are not supported:
+/// parsing them needs a regex engine in every process for a debugging aid.
 ///
 /// Whatever `RUST_LOG` says, [`secret_safe_filter`] caps the libraries that
 /// log credentials or message bodies at `trace`: tungstenite logs the whole
@@ -34,9 +36,7 @@ pub fn init_logging(format: LogFormat) {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::{Layer, filter::FilterExt};
-    let env = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let filter = env.and(secret_safe_filter());
+    let filter = levels_from_env().and(secret_safe_filter());
     let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => tracing_subscriber::registry()
@@ -46,6 +46,19 @@ pub fn init_logging(format: LogFormat) {
             .with(layer.json().flatten_event(true).with_filter(filter))
             .try_init(),
     };
+}
+
+/// The levels `RUST_LOG` asks for; `info` when unset or not understood.
+fn levels_from_env() -> tracing_subscriber::filter::Targets {
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    let default = || Targets::new().with_default(LevelFilter::INFO);
+    match std::env::var("RUST_LOG") {
+        Ok(spec) if !spec.trim().is_empty() => spec.parse().unwrap_or_else(|e| {
+            eprintln!("RUST_LOG={spec:?} not understood ({e}); logging at info");
+            default()
+        }),
+        _ => default(),
+    }
 }
 
 /// Targets that must never log at `trace`: tungstenite writes the handshake

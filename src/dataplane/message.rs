@@ -2,7 +2,7 @@
 //! binary-mode HTTP representation.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -152,8 +152,8 @@ pub const CE_TIME: HeaderName = HeaderName::from_static("ce-time");
 
 /// One message. Shared between subscribers as `Arc<Message>` and kept small,
 /// since queues hold many: the strings every message of a source shares are
-/// `Arc<str>`, and the delivery headers are built per request (each request
-/// needs its own `HeaderMap` anyway).
+/// `Arc<str>`, and the delivery headers are built once, when the message is
+/// first delivered, then cloned for every subscriber's request.
 #[derive(Clone)]
 pub struct Message {
     id: Box<str>,
@@ -164,6 +164,7 @@ pub struct Message {
     time: SystemTime,
     content_type: &'static str,
     authorization: Option<HeaderValue>,
+    headers: OnceLock<HeaderMap>,
 }
 
 impl Message {
@@ -180,24 +181,28 @@ impl Message {
             event_type: Arc::from(origin.default_event_type()),
             time: SystemTime::now(),
             authorization: None,
+            headers: OnceLock::new(),
         }
     }
 
     /// Replaces the CloudEvents `type`.
     pub fn with_event_type(mut self, event_type: impl Into<Arc<str>>) -> Self {
         self.event_type = event_type.into();
+        self.headers = OnceLock::new();
         self
     }
 
     /// Replaces the id (e.g. to keep an id given by a publisher).
     pub fn with_id(mut self, id: impl Into<String>) -> Self {
         self.id = id.into().into_boxed_str();
+        self.headers = OnceLock::new();
         self
     }
 
     /// Replaces the time.
     pub fn with_time(mut self, time: SystemTime) -> Self {
         self.time = time;
+        self.headers = OnceLock::new();
         self
     }
 
@@ -211,6 +216,7 @@ impl Message {
     /// that stamp many messages with the same token build it once.
     pub fn with_authorization(mut self, value: Option<HeaderValue>) -> Self {
         self.authorization = value;
+        self.headers = OnceLock::new();
         self
     }
 
@@ -246,6 +252,10 @@ impl Message {
     /// binary-mode `ce-*` headers and, when set, the (sensitive)
     /// `Authorization` header.
     pub fn http_headers(&self) -> HeaderMap {
+        self.headers.get_or_init(|| self.build_headers()).clone()
+    }
+
+    fn build_headers(&self) -> HeaderMap {
         let mut h = HeaderMap::with_capacity(8);
         h.insert(CONTENT_TYPE, HeaderValue::from_static(self.content_type()));
         h.insert(CE_SPECVERSION, HeaderValue::from_static("1.0"));

@@ -231,12 +231,35 @@ pub enum SchemaCheck {
 /// Reads, validates and translates the configuration under `paths`.
 /// Every problem is reported, each naming its file, object and field.
 pub fn load(paths: &[PathBuf]) -> Result<Plan, ConfigErrors> {
-    load_sources(&read_sources(paths)?, SchemaCheck::Run)
+    let sources = read_sources(paths)?;
+    sources.finish(load_sources(&sources.texts, SchemaCheck::Run))
 }
 
-/// The texts of the YAML files under `paths`; fails when there are none or
-/// one cannot be read.
-pub fn read_sources(paths: &[PathBuf]) -> Result<Vec<Source>, ConfigErrors> {
+/// The configuration files under `paths`, read.
+#[derive(Debug, Default)]
+pub struct Sources {
+    /// The texts of the files that could be read.
+    pub texts: Vec<Source>,
+    /// Why the others could not (reported with the problems of the rest).
+    pub unreadable: Vec<ConfigError>,
+}
+
+impl Sources {
+    /// `result` (of loading `texts`), failing with the unreadable files first.
+    pub fn finish(&self, result: Result<Plan, ConfigErrors>) -> Result<Plan, ConfigErrors> {
+        if self.unreadable.is_empty() {
+            return result;
+        }
+        let mut errors = self.unreadable.clone();
+        if let Err(ConfigErrors(more)) = result {
+            errors.extend(more);
+        }
+        Err(ConfigErrors(errors))
+    }
+}
+
+/// The YAML files under `paths`, read; fails when there are none.
+pub fn read_sources(paths: &[PathBuf]) -> Result<Sources, ConfigErrors> {
     let files = yaml_files(paths)?;
     if files.is_empty() {
         return Err(ConfigErrors(vec![ConfigError {
@@ -246,22 +269,17 @@ pub fn read_sources(paths: &[PathBuf]) -> Result<Vec<Source>, ConfigErrors> {
             message: "no *.yaml or *.yml files found".into(),
         }]));
     }
-    let mut errors = Vec::new();
-    let mut sources = Vec::with_capacity(files.len());
+    let mut sources = Sources::default();
     for file in &files {
         match read_text(file) {
-            Ok(text) => sources.push(Source {
+            Ok(text) => sources.texts.push(Source {
                 file: file.display().to_string(),
                 text,
             }),
-            Err(message) => errors.push(file_error(file, message)),
+            Err(message) => sources.unreadable.push(file_error(file, message)),
         }
     }
-    if errors.is_empty() {
-        Ok(sources)
-    } else {
-        Err(ConfigErrors(errors))
-    }
+    Ok(sources)
 }
 
 /// `paths` as one string, for errors about all of them.

@@ -65,19 +65,21 @@ pub async fn load(paths: &[PathBuf], validation: &Validation) -> Result<Plan, Co
     let sources = read.map_err(|e| whole(paths, format!("reading the configuration failed: {e}")))??;
     let check = match validation {
         Validation::InProcess => SchemaCheck::Run,
-        Validation::Isolated { program, timeout } => match in_child(program, *timeout, &sources).await {
-            Ok(errors) if errors.is_empty() => SchemaCheck::Passed,
-            Ok(errors) => return Err(ConfigErrors(errors)),
-            Err(ChildError::Spawn(e)) => {
-                warn!(program = %program.display(), error = %e, "cannot start the validator process; validating in process");
-                SchemaCheck::Run
+        Validation::Isolated { program, timeout } => {
+            match in_child(program, *timeout, &sources.texts).await {
+                Ok(errors) if errors.is_empty() => SchemaCheck::Passed,
+                Ok(errors) => return sources.finish(Err(ConfigErrors(errors))),
+                Err(ChildError::Spawn(e)) => {
+                    warn!(program = %program.display(), error = %e, "cannot start the validator process; validating in process");
+                    SchemaCheck::Run
+                }
+                Err(ChildError::Failed(why)) => {
+                    return sources.finish(Err(whole(paths, format!("validation failed: {why}"))));
+                }
             }
-            Err(ChildError::Failed(why)) => {
-                return Err(whole(paths, format!("validation failed: {why}")));
-            }
-        },
+        }
     };
-    tokio::task::spawn_blocking(move || load::load_sources(&sources, check))
+    tokio::task::spawn_blocking(move || sources.finish(load::load_sources(&sources.texts, check)))
         .await
         .map_err(|e| whole(paths, format!("loading the configuration failed: {e}")))?
 }

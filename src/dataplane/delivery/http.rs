@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -161,12 +161,20 @@ impl OriginLimits {
     }
 }
 
+type PlainClient = Client<GuardedConnector, Full<Bytes>>;
+type TlsClient = Client<HttpsConnector<GuardedConnector>, Full<Bytes>>;
+
 /// A keep-alive connection pool shared by all subscribers: `http://`, and
 /// `https://` verified against the system roots (`SSL_CERT_FILE` /
 /// `SSL_CERT_DIR` add more).
 #[derive(Clone)]
 pub struct HttpSender {
-    client: Client<HttpsConnector<GuardedConnector>, Full<Bytes>>,
+    plain: PlainClient,
+    /// Built on the first `https://` request: loading and parsing the system
+    /// roots costs memory that plain-HTTP subscribers never need.
+    tls: Arc<OnceLock<TlsClient>>,
+    policy: Arc<DestinationPolicy>,
+    per_origin: usize,
     limits: Arc<OriginLimits>,
 }
 
@@ -192,32 +200,38 @@ impl HttpSender {
     /// A pooled HTTP/1.1 client that connects only where `policy` allows and
     /// keeps at most `per_origin` requests in flight to each origin.
     pub fn with_limits(policy: Arc<DestinationPolicy>, per_origin: usize) -> Self {
-        // The policy is enforced underneath TLS, on the TCP connection.
-        let tls = crate::dataplane::endpoint::tls::client_config(None)
-            .map(|c| (*c).clone())
-            .unwrap_or_else(|e| {
-                tracing::warn!(error = %e, "no system roots for https subscribers");
-                rustls::ClientConfig::builder_with_provider(
-                    Arc::new(rustls::crypto::ring::default_provider()),
-                )
-                .with_safe_default_protocol_versions()
-                .expect("ring supports the default protocol versions")
-                .with_root_certificates(rustls::RootCertStore::empty())
-                .with_no_client_auth()
-            });
-        let connector = HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(GuardedConnector::new(policy));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(per_origin.max(1))
-            .build(connector);
+        let per_origin = per_origin.max(1);
         Self {
-            client,
+            plain: pooled(GuardedConnector::new(policy.clone()), per_origin),
+            tls: Arc::default(),
+            policy,
+            per_origin,
             limits: Arc::new(OriginLimits::new(per_origin)),
         }
+    }
+
+    fn tls_client(&self) -> &TlsClient {
+        self.tls.get_or_init(|| {
+            // The policy is enforced underneath TLS, on the TCP connection.
+            let tls = crate::dataplane::endpoint::tls::client_config(None)
+                .map(|c| (*c).clone())
+                .unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "no system roots for https subscribers");
+                    rustls::ClientConfig::builder_with_provider(Arc::new(
+                        rustls::crypto::ring::default_provider(),
+                    ))
+                    .with_safe_default_protocol_versions()
+                    .expect("ring supports the default protocol versions")
+                    .with_root_certificates(rustls::RootCertStore::empty())
+                    .with_no_client_auth()
+                });
+            let connector = HttpsConnectorBuilder::new()
+                .with_tls_config(tls)
+                .https_or_http()
+                .enable_http1()
+                .wrap_connector(GuardedConnector::new(self.policy.clone()));
+            pooled(connector, self.per_origin)
+        })
     }
 
     /// POSTs `body` with `headers` once a slot to the origin is free, then
@@ -237,7 +251,11 @@ impl HttpSender {
         // Waiting for a slot is not the subscriber's time: outside the timeout.
         let _slot = self.limits.acquire(uri).await;
         let exchange = async {
-            let response = self.client.request(request).await?;
+            let response = if uri.scheme() == Some(&http::uri::Scheme::HTTPS) {
+                self.tls_client().request(request).await?
+            } else {
+                self.plain.request(request).await?
+            };
             let status = response.status();
             let retry_after = response
                 .headers()
@@ -257,6 +275,17 @@ impl HttpSender {
             },
         }
     }
+}
+
+/// A client keeping up to `per_origin` idle connections per origin.
+fn pooled<C>(connector: C, per_origin: usize) -> Client<C, Full<Bytes>>
+where
+    C: hyper_util::client::legacy::connect::Connect + Clone,
+{
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(per_origin)
+        .build(connector)
 }
 
 fn describe(e: &hyper_util::client::legacy::Error) -> String {
