@@ -185,3 +185,85 @@ spec: {channel: ticker, endpoint: feed, tokenSecretRef: {name: creds, key: token
     let out = wsbridge(&["standalone", "--check", "-f", file.to_str().unwrap()]);
     assert!(out.status.success(), "{}", self::text(&out));
 }
+
+/// The CLI validates in a child process (`wsbridge validate-config`). Its
+/// verdict is the in-process one; a validator that cannot start leaves the
+/// check to the parent; one that dies or hangs refuses the configuration
+/// rather than letting it through unchecked.
+mod isolated_validation {
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    use super::standalone_support::{TempDir, repo};
+    use wsbridge::standalone::{Validation, load, validator};
+
+    fn isolated(program: impl Into<PathBuf>, timeout: Duration) -> Validation {
+        Validation::Isolated {
+            program: program.into(),
+            timeout,
+        }
+    }
+
+    fn real() -> Validation {
+        isolated(env!("CARGO_BIN_EXE_wsbridge"), Duration::from_secs(60))
+    }
+
+    #[tokio::test]
+    async fn the_child_gives_the_in_process_verdict() {
+        let example = repo().join("examples/quickstart/wsbridge.yaml");
+        let plan = validator::load(std::slice::from_ref(&example), &real())
+            .await
+            .expect("the quickstart is valid");
+        assert_eq!(plan, load(&[example]).unwrap());
+        for name in ["bridge-bad-channel-name.yaml", "channel-publish-not-bool.yaml"] {
+            let file = repo().join("tests/corpus/invalid").join(name);
+            let in_child = validator::load(std::slice::from_ref(&file), &real())
+                .await
+                .expect_err("invalid");
+            assert_eq!(in_child, load(&[file]).expect_err("invalid"), "{name}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_validator_that_cannot_start_leaves_the_check_to_the_parent() {
+        let missing = isolated("/nonexistent/wsbridge", Duration::from_secs(10));
+        let example = repo().join("examples/quickstart/wsbridge.yaml");
+        assert!(validator::load(&[example], &missing).await.is_ok());
+        let invalid = repo().join("tests/corpus/invalid/channel-publish-not-bool.yaml");
+        let errors = validator::load(&[invalid], &missing)
+            .await
+            .expect_err("still checked");
+        assert!(
+            errors.to_string().contains("spec.allowAnonymousPublish"),
+            "{errors}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_validator_that_dies_or_hangs_refuses_the_configuration() {
+        let example = repo().join("examples/quickstart/wsbridge.yaml");
+        let died = validator::load(
+            std::slice::from_ref(&example),
+            &isolated("false", Duration::from_secs(10)),
+        )
+        .await
+        .expect_err("no verdict, no configuration");
+        assert!(died.to_string().contains("validation failed"), "{died}");
+
+        let dir = TempDir::new("hung-validator");
+        let script = dir.write("hang.sh", "#!/bin/sh\nexec sleep 30\n");
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let started = std::time::Instant::now();
+        let hung = validator::load(&[example], &isolated(&script, Duration::from_millis(500)))
+            .await
+            .expect_err("a hung validator gives no verdict");
+        assert!(hung.to_string().contains("did not finish"), "{hung}");
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the hung child was not cut off"
+        );
+    }
+}
