@@ -110,13 +110,12 @@ async fn in_child(
         .arg(SUBCOMMAND)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        // Not shown: a crash message could quote the input, Secrets included.
+        .stderr(Stdio::null())
         .kill_on_drop(true)
         .spawn()
         .map_err(ChildError::Spawn)?;
-    let (Some(mut stdin), Some(mut stdout), Some(mut stderr)) =
-        (child.stdin.take(), child.stdout.take(), child.stderr.take())
-    else {
+    let (Some(mut stdin), Some(mut stdout)) = (child.stdin.take(), child.stdout.take()) else {
         return Err(ChildError::Failed("validator process has no pipes".into()));
     };
     let exchange = async {
@@ -126,17 +125,13 @@ async fn in_child(
             drop(stdin);
             result
         };
-        let (mut out, mut err) = (Vec::new(), Vec::new());
-        let (fed, read_out, read_err, status) = tokio::join!(
-            feed,
-            stdout.read_to_end(&mut out),
-            stderr.read_to_end(&mut err),
-            child.wait()
-        );
-        let _ = (read_err, fed);
-        read_out.and(status).map(|status| (status, out, err))
+        let mut out = Vec::new();
+        let (fed, read_out, status) = tokio::join!(feed, stdout.read_to_end(&mut out), child.wait());
+        // A failed feed shows as a missing verdict below.
+        let _ = fed;
+        read_out.and(status).map(|status| (status, out))
     };
-    let (status, out, err) = match tokio::time::timeout(timeout, exchange).await {
+    let (status, out) = match tokio::time::timeout(timeout, exchange).await {
         Err(_) => {
             return Err(ChildError::Failed(format!(
                 "the validator process did not finish within {timeout:?}"
@@ -147,13 +142,10 @@ async fn in_child(
     };
     match serde_json::from_slice::<Verdict>(&out) {
         Ok(verdict) if status.success() => Ok(verdict.errors),
-        _ => {
-            let stderr = String::from_utf8_lossy(&err);
-            let last = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
-            Err(ChildError::Failed(format!(
-                "the validator process ended with {status}: {last}"
-            )))
-        }
+        _ => Err(ChildError::Failed(format!(
+            "the validator process ended with {status} and no verdict \
+             (`wsbridge standalone --check` validates in process and shows why)"
+        ))),
     }
 }
 
