@@ -35,6 +35,18 @@ pub struct ConfigError {
     pub message: String,
 }
 
+impl ConfigError {
+    /// A problem with a file (or list of files) as a whole.
+    pub fn about_file(file: impl Into<String>, message: String) -> Self {
+        Self {
+            file: file.into(),
+            object: None,
+            field: None,
+            message,
+        }
+    }
+}
+
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: ", self.file)?;
@@ -191,12 +203,7 @@ pub fn fingerprint(paths: &[PathBuf]) -> Vec<(PathBuf, u64, Option<SystemTime>)>
 }
 
 fn file_error(path: &Path, message: String) -> ConfigError {
-    ConfigError {
-        file: path.display().to_string(),
-        object: None,
-        field: None,
-        message,
-    }
+    ConfigError::about_file(path.display().to_string(), message)
 }
 
 /// Objects read from files, before translation.
@@ -262,12 +269,10 @@ impl Sources {
 pub fn read_sources(paths: &[PathBuf]) -> Result<Sources, ConfigErrors> {
     let files = yaml_files(paths)?;
     if files.is_empty() {
-        return Err(ConfigErrors(vec![ConfigError {
-            file: describe_paths(paths),
-            object: None,
-            field: None,
-            message: "no *.yaml or *.yml files found".into(),
-        }]));
+        return Err(ConfigErrors(vec![ConfigError::about_file(
+            describe_paths(paths),
+            "no *.yaml or *.yml files found".into(),
+        )]));
     }
     let mut sources = Sources::default();
     for file in &files {
@@ -408,12 +413,7 @@ pub fn flow_depth_exceeded(text: &str, limit: usize) -> Option<usize> {
 
 fn parse_source(source: &Source, check: SchemaCheck, objects: &mut Objects, errors: &mut Vec<ConfigError>) {
     let Source { file: name, text } = source;
-    let error = |message: String| ConfigError {
-        file: name.clone(),
-        object: None,
-        field: None,
-        message,
-    };
+    let error = |message: String| ConfigError::about_file(name.as_str(), message);
     if let Some(line) = flow_depth_exceeded(text, MAX_FLOW_DEPTH) {
         errors.push(error(format!(
             "invalid YAML: collections nested deeper than {MAX_FLOW_DEPTH} levels at line {line}"

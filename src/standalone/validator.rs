@@ -85,12 +85,10 @@ pub async fn load(paths: &[PathBuf], validation: &Validation) -> Result<Plan, Co
 }
 
 fn whole(paths: &[PathBuf], message: String) -> ConfigErrors {
-    ConfigErrors(vec![ConfigError {
-        file: load::describe_paths(paths),
-        object: None,
-        field: None,
+    ConfigErrors(vec![ConfigError::about_file(
+        load::describe_paths(paths),
         message,
-    }])
+    )])
 }
 
 enum ChildError {

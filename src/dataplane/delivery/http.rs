@@ -135,17 +135,14 @@ const MAX_REMEMBERED_ORIGINS: usize = 4096;
 impl OriginLimits {
     fn new(per_origin: usize) -> Self {
         Self {
-            per_origin: per_origin.max(1),
+            per_origin,
             origins: Mutex::new(HashMap::new()),
         }
     }
 
     /// Waits for a free slot to `uri`'s origin (FIFO among waiters).
-    async fn acquire(&self, uri: &Uri) -> Option<OwnedSemaphorePermit> {
-        let key = (
-            uri.scheme() == Some(&http::uri::Scheme::HTTPS),
-            uri.authority()?.clone(),
-        );
+    async fn acquire(&self, https: bool, uri: &Uri) -> Option<OwnedSemaphorePermit> {
+        let key = (https, uri.authority()?.clone());
         let semaphore = {
             let mut origins = self.origins.lock().unwrap_or_else(|p| p.into_inner());
             if !origins.contains_key(&key) && origins.len() >= MAX_REMEMBERED_ORIGINS {
@@ -192,15 +189,10 @@ impl HttpSender {
     }
 
     /// A pooled HTTP/1.1 client that connects only where `policy` allows,
-    /// with [`DEFAULT_CONNECTIONS_PER_ORIGIN`].
+    /// with at most [`DEFAULT_CONNECTIONS_PER_ORIGIN`] requests in flight to
+    /// each origin.
     pub fn with_policy(policy: Arc<DestinationPolicy>) -> Self {
-        Self::with_limits(policy, DEFAULT_CONNECTIONS_PER_ORIGIN)
-    }
-
-    /// A pooled HTTP/1.1 client that connects only where `policy` allows and
-    /// keeps at most `per_origin` requests in flight to each origin.
-    pub fn with_limits(policy: Arc<DestinationPolicy>, per_origin: usize) -> Self {
-        let per_origin = per_origin.max(1);
+        let per_origin = DEFAULT_CONNECTIONS_PER_ORIGIN;
         Self {
             plain: pooled(GuardedConnector::new(policy.clone()), per_origin),
             tls: Arc::default(),
@@ -248,10 +240,11 @@ impl HttpSender {
         *request.method_mut() = Method::POST;
         *request.uri_mut() = uri.clone();
         *request.headers_mut() = headers;
+        let https = uri.scheme() == Some(&http::uri::Scheme::HTTPS);
         // Waiting for a slot is not the subscriber's time: outside the timeout.
-        let _slot = self.limits.acquire(uri).await;
+        let _slot = self.limits.acquire(https, uri).await;
         let exchange = async {
-            let response = if uri.scheme() == Some(&http::uri::Scheme::HTTPS) {
+            let response = if https {
                 self.tls_client().request(request).await?
             } else {
                 self.plain.request(request).await?
