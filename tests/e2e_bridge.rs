@@ -119,6 +119,7 @@ async fn a_worker_started_from_the_controllers_pod_template_bridges_the_endpoint
     let ns = support::create_namespace(&client, "e2e-bridge").await?;
     let mut endpoint = WsServer::start(ServerOpts {
         select_subprotocol: true,
+        greeting: Some(WsMessage::Text(r#"{"snapshot":true}"#.into())),
         ..Default::default()
     })
     .await;
@@ -174,6 +175,12 @@ async fn a_worker_started_from_the_controllers_pod_template_bridges_the_endpoint
             .filter(|(c, _)| *c == 200))
     })
     .await?;
+
+    // What the endpoint sends the moment the connection opens is not lost:
+    // the worker connects only once it knows its subscribers.
+    for sub in subs.iter_mut() {
+        assert_eq!(sub.next().await.body.as_ref(), br#"{"snapshot":true}"#);
+    }
 
     // Text, JSON and binary messages reach both subscribers with the bridge token.
     endpoint.send(WsMessage::Text(r#"{"price":101.5}"#.into()));

@@ -217,6 +217,9 @@ impl Sessions {
         ));
 
         let state = state_tx.clone();
+        // The connection opens only once the subscribers are known: a
+        // message read before that would reach nobody.
+        let (routes_ready_tx, routes_ready) = watch::channel(false);
         // Endpoint → connection config; the connection starts with the first valid one.
         let (inbound_tx, mut inbound_rx) = mpsc::channel::<Arc<Message>>(1024);
         tasks.spawn(follow_endpoint(
@@ -228,6 +231,7 @@ impl Sessions {
                 metrics: self.metrics.clone(),
                 inbound: inbound_tx,
                 state: state_tx,
+                routes_ready,
                 slot: self.slot.clone(),
                 source: translate::channel_source(&ns, &spec.channel),
                 destinations: self.options.destinations.clone(),
@@ -245,11 +249,21 @@ impl Sessions {
 
         // Channel and Subscriptions → routing index → delivery engine.
         let synced = Arc::new(std::sync::atomic::AtomicU8::new(0));
+        let routes_ready_tx = Arc::new(routes_ready_tx);
         let mark_synced = |bit: u8| {
             let synced = synced.clone();
             let ready = self.ready.clone();
+            let engine = self.engine.clone();
+            let index = index.clone();
+            let channel = channel_key.clone();
+            let routes_ready = routes_ready_tx.clone();
             move || {
                 if synced.fetch_or(bit, std::sync::atomic::Ordering::Relaxed) | bit == 0b11 {
+                    // Applied here rather than left to the engine's follower
+                    // task, so the subscribers exist before the connection opens.
+                    let routes = index.routes(&channel);
+                    engine.set_subscribers(&channel, routes.subscribers.clone());
+                    routes_ready.send_replace(true);
                     ready.set(true);
                 }
             }
@@ -361,6 +375,8 @@ struct EndpointRuntime {
     metrics: Arc<DataplaneMetrics>,
     inbound: mpsc::Sender<Arc<Message>>,
     state: watch::Sender<ConnectionState>,
+    /// Becomes true once the channel's subscribers are applied to the engine.
+    routes_ready: watch::Receiver<bool>,
     slot: SendSlot,
     source: String,
 }
@@ -422,7 +438,10 @@ fn connection_config(
 }
 
 /// Starts the connection with the first config and mirrors its state.
-async fn connect(mut configs: watch::Receiver<Option<EndpointConfig>>, rt: EndpointRuntime) {
+async fn connect(mut configs: watch::Receiver<Option<EndpointConfig>>, mut rt: EndpointRuntime) {
+    if rt.routes_ready.wait_for(|ready| *ready).await.is_err() {
+        return;
+    }
     let Ok(first) = configs.wait_for(Option::is_some).await.map(|c| c.clone()) else {
         return;
     };

@@ -38,6 +38,9 @@ pub struct ServerOpts {
     /// Refuse only the first handshake with this HTTP status.
     pub refuse_first_with: Option<u16>,
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Sent on every connection right after the handshake, the way feeds
+    /// send a snapshot before any update.
+    pub greeting: Option<WsMessage>,
 }
 
 pub struct WsServer {
@@ -190,6 +193,11 @@ pub async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
     };
     let headers = seen.lock().unwrap().clone();
     let _ = events.send(Event::Connected { n, headers });
+    if let Some(greeting) = opts.greeting.clone()
+        && ws.send(greeting).await.is_err()
+    {
+        return;
+    }
     if opts.mute_first && n == 1 {
         tokio::time::sleep(Duration::from_secs(3600)).await;
         return;

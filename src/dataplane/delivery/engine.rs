@@ -348,19 +348,20 @@ impl DeliveryEngine {
     /// Applies every change of a routing index watch to this engine (see
     /// [`crate::dataplane::routing::RoutingIndex::watch`]). Ends when the
     /// index drops the channel's watch or the engine is dropped.
+    /// The routes as they are now apply before this returns, so a connection
+    /// started next finds its subscribers.
     pub fn follow(&self, mut routes: watch::Receiver<Arc<ChannelRoutes>>) -> JoinHandle<()> {
+        let current = routes.borrow_and_update().clone();
+        self.set_subscribers(&current.key, current.subscribers.clone());
         let weak: Weak<Inner> = Arc::downgrade(&self.inner);
         tokio::spawn(async move {
-            loop {
+            while routes.changed().await.is_ok() {
                 let current = routes.borrow_and_update().clone();
                 match weak.upgrade() {
                     Some(inner) => {
                         DeliveryEngine { inner }.set_subscribers(&current.key, current.subscribers.clone())
                     }
                     None => return,
-                }
-                if routes.changed().await.is_err() {
-                    return;
                 }
             }
         })
