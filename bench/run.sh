@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # wsbridge data-plane benchmark, side by side with baseline relays.
 #
-#   bash bench/run.sh [--quick] [--relays wsbridge,benthos,node,python] [--repeat K] [--out FILE]
+#   bash bench/run.sh [--quick] [--relays wsbridge,benthos,node,python] [--repeat K] [--out FILE] [--dynamic]
 #
 # --quick: smoke-test sizes (seconds per relay; figures not meaningful).
 # --repeat K: K interleaved rounds, best figure of each (default 2; 1 with --quick).
+# --dynamic: measure a dynamically linked wsbridge instead of the static
+# build that the image ships.
 #
 # Builds what it needs (release): the wsbench harness (source, sink, load
 # generator, runner), wsbridge, Benthos v4.60.0 (Go module proxy), the Node
@@ -25,12 +27,14 @@ quick=""
 repeat=""
 relays="wsbridge,benthos,node,python"
 out=""
+dynamic=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --quick) quick="--quick"; shift ;;
     --relays) relays="$2"; shift 2 ;;
     --repeat) repeat="$2"; shift 2 ;;
     --out) out="$2"; shift 2 ;;
+    --dynamic) dynamic=1; shift ;;
     -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
@@ -52,10 +56,26 @@ wsbench="$target/release/wsbench"
 args=(run $quick --relays "$relays" --repeat "$repeat" --out "$out" --work "$target/bench")
 
 if has wsbridge; then
-  log "building wsbridge (release)"
-  if (cd "$root" && cargo build --release --quiet --bin wsbridge); then
-    if "$target/release/wsbridge" standalone --help >/dev/null 2>&1; then
-      args+=(--wsbridge "$target/release/wsbridge")
+  # Measured as shipped: the image's binary is static (musl). On a glibc
+  # host the closest build is glibc with crt-static, for the host target
+  # named explicitly so that build scripts and proc-macros stay dynamic.
+  # --dynamic measures the default dynamically linked build instead.
+  host="$(rustc -vV | sed -n 's/^host: //p')"
+  wsbridge_bin="$target/release/wsbridge"
+  build=(cargo build --release --quiet --bin wsbridge)
+  if [[ -z "$dynamic" && "$host" == *-linux-gnu ]]; then
+    log "building wsbridge (release, static)"
+    build+=(--target "$host")
+    wsbridge_bin="$target/$host/release/wsbridge"
+    build=(env RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" "${build[@]}")
+    export WSBENCH_WSBRIDGE_BUILD="release, statically linked (glibc crt-static, as the image's static musl binary)"
+  else
+    log "building wsbridge (release)"
+    export WSBENCH_WSBRIDGE_BUILD="release, dynamically linked"
+  fi
+  if (cd "$root" && "${build[@]}"); then
+    if "$wsbridge_bin" standalone --help >/dev/null 2>&1; then
+      args+=(--wsbridge "$wsbridge_bin")
     else
       log "wsbridge has no 'standalone' command in this build: reported as n/a"
     fi

@@ -730,6 +730,9 @@ fn render(o: &Opts, s: &Sizes, results: &BTreeMap<String, RelayResult>, ceiling:
             "One round.".to_string()
         },
     );
+    if let Ok(build) = std::env::var("WSBENCH_WSBRIDGE_BUILD") {
+        let _ = writeln!(out, "wsbridge build measured: {build}.\n");
+    }
     let _ = write!(out, "| scenario |");
     for r in relays {
         let _ = write!(out, " {r} |");

@@ -9,12 +9,14 @@ use std::time::Duration;
 use http::{HeaderName, HeaderValue, Uri};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use tokio::sync::{Semaphore, mpsc, watch};
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
-use super::http::HttpSender;
+use super::http::{HttpSender, Origin};
 use super::policy::{AttemptOutcome, DeliveryPolicy, Verdict, classify};
 use crate::dataplane::destination::DestinationPolicy;
 use crate::dataplane::message::Message;
@@ -530,34 +532,67 @@ async fn run_worker(
     expire: Expire,
     max_in_flight: usize,
 ) {
+    let mut current = CurrentSpec::new(spec, &ctx.shared.http);
     if max_in_flight <= 1 {
         while let Some(q) = rx.recv().await {
-            let current = spec.borrow().clone();
-            ctx.deliver(q, current, expire.clone()).await;
+            let (spec, origin) = current.get(&ctx.shared.http);
+            ctx.deliver(q, spec, origin, expire.clone()).await;
         }
         return;
     }
-    let permits = Arc::new(Semaphore::new(max_in_flight));
-    let mut in_flight = JoinSet::new();
-    loop {
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            break;
-        };
-        let Some(q) = rx.recv().await else { break };
-        let current = spec.borrow().clone();
-        let ctx = ctx.clone();
-        let expire = expire.clone();
-        in_flight.spawn(async move {
-            ctx.deliver(q, current, expire).await;
-            drop(permit);
-        });
-        while in_flight.try_join_next().is_some() {}
+    // Deliveries are futures of this task, not tasks of their own: no spawn
+    // and no hand-off between threads per message.
+    let mut in_flight = FuturesUnordered::new();
+    let mut open = true;
+    while open || !in_flight.is_empty() {
+        tokio::select! {
+            biased;
+            Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
+            q = rx.recv(), if open && in_flight.len() < max_in_flight => match q {
+                Some(q) => {
+                    let (spec, origin) = current.get(&ctx.shared.http);
+                    in_flight.push(ctx.deliver(q, spec, origin, expire.clone()));
+                }
+                None => open = false,
+            },
+        }
     }
-    while in_flight.join_next().await.is_some() {}
+}
+
+/// A subscriber's spec as it is now, with its URI's origin looked up again
+/// only when the spec changes.
+struct CurrentSpec {
+    rx: watch::Receiver<Arc<SubscriberSpec>>,
+    spec: Arc<SubscriberSpec>,
+    origin: Origin,
+}
+
+impl CurrentSpec {
+    fn new(rx: watch::Receiver<Arc<SubscriberSpec>>, http: &HttpSender) -> Self {
+        let spec = rx.borrow().clone();
+        let origin = http.origin(&spec.uri);
+        Self { rx, spec, origin }
+    }
+
+    fn get(&mut self, http: &HttpSender) -> (Arc<SubscriberSpec>, Origin) {
+        let latest = self.rx.borrow();
+        if !Arc::ptr_eq(&latest, &self.spec) {
+            self.spec = latest.clone();
+            self.origin = http.origin(&self.spec.uri);
+        }
+        drop(latest);
+        (self.spec.clone(), self.origin.clone())
+    }
 }
 
 impl WorkerCtx {
-    async fn deliver(&self, q: Queued, spec: Arc<SubscriberSpec>, mut expire: Expire) {
+    async fn deliver(
+        &self,
+        q: Queued,
+        spec: Arc<SubscriberSpec>,
+        origin: Origin,
+        mut expire: Expire,
+    ) {
         let policy = &spec.policy;
         let mut attempts = 0u32;
         let mut last_status = None;
@@ -566,7 +601,8 @@ impl WorkerCtx {
                 break reason;
             }
             attempts += 1;
-            let send = self.shared.http.post(
+            let send = self.shared.http.post_to(
+                &origin,
                 &spec.uri,
                 q.msg.http_headers(),
                 q.msg.payload().bytes().clone(),

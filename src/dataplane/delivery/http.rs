@@ -140,21 +140,35 @@ impl OriginLimits {
         }
     }
 
-    /// Waits for a free slot to `uri`'s origin (FIFO among waiters).
-    async fn acquire(&self, https: bool, uri: &Uri) -> Option<OwnedSemaphorePermit> {
+    /// The slots of `uri`'s origin.
+    fn slots(&self, https: bool, uri: &Uri) -> Option<Arc<Semaphore>> {
         let key = (https, uri.authority()?.clone());
-        let semaphore = {
-            let mut origins = self.origins.lock().unwrap_or_else(|p| p.into_inner());
-            if !origins.contains_key(&key) && origins.len() >= MAX_REMEMBERED_ORIGINS {
-                let idle = self.per_origin;
-                origins.retain(|_, s| s.available_permits() < idle);
-            }
+        let mut origins = self.origins.lock().unwrap_or_else(|p| p.into_inner());
+        if !origins.contains_key(&key) && origins.len() >= MAX_REMEMBERED_ORIGINS {
+            let idle = self.per_origin;
+            origins.retain(|_, s| s.available_permits() < idle);
+        }
+        Some(
             origins
                 .entry(key)
                 .or_insert_with(|| Arc::new(Semaphore::new(self.per_origin)))
-                .clone()
-        };
-        semaphore.acquire_owned().await.ok()
+                .clone(),
+        )
+    }
+}
+
+/// Where a URI's requests go: its scheme and the slots of its origin.
+/// Looked up once per subscriber URI rather than once per request.
+#[derive(Clone)]
+pub struct Origin {
+    https: bool,
+    slots: Option<Arc<Semaphore>>,
+}
+
+impl Origin {
+    /// Waits for a free slot (FIFO among waiters).
+    async fn acquire(&self) -> Option<OwnedSemaphorePermit> {
+        self.slots.clone()?.acquire_owned().await.ok()
     }
 }
 
@@ -236,13 +250,34 @@ impl HttpSender {
         body: Bytes,
         timeout: Duration,
     ) -> AttemptOutcome {
+        self.post_to(&self.origin(uri), uri, headers, body, timeout).await
+    }
+
+    /// The origin of `uri`, for [`Self::post_to`].
+    pub fn origin(&self, uri: &Uri) -> Origin {
+        let https = uri.scheme() == Some(&http::uri::Scheme::HTTPS);
+        Origin {
+            https,
+            slots: self.limits.slots(https, uri),
+        }
+    }
+
+    /// [`Self::post`] with the origin of `uri` already looked up.
+    pub async fn post_to(
+        &self,
+        origin: &Origin,
+        uri: &Uri,
+        headers: HeaderMap,
+        body: Bytes,
+        timeout: Duration,
+    ) -> AttemptOutcome {
         let mut request = Request::new(Full::new(body));
         *request.method_mut() = Method::POST;
         *request.uri_mut() = uri.clone();
         *request.headers_mut() = headers;
-        let https = uri.scheme() == Some(&http::uri::Scheme::HTTPS);
+        let https = origin.https;
         // Waiting for a slot is not the subscriber's time: outside the timeout.
-        let _slot = self.limits.acquire(https, uri).await;
+        let _slot = origin.acquire().await;
         let exchange = async {
             let response = if https {
                 self.tls_client().request(request).await?
