@@ -6,11 +6,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use http::{HeaderName, HeaderValue, Uri};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
-use futures::StreamExt;
-use futures::stream::FuturesUnordered;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -586,13 +586,7 @@ impl CurrentSpec {
 }
 
 impl WorkerCtx {
-    async fn deliver(
-        &self,
-        q: Queued,
-        spec: Arc<SubscriberSpec>,
-        origin: Origin,
-        mut expire: Expire,
-    ) {
+    async fn deliver(&self, q: Queued, spec: Arc<SubscriberSpec>, origin: Origin, mut expire: Expire) {
         let policy = &spec.policy;
         let mut attempts = 0u32;
         let mut last_status = None;

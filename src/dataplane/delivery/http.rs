@@ -1,10 +1,10 @@
-//! The pooled HTTP/1.1 client used for deliveries and dead-letters.
+//! The HTTP/1.1 client used for deliveries and dead-letters.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -12,14 +12,14 @@ use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
-use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::connect::dns::Name;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tower::ServiceExt;
 
 use super::policy::{AttemptOutcome, parse_retry_after};
+use super::pool::{self, OriginPool};
 use crate::dataplane::destination::{DestinationDenied, DestinationPolicy, resolve_allowed};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -114,79 +114,82 @@ fn denial_of<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a Destina
 /// Response bodies beyond this are not read (the connection is then not reused).
 const MAX_RESPONSE_BODY: usize = 64 * 1024;
 
-/// Concurrent requests (and so connections) per origin, by default. Also
-/// the number of idle connections the pool keeps per origin: with no more
-/// requests in flight than connections kept, every connection opened is
-/// reused, and a burst to many subscribers of one Service never opens and
-/// closes a connection per message.
+/// Concurrent requests (and so connections) per origin, by default; every
+/// connection opened is kept for reuse (see [`OriginPool`]).
 pub const DEFAULT_CONNECTIONS_PER_ORIGIN: usize = 256;
 
 type OriginKey = (bool, http::uri::Authority);
 
-/// One semaphore per origin (scheme and authority) bounding requests in flight.
-struct OriginLimits {
-    per_origin: usize,
-    origins: Mutex<HashMap<OriginKey, Arc<Semaphore>>>,
-}
-
-/// Origins remembered before idle ones are forgotten.
+/// Origins remembered before unused ones are forgotten.
 const MAX_REMEMBERED_ORIGINS: usize = 4096;
 
-impl OriginLimits {
-    fn new(per_origin: usize) -> Self {
-        Self {
-            per_origin,
-            origins: Mutex::new(HashMap::new()),
+/// Every origin's pool.
+struct Origins {
+    per_origin: usize,
+    pools: Mutex<HashMap<OriginKey, Arc<OriginPool>>>,
+}
+
+impl Origins {
+    fn pool(&self, uri: &Uri) -> Option<Arc<OriginPool>> {
+        let https = uri.scheme() == Some(&http::uri::Scheme::HTTPS);
+        let key = (https, uri.authority()?.clone());
+        let mut pools = self.lock();
+        if let Some(pool) = pools.get(&key) {
+            return Some(pool.clone());
         }
+        if pools.len() >= MAX_REMEMBERED_ORIGINS {
+            let slots = self.per_origin;
+            pools.retain(|_, p| !p.unused(slots));
+        }
+        let pool = Arc::new(OriginPool::new(uri, self.per_origin)?);
+        pools.insert(key, pool.clone());
+        Some(pool)
     }
 
-    /// The slots of `uri`'s origin.
-    fn slots(&self, https: bool, uri: &Uri) -> Option<Arc<Semaphore>> {
-        let key = (https, uri.authority()?.clone());
-        let mut origins = self.origins.lock().unwrap_or_else(|p| p.into_inner());
-        if !origins.contains_key(&key) && origins.len() >= MAX_REMEMBERED_ORIGINS {
-            let idle = self.per_origin;
-            origins.retain(|_, s| s.available_permits() < idle);
-        }
-        Some(
-            origins
-                .entry(key)
-                .or_insert_with(|| Arc::new(Semaphore::new(self.per_origin)))
-                .clone(),
-        )
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<OriginKey, Arc<OriginPool>>> {
+        self.pools.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
-/// Where a URI's requests go: its scheme and the slots of its origin.
-/// Looked up once per subscriber URI rather than once per request.
+/// Closes expired idle connections every so often, until the sender is gone.
+async fn sweep(origins: Weak<Origins>) {
+    let mut every = tokio::time::interval(pool::IDLE_TIMEOUT / 3);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let Some(origins) = origins.upgrade() else { return };
+        let pools: Vec<_> = origins.lock().values().cloned().collect();
+        for pool in pools {
+            pool.close_expired();
+        }
+    }
+}
+
+/// Where a URI's requests go: its origin's pool. Looked up once per
+/// subscriber URI rather than once per request.
 #[derive(Clone)]
 pub struct Origin {
-    https: bool,
-    slots: Option<Arc<Semaphore>>,
+    pool: Option<Arc<OriginPool>>,
 }
 
-impl Origin {
-    /// Waits for a free slot (FIFO among waiters).
-    async fn acquire(&self) -> Option<OwnedSemaphorePermit> {
-        self.slots.clone()?.acquire_owned().await.ok()
-    }
+/// Why an exchange failed.
+enum Failure {
+    Connect(BoxError),
+    Http(hyper::Error),
 }
 
-type PlainClient = Client<GuardedConnector, Full<Bytes>>;
-type TlsClient = Client<HttpsConnector<GuardedConnector>, Full<Bytes>>;
-
-/// A keep-alive connection pool shared by all subscribers: `http://`, and
-/// `https://` verified against the system roots (`SSL_CERT_FILE` /
+/// Keep-alive HTTP/1.1 connections shared by all subscribers: `http://`,
+/// and `https://` verified against the system roots (`SSL_CERT_FILE` /
 /// `SSL_CERT_DIR` add more).
 #[derive(Clone)]
 pub struct HttpSender {
-    plain: PlainClient,
-    /// Built on the first `https://` request: loading and parsing the system
-    /// roots costs memory that plain-HTTP subscribers never need.
-    tls: Arc<OnceLock<TlsClient>>,
+    plain: GuardedConnector,
+    /// Built on the first `https://` connection: loading and parsing the
+    /// system roots costs memory that plain-HTTP subscribers never need.
+    tls: Arc<OnceLock<HttpsConnector<GuardedConnector>>>,
     policy: Arc<DestinationPolicy>,
-    per_origin: usize,
-    limits: Arc<OriginLimits>,
+    origins: Arc<Origins>,
+    sweeper: Arc<OnceLock<()>>,
 }
 
 impl Default for HttpSender {
@@ -206,38 +209,41 @@ impl HttpSender {
     /// with at most [`DEFAULT_CONNECTIONS_PER_ORIGIN`] requests in flight to
     /// each origin.
     pub fn with_policy(policy: Arc<DestinationPolicy>) -> Self {
-        let per_origin = DEFAULT_CONNECTIONS_PER_ORIGIN;
         Self {
-            plain: pooled(GuardedConnector::new(policy.clone()), per_origin),
+            plain: GuardedConnector::new(policy.clone()),
             tls: Arc::default(),
             policy,
-            per_origin,
-            limits: Arc::new(OriginLimits::new(per_origin)),
+            origins: Arc::new(Origins {
+                per_origin: DEFAULT_CONNECTIONS_PER_ORIGIN,
+                pools: Mutex::default(),
+            }),
+            sweeper: Arc::default(),
         }
     }
 
-    fn tls_client(&self) -> &TlsClient {
-        self.tls.get_or_init(|| {
-            // The policy is enforced underneath TLS, on the TCP connection.
-            let tls = crate::dataplane::endpoint::tls::client_config(None)
-                .map(|c| (*c).clone())
-                .unwrap_or_else(|e| {
-                    tracing::warn!(error = %e, "no system roots for https subscribers");
-                    rustls::ClientConfig::builder_with_provider(Arc::new(
-                        rustls::crypto::ring::default_provider(),
-                    ))
-                    .with_safe_default_protocol_versions()
-                    .expect("ring supports the default protocol versions")
-                    .with_root_certificates(rustls::RootCertStore::empty())
-                    .with_no_client_auth()
-                });
-            let connector = HttpsConnectorBuilder::new()
-                .with_tls_config(tls)
-                .https_or_http()
-                .enable_http1()
-                .wrap_connector(GuardedConnector::new(self.policy.clone()));
-            pooled(connector, self.per_origin)
-        })
+    fn tls_connector(&self) -> HttpsConnector<GuardedConnector> {
+        self.tls
+            .get_or_init(|| {
+                // The policy is enforced underneath TLS, on the TCP connection.
+                let tls = crate::dataplane::endpoint::tls::client_config(None)
+                    .map(|c| (*c).clone())
+                    .unwrap_or_else(|e| {
+                        tracing::warn!(error = %e, "no system roots for https subscribers");
+                        rustls::ClientConfig::builder_with_provider(Arc::new(
+                            rustls::crypto::ring::default_provider(),
+                        ))
+                        .with_safe_default_protocol_versions()
+                        .expect("ring supports the default protocol versions")
+                        .with_root_certificates(rustls::RootCertStore::empty())
+                        .with_no_client_auth()
+                    });
+                HttpsConnectorBuilder::new()
+                    .with_tls_config(tls)
+                    .https_only()
+                    .enable_http1()
+                    .wrap_connector(GuardedConnector::new(self.policy.clone()))
+            })
+            .clone()
     }
 
     /// POSTs `body` with `headers` once a slot to the origin is free, then
@@ -255,10 +261,8 @@ impl HttpSender {
 
     /// The origin of `uri`, for [`Self::post_to`].
     pub fn origin(&self, uri: &Uri) -> Origin {
-        let https = uri.scheme() == Some(&http::uri::Scheme::HTTPS);
         Origin {
-            https,
-            slots: self.limits.slots(https, uri),
+            pool: self.origins.pool(uri),
         }
     }
 
@@ -267,57 +271,116 @@ impl HttpSender {
         &self,
         origin: &Origin,
         uri: &Uri,
-        headers: HeaderMap,
+        mut headers: HeaderMap,
         body: Bytes,
         timeout: Duration,
     ) -> AttemptOutcome {
+        let Some(pool) = &origin.pool else {
+            return AttemptOutcome::Network(format!("{uri} has no host"));
+        };
+        if self.sweeper.get().is_none() && tokio::runtime::Handle::try_current().is_ok() {
+            self.sweeper
+                .get_or_init(|| drop(tokio::spawn(sweep(Arc::downgrade(&self.origins)))));
+        }
+        headers.insert(http::header::HOST, pool.host.clone());
         let mut request = Request::new(Full::new(body));
         *request.method_mut() = Method::POST;
-        *request.uri_mut() = uri.clone();
+        // Origin-form: the path and query only, as HTTP/1.1 servers expect.
+        *request.uri_mut() = uri.path_and_query().cloned().map(Uri::from).unwrap_or_default();
         *request.headers_mut() = headers;
-        let https = origin.https;
         // Waiting for a slot is not the subscriber's time: outside the timeout.
-        let _slot = origin.acquire().await;
-        let exchange = async {
-            let response = if https {
-                self.tls_client().request(request).await?
-            } else {
-                self.plain.request(request).await?
-            };
-            let status = response.status();
-            let retry_after = response
-                .headers()
-                .get(http::header::RETRY_AFTER)
-                .and_then(parse_retry_after);
-            let _ = Limited::new(response.into_body(), MAX_RESPONSE_BODY)
-                .collect()
-                .await;
-            Ok::<_, hyper_util::client::legacy::Error>(AttemptOutcome::Response { status, retry_after })
-        };
-        match tokio::time::timeout(timeout, exchange).await {
+        let _slot = pool.slot().await;
+        match tokio::time::timeout(timeout, self.exchange(pool, request)).await {
             Err(_) => AttemptOutcome::Timeout,
             Ok(Ok(outcome)) => outcome,
-            Ok(Err(e)) => match denial_of(&e) {
+            Ok(Err(Failure::Connect(e))) => match denial_of(e.as_ref()) {
                 Some(denied) => AttemptOutcome::Denied(denied.to_string()),
-                None => AttemptOutcome::Network(describe(&e)),
+                None => AttemptOutcome::Network(describe(e.as_ref())),
             },
+            Ok(Err(Failure::Http(e))) => AttemptOutcome::Network(describe(&e)),
+        }
+    }
+
+    /// One request on an idle connection of `pool`, or a new one. A request
+    /// that an idle connection closed under it never sent goes once more, on
+    /// a new connection.
+    async fn exchange(
+        &self,
+        pool: &OriginPool,
+        request: Request<Full<Bytes>>,
+    ) -> Result<AttemptOutcome, Failure> {
+        let (sender, response) = match pool.take_idle().await {
+            Some(mut sender) => match sender.try_send_request(request).await {
+                Ok(response) => (sender, response),
+                Err(mut e) => match e.take_message() {
+                    Some(request) => {
+                        let mut sender = self.connect(pool).await?;
+                        let response = sender.send_request(request).await.map_err(Failure::Http)?;
+                        (sender, response)
+                    }
+                    None => return Err(Failure::Http(e.into_error())),
+                },
+            },
+            None => {
+                let mut sender = self.connect(pool).await?;
+                let response = sender.send_request(request).await.map_err(Failure::Http)?;
+                (sender, response)
+            }
+        };
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(http::header::RETRY_AFTER)
+            .and_then(parse_retry_after);
+        // A body read to its end leaves the connection ready for the next request.
+        if Limited::new(response.into_body(), MAX_RESPONSE_BODY)
+            .collect()
+            .await
+            .is_ok()
+        {
+            pool.give_back(sender);
+        }
+        Ok(AttemptOutcome::Response { status, retry_after })
+    }
+
+    /// A new connection to `pool`'s origin, its protocol task running.
+    async fn connect(&self, pool: &OriginPool) -> Result<pool::Sender, Failure> {
+        let target = pool.connect_to.clone();
+        if pool.https {
+            let io = self
+                .tls_connector()
+                .oneshot(target)
+                .await
+                .map_err(Failure::Connect)?;
+            handshake(io).await
+        } else {
+            let io = self
+                .plain
+                .clone()
+                .oneshot(target)
+                .await
+                .map_err(Failure::Connect)?;
+            handshake(io).await
         }
     }
 }
 
-/// A client keeping up to `per_origin` idle connections per origin.
-fn pooled<C>(connector: C, per_origin: usize) -> Client<C, Full<Bytes>>
+async fn handshake<T>(io: T) -> Result<pool::Sender, Failure>
 where
-    C: hyper_util::client::legacy::connect::Connect + Clone,
+    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(per_origin)
-        .build(connector)
+    let (sender, connection) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(Failure::Http)?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "subscriber connection ended");
+        }
+    });
+    Ok(sender)
 }
 
-fn describe(e: &hyper_util::client::legacy::Error) -> String {
-    use std::error::Error as _;
+fn describe(e: &(dyn std::error::Error + 'static)) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

@@ -3,12 +3,13 @@
 mod engine;
 mod http;
 mod policy;
+mod pool;
 
 pub use engine::{
     CE_FAILURE, DEAD_LETTER_ATTEMPTS, DEAD_LETTER_REASON, DEAD_LETTER_STATUS, DEAD_LETTER_SUBSCRIBER,
     DeliveryEngine, DeliveryStats, DispatchReport, EngineConfig, ShutdownReport, SubscriberSpec,
 };
-pub use http::HttpSender;
+pub use http::{DEFAULT_CONNECTIONS_PER_ORIGIN, HttpSender, Origin};
 pub use policy::{
     AttemptOutcome, BackoffPolicy, DeliveryPolicy, MAX_RETRY_DELAY, Ordering, Verdict, classify,
     parse_retry_after,
