@@ -21,8 +21,38 @@ struct Cli {
     /// Log format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "WSBRIDGE_LOG_FORMAT")]
     log_format: LogFormat,
+    /// Event-loop threads; 0 means one per CPU. Default: 1 for `worker` and
+    /// `standalone`, one per CPU for `gateway` and `controller`.
+    #[arg(long, global = true, value_name = "N", env = "WSBRIDGE_THREADS")]
+    threads: Option<usize>,
     #[command(subcommand)]
     command: Command,
+}
+
+impl Cli {
+    /// One event loop for the data plane: a bridge's messages arrive in
+    /// order on one connection and fan out as I/O, which one thread drives
+    /// at tens of thousands of deliveries a second, with less CPU per
+    /// delivery than threads handing work to each other (see
+    /// `bench/results/latest.md`). Roles serving many clients at once get a
+    /// thread per CPU.
+    fn runtime(&self) -> std::io::Result<tokio::runtime::Runtime> {
+        let data_plane = matches!(
+            self.command,
+            Command::Worker { .. }
+                | Command::Standalone { .. }
+                | Command::DemoFeed { .. }
+                | Command::DemoSubscriber { .. }
+        );
+        match self.threads.unwrap_or(if data_plane { 1 } else { 0 }) {
+            1 => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+            0 => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
+            n => tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(n)
+                .enable_all()
+                .build(),
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -120,14 +150,17 @@ enum Command {
     Controller(wsbridge::controller::Args),
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<ExitCode> {
+fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     if let Command::ValidateConfig = cli.command {
         // No logging: the parent reports what matters, once.
         wsbridge::standalone::validator::serve_stdio()?;
         return Ok(ExitCode::SUCCESS);
     }
+    cli.runtime()?.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     // One TLS provider for the process (kube's client and the endpoint client).
     let _ = rustls::crypto::ring::default_provider().install_default();
     ops::init_logging(cli.log_format);
