@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Uri};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::connect::dns::Name;
@@ -309,23 +310,17 @@ impl HttpSender {
         pool: &OriginPool,
         request: Request<Full<Bytes>>,
     ) -> Result<AttemptOutcome, Failure> {
+        // The rare paths are boxed: a new connection's future (TLS state
+        // included) would otherwise make every request's future kilobytes.
         let (sender, response) = match pool.take_idle().await {
             Some(mut sender) => match sender.try_send_request(request).await {
                 Ok(response) => (sender, response),
                 Err(mut e) => match e.take_message() {
-                    Some(request) => {
-                        let mut sender = self.connect(pool).await?;
-                        let response = sender.send_request(request).await.map_err(Failure::Http)?;
-                        (sender, response)
-                    }
+                    Some(request) => Box::pin(self.send_on_new_connection(pool, request)).await?,
                     None => return Err(Failure::Http(e.into_error())),
                 },
             },
-            None => {
-                let mut sender = self.connect(pool).await?;
-                let response = sender.send_request(request).await.map_err(Failure::Http)?;
-                (sender, response)
-            }
+            None => Box::pin(self.send_on_new_connection(pool, request)).await?,
         };
         let status = response.status();
         let retry_after = response
@@ -333,14 +328,20 @@ impl HttpSender {
             .get(http::header::RETRY_AFTER)
             .and_then(parse_retry_after);
         // A body read to its end leaves the connection ready for the next request.
-        if Limited::new(response.into_body(), MAX_RESPONSE_BODY)
-            .collect()
-            .await
-            .is_ok()
-        {
+        if read_to_end(response.into_body()).await {
             pool.give_back(sender);
         }
         Ok(AttemptOutcome::Response { status, retry_after })
+    }
+
+    async fn send_on_new_connection(
+        &self,
+        pool: &OriginPool,
+        request: Request<Full<Bytes>>,
+    ) -> Result<(pool::Sender, hyper::Response<Incoming>), Failure> {
+        let mut sender = self.connect(pool).await?;
+        let response = sender.send_request(request).await.map_err(Failure::Http)?;
+        Ok((sender, response))
     }
 
     /// A new connection to `pool`'s origin, its protocol task running.
@@ -363,6 +364,20 @@ impl HttpSender {
             handshake(io).await
         }
     }
+}
+
+/// Reads a response body to its end, keeping none of it: false past
+/// [`MAX_RESPONSE_BODY`] or on an error.
+async fn read_to_end(mut body: Incoming) -> bool {
+    let mut read = 0;
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else { return false };
+        read += frame.data_ref().map_or(0, Bytes::len);
+        if read > MAX_RESPONSE_BODY {
+            return false;
+        }
+    }
+    true
 }
 
 async fn handshake<T>(io: T) -> Result<pool::Sender, Failure>
