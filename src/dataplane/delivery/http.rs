@@ -142,7 +142,7 @@ impl Origins {
             let slots = self.per_origin;
             pools.retain(|_, p| !p.unused(slots));
         }
-        let pool = Arc::new(OriginPool::new(uri, self.per_origin)?);
+        let pool = Arc::new(OriginPool::new(https, uri, self.per_origin)?);
         pools.insert(key, pool.clone());
         Some(pool)
     }
@@ -262,6 +262,11 @@ impl HttpSender {
 
     /// The origin of `uri`, for [`Self::post_to`].
     pub fn origin(&self, uri: &Uri) -> Origin {
+        // Started here, once per subscriber URI, not on every request.
+        if self.sweeper.get().is_none() && tokio::runtime::Handle::try_current().is_ok() {
+            self.sweeper
+                .get_or_init(|| drop(tokio::spawn(sweep(Arc::downgrade(&self.origins)))));
+        }
         Origin {
             pool: self.origins.pool(uri),
         }
@@ -279,10 +284,6 @@ impl HttpSender {
         let Some(pool) = &origin.pool else {
             return AttemptOutcome::Network(format!("{uri} has no host"));
         };
-        if self.sweeper.get().is_none() && tokio::runtime::Handle::try_current().is_ok() {
-            self.sweeper
-                .get_or_init(|| drop(tokio::spawn(sweep(Arc::downgrade(&self.origins)))));
-        }
         headers.insert(http::header::HOST, pool.host.clone());
         let mut request = Request::new(Full::new(body));
         *request.method_mut() = Method::POST;

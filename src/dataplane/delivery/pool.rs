@@ -39,10 +39,9 @@ pub struct OriginPool {
 }
 
 impl OriginPool {
-    /// The pool of `uri`'s origin; `None` without an authority.
-    pub fn new(uri: &Uri, slots: usize) -> Option<Self> {
+    /// The pool of `uri`'s origin (`https` or not); `None` without an authority.
+    pub fn new(https: bool, uri: &Uri, slots: usize) -> Option<Self> {
         let authority = uri.authority()?;
-        let https = uri.scheme() == Some(&http::uri::Scheme::HTTPS);
         let default_port = if https { 443 } else { 80 };
         let host = match authority.port_u16() {
             Some(port) if port != default_port => format!("{}:{port}", authority.host()),
