@@ -11,6 +11,13 @@ use wsbridge::dataplane::destination::DestinationArgs;
 use wsbridge::dataplane::routing::ObjectKey;
 use wsbridge::ops::{self, LogFormat};
 
+/// mimalloc instead of the C library's allocator: a delivery allocates and
+/// frees a handful of small blocks, and musl's allocator (the image is a
+/// static musl binary) and glibc's both spend a fifth of the data plane's
+/// CPU on them (see `bench/results/latest.md`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "wsbridge",
