@@ -9,7 +9,7 @@ ARG RUST_VERSION=1.95
 
 FROM rust:${RUST_VERSION}-alpine AS build
 # The host target on Alpine is <arch>-unknown-linux-musl, linked statically
-# by default; ring needs a C compiler and the musl headers.
+# by default; ring and mimalloc need a C compiler and the musl headers.
 RUN apk add --no-cache musl-dev gcc
 WORKDIR /src
 COPY . .

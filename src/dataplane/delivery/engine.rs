@@ -2,8 +2,8 @@
 //! retries, dead-lettering, live subscriber changes and graceful shutdown.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering as AtomicOrdering};
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering as AtomicOrdering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -155,6 +155,10 @@ impl Shared {
             return;
         }
         self.stats.dropped.fetch_add(n, AtomicOrdering::Relaxed);
+        self.drop_counter(channel, subscriber, reason).inc_by(n);
+    }
+
+    fn drop_counter(&self, channel: &str, subscriber: &str, reason: &str) -> Counter {
         self.metrics
             .dropped
             .get_or_create(&ReasonLabels {
@@ -163,7 +167,7 @@ impl Shared {
                 endpoint: String::new(),
                 reason: reason.to_string(),
             })
-            .inc_by(n);
+            .clone()
     }
 }
 
@@ -193,14 +197,22 @@ struct WorkerCtx {
     delivered: Counter,
     retried: Counter,
     latency: Histogram,
+    /// Drops for a full queue, the one drop a busy channel counts per
+    /// message: looked up once, not per message.
+    queue_full: OnceLock<Counter>,
     /// Queued plus in flight.
     pending: AtomicU64,
+    /// Queued only, bounded by the queue capacity.
+    queued: AtomicUsize,
+    capacity: usize,
 }
 
 struct Worker {
     spec: SubscriberSpec,
     ctx: Arc<WorkerCtx>,
-    tx: mpsc::Sender<Queued>,
+    /// Unbounded in itself: `WorkerCtx::queued` bounds it. A bounded
+    /// channel takes a lock on every receive to return the permit.
+    tx: mpsc::UnboundedSender<Queued>,
     spec_tx: watch::Sender<Arc<SubscriberSpec>>,
     expire_tx: Arc<watch::Sender<Option<&'static str>>>,
     task: JoinHandle<()>,
@@ -388,10 +400,13 @@ impl DeliveryEngine {
                 msg: msg.clone(),
                 enqueued: now,
             };
-            if let Err(e) = w.tx.try_send(queued) {
-                let q = match e {
-                    mpsc::error::TrySendError::Full(q) | mpsc::error::TrySendError::Closed(q) => q,
-                };
+            let sent = if w.ctx.queued.fetch_add(1, AtomicOrdering::Relaxed) < w.ctx.capacity {
+                w.tx.send(queued).map_err(|e| e.0)
+            } else {
+                Err(queued)
+            };
+            if let Err(q) = sent {
+                w.ctx.queued.fetch_sub(1, AtomicOrdering::Relaxed);
                 report.overflowed += 1;
                 w.ctx.give_up_now(q.msg, &w.spec.policy, "queue_full", None, 0);
                 w.ctx.pending.fetch_sub(1, AtomicOrdering::Relaxed);
@@ -415,10 +430,13 @@ impl DeliveryEngine {
             delivered,
             retried,
             latency,
+            queue_full: OnceLock::new(),
             shared,
             pending: AtomicU64::new(0),
+            queued: AtomicUsize::new(0),
+            capacity: spec.policy.queue_capacity.max(1),
         });
-        let (tx, rx) = mpsc::channel(spec.policy.queue_capacity.max(1));
+        let (tx, rx) = mpsc::unbounded_channel();
         let (spec_tx, spec_rx) = watch::channel(Arc::new(spec.clone()));
         let (expire_tx, expire_rx) = watch::channel(None);
         let task = tokio::spawn(run_worker(
@@ -527,7 +545,7 @@ async fn wait_all(retired: &mut [Retired], until: Instant) {
 
 async fn run_worker(
     ctx: Arc<WorkerCtx>,
-    mut rx: mpsc::Receiver<Queued>,
+    mut rx: mpsc::UnboundedReceiver<Queued>,
     spec: watch::Receiver<Arc<SubscriberSpec>>,
     expire: Expire,
     max_in_flight: usize,
@@ -535,6 +553,7 @@ async fn run_worker(
     let mut current = CurrentSpec::new(spec, &ctx.shared.http);
     if max_in_flight <= 1 {
         while let Some(q) = rx.recv().await {
+            ctx.queued.fetch_sub(1, AtomicOrdering::Relaxed);
             let (spec, origin) = current.get(&ctx.shared.http);
             ctx.deliver(q, spec, origin, expire.clone()).await;
         }
@@ -550,6 +569,7 @@ async fn run_worker(
             Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
             q = rx.recv(), if open && in_flight.len() < max_in_flight => match q {
                 Some(q) => {
+                    ctx.queued.fetch_sub(1, AtomicOrdering::Relaxed);
                     let (spec, origin) = current.get(&ctx.shared.http);
                     in_flight.push(ctx.deliver(q, spec, origin, expire.clone()));
                 }
@@ -702,6 +722,12 @@ impl WorkerCtx {
                     self.shared
                         .count_drop(&self.channel, &self.subscriber, "dead_letter_queue_full", 1);
                 }
+            }
+            None if reason == "queue_full" => {
+                self.shared.stats.dropped.fetch_add(1, AtomicOrdering::Relaxed);
+                self.queue_full
+                    .get_or_init(|| self.shared.drop_counter(&self.channel, &self.subscriber, reason))
+                    .inc();
             }
             None => self.shared.count_drop(&self.channel, &self.subscriber, reason, 1),
         }
