@@ -289,6 +289,12 @@ fn frame_of(msg: &Message) -> WsMessage {
 /// A connection that lasted this long resets the backoff.
 const HEALTHY_AFTER: Duration = Duration::from_secs(10);
 
+/// Bytes read from the endpoint per system call. tungstenite's default
+/// (128 KiB) is zero-filled on the first read and stays resident per
+/// connection; 32 KiB still takes over a hundred 256-byte messages a read.
+/// A larger message grows the buffer as it arrives.
+const READ_BUFFER_BYTES: usize = 32 * 1024;
+
 impl Runner {
     fn set_state(&self, state: ConnectionState) {
         self.state.send_replace(state);
@@ -404,6 +410,7 @@ impl Runner {
         };
         let ceiling = protocol_ceiling(cfg.max_message_bytes);
         let ws_config = WebSocketConfig::default()
+            .read_buffer_size(READ_BUFFER_BYTES)
             .max_message_size(Some(ceiling))
             .max_frame_size(Some(ceiling));
         debug!(endpoint = %self.name, url = %cfg.display_url(), "connecting");
