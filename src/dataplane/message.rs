@@ -2,6 +2,7 @@
 //! binary-mode HTTP representation.
 
 use std::fmt;
+use std::io::Write as _;
 use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
@@ -160,7 +161,9 @@ pub struct Message {
     payload: Payload,
     origin: Origin,
     source: Arc<str>,
-    event_type: Arc<str>,
+    /// `None`: the origin's default type, a static string (no allocation
+    /// per message).
+    event_type: Option<Arc<str>>,
     time: SystemTime,
     content_type: &'static str,
     authorization: Option<HeaderValue>,
@@ -173,12 +176,16 @@ impl Message {
     /// reference such as `/namespaces/default/bridges/ticker-feed`).
     pub fn new(payload: Payload, origin: Origin, source: impl Into<Arc<str>>) -> Self {
         Self {
-            id: uuid::Uuid::new_v4().to_string().into_boxed_str(),
+            id: Box::from(
+                &*uuid::Uuid::new_v4()
+                    .hyphenated()
+                    .encode_lower(&mut uuid::Uuid::encode_buffer()),
+            ),
             content_type: payload.content_type(),
             payload,
             origin,
             source: source.into(),
-            event_type: Arc::from(origin.default_event_type()),
+            event_type: None,
             time: SystemTime::now(),
             authorization: None,
             headers: OnceLock::new(),
@@ -187,7 +194,7 @@ impl Message {
 
     /// Replaces the CloudEvents `type`.
     pub fn with_event_type(mut self, event_type: impl Into<Arc<str>>) -> Self {
-        self.event_type = event_type.into();
+        self.event_type = Some(event_type.into());
         self.headers = OnceLock::new();
         self
     }
@@ -238,7 +245,9 @@ impl Message {
     }
     /// `ce-type`.
     pub fn event_type(&self) -> &str {
-        &self.event_type
+        self.event_type
+            .as_deref()
+            .unwrap_or(self.origin.default_event_type())
     }
     /// `ce-time`.
     pub fn time(&self) -> SystemTime {
@@ -261,9 +270,23 @@ impl Message {
         h.insert(CE_SPECVERSION, HeaderValue::from_static("1.0"));
         h.insert(CE_ID, header_value_or(&self.id, "invalid-id"));
         h.insert(CE_SOURCE, header_value_or(&self.source, "/wsbridge"));
-        h.insert(CE_TYPE, header_value_or(&self.event_type, "io.wsbridge.message"));
-        let time = humantime::format_rfc3339_millis(self.time).to_string();
-        h.insert(CE_TIME, header_value_or(&time, "1970-01-01T00:00:00Z"));
+        let event_type = match &self.event_type {
+            Some(t) => header_value_or(t, "io.wsbridge.message"),
+            None => HeaderValue::from_static(self.origin.default_event_type()),
+        };
+        h.insert(CE_TYPE, event_type);
+        // Formatted on the stack: one allocation (the header's own) per message.
+        let mut buf = [0u8; 32];
+        let len = {
+            let mut cursor = std::io::Cursor::new(&mut buf[..]);
+            let written = write!(cursor, "{}", humantime::format_rfc3339_millis(self.time));
+            written.ok().map(|()| cursor.position() as usize)
+        };
+        let time = len.and_then(|n| HeaderValue::from_bytes(&buf[..n]).ok());
+        h.insert(
+            CE_TIME,
+            time.unwrap_or(HeaderValue::from_static("1970-01-01T00:00:00Z")),
+        );
         if let Some(a) = &self.authorization {
             h.insert(AUTHORIZATION, a.clone());
         }
@@ -278,7 +301,7 @@ impl fmt::Debug for Message {
             .field("id", &self.id)
             .field("origin", &self.origin)
             .field("source", &self.source)
-            .field("type", &self.event_type)
+            .field("type", &self.event_type())
             .field("payload", &self.payload)
             .finish()
     }
@@ -344,6 +367,16 @@ mod tests {
         assert!(humantime::parse_rfc3339(time).is_ok(), "{time}");
         let other = Message::new(Payload::text("{}"), Origin::Endpoint, "/x");
         assert_ne!(m.id(), other.id());
+        assert_eq!(m.id().len(), 36);
+        let typed = Message::new(Payload::text("x"), Origin::Published, "/s")
+            .with_event_type("com.example.tick")
+            .with_time(SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_700_000_000_123));
+        let h = typed.http_headers();
+        assert_eq!(h[CE_TYPE], "com.example.tick");
+        assert_eq!(h[CE_TIME], "2023-11-14T22:13:20.123Z");
+        let published = Message::new(Payload::text("x"), Origin::Published, "/s");
+        assert_eq!(published.http_headers()[CE_TYPE], "io.wsbridge.channel.published");
+        assert_eq!(published.event_type(), "io.wsbridge.channel.published");
     }
 
     #[test]
