@@ -169,10 +169,15 @@ impl Standalone {
         let _ = self.reloader.await;
         let _ = tokio::time::timeout(Duration::from_secs(5), self.server).await;
         let report = self.runtime.shutdown(self.drain_timeout).await;
+        // Totals since start: the drain's own counts alone read as "nothing
+        // was delivered" after a quiet shutdown.
+        let totals = self.runtime.stats();
         info!(
-            delivered = report.delivered,
-            dead_lettered = report.dead_lettered,
-            dropped = report.dropped,
+            delivered = totals.delivered,
+            retried = totals.retried,
+            dead_lettered = totals.dead_lettered,
+            dropped = totals.dropped,
+            delivered_while_draining = report.delivered,
             abandoned = report.abandoned,
             "stopped"
         );

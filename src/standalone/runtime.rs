@@ -12,7 +12,7 @@ use tracing::info;
 
 use super::load::{BridgePlan, ChannelPlan, Plan};
 use crate::dataplane::DestinationPolicy;
-use crate::dataplane::delivery::{DeliveryEngine, EngineConfig, ShutdownReport};
+use crate::dataplane::delivery::{DeliveryEngine, DeliveryStats, EngineConfig, ShutdownReport};
 use crate::dataplane::endpoint::{EndpointConfig, EndpointHandle, EndpointOptions, SendError};
 use crate::dataplane::metrics::ChannelLabels;
 use crate::dataplane::routing::{ChannelKey, ObjectKey, RoutingIndex};
@@ -308,6 +308,11 @@ impl Runtime {
             subscribers: report.subscribers,
             endpoints: handles.len(),
         })
+    }
+
+    /// Delivery counts since start.
+    pub fn stats(&self) -> DeliveryStats {
+        self.engine.stats()
     }
 
     /// Stops every endpoint connection, then lets queued deliveries finish
