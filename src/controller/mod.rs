@@ -490,13 +490,28 @@ fn digest(bytes: &[u8]) -> ByteString {
     ByteString(Sha256::digest(bytes).to_vec())
 }
 
-/// Keeps a Secret's keys, replaces each value by its digest, and drops
-/// annotations (`last-applied-configuration` may hold the values): secret
-/// values never stay in the controller's memory.
+/// A secret value's digest, salted with its Secret's UID. The worker's
+/// config-hash annotation is built from these digests and anyone who can
+/// read Deployments can read it: unsalted, a short token could be found by
+/// hashing guesses. The UID is as private as the value (reading a Secret's
+/// metadata needs the same permission as reading its data) and stays the
+/// same across updates, so only a changed value rolls the worker.
+fn salted_digest(uid: &str, value: &[u8]) -> ByteString {
+    let mut h = Sha256::new();
+    h.update(uid.as_bytes());
+    h.update([0]);
+    h.update(value);
+    ByteString(h.finalize().to_vec())
+}
+
+/// Keeps a Secret's keys, replaces each value by its salted digest, and
+/// drops annotations (`last-applied-configuration` may hold the values):
+/// secret values never stay in the controller's memory.
 fn digest_secret(s: &mut Secret) {
+    let uid = s.metadata.uid.clone().unwrap_or_default();
     if let Some(data) = s.data.as_mut() {
         for v in data.values_mut() {
-            *v = digest(&v.0);
+            *v = salted_digest(&uid, &v.0);
         }
     }
     s.string_data = None;
@@ -590,5 +605,44 @@ where
                 }
                 futures::future::ready(())
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secret(uid: &str, value: &str) -> Secret {
+        let mut s = Secret::default();
+        s.metadata.uid = Some(uid.into());
+        s.data = Some(BTreeMap::from([("token".to_string(), ByteString(value.into()))]));
+        s
+    }
+
+    fn token_digest(mut s: Secret) -> Vec<u8> {
+        digest_secret(&mut s);
+        s.data.unwrap()["token"].0.clone()
+    }
+
+    #[test]
+    fn secret_digests_are_salted_with_the_secret_uid() {
+        let d = token_digest(secret("uid-1", "hunter2"));
+        assert_ne!(d, b"hunter2".to_vec(), "the value is not kept");
+        assert_ne!(
+            d,
+            Sha256::digest(b"hunter2").to_vec(),
+            "a guess cannot be checked without the UID"
+        );
+        assert_eq!(
+            d,
+            token_digest(secret("uid-1", "hunter2")),
+            "stable while the Secret is"
+        );
+        assert_ne!(d, token_digest(secret("uid-2", "hunter2")));
+        assert_ne!(
+            d,
+            token_digest(secret("uid-1", "hunter3")),
+            "a changed value changes the digest"
+        );
     }
 }
