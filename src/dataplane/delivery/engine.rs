@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering as AtomicOrdering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -197,9 +197,10 @@ struct WorkerCtx {
     delivered: Counter,
     retried: Counter,
     latency: Histogram,
-    /// Drops for a full queue, the one drop a busy channel counts per
-    /// message: looked up once, not per message.
-    queue_full: OnceLock<Counter>,
+    /// This subscriber's drop counters by reason, looked up in the metric
+    /// family once per reason, not per dropped message (a busy channel
+    /// drops tens of thousands for `queue_full`).
+    drops: Mutex<Vec<(&'static str, Counter)>>,
     /// Queued plus in flight.
     pending: AtomicU64,
     /// Queued only, bounded by the queue capacity.
@@ -430,7 +431,7 @@ impl DeliveryEngine {
             delivered,
             retried,
             latency,
-            queue_full: OnceLock::new(),
+            drops: Mutex::default(),
             shared,
             pending: AtomicU64::new(0),
             queued: AtomicUsize::new(0),
@@ -671,10 +672,10 @@ impl WorkerCtx {
                     self.shared
                         .dead_letters_pending
                         .fetch_sub(1, AtomicOrdering::AcqRel);
-                    self.shared.count_drop(&self.channel, &self.subscriber, reason, 1);
+                    self.count_drop(reason);
                 }
             }
-            None => self.shared.count_drop(&self.channel, &self.subscriber, reason, 1),
+            None => self.count_drop(reason),
         }
         self.pending.fetch_sub(1, AtomicOrdering::Relaxed);
     }
@@ -719,17 +720,26 @@ impl WorkerCtx {
                     self.shared
                         .dead_letters_pending
                         .fetch_sub(1, AtomicOrdering::AcqRel);
-                    self.shared
-                        .count_drop(&self.channel, &self.subscriber, "dead_letter_queue_full", 1);
+                    self.count_drop("dead_letter_queue_full");
                 }
             }
-            None if reason == "queue_full" => {
-                self.shared.stats.dropped.fetch_add(1, AtomicOrdering::Relaxed);
-                self.queue_full
-                    .get_or_init(|| self.shared.drop_counter(&self.channel, &self.subscriber, reason))
-                    .inc();
+            None => self.count_drop(reason),
+        }
+    }
+
+    /// Counts one message of this subscriber dropped for `reason`.
+    fn count_drop(&self, reason: &'static str) {
+        self.shared.stats.dropped.fetch_add(1, AtomicOrdering::Relaxed);
+        let mut drops = self.drops.lock().unwrap_or_else(|p| p.into_inner());
+        match drops.iter().find(|(r, _)| *r == reason) {
+            Some((_, counter)) => {
+                counter.inc();
             }
-            None => self.shared.count_drop(&self.channel, &self.subscriber, reason, 1),
+            None => {
+                let counter = self.shared.drop_counter(&self.channel, &self.subscriber, reason);
+                counter.inc();
+                drops.push((reason, counter));
+            }
         }
     }
 }
