@@ -260,8 +260,8 @@ impl Message {
     /// The headers of a delivery POST: `Content-Type`, the CloudEvents
     /// binary-mode `ce-*` headers and, when set, the (sensitive)
     /// `Authorization` header.
-    pub fn http_headers(&self) -> HeaderMap {
-        self.headers.get_or_init(|| self.build_headers()).clone()
+    pub fn http_headers(&self) -> &HeaderMap {
+        self.headers.get_or_init(|| self.build_headers())
     }
 
     fn build_headers(&self) -> HeaderMap {

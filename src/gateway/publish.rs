@@ -191,7 +191,7 @@ async fn send_to_worker(shared: &Shared, address: &http::Uri, message: &Message)
     let uri: http::Uri = format!("{}/v1/send", address.to_string().trim_end_matches('/'))
         .parse()
         .map_err(|e| format!("bad worker address: {e}"))?;
-    let mut headers = message.http_headers();
+    let mut headers = message.http_headers().clone();
     if message.payload().kind() == PayloadKind::Binary {
         headers.insert(
             header::CONTENT_TYPE,
@@ -200,12 +200,7 @@ async fn send_to_worker(shared: &Shared, address: &http::Uri, message: &Message)
     }
     match shared
         .http
-        .post(
-            &uri,
-            headers,
-            message.payload().bytes().clone(),
-            shared.send_timeout,
-        )
+        .post(&uri, &headers, message.payload().bytes(), shared.send_timeout)
         .await
     {
         AttemptOutcome::Response { status, .. } if status.is_success() => Ok(()),

@@ -620,7 +620,7 @@ impl WorkerCtx {
                 &origin,
                 &spec.uri,
                 q.msg.http_headers(),
-                q.msg.payload().bytes().clone(),
+                q.msg.payload().bytes(),
                 policy.timeout,
             );
             let outcome = tokio::select! {
@@ -767,7 +767,7 @@ async fn run_dead_letters(
 }
 
 async fn post_dead_letter(shared: &Shared, dl: DeadLetter, attempts: u32) {
-    let mut headers = dl.msg.http_headers();
+    let mut headers = dl.msg.http_headers().clone();
     headers.insert(DEAD_LETTER_REASON, HeaderValue::from_static(dl.reason));
     headers.insert(CE_FAILURE, HeaderValue::from_static(dl.reason));
     if let Ok(v) = HeaderValue::from_str(&dl.subscriber) {
@@ -780,12 +780,7 @@ async fn post_dead_letter(shared: &Shared, dl: DeadLetter, attempts: u32) {
     for attempt in 1..=attempts {
         let outcome = shared
             .http
-            .post(
-                &dl.sink,
-                headers.clone(),
-                dl.msg.payload().bytes().clone(),
-                dl.timeout,
-            )
+            .post(&dl.sink, &headers, dl.msg.payload().bytes(), dl.timeout)
             .await;
         match classify(&outcome) {
             Verdict::Delivered => {

@@ -8,18 +8,16 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{HeaderMap, Method, Request, Uri};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use http::{HeaderMap, Uri};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::connect::dns::Name;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
 use tower::ServiceExt;
 
-use super::policy::{AttemptOutcome, parse_retry_after};
+use super::h1::{self, Connection, Stream};
+use super::policy::AttemptOutcome;
 use super::pool::{self, OriginPool};
 use crate::dataplane::destination::{DestinationDenied, DestinationPolicy, resolve_allowed};
 
@@ -112,9 +110,6 @@ fn denial_of<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a Destina
     None
 }
 
-/// Response bodies beyond this are not read (the connection is then not reused).
-const MAX_RESPONSE_BODY: usize = 64 * 1024;
-
 /// Concurrent requests (and so connections) per origin, by default; every
 /// connection opened is kept for reuse (see [`OriginPool`]).
 pub const DEFAULT_CONNECTIONS_PER_ORIGIN: usize = 256;
@@ -176,7 +171,7 @@ pub struct Origin {
 /// Why an exchange failed.
 enum Failure {
     Connect(BoxError),
-    Http(hyper::Error),
+    Io(std::io::Error),
 }
 
 /// Keep-alive HTTP/1.1 connections shared by all subscribers: `http://`,
@@ -184,11 +179,10 @@ enum Failure {
 /// `SSL_CERT_DIR` add more).
 #[derive(Clone)]
 pub struct HttpSender {
-    plain: GuardedConnector,
+    tcp: GuardedConnector,
     /// Built on the first `https://` connection: loading and parsing the
     /// system roots costs memory that plain-HTTP subscribers never need.
-    tls: Arc<OnceLock<HttpsConnector<GuardedConnector>>>,
-    policy: Arc<DestinationPolicy>,
+    tls: Arc<OnceLock<TlsConnector>>,
     origins: Arc<Origins>,
     sweeper: Arc<OnceLock<()>>,
 }
@@ -211,9 +205,8 @@ impl HttpSender {
     /// each origin.
     pub fn with_policy(policy: Arc<DestinationPolicy>) -> Self {
         Self {
-            plain: GuardedConnector::new(policy.clone()),
+            tcp: GuardedConnector::new(policy),
             tls: Arc::default(),
-            policy,
             origins: Arc::new(Origins {
                 per_origin: DEFAULT_CONNECTIONS_PER_ORIGIN,
                 pools: Mutex::default(),
@@ -222,27 +215,22 @@ impl HttpSender {
         }
     }
 
-    fn tls_connector(&self) -> HttpsConnector<GuardedConnector> {
+    fn tls_connector(&self) -> TlsConnector {
         self.tls
             .get_or_init(|| {
-                // The policy is enforced underneath TLS, on the TCP connection.
-                let tls = crate::dataplane::endpoint::tls::client_config(None)
-                    .map(|c| (*c).clone())
-                    .unwrap_or_else(|e| {
-                        tracing::warn!(error = %e, "no system roots for https subscribers");
+                let config = crate::dataplane::endpoint::tls::client_config(None).unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "no system roots for https subscribers");
+                    Arc::new(
                         rustls::ClientConfig::builder_with_provider(Arc::new(
                             rustls::crypto::ring::default_provider(),
                         ))
                         .with_safe_default_protocol_versions()
                         .expect("ring supports the default protocol versions")
                         .with_root_certificates(rustls::RootCertStore::empty())
-                        .with_no_client_auth()
-                    });
-                HttpsConnectorBuilder::new()
-                    .with_tls_config(tls)
-                    .https_only()
-                    .enable_http1()
-                    .wrap_connector(GuardedConnector::new(self.policy.clone()))
+                        .with_no_client_auth(),
+                    )
+                });
+                TlsConnector::from(config)
             })
             .clone()
     }
@@ -253,8 +241,8 @@ impl HttpSender {
     pub async fn post(
         &self,
         uri: &Uri,
-        headers: HeaderMap,
-        body: Bytes,
+        headers: &HeaderMap,
+        body: &[u8],
         timeout: Duration,
     ) -> AttemptOutcome {
         self.post_to(&self.origin(uri), uri, headers, body, timeout).await
@@ -277,123 +265,90 @@ impl HttpSender {
         &self,
         origin: &Origin,
         uri: &Uri,
-        mut headers: HeaderMap,
-        body: Bytes,
+        headers: &HeaderMap,
+        body: &[u8],
         timeout: Duration,
     ) -> AttemptOutcome {
         let Some(pool) = &origin.pool else {
             return AttemptOutcome::Network(format!("{uri} has no host"));
         };
-        headers.insert(http::header::HOST, pool.host.clone());
-        let mut request = Request::new(Full::new(body));
-        *request.method_mut() = Method::POST;
         // Origin-form: the path and query only, as HTTP/1.1 servers expect.
-        *request.uri_mut() = uri.path_and_query().cloned().map(Uri::from).unwrap_or_default();
-        *request.headers_mut() = headers;
+        let path = uri.path_and_query().map_or("/", |p| p.as_str());
         // Waiting for a slot is not the subscriber's time: outside the timeout.
         let _slot = pool.slot().await;
-        match tokio::time::timeout(timeout, self.exchange(pool, request)).await {
+        match tokio::time::timeout(timeout, self.exchange(pool, path, headers, body)).await {
             Err(_) => AttemptOutcome::Timeout,
-            Ok(Ok(outcome)) => outcome,
+            Ok(Ok(response)) => AttemptOutcome::Response {
+                status: response.status,
+                retry_after: response.retry_after,
+            },
             Ok(Err(Failure::Connect(e))) => match denial_of(e.as_ref()) {
                 Some(denied) => AttemptOutcome::Denied(denied.to_string()),
                 None => AttemptOutcome::Network(describe(e.as_ref())),
             },
-            Ok(Err(Failure::Http(e))) => AttemptOutcome::Network(describe(&e)),
+            Ok(Err(Failure::Io(e))) => AttemptOutcome::Network(describe(&e)),
         }
     }
 
     /// One request on an idle connection of `pool`, or a new one. A request
-    /// that an idle connection closed under it never sent goes once more, on
-    /// a new connection.
+    /// that an idle connection failed before any of a response arrived (the
+    /// server closed it meanwhile) goes once more, on a new connection; like
+    /// every retry, that may deliver twice, which `ce-id` lets a subscriber
+    /// detect.
     async fn exchange(
         &self,
         pool: &OriginPool,
-        request: Request<Full<Bytes>>,
-    ) -> Result<AttemptOutcome, Failure> {
-        // The rare paths are boxed: a new connection's future (TLS state
-        // included) would otherwise make every request's future kilobytes.
-        let (sender, response) = match pool.take_idle().await {
-            Some(mut sender) => match sender.try_send_request(request).await {
-                Ok(response) => (sender, response),
-                Err(mut e) => match e.take_message() {
-                    Some(request) => Box::pin(self.send_on_new_connection(pool, request)).await?,
-                    None => return Err(Failure::Http(e.into_error())),
-                },
-            },
-            None => Box::pin(self.send_on_new_connection(pool, request)).await?,
+        path: &str,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Result<h1::Response, Failure> {
+        let host = pool.host.as_bytes();
+        if let Some(mut connection) = pool.take_idle() {
+            match connection.post(host, path, headers, body).await {
+                Ok(response) => return Ok(keep(pool, connection, response)),
+                Err(e) if e.before_response => {}
+                Err(e) => return Err(Failure::Io(e.error)),
+            }
+        }
+        // Boxed: a new connection's future (TLS state included) would
+        // otherwise make every request's future kilobytes.
+        let mut connection = Box::pin(self.connect(pool)).await?;
+        match connection.post(host, path, headers, body).await {
+            Ok(response) => Ok(keep(pool, connection, response)),
+            Err(e) => Err(Failure::Io(e.error)),
+        }
+    }
+
+    /// A new connection to `pool`'s origin.
+    async fn connect(&self, pool: &OriginPool) -> Result<Connection, Failure> {
+        let tcp = self
+            .tcp
+            .clone()
+            .oneshot(pool.connect_to.clone())
+            .await
+            .map_err(Failure::Connect)?
+            .into_inner();
+        let stream = match &pool.server_name {
+            Some(name) if pool.https => {
+                let tls = self
+                    .tls_connector()
+                    .connect(name.clone(), tcp)
+                    .await
+                    .map_err(|e| Failure::Connect(Box::new(e)))?;
+                Stream::Tls(Box::new(tls))
+            }
+            _ => Stream::Plain(tcp),
         };
-        let status = response.status();
-        let retry_after = response
-            .headers()
-            .get(http::header::RETRY_AFTER)
-            .and_then(parse_retry_after);
-        // A body read to its end leaves the connection ready for the next request.
-        if read_to_end(response.into_body()).await {
-            pool.give_back(sender);
-        }
-        Ok(AttemptOutcome::Response { status, retry_after })
-    }
-
-    async fn send_on_new_connection(
-        &self,
-        pool: &OriginPool,
-        request: Request<Full<Bytes>>,
-    ) -> Result<(pool::Sender, hyper::Response<Incoming>), Failure> {
-        let mut sender = self.connect(pool).await?;
-        let response = sender.send_request(request).await.map_err(Failure::Http)?;
-        Ok((sender, response))
-    }
-
-    /// A new connection to `pool`'s origin, its protocol task running.
-    async fn connect(&self, pool: &OriginPool) -> Result<pool::Sender, Failure> {
-        let target = pool.connect_to.clone();
-        if pool.https {
-            let io = self
-                .tls_connector()
-                .oneshot(target)
-                .await
-                .map_err(Failure::Connect)?;
-            handshake(io).await
-        } else {
-            let io = self
-                .plain
-                .clone()
-                .oneshot(target)
-                .await
-                .map_err(Failure::Connect)?;
-            handshake(io).await
-        }
+        Ok(Connection::new(stream))
     }
 }
 
-/// Reads a response body to its end, keeping none of it: false past
-/// [`MAX_RESPONSE_BODY`] or on an error.
-async fn read_to_end(mut body: Incoming) -> bool {
-    let mut read = 0;
-    while let Some(frame) = body.frame().await {
-        let Ok(frame) = frame else { return false };
-        read += frame.data_ref().map_or(0, Bytes::len);
-        if read > MAX_RESPONSE_BODY {
-            return false;
-        }
+/// Gives a connection whose exchange ended cleanly back to its pool.
+fn keep(pool: &OriginPool, connection: Connection, response: h1::Response) -> h1::Response {
+    if response.reusable {
+        pool.give_back(connection);
     }
-    true
-}
-
-async fn handshake<T>(io: T) -> Result<pool::Sender, Failure>
-where
-    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
-    let (sender, connection) = hyper::client::conn::http1::handshake(io)
-        .await
-        .map_err(Failure::Http)?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(error = %e, "subscriber connection ended");
-        }
-    });
-    Ok(sender)
+    response
 }
 
 fn describe(e: &(dyn std::error::Error + 'static)) -> String {

@@ -1,6 +1,7 @@
 //! Delivery of channel messages to HTTP subscribers.
 
 mod engine;
+mod h1;
 mod http;
 mod policy;
 mod pool;

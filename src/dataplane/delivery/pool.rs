@@ -5,23 +5,21 @@
 //! rewrites the request on the way. A subscriber's origin never changes
 //! between its messages, so the engine looks its pool up once and a
 //! request costs one short lock to take an idle connection and one to give
-//! it back. The connectors (TCP with the destination policy, TLS) are
-//! still hyper-util's and hyper-rustls'; the protocol is hyper's.
+//! it back. The TCP connector (with the destination policy) is
+//! hyper-util's, TLS is tokio-rustls, and the protocol is [`super::h1`].
 
 use std::sync::Mutex;
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::{HeaderValue, Uri};
-use http_body_util::Full;
-use hyper::client::conn::http1::SendRequest;
+use rustls_pki_types::ServerName;
 use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio::time::Instant;
 
+use super::h1::Connection;
+
 /// How long an unused connection is kept.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
-
-pub type Sender = SendRequest<Full<Bytes>>;
 
 /// The connections of one origin. At most `slots` requests are in flight,
 /// each on a connection of its own, so at most `slots` connections exist:
@@ -33,9 +31,11 @@ pub struct OriginPool {
     pub connect_to: Uri,
     /// The `Host` header of every request.
     pub host: HeaderValue,
+    /// The name TLS verifies (`https` only).
+    pub server_name: Option<ServerName<'static>>,
     slots: Semaphore,
     /// Idle connections, the most recently used last.
-    idle: Mutex<Vec<(Sender, Instant)>>,
+    idle: Mutex<Vec<(Connection, Instant)>>,
 }
 
 impl OriginPool {
@@ -53,10 +53,18 @@ impl OriginPool {
             .path_and_query("/")
             .build()
             .ok()?;
+        let server_name = if https {
+            // An IPv6 literal is bracketed in a URI, not in a server name.
+            let name = authority.host().trim_start_matches('[').trim_end_matches(']');
+            Some(ServerName::try_from(name.to_string()).ok()?)
+        } else {
+            None
+        };
         Some(Self {
             https,
             connect_to,
             host: HeaderValue::from_str(&host).ok()?,
+            server_name,
             slots: Semaphore::new(slots),
             idle: Mutex::new(Vec::new()),
         })
@@ -72,35 +80,29 @@ impl OriginPool {
         self.slots.available_permits() == slots
     }
 
-    /// The most recently used idle connection that can take a request now.
-    pub async fn take_idle(&self) -> Option<Sender> {
+    /// The most recently used idle connection that is still open.
+    pub fn take_idle(&self) -> Option<Connection> {
         loop {
-            let (mut sender, since) = self.lock().pop()?;
-            if since.elapsed() > IDLE_TIMEOUT || sender.is_closed() {
-                continue;
-            }
-            // Ready at once unless the connection is still finishing the
-            // previous exchange, or was closed by the server meanwhile.
-            if sender.ready().await.is_ok() {
-                return Some(sender);
+            let (mut connection, since) = self.lock().pop()?;
+            if since.elapsed() <= IDLE_TIMEOUT && connection.is_open() {
+                return Some(connection);
             }
         }
     }
 
     /// Keeps a connection whose exchange ended cleanly for the next request.
-    pub fn give_back(&self, sender: Sender) {
-        if !sender.is_closed() {
-            self.lock().push((sender, Instant::now()));
-        }
+    pub fn give_back(&self, connection: Connection) {
+        self.lock().push((connection, Instant::now()));
     }
 
-    /// Closes connections unused for longer than [`IDLE_TIMEOUT`].
+    /// Closes connections unused for longer than [`IDLE_TIMEOUT`], and those
+    /// the server closed.
     pub fn close_expired(&self) {
         self.lock()
-            .retain(|(s, since)| since.elapsed() <= IDLE_TIMEOUT && !s.is_closed());
+            .retain_mut(|(c, since)| since.elapsed() <= IDLE_TIMEOUT && c.is_open());
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(Sender, Instant)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(Connection, Instant)>> {
         self.idle.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
