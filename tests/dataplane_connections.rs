@@ -6,7 +6,6 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::{HeaderMap, Uri};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
@@ -92,8 +91,8 @@ async fn post(sender: &HttpSender, uri: &Uri) -> AttemptOutcome {
     sender
         .post(
             uri,
-            HeaderMap::new(),
-            Bytes::from_static(b"{}"),
+            &HeaderMap::new(),
+            b"{}",
             Duration::from_secs(5),
         )
         .await

@@ -61,8 +61,8 @@ async fn https_subscribers_get_deliveries_over_verified_tls() {
     let outcome = sender
         .post(
             &uri,
-            Default::default(),
-            Bytes::from_static(b"over tls"),
+            &Default::default(),
+            b"over tls",
             Duration::from_secs(10),
         )
         .await;
@@ -77,8 +77,8 @@ async fn https_subscribers_get_deliveries_over_verified_tls() {
     let refused = sender
         .post(
             &other,
-            Default::default(),
-            Bytes::from_static(b"x"),
+            &Default::default(),
+            b"x",
             Duration::from_secs(10),
         )
         .await;
