@@ -89,12 +89,7 @@ async fn subscriber(after: AfterReply, delay: Duration) -> (Uri, Arc<Mutex<Seen>
 
 async fn post(sender: &HttpSender, uri: &Uri) -> AttemptOutcome {
     sender
-        .post(
-            uri,
-            &HeaderMap::new(),
-            b"{}",
-            Duration::from_secs(5),
-        )
+        .post(uri, &HeaderMap::new(), b"{}", Duration::from_secs(5))
         .await
 }
 

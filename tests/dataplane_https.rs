@@ -59,12 +59,7 @@ async fn https_subscribers_get_deliveries_over_verified_tls() {
     let sender = HttpSender::new();
     let uri: http::Uri = format!("https://localhost:{port}/ingest").parse().unwrap();
     let outcome = sender
-        .post(
-            &uri,
-            &Default::default(),
-            b"over tls",
-            Duration::from_secs(10),
-        )
+        .post(&uri, &Default::default(), b"over tls", Duration::from_secs(10))
         .await;
     assert!(
         matches!(outcome, AttemptOutcome::Response { status, .. } if status == StatusCode::OK),
@@ -75,12 +70,7 @@ async fn https_subscribers_get_deliveries_over_verified_tls() {
     // A name the certificate does not carry is refused, not delivered.
     let other: http::Uri = format!("https://127.0.0.2:{port}/ingest").parse().unwrap();
     let refused = sender
-        .post(
-            &other,
-            &Default::default(),
-            b"x",
-            Duration::from_secs(10),
-        )
+        .post(&other, &Default::default(), b"x", Duration::from_secs(10))
         .await;
     assert!(matches!(refused, AttemptOutcome::Network(_)), "{refused:?}");
     let _ = std::fs::remove_file(ca_file);

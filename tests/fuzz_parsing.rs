@@ -1,7 +1,8 @@
 //! Property-based fuzzing of every path that parses outside input: YAML
 //! configuration (`standalone::load`), schema and CEL validation, publish
 //! bodies and headers (`publish::read_message`), channel paths, durations,
-//! object keys and content-type detection. Nothing may panic, and what is
+//! object keys, content-type detection and subscribers' HTTP responses to
+//! the delivery client (over real loopback sockets). Nothing may panic, and what is
 //! accepted must be consistent with what the rest of the product expects.
 //!
 //! Bounded for CI (256 cases per property unless `PROPTEST_CASES` says
@@ -318,7 +319,10 @@ proptest! {
 }
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().build().unwrap()
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 proptest! {
@@ -401,5 +405,99 @@ proptest! {
             pattern.is_valid(&Value::String(name.clone())),
             "{:?}", name
         );
+    }
+}
+
+/// Something that looks like a subscriber's response, more or less.
+fn responseish() -> impl Strategy<Value = Vec<u8>> {
+    let line = prop_oneof![
+        (0u64..40).prop_map(|n| format!("Content-Length: {n}")),
+        Just("Transfer-Encoding: chunked".to_string()),
+        Just("Transfer-Encoding: gzip".to_string()),
+        Just("Connection: close".to_string()),
+        (0u64..5).prop_map(|n| format!("Retry-After: {n}")),
+        "[ -~]{0,20}",
+    ];
+    let body = prop_oneof![
+        "[ -~]{0,40}",
+        Just("5\r\nhello\r\n0\r\n\r\n".to_string()),
+        "[0-9a-f]{1,3}(;x=y)?\r\n[a-z]{0,8}\r\n(0\r\n\r\n)?",
+    ];
+    prop_oneof![
+        prop::collection::vec(any::<u8>(), 0..128),
+        (
+            prop_oneof![Just("HTTP/1.1"), Just("HTTP/1.0"), Just("HTTP/2"), Just("")],
+            prop_oneof![(100u16..600).prop_map(|c| c.to_string()), "[0-9]{0,4}"],
+            prop::collection::vec(line, 0..4),
+            body,
+        )
+            .prop_map(|(version, code, lines, body)| {
+                let mut text = format!("{version} {code} X\r\n");
+                for l in lines {
+                    text.push_str(&l);
+                    text.push_str("\r\n");
+                }
+                text.push_str("\r\n");
+                text.push_str(&body);
+                text.into_bytes()
+            }),
+    ]
+}
+
+/// A subscriber on loopback that answers every request with `answer`, then
+/// closes the connection.
+async fn raw_subscriber(answer: Vec<u8>) -> http::Uri {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let uri = format!("http://{}/in", listener.local_addr().unwrap())
+        .parse()
+        .unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let answer = answer.clone();
+            tokio::spawn(async move {
+                // The request's head, then its two-byte body.
+                let mut seen = Vec::new();
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") || !seen.ends_with(b"{}") {
+                    if socket.read_buf(&mut seen).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                }
+                let _ = socket.write_all(&answer).await;
+            });
+        }
+    });
+    uri
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// Whatever a subscriber answers, a delivery attempt ends in a response
+    /// with the status it sent, or a network error: never a panic or a hang.
+    #[test]
+    fn subscriber_responses_never_panic_the_delivery_client(answer in responseish()) {
+        use wsbridge::dataplane::delivery::{AttemptOutcome, HttpSender};
+        let outcomes = runtime().block_on(async {
+            let uri = raw_subscriber(answer.clone()).await;
+            let sender = HttpSender::new();
+            let mut outcomes = Vec::new();
+            // Twice: the second may go on the first's connection if it was kept.
+            for _ in 0..2 {
+                outcomes.push(sender.post(&uri, &HeaderMap::new(), b"{}", std::time::Duration::from_secs(5)).await);
+            }
+            outcomes
+        });
+        for outcome in outcomes {
+            match outcome {
+                AttemptOutcome::Response { status, .. } => {
+                    let head = String::from_utf8_lossy(&answer);
+                    prop_assert!(head.starts_with("HTTP/1."), "{:?}", head);
+                    prop_assert!(head[9..].starts_with(status.as_str()), "{} from {:?}", status, head);
+                }
+                AttemptOutcome::Network(e) => prop_assert!(!e.is_empty()),
+                other => prop_assert!(false, "{:?} for {:?}", other, String::from_utf8_lossy(&answer)),
+            }
+        }
     }
 }
