@@ -9,6 +9,7 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 
+use super::delivery::{HeaderLines, is_header_value};
 use super::secret::SecretString;
 
 /// Where a message entered the data plane.
@@ -153,8 +154,8 @@ pub const CE_TIME: HeaderName = HeaderName::from_static("ce-time");
 
 /// One message. Shared between subscribers as `Arc<Message>` and kept small,
 /// since queues hold many: the strings every message of a source shares are
-/// `Arc<str>`, and the delivery headers are built once, when the message is
-/// first delivered, then cloned for every subscriber's request.
+/// `Arc<str>`, and the delivery headers are written once, when the message is
+/// first delivered, as the header lines every subscriber's request sends.
 #[derive(Clone)]
 pub struct Message {
     id: Box<str>,
@@ -167,7 +168,7 @@ pub struct Message {
     time: SystemTime,
     content_type: &'static str,
     authorization: Option<HeaderValue>,
-    headers: OnceLock<HeaderMap>,
+    delivery_headers: OnceLock<HeaderLines>,
 }
 
 impl Message {
@@ -188,28 +189,28 @@ impl Message {
             event_type: None,
             time: SystemTime::now(),
             authorization: None,
-            headers: OnceLock::new(),
+            delivery_headers: OnceLock::new(),
         }
     }
 
     /// Replaces the CloudEvents `type`.
     pub fn with_event_type(mut self, event_type: impl Into<Arc<str>>) -> Self {
         self.event_type = Some(event_type.into());
-        self.headers = OnceLock::new();
+        self.delivery_headers = OnceLock::new();
         self
     }
 
     /// Replaces the id (e.g. to keep an id given by a publisher).
     pub fn with_id(mut self, id: impl Into<String>) -> Self {
         self.id = id.into().into_boxed_str();
-        self.headers = OnceLock::new();
+        self.delivery_headers = OnceLock::new();
         self
     }
 
     /// Replaces the time.
     pub fn with_time(mut self, time: SystemTime) -> Self {
         self.time = time;
-        self.headers = OnceLock::new();
+        self.delivery_headers = OnceLock::new();
         self
     }
 
@@ -223,7 +224,7 @@ impl Message {
     /// that stamp many messages with the same token build it once.
     pub fn with_authorization(mut self, value: Option<HeaderValue>) -> Self {
         self.authorization = value;
-        self.headers = OnceLock::new();
+        self.delivery_headers = OnceLock::new();
         self
     }
 
@@ -259,38 +260,57 @@ impl Message {
     }
     /// The headers of a delivery POST: `Content-Type`, the CloudEvents
     /// binary-mode `ce-*` headers and, when set, the (sensitive)
-    /// `Authorization` header.
-    pub fn http_headers(&self) -> &HeaderMap {
-        self.headers.get_or_init(|| self.build_headers())
-    }
-
-    fn build_headers(&self) -> HeaderMap {
+    /// `Authorization` header. Built on each call: deliveries use
+    /// [`Self::delivery_headers`].
+    pub fn http_headers(&self) -> HeaderMap {
         let mut h = HeaderMap::with_capacity(8);
-        h.insert(CONTENT_TYPE, HeaderValue::from_static(self.content_type()));
-        h.insert(CE_SPECVERSION, HeaderValue::from_static("1.0"));
-        h.insert(CE_ID, header_value_or(&self.id, "invalid-id"));
-        h.insert(CE_SOURCE, header_value_or(&self.source, "/wsbridge"));
-        let event_type = match &self.event_type {
-            Some(t) => header_value_or(t, "io.wsbridge.message"),
-            None => HeaderValue::from_static(self.origin.default_event_type()),
-        };
-        h.insert(CE_TYPE, event_type);
-        // Formatted on the stack: one allocation (the header's own) per message.
-        let mut buf = [0u8; 32];
-        let len = {
-            let mut cursor = std::io::Cursor::new(&mut buf[..]);
-            let written = write!(cursor, "{}", humantime::format_rfc3339_millis(self.time));
-            written.ok().map(|()| cursor.position() as usize)
-        };
-        let time = len.and_then(|n| HeaderValue::from_bytes(&buf[..n]).ok());
-        h.insert(
-            CE_TIME,
-            time.unwrap_or(HeaderValue::from_static("1970-01-01T00:00:00Z")),
-        );
+        self.each_header(|name, value| {
+            // Every value given here passed `is_header_value`.
+            if let Ok(v) = HeaderValue::from_bytes(value) {
+                h.insert(name.clone(), v);
+            }
+        });
         if let Some(a) = &self.authorization {
             h.insert(AUTHORIZATION, a.clone());
         }
         h
+    }
+
+    /// The same headers as [`Self::http_headers`], as the header lines of a
+    /// request: written on the first delivery, then shared by every
+    /// subscriber's request.
+    pub fn delivery_headers(&self) -> &HeaderLines {
+        self.delivery_headers.get_or_init(|| {
+            let mut lines = HeaderLines::with_capacity(256);
+            self.each_header(|name, value| {
+                lines.push(name, value);
+            });
+            if let Some(a) = &self.authorization {
+                lines.push(&AUTHORIZATION, a.as_bytes());
+            }
+            lines
+        })
+    }
+
+    /// Every header but `Authorization`, with a fallback for a value no
+    /// header may have (an id or type given by a publisher).
+    fn each_header(&self, mut header: impl FnMut(&HeaderName, &[u8])) {
+        header(&CONTENT_TYPE, self.content_type().as_bytes());
+        header(&CE_SPECVERSION, b"1.0");
+        header(&CE_ID, valid_or(&self.id, "invalid-id"));
+        header(&CE_SOURCE, valid_or(&self.source, "/wsbridge"));
+        header(&CE_TYPE, valid_or(self.event_type(), "io.wsbridge.message"));
+        // Formatted on the stack: no allocation.
+        let mut buf = [0u8; 32];
+        let mut cursor = std::io::Cursor::new(&mut buf[..]);
+        let time: &[u8] = match write!(cursor, "{}", humantime::format_rfc3339_millis(self.time)) {
+            Ok(()) => {
+                let len = cursor.position() as usize;
+                &buf[..len]
+            }
+            Err(_) => b"1970-01-01T00:00:00Z",
+        };
+        header(&CE_TIME, time);
     }
 }
 
@@ -307,8 +327,13 @@ impl fmt::Debug for Message {
     }
 }
 
-fn header_value_or(value: &str, fallback: &'static str) -> HeaderValue {
-    HeaderValue::from_str(value).unwrap_or_else(|_| HeaderValue::from_static(fallback))
+/// `value`, or `fallback` when no header may have it.
+fn valid_or<'a>(value: &'a str, fallback: &'static str) -> &'a [u8] {
+    if is_header_value(value.as_bytes()) {
+        value.as_bytes()
+    } else {
+        fallback.as_bytes()
+    }
 }
 
 /// `Bearer <token>` as a sensitive header value. The error never contains
@@ -390,5 +415,31 @@ mod tests {
         assert_eq!(auth, "Bearer planted-token-123");
         assert!(!format!("{m:?}").contains("planted"));
         assert!(!format!("{:?}", m.http_headers()).contains("planted"));
+    }
+
+    #[test]
+    fn delivery_headers_are_the_http_headers_as_request_lines() {
+        let token = SecretString::new("planted-token-123");
+        let m = Message::new(Payload::binary(vec![1u8]), Origin::Published, "/s")
+            .with_id("publisher\r\nx-injected: 1")
+            .with_subscriber_token(Some(&token));
+        let lines = String::from_utf8(m.delivery_headers().as_bytes().to_vec()).unwrap();
+        let mut expected = String::new();
+        for (name, value) in &m.http_headers() {
+            expected.push_str(&format!("{}: {}\r\n", name, value.to_str().unwrap()));
+        }
+        let sorted = |text: &str| {
+            let mut l: Vec<_> = text.split_terminator("\r\n").map(str::to_owned).collect();
+            l.sort();
+            l
+        };
+        assert_eq!(sorted(&lines), sorted(&expected));
+        // An id no header may have is replaced, in both forms.
+        assert!(
+            lines.contains("ce-id: invalid-id\r\n") && !lines.contains("injected"),
+            "{lines}"
+        );
+        assert!(lines.contains("authorization: Bearer planted-token-123\r\n"));
+        assert!(!format!("{:?}", m.delivery_headers()).contains("planted"));
     }
 }

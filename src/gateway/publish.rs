@@ -191,7 +191,7 @@ async fn send_to_worker(shared: &Shared, address: &http::Uri, message: &Message)
     let uri: http::Uri = format!("{}/v1/send", address.to_string().trim_end_matches('/'))
         .parse()
         .map_err(|e| format!("bad worker address: {e}"))?;
-    let mut headers = message.http_headers().clone();
+    let mut headers = message.http_headers();
     if message.payload().kind() == PayloadKind::Binary {
         headers.insert(
             header::CONTENT_TYPE,

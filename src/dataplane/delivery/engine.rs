@@ -619,7 +619,7 @@ impl WorkerCtx {
             let send = self.shared.http.post_to(
                 &origin,
                 &spec.uri,
-                q.msg.http_headers(),
+                q.msg.delivery_headers(),
                 q.msg.payload().bytes(),
                 policy.timeout,
             );
@@ -767,7 +767,7 @@ async fn run_dead_letters(
 }
 
 async fn post_dead_letter(shared: &Shared, dl: DeadLetter, attempts: u32) {
-    let mut headers = dl.msg.http_headers().clone();
+    let mut headers = dl.msg.http_headers();
     headers.insert(DEAD_LETTER_REASON, HeaderValue::from_static(dl.reason));
     headers.insert(CE_FAILURE, HeaderValue::from_static(dl.reason));
     if let Ok(v) = HeaderValue::from_str(&dl.subscriber) {

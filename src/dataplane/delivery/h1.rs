@@ -21,7 +21,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use http::{HeaderMap, HeaderValue, StatusCode, header};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
@@ -79,6 +79,62 @@ impl AsyncWrite for Stream {
     }
 }
 
+/// Request header lines (`name: value\r\n` each), ready to be written.
+/// Only valid names and values get in, so nothing in them can split a
+/// request; `Host`, `Content-Length`, `Transfer-Encoding` and `Connection`
+/// are the connection's own and are left out. Never printed: they may carry
+/// a token.
+#[derive(Clone, Default)]
+pub struct HeaderLines(Vec<u8>);
+
+impl HeaderLines {
+    pub fn with_capacity(bytes: usize) -> Self {
+        Self(Vec::with_capacity(bytes))
+    }
+
+    /// Appends one header; false (nothing appended) for a value that no
+    /// header may have, or a name that is the connection's own.
+    pub fn push(&mut self, name: &HeaderName, value: &[u8]) -> bool {
+        let framing = matches!(
+            *name,
+            header::HOST | header::CONTENT_LENGTH | header::TRANSFER_ENCODING | header::CONNECTION
+        );
+        if framing || !is_header_value(value) {
+            return false;
+        }
+        self.0.extend_from_slice(name.as_str().as_bytes());
+        self.0.extend_from_slice(b": ");
+        self.0.extend_from_slice(value);
+        self.0.extend_from_slice(b"\r\n");
+        true
+    }
+
+    /// Every header of `map` but the connection's own.
+    pub fn from_map(map: &HeaderMap) -> Self {
+        let mut lines = Self::with_capacity(map.len() * 48);
+        for (name, value) in map {
+            lines.push(name, value.as_bytes());
+        }
+        lines
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for HeaderLines {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "HeaderLines({} bytes)", self.0.len())
+    }
+}
+
+/// What a header value may hold (RFC 9110 field-value; the rule `http`'s
+/// `HeaderValue` applies): no CR, LF, NUL or other control but tab.
+pub fn is_header_value(value: &[u8]) -> bool {
+    value.iter().all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f))
+}
+
 /// What the engine needs of a response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Response {
@@ -133,14 +189,12 @@ impl Connection {
         )
     }
 
-    /// POSTs `body` to `path` on `host` with `headers` (their own `Host`,
-    /// `Content-Length`, `Transfer-Encoding` and `Connection` are ignored)
-    /// and reads the response.
+    /// POSTs `body` to `path` on `host` with `headers` and reads the response.
     pub async fn post(
         &mut self,
         host: &[u8],
         path: &str,
-        headers: &HeaderMap,
+        headers: &HeaderLines,
         body: &[u8],
     ) -> Result<Response, ExchangeError> {
         self.received = 0;
@@ -161,7 +215,7 @@ impl Connection {
         &mut self,
         host: &[u8],
         path: &str,
-        headers: &HeaderMap,
+        headers: &HeaderLines,
         body: &[u8],
     ) -> io::Result<Response> {
         write_head(&mut self.output, host, path, headers, body.len());
@@ -322,28 +376,14 @@ struct Head {
 }
 
 /// Writes a POST request head into `out` (cleared first).
-fn write_head(out: &mut Vec<u8>, host: &[u8], path: &str, headers: &HeaderMap, body_len: usize) {
+fn write_head(out: &mut Vec<u8>, host: &[u8], path: &str, headers: &HeaderLines, body_len: usize) {
     out.clear();
     out.extend_from_slice(b"POST ");
     out.extend_from_slice(if path.is_empty() { b"/" } else { path.as_bytes() });
     out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
     out.extend_from_slice(host);
     out.extend_from_slice(b"\r\n");
-    for (name, value) in headers {
-        // Framing and routing are this writer's, never the caller's.
-        if matches!(
-            *name,
-            header::HOST | header::CONTENT_LENGTH | header::TRANSFER_ENCODING | header::CONNECTION
-        ) {
-            continue;
-        }
-        // `HeaderName` and `HeaderValue` cannot hold CR, LF or NUL, so
-        // nothing written here can split the head.
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
+    out.extend_from_slice(headers.as_bytes());
     // Writing into a Vec cannot fail.
     let _ = write!(out, "content-length: {body_len}\r\n\r\n");
 }
@@ -516,7 +556,13 @@ mod tests {
     }
 
     async fn post(c: &mut Connection, body: &[u8]) -> Result<Response, ExchangeError> {
-        c.post(b"sink.local:8080", "/in?x=1", &headers(), body).await
+        c.post(
+            b"sink.local:8080",
+            "/in?x=1",
+            &HeaderLines::from_map(&headers()),
+            body,
+        )
+        .await
     }
 
     const OK_LENGTH: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello";
@@ -652,6 +698,21 @@ mod tests {
             (e.error.kind(), e.before_response),
             (io::ErrorKind::UnexpectedEof, false)
         );
+    }
+
+    #[test]
+    fn header_lines_refuse_what_could_split_a_request() {
+        let mut lines = HeaderLines::default();
+        assert!(lines.push(&header::CONTENT_TYPE, b"text/plain;\tcharset=utf-8"));
+        assert!(!lines.push(&header::HOST, b"evil"));
+        assert!(!lines.push(&header::TRANSFER_ENCODING, b"chunked"));
+        for bad in [&b"a\r\nx-injected: 1"[..], b"a\nb", b"a\0b", b"\x7f"] {
+            assert!(!lines.push(&header::ACCEPT, bad), "{bad:?}");
+        }
+        assert_eq!(lines.as_bytes(), b"content-type: text/plain;\tcharset=utf-8\r\n");
+        let mut token = HeaderMap::new();
+        token.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer planted"));
+        assert!(!format!("{:?}", HeaderLines::from_map(&token)).contains("planted"));
     }
 
     #[test]

@@ -16,7 +16,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tower::ServiceExt;
 
-use super::h1::{self, Connection, Stream};
+use super::h1::{self, Connection, HeaderLines, Stream};
 use super::policy::AttemptOutcome;
 use super::pool::{self, OriginPool};
 use crate::dataplane::destination::{DestinationDenied, DestinationPolicy, resolve_allowed};
@@ -245,7 +245,8 @@ impl HttpSender {
         body: &[u8],
         timeout: Duration,
     ) -> AttemptOutcome {
-        self.post_to(&self.origin(uri), uri, headers, body, timeout).await
+        let lines = HeaderLines::from_map(headers);
+        self.post_to(&self.origin(uri), uri, &lines, body, timeout).await
     }
 
     /// The origin of `uri`, for [`Self::post_to`].
@@ -265,7 +266,7 @@ impl HttpSender {
         &self,
         origin: &Origin,
         uri: &Uri,
-        headers: &HeaderMap,
+        headers: &HeaderLines,
         body: &[u8],
         timeout: Duration,
     ) -> AttemptOutcome {
@@ -299,7 +300,7 @@ impl HttpSender {
         &self,
         pool: &OriginPool,
         path: &str,
-        headers: &HeaderMap,
+        headers: &HeaderLines,
         body: &[u8],
     ) -> Result<h1::Response, Failure> {
         let host = pool.host.as_bytes();
