@@ -396,7 +396,7 @@ fn parse_head(input: &[u8]) -> io::Result<Option<(usize, Head)>> {
     let len = match response.parse(input) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(None),
-        Err(e) => return Err(invalid_owned(format!("malformed response head: {e}"))),
+        Err(e) => return Err(invalid(format!("malformed response head: {e}"))),
     };
     let status = response.code.unwrap_or(0);
     let mut keep_alive = response.version == Some(1);
@@ -463,12 +463,8 @@ fn parse_head(input: &[u8]) -> io::Result<Option<(usize, Head)>> {
     )))
 }
 
-fn invalid(what: &'static str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, what)
-}
-
-fn invalid_owned(what: String) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, what)
+fn invalid(what: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what.into())
 }
 
 #[cfg(test)]

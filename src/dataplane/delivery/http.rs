@@ -330,7 +330,7 @@ impl HttpSender {
             .map_err(Failure::Connect)?
             .into_inner();
         let stream = match &pool.server_name {
-            Some(name) if pool.https => {
+            Some(name) => {
                 let tls = self
                     .tls_connector()
                     .connect(name.clone(), tcp)
@@ -338,7 +338,7 @@ impl HttpSender {
                     .map_err(|e| Failure::Connect(Box::new(e)))?;
                 Stream::Tls(Box::new(tls))
             }
-            _ => Stream::Plain(tcp),
+            None => Stream::Plain(tcp),
         };
         Ok(Connection::new(stream))
     }

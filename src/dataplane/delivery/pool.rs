@@ -26,12 +26,11 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// every connection opened is kept and reused, and a burst never opens and
 /// closes a connection per message.
 pub struct OriginPool {
-    pub https: bool,
     /// The URI the connectors take: scheme and authority.
     pub connect_to: Uri,
     /// The `Host` header of every request.
     pub host: HeaderValue,
-    /// The name TLS verifies (`https` only).
+    /// The name TLS verifies: `Some` exactly for `https`.
     pub server_name: Option<ServerName<'static>>,
     slots: Semaphore,
     /// Idle connections, the most recently used last.
@@ -61,7 +60,6 @@ impl OriginPool {
             None
         };
         Some(Self {
-            https,
             connect_to,
             host: HeaderValue::from_str(&host).ok()?,
             server_name,
