@@ -20,8 +20,8 @@ use futures::{StreamExt, TryStreamExt};
 use kube::api::{ListParams, PostParams};
 use kube::{Api, Client};
 use serde_json::json;
-use wsbridge::api::conditions::{self, READY};
-use wsbridge::api::{Bridge, Channel, Subscription};
+use wsbridge_api::conditions::{self, READY};
+use wsbridge_api::{Bridge, Channel, Subscription};
 
 const NAMESPACES: usize = 10;
 const CHANNELS_PER_NAMESPACE: usize = 10;

@@ -1,25 +1,13 @@
-//! wsbridge: connects in-cluster HTTP services to external WebSocket endpoints
-//! through declarative pub/sub channels.
+//! wsbridge: connects in-cluster HTTP services to external WebSocket
+//! endpoints through declarative pub/sub channels.
 //!
-//! Layout, by role:
-//! - [`api`]: the four custom resources (`Endpoint`, `Channel`, `Bridge`,
-//!   `Subscription`), their validation and status conditions.
-//! - [`dataplane`]: the WebSocket client, the delivery engine and the routing
-//!   of a message to its subscribers. Plain Rust values only: it never imports
-//!   the Kubernetes client, so it runs and is tested without a cluster.
-//! - [`controller`], [`worker`], [`gateway`]: the Kubernetes adapters.
-//! - [`standalone`]: the same data plane fed from YAML files.
-//! - [`translate`]: from the API types to the data plane's values, shared by
-//!   every adapter.
+//! This package is the `wsbridge` binary and its command line ([`cli`]).
+//! Everything else lives in the workspace's crates, one per part of the
+//! architecture (see `docs/architecture.md`): `wsbridge-core`,
+//! `wsbridge-dataplane`, `wsbridge-api`, `wsbridge-translate`,
+//! `wsbridge-http`, `wsbridge-k8s`, and one crate per role
+//! (`wsbridge-controller`, `wsbridge-worker`, `wsbridge-gateway`,
+//! `wsbridge-standalone`).
 #![forbid(unsafe_code)]
 
-pub mod api;
-pub mod controller;
-pub mod dataplane;
-pub mod follow;
-pub mod gateway;
-pub mod ops;
-pub mod publish;
-pub mod standalone;
-pub mod translate;
-pub mod worker;
+pub mod cli;

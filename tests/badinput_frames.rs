@@ -12,10 +12,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use wsbridge::dataplane::endpoint::{
+use wsbridge_dataplane::endpoint::{
     ConnectionState, EndpointConfig, EndpointHandle, EndpointOptions, ReconnectPolicy,
 };
-use wsbridge::dataplane::{DataplaneMetrics, Message, PayloadKind};
+use wsbridge_dataplane::{DataplaneMetrics, Message, PayloadKind};
 
 const WAIT: Duration = Duration::from_secs(20);
 const MAX: usize = 4096;

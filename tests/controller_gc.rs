@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::DeleteParams;
 use kube::{Api, ResourceExt};
-use wsbridge::api::Bridge;
+use wsbridge_api::Bridge;
 
 #[test]
 fn controller_child_process() {

@@ -11,7 +11,7 @@ use anyhow::Result;
 use controller_support::*;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
-use wsbridge::api::Channel;
+use wsbridge_api::Channel;
 
 #[test]
 fn controller_child_process() {

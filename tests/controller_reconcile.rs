@@ -18,8 +18,8 @@ use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{DeleteParams, ListParams};
 use kube::{Api, Client, ResourceExt};
-use wsbridge::api::conditions::{self, CONNECTED, READY};
-use wsbridge::api::{Bridge, Channel, Endpoint, Subscription};
+use wsbridge_api::conditions::{self, CONNECTED, READY};
+use wsbridge_api::{Bridge, Channel, Endpoint, Subscription};
 
 const CHANNEL: &str = "apiVersion: wsbridge.io/v1alpha1\nkind: Channel\nmetadata: {name: ticker}\nspec: {}\n";
 const ENDPOINT: &str = "apiVersion: wsbridge.io/v1alpha1\nkind: Endpoint\nmetadata: {name: market}\nspec:\n  url: wss://feed.example.com/v2\n  auth: {secretRef: {name: creds}}\n";

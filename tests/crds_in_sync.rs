@@ -5,12 +5,12 @@ use std::path::Path;
 fn assert_in_sync(dir: &str) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
     let mut expected: Vec<String> = Vec::new();
-    for crd in wsbridge::api::crds() {
-        let name = wsbridge::api::crd_file_name(&crd);
+    for crd in wsbridge_api::crds() {
+        let name = wsbridge_api::crd_file_name(&crd);
         expected.push(name.clone());
         let on_disk = std::fs::read_to_string(dir.join(&name)).unwrap_or_default();
         assert!(
-            on_disk == wsbridge::api::crd_yaml(&crd),
+            on_disk == wsbridge_api::crd_yaml(&crd),
             "{} is out of date: run `cargo run -- crd --out-dir crds` (and copy to charts/wsbridge/crds)",
             dir.join(&name).display()
         );
@@ -32,7 +32,7 @@ fn checked_in_crds_match_the_rust_types() {
 
 #[test]
 fn wsbridge_crd_prints_all_four_kinds() {
-    let all = wsbridge::api::crds_yaml();
+    let all = wsbridge_api::crds_yaml();
     for kind in ["Bridge", "Channel", "Endpoint", "Subscription"] {
         assert!(all.contains(&format!("kind: {kind}\n")), "{kind} missing");
     }
@@ -44,7 +44,7 @@ fn the_field_reference_matches_the_crds() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/reference.md");
     let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
     assert!(
-        on_disk == wsbridge::api::reference::markdown(),
+        on_disk == wsbridge_api::reference::markdown(),
         "docs/reference.md is out of date: run `cargo run -- crd --reference > docs/reference.md`"
     );
 }

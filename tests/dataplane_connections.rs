@@ -9,7 +9,7 @@ use std::time::Duration;
 use http::{HeaderMap, Uri};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
-use wsbridge::dataplane::delivery::{AttemptOutcome, HttpSender};
+use wsbridge_dataplane::delivery::{AttemptOutcome, HttpSender};
 
 /// What the subscriber does with a connection after answering.
 #[derive(Clone, Copy, PartialEq)]
@@ -138,7 +138,7 @@ async fn concurrent_requests_open_a_connection_each_and_the_next_burst_reuses_th
 async fn requests_beyond_the_per_origin_limit_wait_for_a_connection() {
     let (uri, seen) = subscriber(AfterReply::KeepOpen, Duration::from_millis(20)).await;
     let sender = HttpSender::new();
-    let limit = wsbridge::dataplane::delivery::DEFAULT_CONNECTIONS_PER_ORIGIN;
+    let limit = wsbridge_dataplane::delivery::DEFAULT_CONNECTIONS_PER_ORIGIN;
     let outcomes = futures::future::join_all((0..limit + 100).map(|_| post(&sender, &uri))).await;
     outcomes.iter().for_each(assert_ok);
     let seen = seen.lock().unwrap();

@@ -7,11 +7,12 @@ use std::time::Duration;
 
 use support::peers::{Reply, Subscriber};
 use tokio::time::Instant;
-use wsbridge::dataplane::delivery::{
+use wsbridge_core::ChannelKey;
+use wsbridge_core::SecretString;
+use wsbridge_dataplane::delivery::{
     BackoffPolicy, DeliveryEngine, DeliveryPolicy, EngineConfig, Ordering, SubscriberSpec,
 };
-use wsbridge::dataplane::routing::ChannelKey;
-use wsbridge::dataplane::{DataplaneMetrics, Message, Origin, Payload, SecretString};
+use wsbridge_dataplane::{DataplaneMetrics, Message, Origin, Payload};
 
 fn fast_policy() -> DeliveryPolicy {
     DeliveryPolicy {
@@ -131,7 +132,7 @@ async fn text_json_and_binary_are_broadcast_to_three_subscribers_with_cloudevent
         }
     }
     eventually("9 deliveries counted", || engine.stats().delivered == 9).await;
-    let labels = wsbridge::dataplane::metrics::SubscriberLabels {
+    let labels = wsbridge_dataplane::metrics::SubscriberLabels {
         channel: "default/ticker".into(),
         subscriber: "default/s0".into(),
     };
@@ -453,7 +454,8 @@ async fn shutdown_delivers_what_it_can_and_dead_letters_the_rest_within_the_dead
 
 #[tokio::test]
 async fn the_engine_follows_the_routing_index() {
-    use wsbridge::dataplane::routing::{ChannelInfo, ObjectKey, RoutingIndex, SubscriptionInfo};
+    use wsbridge_core::ObjectKey;
+    use wsbridge_dataplane::routing::{ChannelInfo, RoutingIndex, SubscriptionInfo};
     let (engine, _) = engine();
     let index = RoutingIndex::default();
     let mut sub = Subscriber::ok().await;

@@ -12,11 +12,12 @@ use support::peers::{ServerOpts, WsServer, tls_material};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
-use wsbridge::dataplane::endpoint::{
+use wsbridge_core::SecretString;
+use wsbridge_dataplane::endpoint::{
     ConnectionState, Credentials, EndpointConfig, EndpointHandle, EndpointOptions, KeepAlive,
     ReconnectPolicy, SendError,
 };
-use wsbridge::dataplane::{DataplaneMetrics, Message, Origin, Payload, PayloadKind, SecretString};
+use wsbridge_dataplane::{DataplaneMetrics, Message, Origin, Payload, PayloadKind};
 
 fn config(url: &str) -> EndpointConfig {
     let mut c = EndpointConfig::new(url);
@@ -68,7 +69,7 @@ impl Client {
     }
 
     fn reconnects(&self) -> u64 {
-        let labels = wsbridge::dataplane::metrics::EndpointLabels {
+        let labels = wsbridge_dataplane::metrics::EndpointLabels {
             endpoint: "default/feed".into(),
         };
         self.metrics.reconnects.get_or_create(&labels).get()
@@ -428,8 +429,8 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
 #[tokio::test(flavor = "current_thread")]
 async fn no_secret_value_appears_in_logs_states_or_metrics() {
     use prometheus_client::registry::Registry;
-    use wsbridge::dataplane::delivery::{DeliveryEngine, DeliveryPolicy, EngineConfig, SubscriberSpec};
-    use wsbridge::dataplane::routing::ChannelKey;
+    use wsbridge_core::ChannelKey;
+    use wsbridge_dataplane::delivery::{DeliveryEngine, DeliveryPolicy, EngineConfig, SubscriberSpec};
 
     let logs = Captured::default();
     let subscriber = tracing_subscriber::fmt()

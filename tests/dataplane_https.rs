@@ -10,7 +10,7 @@ use std::time::Duration;
 use axum::Router;
 use bytes::Bytes;
 use http::StatusCode;
-use wsbridge::dataplane::delivery::{AttemptOutcome, HttpSender};
+use wsbridge_dataplane::delivery::{AttemptOutcome, HttpSender};
 
 /// A TLS subscriber on loopback answering 200 and reporting each body.
 async fn https_subscriber(

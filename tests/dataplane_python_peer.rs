@@ -8,8 +8,8 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 use tokio::sync::{mpsc, watch};
-use wsbridge::dataplane::endpoint::{EndpointConfig, EndpointHandle, EndpointOptions, ReconnectPolicy};
-use wsbridge::dataplane::{DataplaneMetrics, Message, Origin, Payload, PayloadKind};
+use wsbridge_dataplane::endpoint::{EndpointConfig, EndpointHandle, EndpointOptions, ReconnectPolicy};
+use wsbridge_dataplane::{DataplaneMetrics, Message, Origin, Payload, PayloadKind};
 
 fn python_websockets_available() -> bool {
     std::process::Command::new("python3")

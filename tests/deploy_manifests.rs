@@ -947,7 +947,7 @@ fn gitops_examples_point_at_the_chart_and_the_manifests() -> Result<()> {
 /// created, statuses written, Events recorded.
 #[tokio::test]
 async fn the_controller_reconciles_an_example_with_the_chart_rbac() -> Result<()> {
-    use wsbridge::api::{Channel, Subscription, conditions};
+    use wsbridge_api::{Channel, Subscription, conditions};
     let cp = support::shared().await;
     crds_installed(cp).await?;
     let system = namespace(cp, "helm-controller", &[]).await?;

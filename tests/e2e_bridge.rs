@@ -15,7 +15,7 @@ use kube::api::{DeleteParams, Patch, PatchParams};
 use serde_json::json;
 use support::peers::{ServerOpts, Subscriber, WsServer};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
-use wsbridge::api::{Bridge, conditions};
+use wsbridge_api::{Bridge, conditions};
 
 const WAIT: Duration = Duration::from_secs(60);
 const FEED_TOKEN: &str = "feed-secret-7f3a9c2e";
@@ -221,7 +221,7 @@ async fn a_worker_started_from_the_controllers_pod_template_bridges_the_endpoint
         }
     })
     .await?;
-    let subs_api: Api<wsbridge::api::Subscription> = Api::namespaced(client.clone(), &ns);
+    let subs_api: Api<wsbridge_api::Subscription> = Api::namespaced(client.clone(), &ns);
     subs_api.delete("sub-0", &DeleteParams::default()).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     while tokio::time::timeout(Duration::from_millis(300), subs[0].received.recv())

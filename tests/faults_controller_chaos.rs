@@ -20,7 +20,7 @@ use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Api, ResourceExt};
 use rand::RngExt;
 use serde_json::json;
-use wsbridge::api::{Bridge, conditions};
+use wsbridge_api::{Bridge, conditions};
 
 const KILLS: usize = 20;
 const LEASE: &str = "chaos";

@@ -136,8 +136,8 @@ async fn the_worker_survives_50_endpoint_crashes_and_delivers_everything_sent_wh
 #[tokio::test]
 async fn closing_the_connection_sends_every_message_already_accepted_first() -> Result<()> {
     use std::sync::Arc;
-    use wsbridge::dataplane::endpoint::{EndpointConfig, EndpointHandle, EndpointOptions};
-    use wsbridge::dataplane::{DataplaneMetrics, Message, Origin, Payload};
+    use wsbridge_dataplane::endpoint::{EndpointConfig, EndpointHandle, EndpointOptions};
+    use wsbridge_dataplane::{DataplaneMetrics, Message, Origin, Payload};
 
     let feed = Feed::start().await?;
     let metrics = Arc::new(DataplaneMetrics::unregistered());

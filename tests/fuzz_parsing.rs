@@ -15,10 +15,11 @@ use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use proptest::prelude::*;
 use serde_json::{Value, json};
-use wsbridge::dataplane::routing::ObjectKey;
-use wsbridge::dataplane::{Payload, PayloadKind, parse_duration};
-use wsbridge::publish;
-use wsbridge::standalone::{load, schema};
+use wsbridge_api::Duration;
+use wsbridge_core::ObjectKey;
+use wsbridge_dataplane::{Payload, PayloadKind};
+use wsbridge_http::publish;
+use wsbridge_standalone::{load, schema};
 
 fn config() -> ProptestConfig {
     // `PROPTEST_CASES` overrides the default of 256 cases.
@@ -275,16 +276,20 @@ proptest! {
 
     #[test]
     fn durations_parse_or_say_why(text in ".{0,24}") {
-        match parse_duration(&text) {
+        // What every role runs on a Channel's or Subscription's durations.
+        match Duration(text.clone()).get() {
             Ok(_) => {}
-            Err(e) => prop_assert!(e.to_string().contains("invalid duration")),
+            Err(e) => prop_assert!(
+                e.contains("invalid duration") || e.contains("negative duration"),
+                "{e}"
+            ),
         }
     }
 
     #[test]
     fn durations_written_as_the_api_does_parse_to_their_value(n in 0u64..1_000_000, unit in 0..4usize) {
         let (suffix, ms) = [("ms", 1u64), ("s", 1000), ("m", 60_000), ("h", 3_600_000)][unit];
-        let parsed = parse_duration(&format!("{n}{suffix}")).unwrap();
+        let parsed = Duration(format!("{n}{suffix}")).get().unwrap();
         prop_assert_eq!(parsed.as_millis(), u128::from(n) * u128::from(ms));
     }
 
@@ -311,7 +316,7 @@ proptest! {
         // Differential: the publish path's check against the CRD pattern
         // and length that object names are validated with.
         let validator = jsonschema::validator_for(
-            &json!({"type": "string", "pattern": wsbridge::api::DNS1123_SUBDOMAIN}),
+            &json!({"type": "string", "pattern": wsbridge_api::DNS1123_SUBDOMAIN}),
         ).unwrap();
         let valid = name.len() <= 253 && validator.is_valid(&Value::String(name.clone()));
         prop_assert_eq!(publish::is_dns1123_subdomain(&name), valid, "{:?}", name);
@@ -397,11 +402,11 @@ proptest! {
     #[test]
     fn dns1123_check_agrees_with_the_crd_pattern(name in "[a-z0-9.\\-A-Z_]{0,12}") {
         let pattern = jsonschema::validator_for(
-            &json!({"type": "string", "pattern": wsbridge::api::DNS1123_SUBDOMAIN}),
+            &json!({"type": "string", "pattern": wsbridge_api::DNS1123_SUBDOMAIN}),
         )
         .unwrap();
         prop_assert_eq!(
-            wsbridge::api::is_dns1123_subdomain(&name),
+            wsbridge_api::is_dns1123_subdomain(&name),
             pattern.is_valid(&Value::String(name.clone())),
             "{:?}", name
         );
@@ -477,7 +482,7 @@ proptest! {
     /// with the status it sent, or a network error: never a panic or a hang.
     #[test]
     fn subscriber_responses_never_panic_the_delivery_client(answer in responseish()) {
-        use wsbridge::dataplane::delivery::{AttemptOutcome, HttpSender};
+        use wsbridge_dataplane::delivery::{AttemptOutcome, HttpSender};
         let outcomes = runtime().block_on(async {
             let uri = raw_subscriber(answer.clone()).await;
             let sender = HttpSender::new();

@@ -18,11 +18,11 @@ use kube::Api;
 use support::peers::{ServerOpts, Subscriber, WsServer};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
-use wsbridge::api::{Endpoint, Subscription, conditions};
-use wsbridge::dataplane::delivery::{DeliveryEngine, DeliveryPolicy, EngineConfig, SubscriberSpec};
-use wsbridge::dataplane::endpoint::{ConnectionState, EndpointConfig, EndpointHandle, EndpointOptions};
-use wsbridge::dataplane::routing::ChannelKey;
-use wsbridge::dataplane::{DataplaneMetrics, DestinationPolicy, Message, Origin, Payload};
+use wsbridge_api::{Endpoint, Subscription, conditions};
+use wsbridge_core::ChannelKey;
+use wsbridge_dataplane::delivery::{DeliveryEngine, DeliveryPolicy, EngineConfig, SubscriberSpec};
+use wsbridge_dataplane::endpoint::{ConnectionState, EndpointConfig, EndpointHandle, EndpointOptions};
+use wsbridge_dataplane::{DataplaneMetrics, DestinationPolicy, Message, Origin, Payload};
 
 const WAIT: Duration = Duration::from_secs(60);
 

@@ -195,7 +195,7 @@ mod isolated_validation {
     use std::time::Duration;
 
     use super::standalone_support::{TempDir, repo};
-    use wsbridge::standalone::{Validation, load, validator};
+    use wsbridge_standalone::{Validation, load, validator};
 
     fn isolated(program: impl Into<PathBuf>, timeout: Duration) -> Validation {
         Validation::Isolated {

@@ -15,7 +15,7 @@ use kube::{Api, Client};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
-use wsbridge::api::{Bridge, conditions};
+use wsbridge_api::{Bridge, conditions};
 
 use crate::support::{self, ControlPlane};
 
@@ -25,8 +25,8 @@ pub const WAIT: Duration = Duration::from_secs(30);
 
 /// Installs the CRDs (idempotent) and waits until they are served.
 pub async fn install_crds(client: &Client) -> Result<()> {
-    support::apply_yaml(client, &wsbridge::api::crds_yaml(), None).await?;
-    let names: Vec<String> = wsbridge::api::crds()
+    support::apply_yaml(client, &wsbridge_api::crds_yaml(), None).await?;
+    let names: Vec<String> = wsbridge_api::crds()
         .iter()
         .filter_map(|c| c.metadata.name.clone())
         .collect();
@@ -47,7 +47,7 @@ const CHILD_ARGS: &str = "WSBRIDGE_TEST_CONTROLLER_ARGS";
 #[derive(clap::Parser)]
 struct ChildCli {
     #[command(flatten)]
-    args: wsbridge::controller::Args,
+    args: wsbridge::cli::ControllerArgs,
 }
 
 /// Body of the `controller_child_process` test every controller test file
@@ -68,8 +68,9 @@ pub fn child_entry() {
             }
         }
     });
+    let options = cli.args.options().expect("controller options");
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
-    if let Err(e) = runtime.block_on(wsbridge::controller::run(cli.args)) {
+    if let Err(e) = runtime.block_on(wsbridge_controller::run(options)) {
         eprintln!("controller failed: {e:#}");
         std::process::exit(1);
     }

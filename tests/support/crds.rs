@@ -16,7 +16,7 @@ pub async fn install_crds(client: &Client) -> Result<()> {
         .get_or_try_init(|| async {
             let api: Api<CustomResourceDefinition> = Api::all(client.clone());
             let mut names = Vec::new();
-            for crd in wsbridge::api::crds() {
+            for crd in wsbridge_api::crds() {
                 let name = crd.metadata.name.clone().expect("CRDs are named");
                 api.patch(
                     &name,
@@ -30,7 +30,7 @@ pub async fn install_crds(client: &Client) -> Result<()> {
             super::wait_crds_established(client, &names, Duration::from_secs(60)).await?;
             // Discovery lags Established by a moment; wait until the kinds are served.
             super::eventually(Duration::from_secs(30), "wsbridge kinds served", || async {
-                let list: Api<wsbridge::api::Subscription> = Api::all(client.clone());
+                let list: Api<wsbridge_api::Subscription> = Api::all(client.clone());
                 Ok(list.list(&Default::default()).await.ok().map(|_| ()))
             })
             .await

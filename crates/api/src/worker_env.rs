@@ -1,0 +1,33 @@
+//! The worker pod's environment: the contract between the controller, which
+//! writes these variables into each worker Deployment, and the worker, which
+//! reads them (see `docs/architecture.md`, "The worker pod contract").
+//!
+//! Secret values never pass through an object: the controller points these
+//! variables at Secret keys (`valueFrom.secretKeyRef`) and the kubelet
+//! resolves them.
+
+/// Bearer token of the Endpoint (`token` of `auth.secretRef`).
+pub const ENDPOINT_TOKEN: &str = "WSBRIDGE_ENDPOINT_TOKEN";
+/// Basic-auth user of the Endpoint (`username` of `auth.secretRef`).
+pub const ENDPOINT_USERNAME: &str = "WSBRIDGE_ENDPOINT_USERNAME";
+/// Basic-auth password of the Endpoint (`password` of `auth.secretRef`).
+pub const ENDPOINT_PASSWORD: &str = "WSBRIDGE_ENDPOINT_PASSWORD";
+/// Prefix of the i-th `auth.secretHeaders` value (entries sorted by header name).
+pub const ENDPOINT_HEADER_PREFIX: &str = "WSBRIDGE_ENDPOINT_HEADER_";
+/// PEM CA bundle of the Endpoint's `tls`.
+pub const ENDPOINT_CA: &str = "WSBRIDGE_ENDPOINT_CA";
+/// The Bridge's token for subscribers (`tokenSecretRef`).
+pub const BRIDGE_TOKEN: &str = "WSBRIDGE_BRIDGE_TOKEN";
+/// The worker's HTTP listener.
+pub const LISTEN: &str = "WSBRIDGE_LISTEN";
+/// The pod's IP, from the downward API: the worker's publish address.
+pub const POD_IP: &str = "POD_IP";
+/// The pod's name, from the downward API.
+pub const POD_NAME: &str = "POD_NAME";
+/// The pod's namespace, from the downward API.
+pub const POD_NAMESPACE: &str = "POD_NAMESPACE";
+
+/// The environment variable of the i-th secret header.
+pub fn header_var(index: usize) -> String {
+    format!("{ENDPOINT_HEADER_PREFIX}{index}")
+}

@@ -1,0 +1,463 @@
+//! The four reconcilers. Each reads the shared caches, decides the status
+//! with the pure functions of [`super::status`], writes only what changed,
+//! and publishes an Event when `Ready` changes.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use tracing::{instrument, warn};
+
+use super::metrics::Metrics;
+use super::status::{self, BridgeFacts, ConfigLookup, Keys};
+use super::worker_objects::{self, APPLIED_HASH, FIELD_MANAGER, Source};
+use wsbridge_api::conditions::{self, CONNECTED, Decided, READY};
+use wsbridge_api::{
+    Addressable, Bridge, Channel, ChannelStatus, Endpoint, EndpointStatus, Subscription, SubscriptionStatus,
+};
+
+/// Why a reconcile failed. [`Error::label`] is the metric label.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("object has no namespace")]
+    NoNamespace,
+    #[error("applying worker {kind} failed: {source}")]
+    ApplyWorker {
+        kind: &'static str,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("writing status failed: {0}")]
+    WriteStatus(#[source] kube::Error),
+}
+
+impl Error {
+    /// Short label for metrics and Event reasons.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Error::NoNamespace => "NoNamespace",
+            Error::ApplyWorker { .. } => "ApplyWorkerFailed",
+            Error::WriteStatus(_) => "WriteStatusFailed",
+        }
+    }
+}
+
+/// The caches every reconcile reads (one watch per kind, shared).
+#[derive(Clone)]
+pub struct Stores {
+    pub bridges: Store<Bridge>,
+    pub channels: Store<Channel>,
+    pub endpoints: Store<Endpoint>,
+    pub subscriptions: Store<Subscription>,
+    /// Values replaced by their SHA-256 digest before caching.
+    pub secrets: Store<Secret>,
+    /// Values replaced by their SHA-256 digest before caching.
+    pub config_maps: Store<ConfigMap>,
+    pub services: Store<Service>,
+    /// Worker objects only (label-selected).
+    pub deployments: Store<Deployment>,
+    pub service_accounts: Store<ServiceAccount>,
+    pub roles: Store<Role>,
+    pub role_bindings: Store<RoleBinding>,
+}
+
+pub fn get<K>(store: &Store<K>, ns: &str, name: &str) -> Option<Arc<K>>
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    store.get(&ObjectRef::new(name).within(ns))
+}
+
+/// [`ConfigLookup`] over the caches, in one namespace.
+pub struct NsRefs<'a> {
+    pub stores: &'a Stores,
+    pub ns: &'a str,
+}
+
+impl NsRefs<'_> {
+    fn digest(&self, source: &Source) -> Option<Vec<u8>> {
+        match source {
+            Source::Secret { name, key } => get(&self.stores.secrets, self.ns, name)?
+                .data
+                .as_ref()?
+                .get(key)
+                .map(|v| v.0.clone()),
+            Source::ConfigMap { name, key } => {
+                let cm = get(&self.stores.config_maps, self.ns, name)?;
+                cm.binary_data
+                    .as_ref()
+                    .and_then(|d| d.get(key))
+                    .map(|v| v.0.clone())
+            }
+        }
+    }
+}
+
+impl ConfigLookup for NsRefs<'_> {
+    fn secret_keys(&self, name: &str) -> Option<Keys> {
+        let s = get(&self.stores.secrets, self.ns, name)?;
+        Some(s.data.iter().flatten().map(|(k, _)| k.clone()).collect())
+    }
+
+    fn config_map_keys(&self, name: &str) -> Option<Keys> {
+        let c = get(&self.stores.config_maps, self.ns, name)?;
+        Some(c.binary_data.iter().flatten().map(|(k, _)| k.clone()).collect())
+    }
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    pub client: Client,
+    pub stores: Stores,
+    pub metrics: Metrics,
+    pub recorder: Recorder,
+    pub worker_image: String,
+    pub gateway_url: String,
+    pub cluster_domain: String,
+    /// Where subscribers and dead-letter sinks may point; also handed to
+    /// every worker through its environment.
+    pub destinations: Arc<wsbridge_dataplane::DestinationPolicy>,
+}
+
+fn namespace<K: Resource>(obj: &K) -> Result<String, Error> {
+    obj.meta().namespace.clone().ok_or(Error::NoNamespace)
+}
+
+/// Server-side applies `status` (only the fields given) with our field manager.
+async fn apply_status<K>(client: &Client, ns: &str, name: &str, status: impl Serialize) -> Result<(), Error>
+where
+    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    let patch = json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(Error::WriteStatus)?;
+    Ok(())
+}
+
+/// Publishes an Event when `Ready` changed (status or reason).
+async fn event_on_transition<K>(ctx: &Context, obj: &K, before: Option<&Condition>, after: &Decided)
+where
+    K: Resource<DynamicType = ()>,
+{
+    let status = if after.status { "True" } else { "False" };
+    if before.is_some_and(|b| b.status == status && b.reason == after.reason) {
+        return;
+    }
+    let mut note = after.message.clone();
+    if note.len() > 1000 {
+        let mut end = 1000;
+        while !note.is_char_boundary(end) {
+            end -= 1;
+        }
+        note.truncate(end);
+    }
+    let event = Event {
+        type_: if after.status {
+            EventType::Normal
+        } else {
+            EventType::Warning
+        },
+        reason: after.reason.clone(),
+        note: Some(note),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &obj.object_ref(&())).await {
+        warn!(error = %e, "publishing an Event failed");
+    }
+}
+
+fn ready_of(conditions: &[Condition]) -> Option<&Condition> {
+    conditions::find(conditions, READY)
+}
+
+// ---------------------------------------------------------------- Bridge
+
+async fn apply_worker(ctx: &Context, ns: &str, objs: &worker_objects::WorkerObjects) -> Result<(), Error> {
+    let pp = PatchParams::apply(FIELD_MANAGER).force();
+    async fn apply<K>(client: &Client, ns: &str, pp: &PatchParams, obj: &K) -> Result<(), Error>
+    where
+        K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+            + Clone
+            + DeserializeOwned
+            + Serialize
+            + std::fmt::Debug,
+    {
+        let api: Api<K> = Api::namespaced(client.clone(), ns);
+        let mut value = serde_json::to_value(obj).expect("worker objects serialize");
+        value["apiVersion"] = json!(K::api_version(&()));
+        value["kind"] = json!(K::kind(&()));
+        api.patch(&obj.name_any(), pp, &Patch::Apply(&value))
+            .await
+            .map_err(|source| Error::ApplyWorker {
+                kind: match K::kind(&()).as_ref() {
+                    "ServiceAccount" => "ServiceAccount",
+                    "Role" => "Role",
+                    "RoleBinding" => "RoleBinding",
+                    _ => "Deployment",
+                },
+                source,
+            })?;
+        Ok(())
+    }
+    apply::<ServiceAccount>(&ctx.client, ns, &pp, &objs.service_account).await?;
+    apply::<Role>(&ctx.client, ns, &pp, &objs.role).await?;
+    apply::<RoleBinding>(&ctx.client, ns, &pp, &objs.role_binding).await?;
+    apply::<Deployment>(&ctx.client, ns, &pp, &objs.deployment).await?;
+    Ok(())
+}
+
+/// Applies the worker objects when they changed, then writes `Ready`.
+#[instrument(skip(bridge, ctx), fields(bridge = %bridge.name_any(), ns = bridge.namespace()))]
+pub async fn reconcile_bridge(bridge: Arc<Bridge>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _t = ctx.metrics.start("Bridge");
+    let ns = namespace(&*bridge)?;
+    let name = bridge.name_any();
+    if bridge.meta().deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let refs = NsRefs {
+        stores: &ctx.stores,
+        ns: &ns,
+    };
+    let channel = get(&ctx.stores.channels, &ns, &bridge.spec.channel);
+    let endpoint = get(&ctx.stores.endpoints, &ns, &bridge.spec.endpoint);
+    let endpoint_problem = endpoint.as_ref().map(|e| {
+        status::endpoint_destination_problem(e, &ctx.destinations)
+            .or_else(|| status::endpoint_problem(e, &refs))
+    });
+    let token_problem = bridge
+        .spec
+        .token_secret_ref
+        .as_ref()
+        .and_then(|t| status::check_secret_key(&refs, t, "tokenSecretRef"));
+    let worker_name = worker_objects::worker_name(&name);
+    let existing = get(&ctx.stores.deployments, &ns, &worker_name);
+    if let (Some(_), Some(endpoint), Some(None), None) =
+        (&channel, &endpoint, &endpoint_problem, &token_problem)
+    {
+        let entries: Vec<_> = worker_objects::referenced_keys(&bridge, endpoint)
+            .into_iter()
+            .map(|s| {
+                let d = refs.digest(&s);
+                (s, d)
+            })
+            .collect();
+        let objs = worker_objects::worker_objects(
+            &bridge,
+            endpoint,
+            &ctx.worker_image,
+            &worker_objects::config_hash(&entries),
+            &ctx.destinations,
+        );
+        let want = objs.deployment.annotations().get(APPLIED_HASH);
+        let have = existing.as_ref().and_then(|d| d.annotations().get(APPLIED_HASH));
+        // A deleted ServiceAccount, Role or RoleBinding is put back too.
+        let complete = get(&ctx.stores.service_accounts, &ns, &worker_name).is_some()
+            && get(&ctx.stores.roles, &ns, &worker_name).is_some()
+            && get(&ctx.stores.role_bindings, &ns, &worker_name).is_some();
+        if want != have || !complete {
+            apply_worker(&ctx, &ns, &objs).await?;
+        }
+    }
+    let current = bridge.status.clone().unwrap_or_default();
+    let decided = status::bridge_ready(&BridgeFacts {
+        channel: &bridge.spec.channel,
+        endpoint: &bridge.spec.endpoint,
+        channel_exists: channel.is_some(),
+        endpoint_problem,
+        token_problem,
+        worker_available: existing.as_deref().map(status::deployment_available),
+        connected: conditions::is_true(&current.conditions, CONNECTED),
+    });
+    let generation = bridge.meta().generation;
+    let merged = conditions::merge(
+        &current.conditions,
+        std::slice::from_ref(&decided),
+        generation,
+        Timestamp::now(),
+    );
+    let ready = ready_of(&merged).cloned();
+    let before = ready_of(&current.conditions);
+    let worker_field = Some(worker_name);
+    if before == ready.as_ref() && current.observed_generation == generation && current.worker == worker_field
+    {
+        return Ok(Action::requeue(Duration::from_secs(3600)));
+    }
+    apply_status::<Bridge>(
+        &ctx.client,
+        &ns,
+        &name,
+        json!({
+            "conditions": ready.into_iter().collect::<Vec<_>>(),
+            "observedGeneration": generation,
+            "worker": worker_field,
+        }),
+    )
+    .await?;
+    event_on_transition(&ctx, &*bridge, before, &decided).await;
+    Ok(Action::requeue(Duration::from_secs(3600)))
+}
+
+// ---------------------------------------------------------------- Channel
+
+#[instrument(skip(channel, ctx), fields(channel = %channel.name_any(), ns = channel.namespace()))]
+pub async fn reconcile_channel(channel: Arc<Channel>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _t = ctx.metrics.start("Channel");
+    let ns = namespace(&*channel)?;
+    let name = channel.name_any();
+    let count = |n: usize| i32::try_from(n).unwrap_or(i32::MAX);
+    let bridges = ctx
+        .stores
+        .bridges
+        .state()
+        .iter()
+        .filter(|b| b.metadata.namespace.as_deref() == Some(&ns) && b.spec.channel == name)
+        .count();
+    let subscriptions = ctx
+        .stores
+        .subscriptions
+        .state()
+        .iter()
+        .filter(|s| s.metadata.namespace.as_deref() == Some(&ns) && s.spec.channel == name)
+        .count();
+    let url = format!("{}/channels/{ns}/{name}", ctx.gateway_url.trim_end_matches('/'));
+    let current = channel.status.clone().unwrap_or_default();
+    let decided = Decided::ok(READY, "Addressable", format!("publish with POST {url}"));
+    let generation = channel.meta().generation;
+    let desired = ChannelStatus {
+        address: Some(Addressable { url }),
+        bridges: count(bridges),
+        subscriptions: count(subscriptions),
+        conditions: conditions::merge(
+            &current.conditions,
+            std::slice::from_ref(&decided),
+            generation,
+            Timestamp::now(),
+        ),
+        observed_generation: generation,
+    };
+    if desired != current {
+        apply_status::<Channel>(&ctx.client, &ns, &name, &desired).await?;
+        event_on_transition(&ctx, &*channel, ready_of(&current.conditions), &decided).await;
+    }
+    Ok(Action::requeue(Duration::from_secs(3600)))
+}
+
+// ---------------------------------------------------------------- Endpoint
+
+#[instrument(skip(endpoint, ctx), fields(endpoint = %endpoint.name_any(), ns = endpoint.namespace()))]
+pub async fn reconcile_endpoint(endpoint: Arc<Endpoint>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _t = ctx.metrics.start("Endpoint");
+    let ns = namespace(&*endpoint)?;
+    let name = endpoint.name_any();
+    let refs = NsRefs {
+        stores: &ctx.stores,
+        ns: &ns,
+    };
+    let decided = status::endpoint_destination_problem(&endpoint, &ctx.destinations)
+        .unwrap_or_else(|| status::endpoint_ready(&endpoint, &refs));
+    let current = endpoint.status.clone().unwrap_or_default();
+    let generation = endpoint.meta().generation;
+    let desired = EndpointStatus {
+        conditions: conditions::merge(
+            &current.conditions,
+            std::slice::from_ref(&decided),
+            generation,
+            Timestamp::now(),
+        ),
+        observed_generation: generation,
+    };
+    if desired != current {
+        apply_status::<Endpoint>(&ctx.client, &ns, &name, &desired).await?;
+        event_on_transition(&ctx, &*endpoint, ready_of(&current.conditions), &decided).await;
+    }
+    Ok(Action::requeue(Duration::from_secs(3600)))
+}
+
+// ---------------------------------------------------------------- Subscription
+
+#[instrument(skip(sub, ctx), fields(subscription = %sub.name_any(), ns = sub.namespace()))]
+pub async fn reconcile_subscription(sub: Arc<Subscription>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _t = ctx.metrics.start("Subscription");
+    let ns = namespace(&*sub)?;
+    let name = sub.name_any();
+    let channel = get(&ctx.stores.channels, &ns, &sub.spec.channel);
+    let services = ctx.stores.services.clone();
+    let lookup_ns = ns.clone();
+    let decision = status::subscription_status(
+        &sub,
+        channel.as_deref(),
+        &ns,
+        &ctx.cluster_domain,
+        &move |svc: &str| get(&services, &lookup_ns, svc),
+        &ctx.destinations,
+    );
+    let current = sub.status.clone().unwrap_or_default();
+    let generation = sub.meta().generation;
+    let desired = SubscriptionStatus {
+        subscriber_uri: decision.subscriber_uri,
+        dead_letter_sink_uri: decision.dead_letter_sink_uri,
+        conditions: conditions::merge(
+            &current.conditions,
+            std::slice::from_ref(&decision.ready),
+            generation,
+            Timestamp::now(),
+        ),
+        observed_generation: generation,
+    };
+    if desired != current {
+        apply_status::<Subscription>(&ctx.client, &ns, &name, &desired).await?;
+        event_on_transition(&ctx, &*sub, ready_of(&current.conditions), &decision.ready).await;
+    }
+    Ok(Action::requeue(Duration::from_secs(3600)))
+}
+
+/// Counts the failure and retries after a short delay.
+pub fn error_policy<K>(obj: Arc<K>, error: &Error, ctx: Arc<Context>) -> Action
+where
+    K: Resource<DynamicType = ()>,
+{
+    let kind = K::kind(&());
+    warn!(kind = %kind, name = %obj.meta().name.as_deref().unwrap_or(""), error = %error, "reconcile failed");
+    ctx.metrics.failure(&kind, error.label());
+    Action::requeue(Duration::from_secs(5))
+}
+
+/// Times one reconcile and counts it (see [`Metrics::start`]).
+pub struct Timer {
+    pub(super) metrics: Metrics,
+    pub(super) kind: &'static str,
+    pub(super) started: Instant,
+}
+
+impl Drop for Timer {
+    fn drop(&mut self) {
+        self.metrics.finish(self.kind, self.started.elapsed());
+    }
+}

@@ -1,0 +1,627 @@
+//! Pure status decisions: what `Ready` says for each kind, given what the
+//! caches hold. No client, no I/O; unit-tested below.
+
+use std::collections::BTreeSet;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Service;
+
+use wsbridge_api::conditions::{Decided, READY};
+use wsbridge_api::{Destination, Endpoint, KeySelector};
+use wsbridge_dataplane::DestinationPolicy;
+
+/// The keys a Secret or ConfigMap holds (values are never needed to decide).
+pub type Keys = BTreeSet<String>;
+
+/// Looks up the keys of a Secret or ConfigMap by name, in the object's namespace.
+pub trait ConfigLookup {
+    fn secret_keys(&self, name: &str) -> Option<Keys>;
+    fn config_map_keys(&self, name: &str) -> Option<Keys>;
+}
+
+fn not_found(kind: &str, name: &str, what: &str) -> Decided {
+    Decided::failed(
+        READY,
+        &format!("{kind}NotFound"),
+        format!("{kind} {name:?} ({what}) does not exist; create it"),
+    )
+}
+
+/// Checks a key of a Secret; `None` when it is present.
+pub fn check_secret_key(refs: &dyn ConfigLookup, sel: &KeySelector, what: &str) -> Option<Decided> {
+    match refs.secret_keys(&sel.name) {
+        None => Some(not_found("Secret", &sel.name, what)),
+        Some(keys) if !keys.contains(&sel.key) => Some(Decided::failed(
+            READY,
+            "SecretKeyMissing",
+            format!("Secret {:?} ({what}) has no key {:?}", sel.name, sel.key),
+        )),
+        Some(_) => None,
+    }
+}
+
+/// Why an Endpoint cannot be used, or `None` when its Secrets and ConfigMaps
+/// exist with usable keys.
+pub fn endpoint_problem(ep: &Endpoint, refs: &dyn ConfigLookup) -> Option<Decided> {
+    if let Some(auth) = &ep.spec.auth {
+        let name = &auth.secret_ref.name;
+        let Some(keys) = refs.secret_keys(name) else {
+            return Some(not_found("Secret", name, "auth.secretRef"));
+        };
+        let headers: Vec<&str> = auth
+            .secret_headers
+            .iter()
+            .flatten()
+            .map(|(_, key)| key.0.as_str())
+            .collect();
+        let has = |k: &str| keys.contains(k);
+        if !(has("token") || (has("username") && has("password"))) && headers.is_empty() {
+            let missing = if has("username") {
+                "password"
+            } else if has("password") {
+                "username"
+            } else {
+                "token"
+            };
+            return Some(Decided::failed(
+                READY,
+                "SecretKeyMissing",
+                format!(
+                    "Secret {name:?} (auth.secretRef) has no key {missing:?}: it needs `token`, or `username` and `password`"
+                ),
+            ));
+        }
+        if let Some(key) = headers.iter().find(|k| !has(k)) {
+            return Some(Decided::failed(
+                READY,
+                "SecretKeyMissing",
+                format!("Secret {name:?} (auth.secretHeaders) has no key {key:?}"),
+            ));
+        }
+    }
+    if let Some(tls) = &ep.spec.tls {
+        if let Some(sel) = &tls.ca_secret_ref
+            && let Some(problem) = check_secret_key(refs, sel, "tls.caSecretRef")
+        {
+            return Some(problem);
+        }
+        if let Some(sel) = &tls.ca_config_map_ref {
+            match refs.config_map_keys(&sel.name) {
+                None => return Some(not_found("ConfigMap", &sel.name, "tls.caConfigMapRef")),
+                Some(keys) if !keys.contains(&sel.key) => {
+                    return Some(Decided::failed(
+                        READY,
+                        "ConfigMapKeyMissing",
+                        format!(
+                            "ConfigMap {:?} (tls.caConfigMapRef) has no key {:?}",
+                            sel.name, sel.key
+                        ),
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    None
+}
+
+/// `Ready=False`, reason `DestinationDenied`, when the Endpoint's URL points
+/// at a host the destination policy refuses (the worker would refuse to
+/// connect).
+pub fn endpoint_destination_problem(ep: &Endpoint, policy: &DestinationPolicy) -> Option<Decided> {
+    let host = url::Url::parse(&ep.spec.url).ok()?.host_str()?.to_string();
+    policy.check_host(&host).err().map(|denied| {
+        Decided::failed(
+            READY,
+            "DestinationDenied",
+            format!("url is not an allowed destination: {denied}; ask the operator to allow it"),
+        )
+    })
+}
+
+/// The Endpoint's `Ready`.
+pub fn endpoint_ready(ep: &Endpoint, refs: &dyn ConfigLookup) -> Decided {
+    endpoint_problem(ep, refs)
+        .unwrap_or_else(|| Decided::ok(READY, "Ready", "credentials and CA are present"))
+}
+
+/// A Deployment is available when its `Available` condition is `True`.
+pub fn deployment_available(d: &Deployment) -> bool {
+    d.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Available" && c.status == "True"))
+}
+
+/// What a Bridge reconcile found.
+pub struct BridgeFacts<'a> {
+    pub channel: &'a str,
+    pub endpoint: &'a str,
+    pub channel_exists: bool,
+    /// `None`: no such Endpoint; `Some(Some(p))`: the Endpoint is unusable.
+    pub endpoint_problem: Option<Option<Decided>>,
+    /// A problem with `tokenSecretRef`.
+    pub token_problem: Option<Decided>,
+    /// `None`: no worker Deployment yet.
+    pub worker_available: Option<bool>,
+    /// The worker reports `Connected=True`.
+    pub connected: bool,
+}
+
+/// The Bridge's `Ready`: references usable, worker available and connected.
+pub fn bridge_ready(f: &BridgeFacts) -> Decided {
+    if !f.channel_exists {
+        return Decided::failed(
+            READY,
+            "ChannelNotFound",
+            format!("Channel {:?} does not exist; create it", f.channel),
+        );
+    }
+    match &f.endpoint_problem {
+        None => {
+            return Decided::failed(
+                READY,
+                "EndpointNotFound",
+                format!("Endpoint {:?} does not exist; create it", f.endpoint),
+            );
+        }
+        Some(Some(p)) => {
+            return Decided::failed(
+                READY,
+                "EndpointNotReady",
+                format!("Endpoint {:?} is not usable: {}", f.endpoint, p.message),
+            );
+        }
+        Some(None) => {}
+    }
+    if let Some(p) = &f.token_problem {
+        return p.clone();
+    }
+    match f.worker_available {
+        Some(true) => {}
+        Some(false) | None => {
+            return Decided::failed(
+                READY,
+                "WorkerUnavailable",
+                "the worker Deployment is not available yet",
+            );
+        }
+    }
+    if !f.connected {
+        return Decided::failed(
+            READY,
+            "NotConnected",
+            "the worker is not connected to the endpoint",
+        );
+    }
+    Decided::ok(
+        READY,
+        "Ready",
+        "the worker is available and connected to the endpoint",
+    )
+}
+
+/// Resolves a destination: a Service (which must exist, with the port when it
+/// lists ports) or an absolute URI.
+pub fn resolve_destination(
+    dest: &Destination,
+    namespace: &str,
+    cluster_domain: &str,
+    service: impl Fn(&str) -> Option<std::sync::Arc<Service>>,
+    what: &str,
+) -> Result<String, Decided> {
+    if let Some(uri) = &dest.uri {
+        return Ok(uri.clone());
+    }
+    let Some(r) = &dest.service else {
+        return Err(Decided::failed(
+            READY,
+            "DestinationInvalid",
+            format!("{what} sets neither ref nor uri"),
+        ));
+    };
+    let port = r.port.unwrap_or(80);
+    let Some(svc) = service(&r.name) else {
+        return Err(Decided::failed(
+            READY,
+            "ServiceNotFound",
+            format!("Service {:?} ({what}) does not exist; create it", r.name),
+        ));
+    };
+    let ports = svc.spec.as_ref().and_then(|s| s.ports.as_ref());
+    if let Some(ports) = ports
+        && !ports.is_empty()
+        && !ports.iter().any(|p| p.port == port)
+    {
+        return Err(Decided::failed(
+            READY,
+            "ServicePortNotFound",
+            format!("Service {:?} ({what}) has no port {port}", r.name),
+        ));
+    }
+    let path = dest.path.as_deref().unwrap_or("/");
+    Ok(format!(
+        "http://{}.{namespace}.svc.{cluster_domain}:{port}{path}",
+        r.name
+    ))
+}
+
+/// A Subscription's resolved status.
+#[derive(Debug, PartialEq, Eq)]
+pub struct SubscriptionDecision {
+    pub subscriber_uri: Option<String>,
+    pub dead_letter_sink_uri: Option<String>,
+    pub ready: Decided,
+}
+
+/// Decides a Subscription's status from its Channel (if any), its
+/// subscriber and its dead-letter sink (the Subscription's, else the
+/// Channel's).
+/// `Ready=False`, reason `DestinationDenied`, when `policy` refuses the host
+/// of a resolved URI (the data plane would refuse it at connect time too).
+pub fn check_destination(uri: &str, policy: &DestinationPolicy, what: &str) -> Result<(), Decided> {
+    let host = uri
+        .parse::<http::Uri>()
+        .ok()
+        .and_then(|u| u.host().map(str::to_string));
+    let Some(host) = host else {
+        return Ok(());
+    };
+    policy.check_host(&host).map_err(|denied| {
+        Decided::failed(
+            READY,
+            "DestinationDenied",
+            format!(
+                "{what} {uri:?} is not an allowed destination: {denied}; ask the operator to allow it or use another address"
+            ),
+        )
+    })
+}
+
+pub fn subscription_status(
+    sub: &wsbridge_api::Subscription,
+    channel: Option<&wsbridge_api::Channel>,
+    namespace: &str,
+    cluster_domain: &str,
+    service: &dyn Fn(&str) -> Option<std::sync::Arc<Service>>,
+    destinations: &DestinationPolicy,
+) -> SubscriptionDecision {
+    let checked = |r: Result<String, Decided>, what: &str| {
+        r.and_then(|uri| check_destination(&uri, destinations, what).map(|()| uri))
+    };
+    let subscriber = checked(
+        resolve_destination(
+            &sub.spec.subscriber,
+            namespace,
+            cluster_domain,
+            service,
+            "subscriber",
+        ),
+        "subscriber",
+    );
+    let sink = sub
+        .spec
+        .delivery
+        .as_ref()
+        .and_then(|d| d.dead_letter_sink.as_ref())
+        .or_else(|| {
+            channel
+                .and_then(|c| c.spec.delivery.as_ref())
+                .and_then(|d| d.dead_letter_sink.as_ref())
+        });
+    let sink = sink.map(|s| {
+        checked(
+            resolve_destination(s, namespace, cluster_domain, service, "deadLetterSink"),
+            "deadLetterSink",
+        )
+    });
+    let ready = if channel.is_none() {
+        Decided::failed(
+            READY,
+            "ChannelNotFound",
+            format!("Channel {:?} does not exist; create it", sub.spec.channel),
+        )
+    } else if let Err(p) = &subscriber {
+        p.clone()
+    } else if let Some(Err(p)) = &sink {
+        p.clone()
+    } else {
+        Decided::ok(READY, "Ready", "subscriber resolved")
+    };
+    SubscriptionDecision {
+        subscriber_uri: subscriber.ok(),
+        dead_letter_sink_uri: sink.and_then(Result::ok),
+        ready,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use k8s_openapi::api::core::v1::{ServicePort, ServiceSpec};
+
+    use super::*;
+    use wsbridge_api::*;
+
+    #[derive(Default)]
+    struct Refs {
+        secrets: BTreeMap<String, Keys>,
+        maps: BTreeMap<String, Keys>,
+    }
+
+    impl Refs {
+        fn secret(mut self, name: &str, keys: &[&str]) -> Self {
+            self.secrets
+                .insert(name.into(), keys.iter().map(|k| k.to_string()).collect());
+            self
+        }
+        fn map(mut self, name: &str, keys: &[&str]) -> Self {
+            self.maps
+                .insert(name.into(), keys.iter().map(|k| k.to_string()).collect());
+            self
+        }
+    }
+
+    impl ConfigLookup for Refs {
+        fn secret_keys(&self, name: &str) -> Option<Keys> {
+            self.secrets.get(name).cloned()
+        }
+        fn config_map_keys(&self, name: &str) -> Option<Keys> {
+            self.maps.get(name).cloned()
+        }
+    }
+
+    fn endpoint(yaml: &str) -> Endpoint {
+        let spec: EndpointSpec = serde_norway::from_str(yaml).unwrap();
+        Endpoint::new("ep", spec)
+    }
+
+    #[test]
+    fn endpoint_without_references_is_ready() {
+        let ep = endpoint("url: wss://x.example/");
+        assert!(endpoint_ready(&ep, &Refs::default()).status);
+    }
+
+    #[test]
+    fn endpoint_secret_missing_then_keys_checked() {
+        let ep = endpoint("url: wss://x/\nauth: {secretRef: {name: creds}, secretHeaders: {X-Key: apikey}}");
+        assert_eq!(endpoint_ready(&ep, &Refs::default()).reason, "SecretNotFound");
+        let r = endpoint_ready(&ep, &Refs::default().secret("creds", &["token"]));
+        assert_eq!(r.reason, "SecretKeyMissing");
+        assert!(r.message.contains("apikey"), "{}", r.message);
+        assert!(endpoint_ready(&ep, &Refs::default().secret("creds", &["apikey"])).status);
+        let ep = endpoint("url: wss://x/\nauth: {secretRef: {name: creds}}");
+        let r = endpoint_ready(&ep, &Refs::default().secret("creds", &["username"]));
+        assert_eq!(r.reason, "SecretKeyMissing");
+        assert!(r.message.contains("password"));
+        assert!(endpoint_ready(&ep, &Refs::default().secret("creds", &["username", "password"])).status);
+    }
+
+    #[test]
+    fn endpoint_ca_in_a_config_map() {
+        let ep = endpoint("url: wss://x/\ntls: {caConfigMapRef: {name: ca, key: ca.crt}}");
+        assert_eq!(endpoint_ready(&ep, &Refs::default()).reason, "ConfigMapNotFound");
+        assert_eq!(
+            endpoint_ready(&ep, &Refs::default().map("ca", &["other"])).reason,
+            "ConfigMapKeyMissing"
+        );
+        assert!(endpoint_ready(&ep, &Refs::default().map("ca", &["ca.crt"])).status);
+        let ep = endpoint("url: wss://x/\ntls: {caSecretRef: {name: ca, key: ca.crt}}");
+        assert_eq!(endpoint_ready(&ep, &Refs::default()).reason, "SecretNotFound");
+    }
+
+    fn facts() -> BridgeFacts<'static> {
+        BridgeFacts {
+            channel: "c",
+            endpoint: "e",
+            channel_exists: true,
+            endpoint_problem: Some(None),
+            token_problem: None,
+            worker_available: Some(true),
+            connected: true,
+        }
+    }
+
+    #[test]
+    fn bridge_ready_reasons_in_order() {
+        assert!(bridge_ready(&facts()).status);
+        let f = BridgeFacts {
+            connected: false,
+            ..facts()
+        };
+        assert_eq!(bridge_ready(&f).reason, "NotConnected");
+        let f = BridgeFacts {
+            worker_available: None,
+            ..facts()
+        };
+        assert_eq!(bridge_ready(&f).reason, "WorkerUnavailable");
+        let f = BridgeFacts {
+            endpoint_problem: Some(Some(Decided::failed(READY, "SecretNotFound", "x"))),
+            ..facts()
+        };
+        assert_eq!(bridge_ready(&f).reason, "EndpointNotReady");
+        let f = BridgeFacts {
+            endpoint_problem: None,
+            ..facts()
+        };
+        assert_eq!(bridge_ready(&f).reason, "EndpointNotFound");
+        let f = BridgeFacts {
+            channel_exists: false,
+            endpoint_problem: None,
+            ..facts()
+        };
+        assert_eq!(bridge_ready(&f).reason, "ChannelNotFound");
+    }
+
+    fn service(ports: &[i32]) -> Arc<Service> {
+        Arc::new(Service {
+            spec: Some(ServiceSpec {
+                ports: Some(
+                    ports
+                        .iter()
+                        .map(|p| ServicePort {
+                            port: *p,
+                            ..Default::default()
+                        })
+                        .collect(),
+                ),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+    }
+
+    fn subscription(yaml: &str) -> Subscription {
+        Subscription::new("s", serde_norway::from_str(yaml).unwrap())
+    }
+
+    #[test]
+    fn subscriber_service_resolves_to_cluster_dns() {
+        let sub = subscription(
+            "channel: c\nsubscriber: {ref: {kind: Service, name: pricing, port: 8080}, path: /ingest}",
+        );
+        let ch = Channel::new("c", ChannelSpec::default());
+        let d = subscription_status(
+            &sub,
+            Some(&ch),
+            "ns",
+            "cluster.local",
+            &|_| Some(service(&[8080])),
+            &DestinationPolicy::default(),
+        );
+        assert_eq!(
+            d.subscriber_uri.as_deref(),
+            Some("http://pricing.ns.svc.cluster.local:8080/ingest")
+        );
+        assert!(d.ready.status);
+        let d = subscription_status(
+            &sub,
+            Some(&ch),
+            "ns",
+            "cluster.local",
+            &|_| Some(service(&[80])),
+            &DestinationPolicy::default(),
+        );
+        assert_eq!(d.ready.reason, "ServicePortNotFound");
+        assert_eq!(d.subscriber_uri, None);
+        let d = subscription_status(
+            &sub,
+            Some(&ch),
+            "ns",
+            "cluster.local",
+            &|_| None,
+            &DestinationPolicy::default(),
+        );
+        assert_eq!(d.ready.reason, "ServiceNotFound");
+        let d = subscription_status(
+            &sub,
+            None,
+            "ns",
+            "cluster.local",
+            &|_| Some(service(&[])),
+            &DestinationPolicy::default(),
+        );
+        assert_eq!(d.ready.reason, "ChannelNotFound");
+    }
+
+    #[test]
+    fn dead_letter_sink_falls_back_to_the_channel() {
+        let sub = subscription("channel: c\nsubscriber: {uri: 'http://x:1/a'}");
+        let ch: ChannelSpec =
+            serde_norway::from_str("delivery: {deadLetterSink: {ref: {kind: Service, name: dlq}}}").unwrap();
+        let ch = Channel::new("c", ch);
+        let d = subscription_status(
+            &sub,
+            Some(&ch),
+            "ns",
+            "cluster.local",
+            &|_| Some(service(&[])),
+            &DestinationPolicy::default(),
+        );
+        assert_eq!(d.subscriber_uri.as_deref(), Some("http://x:1/a"));
+        assert_eq!(
+            d.dead_letter_sink_uri.as_deref(),
+            Some("http://dlq.ns.svc.cluster.local:80/")
+        );
+        let sub = subscription(
+            "channel: c\nsubscriber: {uri: 'http://x:1/a'}\ndelivery: {deadLetterSink: {uri: 'http://d/'}}",
+        );
+        let d = subscription_status(
+            &sub,
+            Some(&ch),
+            "ns",
+            "cluster.local",
+            &|_| None,
+            &DestinationPolicy::default(),
+        );
+        assert_eq!(d.dead_letter_sink_uri.as_deref(), Some("http://d/"));
+        assert!(d.ready.status);
+    }
+
+    #[test]
+    fn denied_endpoint_urls_are_not_ready() {
+        let p = DestinationPolicy::default();
+        let d = endpoint_destination_problem(&endpoint("url: ws://169.254.169.254:80/x"), &p).unwrap();
+        assert_eq!(d.reason, "DestinationDenied");
+        let d = endpoint_destination_problem(&endpoint("url: wss://[fe80::1]/x"), &p).unwrap();
+        assert!(d.message.contains("fe80::1"), "{}", d.message);
+        assert!(endpoint_destination_problem(&endpoint("url: wss://feed.example/"), &p).is_none());
+    }
+
+    #[test]
+    fn denied_destinations_make_the_subscription_not_ready() {
+        let ch = Channel::new("c", ChannelSpec::default());
+        let none = &|_: &str| None;
+        let sub = subscription("channel: c\nsubscriber: {uri: 'http://169.254.169.254/latest/meta-data/'}");
+        let d = subscription_status(
+            &sub,
+            Some(&ch),
+            "ns",
+            "cluster.local",
+            none,
+            &DestinationPolicy::default(),
+        );
+        assert_eq!(d.ready.reason, "DestinationDenied");
+        assert!(!d.ready.status);
+        assert!(d.ready.message.contains("169.254.169.254"), "{}", d.ready.message);
+        assert_eq!(
+            d.subscriber_uri, None,
+            "a denied URI is not published to the data plane"
+        );
+        let sub = subscription(
+            "channel: c\nsubscriber: {uri: 'http://ok:1/'}\ndelivery: {deadLetterSink: {uri: 'http://metadata.google.internal/'}}",
+        );
+        let d = subscription_status(
+            &sub,
+            Some(&ch),
+            "ns",
+            "cluster.local",
+            none,
+            &DestinationPolicy::default(),
+        );
+        assert_eq!(d.ready.reason, "DestinationDenied");
+        assert!(d.ready.message.contains("deadLetterSink"), "{}", d.ready.message);
+        let policy = DestinationPolicy::from_rules(&[".svc.cluster.local".into()], &[], false).unwrap();
+        let sub = subscription("channel: c\nsubscriber: {ref: {kind: Service, name: pricing}}");
+        let d = subscription_status(
+            &sub,
+            Some(&ch),
+            "ns",
+            "cluster.local",
+            &|_| Some(service(&[])),
+            &policy,
+        );
+        assert_eq!(d.ready.reason, "DestinationDenied");
+        let d = subscription_status(
+            &sub,
+            Some(&ch),
+            "ns",
+            "cluster.local",
+            &|_| Some(service(&[])),
+            &DestinationPolicy::default(),
+        );
+        assert!(d.ready.status);
+    }
+}

@@ -1,0 +1,287 @@
+//! `wsbridge gateway`: the stateless publish front door.
+//!
+//! It follows Channels, Bridges and Subscriptions from the API server into a
+//! routing index (caches, not a request per publish). A publish is checked
+//! (anonymous channel, or a token allowed to `publish`), sent out through
+//! every bridge of the channel via its worker's `POST /v1/send`, then
+//! broadcast to the channel's subscribers by the gateway's own delivery
+//! engine. Several replicas can run side by side: they share nothing.
+#![forbid(unsafe_code)]
+
+pub mod access;
+mod metrics;
+mod publish;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use kube::runtime::watcher;
+use kube::{Api, Client};
+use prometheus_client::registry::Registry;
+use tokio::task::{JoinHandle, JoinSet};
+
+use access::{Access, AccessOptions};
+use wsbridge_api::{Bridge, Channel, Subscription, conditions};
+use wsbridge_core::{ChannelKey, ObjectKey};
+use wsbridge_dataplane::DataplaneMetrics;
+use wsbridge_dataplane::delivery::{DeliveryEngine, EngineConfig, HttpSender};
+use wsbridge_dataplane::routing::RoutingIndex;
+use wsbridge_http::ops::{self, Readiness};
+use wsbridge_k8s::follow::{Change, follow, key_of};
+use wsbridge_translate as translate;
+
+/// What `wsbridge gateway` needs.
+#[derive(Clone, Debug)]
+pub struct GatewayOptions {
+    /// Address of the HTTP server (publish path, probes, metrics).
+    pub listen: SocketAddr,
+    /// Only this namespace's channels; all namespaces when `None`.
+    pub namespace: Option<String>,
+    /// Token and access review caching.
+    pub access: AccessOptions,
+    /// Time limit of one send to a bridge's worker.
+    pub send_timeout: Duration,
+    /// How long in-flight deliveries may take at shutdown.
+    pub drain: Duration,
+    /// Where deliveries and dead-letters may go. Sends to workers use the
+    /// built-in policy only (worker addresses are pod IPs).
+    pub destinations: Arc<wsbridge_dataplane::DestinationPolicy>,
+}
+
+/// What a publish needs of a Channel besides its routes.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ChannelFacts {
+    pub max_message_bytes: usize,
+    /// Bridges the controller counted on the Channel's status: a publish
+    /// waits (503) while the gateway has seen fewer, rather than silently
+    /// skipping an endpoint it has not heard of yet.
+    pub bridges: usize,
+}
+
+/// How a bridge can be reached right now (from its status).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct BridgePath {
+    pub address: Option<http::Uri>,
+    pub connected: bool,
+}
+
+/// The caches a publish reads.
+pub(crate) struct Shared {
+    pub index: Arc<RoutingIndex>,
+    pub channels: RwLock<HashMap<ChannelKey, ChannelFacts>>,
+    pub paths: RwLock<HashMap<ObjectKey, BridgePath>>,
+    pub engine: Arc<DeliveryEngine>,
+    pub access: Access,
+    pub http: HttpSender,
+    pub send_timeout: Duration,
+    pub dataplane: Arc<DataplaneMetrics>,
+    pub metrics: metrics::GatewayMetrics,
+    followers: Mutex<HashMap<ChannelKey, JoinHandle<()>>>,
+}
+
+impl Shared {
+    /// Delivery follows a channel's subscribers from the moment it exists.
+    fn follow_channel(&self, key: &ChannelKey) {
+        let mut followers = self.followers.lock().expect("followers lock");
+        followers
+            .entry(key.clone())
+            .or_insert_with(|| self.engine.follow(self.index.watch(key)));
+    }
+
+    fn forget_channel(&self, key: &ChannelKey) {
+        if let Some(f) = self.followers.lock().expect("followers lock").remove(key) {
+            f.abort();
+        }
+        self.engine.set_subscribers(key, Vec::new());
+    }
+}
+
+/// A running gateway (the library form, used by tests and `run`).
+pub struct Gateway {
+    shared: Arc<Shared>,
+    server: JoinHandle<std::io::Result<()>>,
+    tasks: JoinSet<()>,
+    stop: tokio::sync::watch::Sender<bool>,
+    drain: Duration,
+    /// The bound HTTP address.
+    pub addr: SocketAddr,
+}
+
+/// Runs the gateway until SIGINT/SIGTERM, then drains.
+pub async fn run(options: GatewayOptions, client: Client) -> anyhow::Result<()> {
+    let shutdown = ops::shutdown_signal();
+    let gateway = Gateway::start(options, client).await?;
+    shutdown.await;
+    tracing::info!("shutting down");
+    gateway.shutdown().await;
+    Ok(())
+}
+
+impl Gateway {
+    pub async fn start(options: GatewayOptions, client: Client) -> anyhow::Result<Self> {
+        let mut registry = Registry::default();
+        let dataplane = Arc::new(DataplaneMetrics::new(&mut registry));
+        let metrics = metrics::GatewayMetrics::new(&mut registry);
+        let shared = Arc::new(Shared {
+            index: Arc::new(RoutingIndex::default()),
+            channels: RwLock::default(),
+            paths: RwLock::default(),
+            engine: Arc::new(DeliveryEngine::new(
+                EngineConfig {
+                    destinations: options.destinations.clone(),
+                    ..EngineConfig::default()
+                },
+                dataplane.clone(),
+            )),
+            access: Access::new(client.clone(), options.access.clone()),
+            http: HttpSender::new(),
+            send_timeout: options.send_timeout,
+            dataplane,
+            metrics,
+            followers: Mutex::default(),
+        });
+        let ready = Readiness::default();
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let router = ops::router(Arc::new(registry), ready.clone()).merge(publish::router(shared.clone()));
+        let mut http_stop = stopped.clone();
+        let (addr, server) = ops::serve(options.listen, router, async move {
+            let _ = http_stop.wait_for(|s| *s).await;
+        })
+        .await?;
+        tracing::info!(%addr, "gateway listening");
+
+        let mut tasks = JoinSet::new();
+        let synced = Arc::new(std::sync::atomic::AtomicU8::new(0));
+        let mark = |bit: u8| {
+            let synced = synced.clone();
+            let ready = ready.clone();
+            move || {
+                if synced.fetch_or(bit, std::sync::atomic::Ordering::Relaxed) | bit == 0b111 {
+                    ready.set(true);
+                }
+            }
+        };
+
+        let s = shared.clone();
+        tasks.spawn(follow(
+            scoped::<Channel>(&client, options.namespace.as_deref()),
+            watcher::Config::default(),
+            move |change| match change {
+                Change::Applied(c) => {
+                    let key = key_of(c);
+                    match translate::channel_info(&key.namespace, &c.spec) {
+                        Ok(info) => {
+                            let facts = ChannelFacts {
+                                max_message_bytes: translate::channel_max_message_bytes(&c.spec),
+                                bridges: c
+                                    .status
+                                    .as_ref()
+                                    .map_or(0, |st| usize::try_from(st.bridges).unwrap_or(0)),
+                            };
+                            s.channels
+                                .write()
+                                .expect("channels lock")
+                                .insert(key.clone(), facts);
+                            s.index.apply_channel(key.clone(), info);
+                            s.follow_channel(&key);
+                        }
+                        Err(e) => tracing::warn!(channel = %key, error = %e, "ignoring an unusable Channel"),
+                    }
+                }
+                Change::Deleted(key) => {
+                    s.channels.write().expect("channels lock").remove(key);
+                    s.index.delete_channel(key);
+                    s.forget_channel(key);
+                }
+            },
+            mark(0b001),
+        ));
+        let s = shared.clone();
+        tasks.spawn(follow(
+            scoped::<Subscription>(&client, options.namespace.as_deref()),
+            watcher::Config::default(),
+            move |change| match change {
+                Change::Applied(sub) => {
+                    let key = key_of(sub);
+                    match translate::subscription_info(&key.namespace, &sub.spec) {
+                        Ok(info) => s.index.apply_subscription(key, info),
+                        Err(e) => {
+                            tracing::warn!(subscription = %key, error = %e, "ignoring an unusable Subscription");
+                            s.index.delete_subscription(&key);
+                        }
+                    }
+                }
+                Change::Deleted(key) => s.index.delete_subscription(key),
+            },
+            mark(0b010),
+        ));
+        let s = shared.clone();
+        tasks.spawn(follow(
+            scoped::<Bridge>(&client, options.namespace.as_deref()),
+            watcher::Config::default(),
+            move |change| match change {
+                Change::Applied(b) => {
+                    let key = key_of(b);
+                    s.index.apply_bridge(key.clone(), translate::bridge_info(&b.spec));
+                    s.paths.write().expect("paths lock").insert(key, bridge_path(b));
+                }
+                Change::Deleted(key) => {
+                    s.index.delete_bridge(key);
+                    s.paths.write().expect("paths lock").remove(key);
+                }
+            },
+            mark(0b100),
+        ));
+        Ok(Self {
+            shared,
+            server,
+            tasks,
+            stop,
+            drain: options.drain,
+            addr,
+        })
+    }
+
+    /// Stops serving and drains deliveries. Publishes in flight finish
+    /// first: one answered 202 after the delivery engine closed would reach
+    /// no subscriber.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        if tokio::time::timeout(self.drain / 2, &mut self.server)
+            .await
+            .is_err()
+        {
+            tracing::warn!("publishes still in flight after {:?}; closing", self.drain / 2);
+            self.server.abort();
+        }
+        let report = self.shared.engine.shutdown(self.drain).await;
+        tracing::info!(?report, "deliveries drained");
+        self.tasks.abort_all();
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// An API for one namespace, or all.
+fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Where a Bridge's worker takes sends, from what the worker wrote.
+fn bridge_path(bridge: &Bridge) -> BridgePath {
+    let status = bridge.status.as_ref();
+    BridgePath {
+        address: status
+            .and_then(|s| s.address.as_ref())
+            .and_then(|a| a.url.parse().ok()),
+        connected: status.is_some_and(|s| conditions::is_true(&s.conditions, conditions::CONNECTED)),
+    }
+}

@@ -1,0 +1,211 @@
+//! `POST /channels/{namespace}/{name}`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use serde_json::json;
+
+use super::Shared;
+use super::access::Denied;
+use wsbridge_core::ChannelKey;
+use wsbridge_dataplane::delivery::AttemptOutcome;
+use wsbridge_dataplane::metrics::ChannelLabels;
+use wsbridge_dataplane::{Message, Origin, PayloadKind};
+use wsbridge_http::publish::{self, error};
+use wsbridge_translate as translate;
+
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/channels/{namespace}/{name}", post(handle))
+        .with_state(shared)
+}
+
+async fn handle(
+    State(shared): State<Arc<Shared>>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let started = Instant::now();
+    let response = match publish::channel_key(path) {
+        Ok(channel) => publish_on(&shared, channel, &headers, body).await,
+        Err(rejection) => tagged(rejection, "InvalidChannel"),
+    };
+    let reason = response
+        .headers()
+        .get("x-wsbridge-reason")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("Accepted");
+    shared.metrics.observe(
+        response.status().as_u16(),
+        reason,
+        started.elapsed().as_secs_f64(),
+    );
+    response
+}
+
+/// Tags a response with its reason for the metrics.
+fn tagged(mut response: Response, reason: &'static str) -> Response {
+    response
+        .headers_mut()
+        .insert("x-wsbridge-reason", HeaderValue::from_static(reason));
+    response
+}
+
+async fn publish_on(shared: &Shared, channel: ChannelKey, headers: &HeaderMap, body: Body) -> Response {
+    let routes = shared.index.routes(&channel);
+    let Some(info) = routes.channel.as_ref() else {
+        return tagged(
+            error(
+                StatusCode::NOT_FOUND,
+                "ChannelNotFound",
+                format!("channel {channel} not found"),
+            ),
+            "ChannelNotFound",
+        );
+    };
+    if !info.allow_anonymous_publish {
+        let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        match shared.access.check(authorization, &channel).await {
+            Ok(()) => {}
+            Err(e @ Denied::Unauthenticated(_)) => {
+                return tagged(
+                    error(StatusCode::UNAUTHORIZED, "Unauthorized", e.to_string()),
+                    "Unauthorized",
+                );
+            }
+            Err(e @ Denied::Forbidden(_)) => {
+                return tagged(
+                    error(StatusCode::FORBIDDEN, "Forbidden", e.to_string()),
+                    "Forbidden",
+                );
+            }
+            Err(e @ Denied::Unavailable(_)) => {
+                tracing::warn!(%channel, error = %e, "access review failed");
+                return tagged(
+                    error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "ReviewUnavailable",
+                        e.to_string(),
+                    ),
+                    "ReviewUnavailable",
+                );
+            }
+        }
+    }
+    let facts = shared.channels.read().ok().and_then(|c| c.get(&channel).copied());
+    let max = facts.map_or(translate::channel_max_message_bytes(&Default::default()), |f| {
+        f.max_message_bytes
+    });
+    if let Some(expected) = facts.map(|f| f.bridges).filter(|n| *n > routes.bridges.len()) {
+        return tagged(
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "NoPathToEndpoint",
+                format!(
+                    "channel {channel} has {expected} bridges and this gateway has seen {} of them so far; retry shortly",
+                    routes.bridges.len()
+                ),
+            ),
+            "NoPathToEndpoint",
+        );
+    }
+    let payload = match publish::read_message(headers, body, max).await {
+        Ok(p) => p,
+        Err(rejection) => return tagged(rejection, "BadMessage"),
+    };
+    // Every bridge must be able to take it before anyone gets it.
+    let mut targets = Vec::with_capacity(routes.bridges.len());
+    {
+        let paths = shared.paths.read().expect("paths lock");
+        for route in &routes.bridges {
+            match paths.get(&route.bridge) {
+                Some(super::BridgePath {
+                    address: Some(address),
+                    connected: true,
+                }) => {
+                    targets.push((route.bridge.clone(), address.clone()));
+                }
+                _ => {
+                    return tagged(
+                        error(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "NoPathToEndpoint",
+                            format!(
+                                "bridge {} is not connected to endpoint {}; retry later",
+                                route.bridge, route.endpoint.name
+                            ),
+                        ),
+                        "NoPathToEndpoint",
+                    );
+                }
+            }
+        }
+    }
+    let message = Arc::new(Message::new(
+        payload,
+        Origin::Published,
+        translate::channel_source(&channel.namespace, &channel.name),
+    ));
+    for (bridge, address) in &targets {
+        if let Err(reason) = send_to_worker(shared, address, &message).await {
+            return tagged(
+                error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "NoPathToEndpoint",
+                    format!("bridge {bridge} could not take the message: {reason}; retry later"),
+                ),
+                "NoPathToEndpoint",
+            );
+        }
+    }
+    let report = shared.engine.dispatch(&channel, message.clone());
+    shared
+        .dataplane
+        .published
+        .get_or_create(&ChannelLabels {
+            channel: channel.to_string(),
+        })
+        .inc();
+    (
+        StatusCode::ACCEPTED,
+        axum::Json(json!({
+            "id": message.id(),
+            "channel": channel.to_string(),
+            "subscribers": report.subscribers,
+            "bridges": targets.len(),
+        })),
+    )
+        .into_response()
+}
+
+/// The worker's `/v1/send`, with the message's identity in CloudEvents headers.
+async fn send_to_worker(shared: &Shared, address: &http::Uri, message: &Message) -> Result<(), String> {
+    let uri: http::Uri = format!("{}/v1/send", address.to_string().trim_end_matches('/'))
+        .parse()
+        .map_err(|e| format!("bad worker address: {e}"))?;
+    let mut headers = message.http_headers();
+    if message.payload().kind() == PayloadKind::Binary {
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        );
+    }
+    match shared
+        .http
+        .post(&uri, &headers, message.payload().bytes(), shared.send_timeout)
+        .await
+    {
+        AttemptOutcome::Response { status, .. } if status.is_success() => Ok(()),
+        AttemptOutcome::Response { status, .. } => Err(format!("the worker answered {status}")),
+        AttemptOutcome::Timeout => Err("the worker did not answer in time".into()),
+        AttemptOutcome::Network(e) | AttemptOutcome::Denied(e) => Err(e),
+    }
+}

@@ -1,0 +1,9 @@
+//! The HTTP surface every wsbridge role serves, whatever its work: logs,
+//! `/healthz`, `/readyz` and `/metrics` ([`ops`]), and the pieces of a
+//! publish request that the gateway, standalone mode and the worker's send
+//! path share: reading a message within its size limit, naming a channel
+//! from the path, and JSON errors with a reason ([`publish`]).
+#![forbid(unsafe_code)]
+
+pub mod ops;
+pub mod publish;

@@ -1,0 +1,238 @@
+//! `wsbridge standalone`: the data plane fed from YAML files instead of the
+//! Kubernetes API. Bridges, the publish gateway and delivery run in one
+//! process; the files are validated against the CRDs' schema and CEL rules,
+//! and followed: valid edits apply live, invalid ones are logged and ignored.
+//!
+//! Publishing is not authenticated in standalone mode (there is no
+//! Kubernetes API to review tokens against): anyone who can reach the
+//! listener can publish on any channel. The default listener is loopback.
+#![forbid(unsafe_code)]
+
+pub mod demo;
+pub mod load;
+pub mod publish;
+pub mod runtime;
+pub mod schema;
+pub mod validator;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+pub use load::{ConfigError, ConfigErrors, Plan, load};
+pub use runtime::Runtime;
+pub use validator::Validation;
+
+use wsbridge_dataplane::DataplaneMetrics;
+use wsbridge_http::ops::{self, Readiness};
+
+/// How standalone mode runs.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Files and folders to read.
+    pub files: Vec<PathBuf>,
+    /// Where `/channels/...`, `/healthz`, `/readyz` and `/metrics` are served.
+    pub listen: SocketAddr,
+    /// How often the files are checked for changes.
+    pub poll_interval: Duration,
+    /// How long queued deliveries may take to finish at shutdown.
+    pub drain_timeout: Duration,
+    /// Where deliveries, dead-letters and endpoint connections may go.
+    pub destinations: std::sync::Arc<wsbridge_dataplane::DestinationPolicy>,
+    /// Where the files are validated (the CLI uses a child process).
+    pub validation: Validation,
+}
+
+impl Options {
+    /// Defaults for `files`: listen on `127.0.0.1:8080`, poll every second,
+    /// drain for 10 seconds.
+    pub fn new(files: Vec<PathBuf>) -> Self {
+        Self {
+            files,
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            poll_interval: Duration::from_secs(1),
+            drain_timeout: Duration::from_secs(10),
+            destinations: Default::default(),
+            validation: Validation::InProcess,
+        }
+    }
+}
+
+/// Why standalone mode stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The files are not a valid configuration.
+    #[error("invalid configuration:\n{0}")]
+    Config(#[from] ConfigErrors),
+    /// The listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct ReloadLabels {
+    result: String,
+}
+
+/// Validates the files and returns the configuration (`--check`).
+pub fn check(files: &[PathBuf]) -> Result<Plan, ConfigErrors> {
+    load(files)
+}
+
+/// A started standalone process (see [`start`]).
+pub struct Standalone {
+    /// The bound listener address.
+    pub addr: SocketAddr,
+    runtime: Arc<Runtime>,
+    stop: watch::Sender<bool>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    reloader: tokio::task::JoinHandle<()>,
+    drain_timeout: Duration,
+}
+
+/// Loads the configuration, starts the bridges, delivery and the HTTP
+/// listener, and follows the files. Fails without starting anything when
+/// the configuration is invalid.
+pub async fn start(options: Options) -> Result<Standalone, Error> {
+    let plan = validator::load(&options.files, &options.validation).await?;
+    info!(files = ?options.files, "configuration loaded: {}", plan.summary());
+
+    let mut registry = Registry::default();
+    let metrics = Arc::new(DataplaneMetrics::new(&mut registry));
+    let reloads = Family::<ReloadLabels, Counter>::default();
+    registry.register(
+        "wsbridge_standalone_config_reloads",
+        "Configuration reloads after a file change, by result (applied or rejected)",
+        reloads.clone(),
+    );
+    let runtime = Arc::new(Runtime::with_destinations(metrics, options.destinations.clone()));
+    runtime.apply(plan);
+
+    let ready = Readiness::default();
+    let (stop, stop_rx) = watch::channel(false);
+    let app = publish::router(runtime.clone()).merge(ops::router(Arc::new(registry), ready.clone()));
+    let mut server_stop = stop_rx.clone();
+    let (addr, server) = ops::serve(options.listen, app, async move {
+        let _ = server_stop.wait_for(|s| *s).await;
+    })
+    .await
+    .map_err(|source| Error::Listen {
+        addr: options.listen,
+        source,
+    })?;
+    if !addr.ip().is_loopback() {
+        warn!(%addr, "publishing is not authenticated in standalone mode; anyone who can reach this address can publish");
+    }
+    ready.set(true);
+    info!(%addr, "listening: POST /channels/{{namespace}}/{{name}} to publish; /healthz /readyz /metrics");
+
+    let reloader = tokio::spawn(follow_files(
+        options.files.clone(),
+        options.validation.clone(),
+        options.poll_interval,
+        runtime.clone(),
+        reloads,
+        stop_rx,
+    ));
+    Ok(Standalone {
+        addr,
+        runtime,
+        stop,
+        server,
+        reloader,
+        drain_timeout: options.drain_timeout,
+    })
+}
+
+impl Standalone {
+    /// The running data plane.
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.runtime
+    }
+
+    /// Stops accepting publishes and following files, closes the endpoint
+    /// connections and drains queued deliveries within the drain timeout.
+    pub async fn shutdown(self) {
+        info!("shutting down: draining deliveries");
+        let _ = self.stop.send(true);
+        let _ = self.reloader.await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.server).await;
+        let report = self.runtime.shutdown(self.drain_timeout).await;
+        // Totals since start: the drain's own counts alone read as "nothing
+        // was delivered" after a quiet shutdown.
+        let totals = self.runtime.stats();
+        info!(
+            delivered = totals.delivered,
+            retried = totals.retried,
+            dead_lettered = totals.dead_lettered,
+            dropped = totals.dropped,
+            delivered_while_draining = report.delivered,
+            abandoned = report.abandoned,
+            "stopped"
+        );
+    }
+}
+
+/// Runs standalone mode until SIGINT or SIGTERM, then drains and returns.
+pub async fn run(options: Options) -> Result<(), Error> {
+    let standalone = start(options).await?;
+    ops::shutdown_signal().await;
+    standalone.shutdown().await;
+    Ok(())
+}
+
+async fn follow_files(
+    files: Vec<PathBuf>,
+    validation: Validation,
+    interval: Duration,
+    runtime: Arc<Runtime>,
+    reloads: Family<ReloadLabels, Counter>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut last = load::fingerprint(&files);
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        let now = load::fingerprint(&files);
+        if now == last {
+            continue;
+        }
+        last = now;
+        match validator::load(&files, &validation).await {
+            Ok(plan) => {
+                info!("configuration changed; applying: {}", plan.summary());
+                runtime.apply(plan);
+                reloads
+                    .get_or_create(&ReloadLabels {
+                        result: "applied".into(),
+                    })
+                    .inc();
+            }
+            Err(errors) => {
+                for e in &errors.0 {
+                    error!("{e}");
+                }
+                error!("configuration change rejected; the running configuration is kept");
+                reloads
+                    .get_or_create(&ReloadLabels {
+                        result: "rejected".into(),
+                    })
+                    .inc();
+            }
+        }
+    }
+}

@@ -1,0 +1,486 @@
+//! `wsbridge worker --bridge NAMESPACE/NAME`: the Kubernetes side of one
+//! bridge's data plane.
+//!
+//! It reads its Bridge, Endpoint and Channel and follows the channel's
+//! Subscriptions live; secret values come from its environment (see [`env`]).
+//! A *session* runs for one Bridge spec: when the spec changes (another
+//! channel or endpoint), the session is replaced in-process, without a pod
+//! restart. Endpoint changes reconfigure the live connection.
+#![forbid(unsafe_code)]
+
+pub mod env;
+mod send;
+pub mod status;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use kube::runtime::watcher;
+use kube::{Api, Client, ResourceExt};
+use prometheus_client::registry::Registry;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+
+use send::{SendSlot, SendTarget};
+use wsbridge_api::{Bridge, BridgeSpec, Channel, Endpoint, EndpointSpec, Subscription};
+use wsbridge_core::{ChannelKey, ObjectKey};
+use wsbridge_dataplane::delivery::{DeliveryEngine, EngineConfig};
+use wsbridge_dataplane::endpoint::{ConnectionState, EndpointConfig, EndpointHandle, EndpointOptions};
+use wsbridge_dataplane::routing::RoutingIndex;
+use wsbridge_dataplane::{DataplaneMetrics, Message};
+use wsbridge_http::ops::{self, Readiness};
+use wsbridge_k8s::follow::{Change, follow};
+use wsbridge_translate as translate;
+
+/// What `wsbridge worker` needs.
+#[derive(Clone, Debug)]
+pub struct WorkerOptions {
+    /// The Bridge this worker serves.
+    pub bridge: ObjectKey,
+    /// HTTP listener: ops endpoints and `POST /v1/send`.
+    pub listen: SocketAddr,
+    /// The publish address written to the Bridge's status
+    /// (`http://POD_IP:PORT`); `None` leaves it unset.
+    pub advertise: Option<String>,
+    /// How long in-flight deliveries may take at shutdown.
+    pub drain: Duration,
+    /// Where deliveries, dead-letters and the endpoint connection may go.
+    pub destinations: Arc<wsbridge_dataplane::DestinationPolicy>,
+}
+
+/// Runs the worker until SIGINT/SIGTERM, then drains.
+pub async fn run(options: WorkerOptions, client: Client) -> anyhow::Result<()> {
+    let shutdown = ops::shutdown_signal();
+    let worker = Worker::start(options, client).await?;
+    shutdown.await;
+    tracing::info!("shutting down");
+    worker.shutdown().await;
+    Ok(())
+}
+
+/// A running worker (the library form, used by tests and `run`).
+pub struct Worker {
+    engine: Arc<DeliveryEngine>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    sessions: tokio::task::JoinHandle<()>,
+    stop: watch::Sender<bool>,
+    drain: Duration,
+    /// The bound HTTP address.
+    pub addr: SocketAddr,
+}
+
+impl Worker {
+    /// Binds the listener and starts following the Bridge.
+    pub async fn start(options: WorkerOptions, client: Client) -> anyhow::Result<Self> {
+        let mut registry = Registry::default();
+        let metrics = Arc::new(DataplaneMetrics::new(&mut registry));
+        let engine = Arc::new(DeliveryEngine::new(
+            EngineConfig {
+                destinations: options.destinations.clone(),
+                ..EngineConfig::default()
+            },
+            metrics.clone(),
+        ));
+        let ready = Readiness::default();
+        let slot: SendSlot = Arc::new(RwLock::new(None));
+        let (stop, stopped) = watch::channel(false);
+
+        let router = ops::router(Arc::new(registry), ready.clone()).merge(send::router(slot.clone()));
+        let mut http_stop = stopped.clone();
+        let (addr, server) = ops::serve(options.listen, router, async move {
+            let _ = http_stop.wait_for(|s| *s).await;
+        })
+        .await?;
+        tracing::info!(%addr, bridge = %options.bridge, "worker listening");
+
+        let drain = options.drain;
+        let sessions = Sessions {
+            client,
+            options,
+            engine: engine.clone(),
+            metrics,
+            ready,
+            slot,
+        };
+        let sessions = tokio::spawn(sessions.run(stopped));
+        Ok(Self {
+            engine,
+            server,
+            sessions,
+            stop,
+            drain,
+            addr,
+        })
+    }
+
+    /// Stops taking sends, closes the connection (sending what was accepted
+    /// for the endpoint first), hands what it read to the delivery engine,
+    /// then drains deliveries. In that order: a message that reaches the
+    /// engine after it closed would be lost.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        if tokio::time::timeout(Duration::from_secs(5), &mut self.server)
+            .await
+            .is_err()
+        {
+            self.server.abort();
+        }
+        if tokio::time::timeout(Duration::from_secs(15), &mut self.sessions)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the session did not stop in time");
+            self.sessions.abort();
+        }
+        let report = self.engine.shutdown(self.drain).await;
+        tracing::info!(?report, "deliveries drained");
+    }
+}
+
+struct Sessions {
+    client: Client,
+    options: WorkerOptions,
+    engine: Arc<DeliveryEngine>,
+    metrics: Arc<DataplaneMetrics>,
+    ready: Readiness,
+    slot: SendSlot,
+}
+
+impl Sessions {
+    /// Follows the Bridge; runs one session per spec.
+    async fn run(self, mut stopped: watch::Receiver<bool>) {
+        let ns = self.options.bridge.namespace.clone();
+        let name = self.options.bridge.name.clone();
+        let bridges: Api<Bridge> = Api::namespaced(self.client.clone(), &ns);
+        let (spec_tx, mut spec_rx) = watch::channel::<Option<(BridgeSpec, Option<i64>)>>(None);
+        let by_name = watcher::Config::default().fields(&format!("metadata.name={name}"));
+        let follower = tokio::spawn(follow(
+            bridges.clone(),
+            by_name,
+            move |change| match change {
+                Change::Applied(b) => {
+                    let next = Some((b.spec.clone(), b.metadata.generation));
+                    spec_tx.send_if_modified(|cur| {
+                        let changed = cur.as_ref().map(|c| &c.0) != next.as_ref().map(|n| &n.0);
+                        if changed {
+                            *cur = next;
+                        }
+                        changed
+                    });
+                }
+                Change::Deleted(_) => {
+                    spec_tx.send_replace(None);
+                }
+            },
+            || {},
+        ));
+        loop {
+            let current = spec_rx.borrow_and_update().clone();
+            let session = current.map(|(spec, generation)| self.start_session(spec, generation));
+            if session.is_none() {
+                tracing::info!(bridge = %self.options.bridge, "waiting for the Bridge to exist");
+                self.ready.set(false);
+            }
+            tokio::select! {
+                changed = spec_rx.changed() => {
+                    if let Some(s) = session { s.stop(&self.engine, &self.slot).await; }
+                    if changed.is_err() { break; }
+                    tracing::info!(bridge = %self.options.bridge, "Bridge spec changed; restarting the session");
+                }
+                _ = async { let _ = stopped.wait_for(|s| *s).await; } => {
+                    if let Some(s) = session { s.stop(&self.engine, &self.slot).await; }
+                    break;
+                }
+            }
+        }
+        follower.abort();
+    }
+
+    fn start_session(&self, spec: BridgeSpec, generation: Option<i64>) -> Session {
+        let ns = self.options.bridge.namespace.clone();
+        let bridge_name = self.options.bridge.name.clone();
+        let channel_key = ChannelKey::new(ns.clone(), spec.channel.clone());
+        let index = Arc::new(RoutingIndex::default());
+        let mut tasks = JoinSet::new();
+
+        // Connection state as users see it, also before a connection exists.
+        let (state_tx, state_rx) = watch::channel(ConnectionState::Disconnected {
+            reason: format!("waiting for Endpoint {}", spec.endpoint),
+            retry_in: None,
+        });
+        let status = tokio::spawn(status::report(
+            Api::namespaced(self.client.clone(), &ns),
+            bridge_name.clone(),
+            spec.endpoint.clone(),
+            generation,
+            self.options.advertise.clone(),
+            state_rx,
+        ));
+
+        let state = state_tx.clone();
+        // The connection opens only once the subscribers are known: a
+        // message read before that would reach nobody.
+        let (routes_ready_tx, routes_ready) = watch::channel(false);
+        // Endpoint → connection config; the connection starts with the first valid one.
+        let (inbound_tx, mut inbound_rx) = mpsc::channel::<Arc<Message>>(1024);
+        tasks.spawn(follow_endpoint(
+            Api::namespaced(self.client.clone(), &ns),
+            spec.clone(),
+            bridge_name.clone(),
+            ns.clone(),
+            EndpointRuntime {
+                metrics: self.metrics.clone(),
+                inbound: inbound_tx,
+                state: state_tx,
+                routes_ready,
+                slot: self.slot.clone(),
+                source: translate::channel_source(&ns, &spec.channel),
+                destinations: self.options.destinations.clone(),
+            },
+        ));
+
+        // Endpoint messages → the channel's subscribers. Never back out.
+        let engine = self.engine.clone();
+        let key = channel_key.clone();
+        let dispatcher = tokio::spawn(async move {
+            while let Some(message) = inbound_rx.recv().await {
+                engine.dispatch(&key, message);
+            }
+        });
+
+        // Channel and Subscriptions → routing index → delivery engine.
+        let synced = Arc::new(std::sync::atomic::AtomicU8::new(0));
+        let routes_ready_tx = Arc::new(routes_ready_tx);
+        let mark_synced = |bit: u8| {
+            let synced = synced.clone();
+            let ready = self.ready.clone();
+            let engine = self.engine.clone();
+            let index = index.clone();
+            let channel = channel_key.clone();
+            let routes_ready = routes_ready_tx.clone();
+            move || {
+                if synced.fetch_or(bit, std::sync::atomic::Ordering::Relaxed) | bit == 0b11 {
+                    // Applied here rather than left to the engine's follower
+                    // task, so the subscribers exist before the connection opens.
+                    let routes = index.routes(&channel);
+                    engine.set_subscribers(&channel, routes.subscribers.clone());
+                    routes_ready.send_replace(true);
+                    ready.set(true);
+                }
+            }
+        };
+        let channels: Api<Channel> = Api::namespaced(self.client.clone(), &ns);
+        let idx = index.clone();
+        let cfg = watcher::Config::default().fields(&format!("metadata.name={}", spec.channel));
+        let namespace = ns.clone();
+        tasks.spawn(follow(
+            channels,
+            cfg,
+            move |change| match change {
+                Change::Applied(c) => match translate::channel_info(&namespace, &c.spec) {
+                    Ok(info) => idx.apply_channel(wsbridge_k8s::follow::key_of(c), info),
+                    Err(e) => {
+                        tracing::warn!(channel = %c.name_any(), error = %e, "ignoring an unusable Channel")
+                    }
+                },
+                Change::Deleted(key) => idx.delete_channel(key),
+            },
+            mark_synced(0b01),
+        ));
+        let subscriptions: Api<Subscription> = Api::namespaced(self.client.clone(), &ns);
+        let idx = index.clone();
+        let cfg = watcher::Config::default().fields(&format!("spec.channel={}", spec.channel));
+        let namespace = ns.clone();
+        tasks.spawn(follow(
+            subscriptions,
+            cfg,
+            move |change| match change {
+                Change::Applied(s) => {
+                    let key = wsbridge_k8s::follow::key_of(s);
+                    match translate::subscription_info(&namespace, &s.spec) {
+                        Ok(info) => idx.apply_subscription(key, info),
+                        Err(e) => {
+                            tracing::warn!(subscription = %key, error = %e, "ignoring an unusable Subscription");
+                            idx.delete_subscription(&key);
+                        }
+                    }
+                }
+                Change::Deleted(key) => idx.delete_subscription(key),
+            },
+            mark_synced(0b10),
+        ));
+        let follower = self.engine.follow(index.watch(&channel_key));
+        tasks.spawn(async move {
+            let _ = follower.await;
+        });
+        Session {
+            tasks,
+            dispatcher,
+            status,
+            state,
+            channel: channel_key,
+        }
+    }
+}
+
+struct Session {
+    tasks: JoinSet<()>,
+    /// Endpoint messages → the delivery engine; ends once the connection
+    /// (the last inbound sender) is gone and everything it read is dispatched.
+    dispatcher: tokio::task::JoinHandle<()>,
+    /// Writes `Connected`; ends after writing the last state once every
+    /// state sender is gone.
+    status: tokio::task::JoinHandle<()>,
+    state: watch::Sender<ConnectionState>,
+    channel: ChannelKey,
+}
+
+impl Session {
+    async fn stop(mut self, engine: &DeliveryEngine, slot: &SendSlot) {
+        // Close the connection first: it sends what was accepted for the
+        // endpoint, then stops reading.
+        let target = slot.write().ok().and_then(|mut s| s.take());
+        if let Some(target) = &target
+            && !target.handle.close(Duration::from_secs(10)).await
+        {
+            tracing::warn!("the endpoint connection did not close in time");
+        }
+        drop(target);
+        self.tasks.abort_all();
+        while self.tasks.join_next().await.is_some() {}
+        // The Bridge's status says the worker stopped.
+        self.state.send_replace(ConnectionState::Stopped);
+        drop(self.state);
+        if tokio::time::timeout(Duration::from_secs(5), &mut self.status)
+            .await
+            .is_err()
+        {
+            self.status.abort();
+        }
+        // Everything the connection read reaches the engine.
+        if tokio::time::timeout(Duration::from_secs(5), &mut self.dispatcher)
+            .await
+            .is_err()
+        {
+            tracing::warn!("endpoint messages still undispatched; dropping them");
+            self.dispatcher.abort();
+        }
+        // Subscribers of a channel this worker no longer serves drain and go.
+        engine.set_subscribers(&self.channel, Vec::new());
+    }
+}
+
+/// What the endpoint follower hands to the connection it starts.
+struct EndpointRuntime {
+    destinations: Arc<wsbridge_dataplane::DestinationPolicy>,
+    metrics: Arc<DataplaneMetrics>,
+    inbound: mpsc::Sender<Arc<Message>>,
+    state: watch::Sender<ConnectionState>,
+    /// Becomes true once the channel's subscribers are applied to the engine.
+    routes_ready: watch::Receiver<bool>,
+    slot: SendSlot,
+    source: String,
+}
+
+/// Follows the Bridge's Endpoint: starts the connection with the first
+/// usable spec and reconfigures it on every change.
+async fn follow_endpoint(
+    api: Api<Endpoint>,
+    bridge: BridgeSpec,
+    bridge_name: String,
+    ns: String,
+    rt: EndpointRuntime,
+) {
+    let (config_tx, config_rx) = watch::channel::<Option<EndpointConfig>>(None);
+    let endpoint_name = bridge.endpoint.clone();
+    let state = rt.state.clone();
+    let cfg = watcher::Config::default().fields(&format!("metadata.name={endpoint_name}"));
+    let follower = follow(
+        api,
+        cfg,
+        move |change| match change {
+            Change::Applied(e) => match connection_config(&ns, &bridge_name, &e.spec) {
+                Ok(config) => {
+                    config_tx.send_replace(Some(config));
+                }
+                Err(e) => {
+                    state.send_replace(ConnectionState::Disconnected {
+                        reason: e.to_string(),
+                        retry_in: None,
+                    });
+                }
+            },
+            Change::Deleted(_) => {
+                state.send_replace(ConnectionState::Disconnected {
+                    reason: format!("Endpoint {endpoint_name} not found"),
+                    retry_in: None,
+                });
+            }
+        },
+        || {},
+    );
+    tokio::join!(follower, connect(config_rx, rt));
+}
+
+/// The endpoint's spec with the secrets of this pod's environment.
+fn connection_config(
+    ns: &str,
+    bridge: &str,
+    spec: &EndpointSpec,
+) -> Result<EndpointConfig, translate::TranslateError> {
+    let header_names: Vec<String> = spec
+        .auth
+        .iter()
+        .flat_map(|a| a.secret_headers.iter().flatten())
+        .map(|(h, _)| h.clone())
+        .collect();
+    let secrets = env::resolve(&header_names, |k| std::env::var(k).ok());
+    translate::endpoint_config(ns, bridge, spec, &secrets)
+}
+
+/// Starts the connection with the first config and mirrors its state.
+async fn connect(mut configs: watch::Receiver<Option<EndpointConfig>>, mut rt: EndpointRuntime) {
+    if rt.routes_ready.wait_for(|ready| *ready).await.is_err() {
+        return;
+    }
+    let Ok(first) = configs.wait_for(Option::is_some).await.map(|c| c.clone()) else {
+        return;
+    };
+    let first = first.expect("waited for Some");
+    let (live_tx, live_rx) = watch::channel(first.clone());
+    let handle = Arc::new(EndpointHandle::spawn(
+        EndpointOptions {
+            destinations: rt.destinations.clone(),
+            ..EndpointOptions::new(rt.source.clone())
+        },
+        live_rx,
+        rt.inbound,
+        rt.metrics,
+    ));
+    if let Ok(mut slot) = rt.slot.write() {
+        *slot = Some(SendTarget {
+            handle: handle.clone(),
+            max_message_bytes: first.max_message_bytes,
+            source: rt.source.clone(),
+        });
+    }
+    let mut states = handle.state();
+    loop {
+        rt.state.send_replace(states.borrow_and_update().clone());
+        tokio::select! {
+            changed = states.changed() => if changed.is_err() { break },
+            changed = configs.changed() => {
+                if changed.is_err() { break }
+                if let Some(config) = configs.borrow_and_update().clone() {
+                    if let Ok(mut slot) = rt.slot.write()
+                        && let Some(target) = slot.as_mut()
+                    {
+                        target.max_message_bytes = config.max_message_bytes;
+                    }
+                    live_tx.send_replace(config);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,68 @@
+//! `POST /v1/send`: the publish path's last hop. The gateway has already
+//! authorized the publisher and delivers to subscribers itself; the worker
+//! only sends the message out to its endpoint (so nothing is delivered twice).
+
+use std::sync::{Arc, RwLock};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use serde_json::json;
+
+use wsbridge_dataplane::endpoint::{EndpointHandle, SendError};
+use wsbridge_dataplane::{Message, Origin};
+use wsbridge_http::publish;
+
+/// Where sends go right now: the live connection of the current session.
+#[derive(Clone)]
+pub struct SendTarget {
+    pub handle: Arc<EndpointHandle>,
+    pub max_message_bytes: usize,
+    /// `ce-source` when the caller gives none.
+    pub source: String,
+}
+
+/// Shared slot, empty between sessions.
+pub type SendSlot = Arc<RwLock<Option<SendTarget>>>;
+
+/// The send route.
+pub fn router(slot: SendSlot) -> Router {
+    Router::new().route("/v1/send", post(send)).with_state(slot)
+}
+
+async fn send(State(slot): State<SendSlot>, headers: HeaderMap, body: Body) -> Response {
+    let target = slot.read().map(|s| s.clone()).unwrap_or_default();
+    let Some(target) = target else {
+        return publish::error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "NotConnected",
+            "the bridge has no endpoint connection yet",
+        );
+    };
+    let payload = match publish::read_message(&headers, body, target.max_message_bytes).await {
+        Ok(p) => p,
+        Err(rejection) => return rejection,
+    };
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let mut message = Message::new(
+        payload,
+        Origin::Published,
+        header("ce-source").unwrap_or(target.source.clone()),
+    );
+    if let Some(id) = header("ce-id") {
+        message = message.with_id(id);
+    }
+    let id = message.id().to_owned();
+    match target.handle.try_send(Arc::new(message)) {
+        Ok(()) => (StatusCode::ACCEPTED, axum::Json(json!({"id": id}))).into_response(),
+        Err(SendError::TooLarge { size, max }) => publish::too_large(Some(size), max),
+        Err(e @ (SendError::NotConnected | SendError::Full | SendError::Stopped)) => publish::error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "EndpointUnavailable",
+            e.to_string(),
+        ),
+    }
+}

@@ -1,0 +1,394 @@
+//! The `wsbridge` command line: every flag of every role, parsed with clap
+//! and turned into the plain options each role's crate takes. Only the
+//! binary knows about clap; the roles and the data plane never see it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use wsbridge_core::ObjectKey;
+use wsbridge_dataplane::DestinationPolicy;
+use wsbridge_dataplane::destination::{ENV_ALLOW, ENV_ALLOW_LINK_LOCAL, ENV_DENY};
+use wsbridge_http::ops::{self, LogFormat};
+
+#[derive(Parser)]
+#[command(
+    name = "wsbridge",
+    version,
+    about = "Bridges external WebSocket endpoints to in-cluster HTTP services"
+)]
+pub struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormatArg::Text, env = "WSBRIDGE_LOG_FORMAT")]
+    pub log_format: LogFormatArg,
+    /// Event-loop threads; 0 means one per CPU. Default: 1 for `worker` and
+    /// `standalone`, one per CPU for `gateway` and `controller`.
+    #[arg(long, global = true, value_name = "N", env = "WSBRIDGE_THREADS")]
+    pub threads: Option<usize>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+impl Cli {
+    /// One event loop for the data plane: a bridge's messages arrive in
+    /// order on one connection and fan out as I/O, which one thread drives
+    /// at tens of thousands of deliveries a second, with less CPU per
+    /// delivery than threads handing work to each other (see
+    /// `bench/results/latest.md`). Roles serving many clients at once get a
+    /// thread per CPU.
+    pub fn runtime(&self) -> std::io::Result<tokio::runtime::Runtime> {
+        let data_plane = matches!(
+            self.command,
+            Command::Worker { .. }
+                | Command::Standalone { .. }
+                | Command::DemoFeed { .. }
+                | Command::DemoSubscriber { .. }
+        );
+        match self.threads.unwrap_or(if data_plane { 1 } else { 0 }) {
+            1 => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+            0 => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
+            n => tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(n)
+                .enable_all()
+                .build(),
+        }
+    }
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Print the CustomResourceDefinitions as YAML.
+    Crd {
+        /// Write one file per CRD into this folder instead of printing.
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<PathBuf>,
+        /// Print a Markdown reference of every field instead.
+        #[arg(long, conflicts_with = "out_dir")]
+        reference: bool,
+    },
+    /// Run one bridge worker (what the worker pod runs).
+    Worker {
+        /// The Bridge to serve, as NAMESPACE/NAME.
+        #[arg(long, value_name = "NAMESPACE/NAME")]
+        bridge: ObjectKey,
+        /// Address of the worker's HTTP server (probes, metrics, publish path).
+        #[arg(long, env = wsbridge_api::worker_env::LISTEN, default_value = "0.0.0.0:8080")]
+        listen: SocketAddr,
+        /// The pod's IP, advertised on the Bridge's status as the publish address.
+        #[arg(long, env = wsbridge_api::worker_env::POD_IP)]
+        pod_ip: Option<std::net::IpAddr>,
+        /// Outbound destination policy (the controller sets it through the
+        /// environment).
+        #[command(flatten)]
+        destinations: DestinationArgs,
+    },
+    /// Run the publish gateway.
+    Gateway {
+        /// Address of the gateway's HTTP server.
+        #[arg(long, env = "WSBRIDGE_LISTEN", default_value = "0.0.0.0:8080")]
+        listen: SocketAddr,
+        /// Serve only this namespace's channels (default: all namespaces).
+        #[arg(long, env = "WSBRIDGE_WATCH_NAMESPACE")]
+        namespace: Option<String>,
+        /// How long token and access reviews are reused.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        auth_cache_ttl: std::time::Duration,
+        /// Audience publisher tokens must carry (default: the API server's).
+        #[arg(long = "token-audience")]
+        token_audiences: Vec<String>,
+        /// Outbound destination policy for deliveries to subscribers and
+        /// dead-letter sinks.
+        #[command(flatten)]
+        destinations: DestinationArgs,
+    },
+    /// Run bridges, the publish gateway and delivery in one process, from
+    /// YAML files of Endpoints, Channels, Bridges, Subscriptions and Secrets.
+    /// Publishing is not authenticated in this mode.
+    Standalone {
+        /// A YAML file (multi-document) or a folder searched recursively for
+        /// *.yaml and *.yml. Repeatable.
+        #[arg(short = 'f', long = "file", value_name = "PATH", required = true)]
+        files: Vec<PathBuf>,
+        /// Address of the publish, health and metrics listener.
+        #[arg(long, env = "WSBRIDGE_LISTEN", default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Validate the files, print a summary and exit (non-zero when invalid).
+        #[arg(long)]
+        check: bool,
+        /// How long queued deliveries may take to finish at shutdown.
+        #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+        drain_timeout: Duration,
+        /// Outbound destination policy (subscribers, dead-letter sinks,
+        /// endpoints).
+        #[command(flatten)]
+        destinations: DestinationArgs,
+    },
+    /// Validates configuration texts given as JSON on stdin and prints the
+    /// verdict as JSON: the child process `standalone` validates reloads in.
+    #[command(name = "validate-config", hide = true)]
+    ValidateConfig,
+    /// Demo WebSocket feed for the quickstart: sends a JSON tick every
+    /// second and echoes what it receives.
+    #[command(hide = true)]
+    DemoFeed {
+        #[arg(long, default_value = "127.0.0.1:9001")]
+        listen: SocketAddr,
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        interval: Duration,
+    },
+    /// Demo HTTP subscriber for the quickstart: prints every delivery.
+    #[command(hide = true)]
+    DemoSubscriber {
+        #[arg(long, default_value = "127.0.0.1:9002")]
+        listen: SocketAddr,
+        /// The bearer token deliveries are expected to carry.
+        #[arg(long)]
+        expect_token: Option<String>,
+    },
+    /// Run the controller against the cluster of the current kubeconfig or
+    /// in-cluster config.
+    Controller(ControllerArgs),
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, Default, clap::ValueEnum)]
+pub enum LogFormatArg {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, for log pipelines.
+    Json,
+}
+
+impl From<LogFormatArg> for LogFormat {
+    fn from(arg: LogFormatArg) -> Self {
+        match arg {
+            LogFormatArg::Text => LogFormat::Text,
+            LogFormatArg::Json => LogFormat::Json,
+        }
+    }
+}
+
+/// `wsbridge controller` flags.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ControllerArgs {
+    /// Image of the bridge worker Deployments.
+    #[arg(long, env = "WSBRIDGE_WORKER_IMAGE", default_value = wsbridge_controller::DEFAULT_WORKER_IMAGE)]
+    pub worker_image: String,
+    /// Base URL of the publish gateway; Channel addresses are
+    /// `{gateway-url}/channels/NAMESPACE/NAME`.
+    #[arg(
+        long,
+        env = "WSBRIDGE_GATEWAY_URL",
+        default_value = "http://wsbridge-gateway.wsbridge-system.svc"
+    )]
+    pub gateway_url: String,
+    /// Cluster DNS domain used in resolved Service addresses.
+    #[arg(long, default_value = "cluster.local")]
+    pub cluster_domain: String,
+    /// Address of `/healthz`, `/readyz` and `/metrics`.
+    #[arg(long, env = "WSBRIDGE_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+    /// Elect one active replica with a Lease (`--leader-election=false` to
+    /// reconcile unconditionally).
+    #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub leader_election: bool,
+    /// Namespace of the Lease.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub lease_namespace: String,
+    /// Name of the Lease.
+    #[arg(long, default_value = "wsbridge-controller")]
+    pub lease_name: String,
+    /// Seconds a Lease is valid without renewal.
+    #[arg(long, default_value_t = 15)]
+    pub lease_duration_seconds: u64,
+    /// Seconds before expiry when the holder renews.
+    #[arg(long, default_value_t = 5)]
+    pub lease_grace_seconds: u64,
+    /// Watch only this namespace (default: all namespaces).
+    #[arg(long, env = "WSBRIDGE_WATCH_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Reconciles running at once, per kind.
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: u16,
+    /// Outbound destination policy (subscribers, dead-letter sinks,
+    /// endpoints); passed on to every worker.
+    #[command(flatten)]
+    pub destinations: DestinationArgs,
+}
+
+impl ControllerArgs {
+    /// The controller's options these flags describe.
+    pub fn options(self) -> anyhow::Result<wsbridge_controller::Options> {
+        Ok(wsbridge_controller::Options {
+            destinations: Arc::new(self.destinations.policy()?),
+            worker_image: self.worker_image,
+            gateway_url: self.gateway_url,
+            cluster_domain: self.cluster_domain,
+            listen: self.listen,
+            leader_election: self.leader_election,
+            lease_namespace: self.lease_namespace,
+            lease_name: self.lease_name,
+            lease_duration_seconds: self.lease_duration_seconds,
+            lease_grace_seconds: self.lease_grace_seconds,
+            namespace: self.namespace,
+            concurrency: self.concurrency,
+        })
+    }
+}
+
+/// The command-line flags of the policy, shared by every role.
+#[derive(clap::Args, Clone, Debug, Default, PartialEq, Eq)]
+pub struct DestinationArgs {
+    /// Refuse requests to this network (CIDR or address) or host name
+    /// (`.suffix` for a whole domain). Repeatable; checked before
+    /// `--destination-allow`. Link-local and cloud metadata addresses are
+    /// denied without it.
+    #[arg(long = "destination-deny", value_name = "CIDR|HOST", env = ENV_DENY, value_delimiter = ',')]
+    pub deny: Vec<String>,
+    /// Allow requests only to these networks or host names (and lift the
+    /// built-in link-local/metadata denial for them). Repeatable.
+    #[arg(long = "destination-allow", value_name = "CIDR|HOST", env = ENV_ALLOW, value_delimiter = ',')]
+    pub allow: Vec<String>,
+    /// Allow link-local destinations (169.254.0.0/16, fe80::/10); the cloud
+    /// metadata addresses stay denied.
+    #[arg(long, env = ENV_ALLOW_LINK_LOCAL, default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub allow_link_local: bool,
+}
+
+impl DestinationArgs {
+    /// The policy these flags describe.
+    pub fn policy(&self) -> anyhow::Result<DestinationPolicy> {
+        DestinationPolicy::from_rules(&self.deny, &self.allow, self.allow_link_local)
+            .map_err(|e| anyhow::anyhow!("--destination-deny/--destination-allow: {e}"))
+    }
+}
+
+/// Runs the command; `validate-config` is answered by [`Cli::serve_validator`]
+/// before any runtime or logging starts.
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    // One TLS provider for the process (kube's client and the endpoint client).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    ops::init_logging(cli.log_format.into());
+    match cli.command {
+        Command::Crd { reference: true, .. } => print!("{}", wsbridge_api::reference::markdown()),
+        Command::Crd { out_dir: None, .. } => print!("{}", wsbridge_api::crds_yaml()),
+        Command::Crd {
+            out_dir: Some(dir), ..
+        } => wsbridge_api::write_crds(&dir)?,
+        Command::Worker {
+            bridge,
+            listen,
+            pod_ip,
+            destinations,
+        } => {
+            let advertise = pod_ip.map(|ip| format!("http://{}", SocketAddr::new(ip, listen.port())));
+            let options = wsbridge_worker::WorkerOptions {
+                bridge,
+                listen,
+                advertise,
+                drain: std::time::Duration::from_secs(10),
+                destinations: std::sync::Arc::new(destinations.policy()?),
+            };
+            wsbridge_worker::run(options, kube::Client::try_default().await?).await?;
+        }
+        Command::Gateway {
+            listen,
+            namespace,
+            auth_cache_ttl,
+            token_audiences,
+            destinations,
+        } => {
+            let options = wsbridge_gateway::GatewayOptions {
+                listen,
+                namespace,
+                access: wsbridge_gateway::access::AccessOptions {
+                    ttl: auth_cache_ttl,
+                    audiences: token_audiences,
+                    ..Default::default()
+                },
+                send_timeout: std::time::Duration::from_secs(5),
+                drain: std::time::Duration::from_secs(10),
+                destinations: std::sync::Arc::new(destinations.policy()?),
+            };
+            wsbridge_gateway::run(options, kube::Client::try_default().await?).await?;
+        }
+        Command::Standalone {
+            files,
+            listen,
+            check,
+            drain_timeout,
+            destinations,
+        } => {
+            if check {
+                return Ok(match wsbridge_standalone::check(&files) {
+                    Ok(plan) => {
+                        println!("configuration is valid: {}", plan.summary());
+                        ExitCode::SUCCESS
+                    }
+                    Err(errors) => {
+                        eprintln!("invalid configuration:\n{errors}");
+                        ExitCode::FAILURE
+                    }
+                });
+            }
+            let mut options = wsbridge_standalone::Options::new(files);
+            options.listen = listen;
+            options.drain_timeout = drain_timeout;
+            options.destinations = std::sync::Arc::new(destinations.policy()?);
+            options.validation = wsbridge_standalone::Validation::isolated_or_in_process();
+            if let Err(e) = wsbridge_standalone::run(options).await {
+                eprintln!("error: {e}");
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::ValidateConfig => {} // answered before logging starts
+        Command::DemoFeed { listen, interval } => wsbridge_standalone::demo::feed(listen, interval).await?,
+        Command::DemoSubscriber { listen, expect_token } => {
+            wsbridge_standalone::demo::subscriber(listen, expect_token).await?
+        }
+        Command::Controller(args) => wsbridge_controller::run(args.options()?).await?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(deny: &[&str], allow: &[&str]) -> DestinationPolicy {
+        let v = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        DestinationPolicy::from_rules(&v(deny), &v(allow), false).unwrap()
+    }
+
+    #[test]
+    fn env_round_trips_through_the_flags() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            d: DestinationArgs,
+        }
+        let p = policy(&["127.0.0.2/32", ".corp.example"], &["10.0.0.0/8"]);
+        let env = p.to_env();
+        let args: Vec<String> = std::iter::once("x".to_string())
+            .chain(env.iter().flat_map(|(k, v)| {
+                let flag = match *k {
+                    ENV_DENY => "--destination-deny",
+                    ENV_ALLOW => "--destination-allow",
+                    _ => "--allow-link-local",
+                };
+                [flag.to_string(), v.clone()]
+            }))
+            .collect();
+        let back = Cli::parse_from(args).d.policy().unwrap();
+        assert_eq!(back, p);
+        assert_eq!(
+            Cli::parse_from(["x"]).d.policy().unwrap(),
+            DestinationPolicy::default()
+        );
+    }
+}
