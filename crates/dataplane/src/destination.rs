@@ -22,97 +22,55 @@
 //! client's connector and the endpoint client connect through.
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr};
 use std::str::FromStr;
 
-/// An IP network in CIDR notation (`10.0.0.0/8`, `fd00::/8`; a bare address
-/// is a `/32` or `/128`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IpNet {
-    addr: IpAddr,
-    prefix: u8,
-}
+use ipnet::IpNet;
 
-impl IpNet {
-    /// The network of `addr` with `prefix` bits (host bits are cleared).
-    pub fn new(addr: IpAddr, prefix: u8) -> Option<Self> {
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        (prefix <= max).then(|| Self {
-            addr: mask(addr, prefix),
-            prefix,
-        })
-    }
-
-    /// Whether `ip` is inside this network (IPv4-mapped IPv6 addresses count
-    /// as their IPv4 address).
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        let ip = canonical(ip);
-        ip.is_ipv4() == self.addr.is_ipv4() && mask(ip, self.prefix) == self.addr
-    }
-}
-
-fn mask(addr: IpAddr, prefix: u8) -> IpAddr {
-    match addr {
-        IpAddr::V4(a) => {
-            let bits = u32::from(a);
-            let m = if prefix == 0 {
-                0
-            } else {
-                u32::MAX << (32 - u32::from(prefix))
-            };
-            IpAddr::V4(Ipv4Addr::from(bits & m))
-        }
-        IpAddr::V6(a) => {
-            let bits = u128::from(a);
-            let m = if prefix == 0 {
-                0
-            } else {
-                u128::MAX << (128 - u32::from(prefix))
-            };
-            IpAddr::V6(Ipv6Addr::from(bits & m))
-        }
-    }
-}
-
-/// IPv4-mapped IPv6 (`::ffff:a.b.c.d`) as IPv4; everything else unchanged.
-fn canonical(ip: IpAddr) -> IpAddr {
+/// An IP address as the policy compares it: an IPv6 address that carries an
+/// IPv4 address (IPv4-mapped `::ffff:a.b.c.d`, or the NAT64 well-known prefix
+/// `64:ff9b::/96` of RFC 6052) is that IPv4 address, so that neither form gets
+/// around an IPv4 rule such as the metadata address.
+pub fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None if v6.segments()[..6] == [0x64, 0xff9b, 0, 0, 0, 0] => {
+                let [.., a, b, c, d] = v6.octets();
+                IpAddr::V4(Ipv4Addr::new(a, b, c, d))
+            }
+            None => ip,
+        },
         v4 => v4,
     }
 }
 
-impl fmt::Display for IpNet {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
+/// A network of a rule, from CIDR notation (`10.0.0.0/8`, `fd00::/8`) or a
+/// bare address (a `/32` or `/128`); host bits are cleared, and an address
+/// in IPv6 form that carries an IPv4 address is taken as that address.
+fn parse_net(s: &str) -> Result<IpNet, String> {
+    let (addr, prefix) = match s.split_once('/') {
+        Some((a, p)) => (a, Some(p)),
+        None => (s, None),
+    };
+    let addr: IpAddr = addr
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .map_err(|_| format!("{s:?} is not an IP address or CIDR"))?;
+    let mut prefix_len = match prefix {
+        None => IpNet::from(addr).prefix_len(),
+        Some(p) => p.parse::<u8>().map_err(|_| format!("{s:?}: the prefix is not a number"))?,
+    };
+    let mut net_addr = addr;
+    if canonical(addr) != addr && prefix_len >= 96 {
+        // ::ffff:10.0.0.0/104 is 10.0.0.0/8.
+        net_addr = canonical(addr);
+        prefix_len -= 96;
     }
-}
-
-impl FromStr for IpNet {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (addr, prefix) = match s.split_once('/') {
-            Some((a, p)) => (a, Some(p)),
-            None => (s, None),
-        };
-        let addr: IpAddr = addr
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse()
-            .map_err(|_| format!("{s:?} is not an IP address or CIDR"))?;
-        let addr = canonical(addr);
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = match prefix {
-            None => max,
-            Some(p) => p
-                .parse::<u8>()
-                .ok()
-                .filter(|p| *p <= max)
-                .ok_or_else(|| format!("{s:?}: prefix must be 0..={max}"))?,
-        };
-        Ok(Self::new(addr, prefix).expect("prefix checked"))
-    }
+    IpNet::new(net_addr, prefix_len)
+        .map(|net| net.trunc())
+        .map_err(|_| format!("{s:?}: prefix must be 0..={}", IpNet::from(net_addr).max_prefix_len()))
 }
 
 /// One entry of an allow or deny list: a network, or a host name (`a.b`
@@ -127,7 +85,8 @@ pub enum HostRule {
 
 impl HostRule {
     fn matches_ip(&self, ip: IpAddr) -> bool {
-        matches!(self, HostRule::Net(n) if n.contains(ip))
+        // Callers pass canonical addresses.
+        matches!(self, HostRule::Net(n) if n.contains(&ip))
     }
 
     fn matches_name(&self, name: &str) -> bool {
@@ -155,7 +114,7 @@ impl FromStr for HostRule {
             || first.parse::<IpAddr>().is_ok()
             || first.trim_end_matches(']').parse::<IpAddr>().is_ok()
         {
-            return s.parse().map(HostRule::Net);
+            return parse_net(s).map(HostRule::Net);
         }
         let name = normalize_name(s);
         let valid = name
@@ -382,19 +341,35 @@ mod tests {
 
     #[test]
     fn networks_parse_and_match() {
-        let n: IpNet = "10.1.2.3/8".parse().unwrap();
+        let net = |s: &str| parse_net(s);
+        let n = net("10.1.2.3/8").unwrap();
         assert_eq!(n.to_string(), "10.0.0.0/8");
-        assert!(n.contains(ip("10.200.0.1")));
-        assert!(!n.contains(ip("11.0.0.1")));
-        assert!(n.contains(ip("::ffff:10.0.0.1")), "IPv4-mapped IPv6");
-        let v6: IpNet = "fe80::/10".parse().unwrap();
-        assert!(v6.contains(ip("fe80::1")));
-        assert!(!v6.contains(ip("fd00::1")));
-        assert!(!v6.contains(ip("10.0.0.1")));
-        assert_eq!("127.0.0.2".parse::<IpNet>().unwrap().to_string(), "127.0.0.2/32");
-        assert!("10.0.0.0/33".parse::<IpNet>().is_err());
-        assert!("nonsense/8".parse::<IpNet>().is_err());
-        assert_eq!("0.0.0.0/0".parse::<IpNet>().unwrap().to_string(), "0.0.0.0/0");
+        assert!(n.contains(&ip("10.200.0.1")));
+        assert!(!n.contains(&ip("11.0.0.1")));
+        assert_eq!(net("::ffff:10.0.0.0/104").unwrap().to_string(), "10.0.0.0/8");
+        let v6 = net("fe80::/10").unwrap();
+        assert!(v6.contains(&ip("fe80::1")));
+        assert!(!v6.contains(&ip("fd00::1")));
+        assert!(!v6.contains(&ip("10.0.0.1")));
+        assert_eq!(net("127.0.0.2").unwrap().to_string(), "127.0.0.2/32");
+        assert_eq!(net("[::1]").unwrap().to_string(), "::1/128");
+        assert!(net("10.0.0.0/33").is_err());
+        assert!(net("nonsense/8").is_err());
+        assert_eq!(net("0.0.0.0/0").unwrap().to_string(), "0.0.0.0/0");
+    }
+
+    #[test]
+    fn ipv6_forms_of_an_ipv4_address_are_that_address() {
+        assert_eq!(canonical(ip("::ffff:10.0.0.1")), ip("10.0.0.1"));
+        assert_eq!(canonical(ip("64:ff9b::a9fe:a9fe")), ip("169.254.169.254"));
+        assert_eq!(canonical(ip("2001:db8::1")), ip("2001:db8::1"));
+        let p = DestinationPolicy::default();
+        for metadata in ["::ffff:169.254.169.254", "64:ff9b::169.254.169.254"] {
+            assert!(p.check_ip(ip(metadata)).is_err(), "{metadata} is the metadata address");
+        }
+        let denied = policy(&["10.0.0.0/8"], &[]);
+        assert!(denied.check_ip(ip("64:ff9b::10.1.2.3")).is_err());
+        assert!(denied.check_ip(ip("::ffff:10.1.2.3")).is_err());
     }
 
     #[test]
