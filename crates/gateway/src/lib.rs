@@ -249,12 +249,8 @@ impl Gateway {
     /// no subscriber.
     pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
-        if tokio::time::timeout(self.drain / 2, &mut self.server)
-            .await
-            .is_err()
-        {
+        if !ops::join_or_abort(&mut self.server, self.drain / 2).await {
             tracing::warn!("publishes still in flight after {:?}; closing", self.drain / 2);
-            self.server.abort();
         }
         let report = self.shared.engine.shutdown(self.drain).await;
         tracing::info!(?report, "deliveries drained");

@@ -160,9 +160,29 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// Waits up to `deadline` for a task that was asked to stop, and aborts it
+/// if it has not: shutdown takes bounded time whatever a task is stuck on.
+/// True when the task finished by itself.
+pub async fn join_or_abort<T>(task: &mut tokio::task::JoinHandle<T>, deadline: std::time::Duration) -> bool {
+    if tokio::time::timeout(deadline, &mut *task).await.is_ok() {
+        return true;
+    }
+    task.abort();
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn join_or_abort_waits_for_a_finishing_task_and_aborts_a_stuck_one() {
+        let mut quick = tokio::spawn(async {});
+        assert!(join_or_abort(&mut quick, std::time::Duration::from_secs(5)).await);
+        let mut stuck = tokio::spawn(std::future::pending::<()>());
+        assert!(!join_or_abort(&mut stuck, std::time::Duration::from_millis(10)).await);
+        assert!(stuck.await.unwrap_err().is_cancelled());
+    }
 
     #[tokio::test]
     async fn readyz_follows_the_flag_and_metrics_are_openmetrics() {

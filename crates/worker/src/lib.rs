@@ -120,18 +120,9 @@ impl Worker {
     /// engine after it closed would be lost.
     pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
-        if tokio::time::timeout(Duration::from_secs(5), &mut self.server)
-            .await
-            .is_err()
-        {
-            self.server.abort();
-        }
-        if tokio::time::timeout(Duration::from_secs(15), &mut self.sessions)
-            .await
-            .is_err()
-        {
+        ops::join_or_abort(&mut self.server, Duration::from_secs(5)).await;
+        if !ops::join_or_abort(&mut self.sessions, Duration::from_secs(15)).await {
             tracing::warn!("the session did not stop in time");
-            self.sessions.abort();
         }
         let report = self.engine.shutdown(self.drain).await;
         tracing::info!(?report, "deliveries drained");
@@ -352,19 +343,10 @@ impl Session {
         // The Bridge's status says the worker stopped.
         self.state.send_replace(ConnectionState::Stopped);
         drop(self.state);
-        if tokio::time::timeout(Duration::from_secs(5), &mut self.status)
-            .await
-            .is_err()
-        {
-            self.status.abort();
-        }
+        ops::join_or_abort(&mut self.status, Duration::from_secs(5)).await;
         // Everything the connection read reaches the engine.
-        if tokio::time::timeout(Duration::from_secs(5), &mut self.dispatcher)
-            .await
-            .is_err()
-        {
+        if !ops::join_or_abort(&mut self.dispatcher, Duration::from_secs(5)).await {
             tracing::warn!("endpoint messages still undispatched; dropping them");
-            self.dispatcher.abort();
         }
         // Subscribers of a channel this worker no longer serves drain and go.
         engine.set_subscribers(&self.channel, Vec::new());
