@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
-use super::http::{HttpSender, Origin};
+use super::http::{HttpSender, OriginRoute};
 use super::policy::{AttemptOutcome, DeliveryPolicy, Verdict, classify};
 use crate::destination::DestinationPolicy;
 use crate::message::Message;
@@ -142,7 +142,7 @@ struct DeadLetter {
     timeout: Duration,
 }
 
-struct Shared {
+struct EngineState {
     http: HttpSender,
     metrics: Arc<DataplaneMetrics>,
     stats: Stats,
@@ -150,7 +150,7 @@ struct Shared {
     dead_letters_pending: AtomicU64,
 }
 
-impl Shared {
+impl EngineState {
     fn count_drop(&self, channel: &str, subscriber: &str, reason: &str, n: u64) {
         if n == 0 {
             return;
@@ -192,7 +192,7 @@ struct Queued {
 }
 
 struct WorkerCtx {
-    shared: Arc<Shared>,
+    shared: Arc<EngineState>,
     channel: Arc<str>,
     subscriber: Arc<str>,
     delivered: Counter,
@@ -238,7 +238,7 @@ impl Worker {
 }
 
 struct Inner {
-    shared: Arc<Shared>,
+    shared: Arc<EngineState>,
     config: EngineConfig,
     channels: RwLock<HashMap<ChannelKey, Vec<Worker>>>,
     retiring: Mutex<Vec<Retired>>,
@@ -276,7 +276,7 @@ impl DeliveryEngine {
     /// A new engine; must be called within a Tokio runtime.
     pub fn new(config: EngineConfig, metrics: Arc<DataplaneMetrics>) -> Self {
         let (dl_tx, dl_rx) = mpsc::channel(config.dead_letter_capacity.max(1));
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(EngineState {
             http: HttpSender::with_policy(config.destinations.clone()),
             metrics,
             stats: Stats::default(),
@@ -586,7 +586,7 @@ async fn run_worker(
 struct CurrentSpec {
     rx: watch::Receiver<Arc<SubscriberSpec>>,
     spec: Arc<SubscriberSpec>,
-    origin: Origin,
+    origin: OriginRoute,
 }
 
 impl CurrentSpec {
@@ -596,7 +596,7 @@ impl CurrentSpec {
         Self { rx, spec, origin }
     }
 
-    fn get(&mut self, http: &HttpSender) -> (Arc<SubscriberSpec>, Origin) {
+    fn get(&mut self, http: &HttpSender) -> (Arc<SubscriberSpec>, OriginRoute) {
         let latest = self.rx.borrow();
         if !Arc::ptr_eq(&latest, &self.spec) {
             self.spec = latest.clone();
@@ -608,7 +608,7 @@ impl CurrentSpec {
 }
 
 impl WorkerCtx {
-    async fn deliver(&self, q: Queued, spec: Arc<SubscriberSpec>, origin: Origin, mut expire: Expire) {
+    async fn deliver(&self, q: Queued, spec: Arc<SubscriberSpec>, origin: OriginRoute, mut expire: Expire) {
         let policy = &spec.policy;
         let mut attempts = 0u32;
         let mut last_status = None;
@@ -746,7 +746,7 @@ impl WorkerCtx {
 }
 
 async fn run_dead_letters(
-    shared: Weak<Shared>,
+    shared: Weak<EngineState>,
     mut rx: mpsc::Receiver<DeadLetter>,
     concurrency: usize,
     attempts: u32,
@@ -767,7 +767,7 @@ async fn run_dead_letters(
     }
 }
 
-async fn post_dead_letter(shared: &Shared, dl: DeadLetter, attempts: u32) {
+async fn post_dead_letter(shared: &EngineState, dl: DeadLetter, attempts: u32) {
     let mut headers = dl.msg.http_headers();
     headers.insert(DEAD_LETTER_REASON, HeaderValue::from_static(dl.reason));
     headers.insert(CE_FAILURE, HeaderValue::from_static(dl.reason));

@@ -116,16 +116,16 @@ pub const DEFAULT_CONNECTIONS_PER_ORIGIN: usize = 256;
 
 type OriginKey = (bool, http::uri::Authority);
 
-/// Origins remembered before unused ones are forgotten.
+/// OriginPools remembered before unused ones are forgotten.
 const MAX_REMEMBERED_ORIGINS: usize = 4096;
 
 /// Every origin's pool.
-struct Origins {
+struct OriginPools {
     per_origin: usize,
     pools: Mutex<HashMap<OriginKey, Arc<OriginPool>>>,
 }
 
-impl Origins {
+impl OriginPools {
     fn pool(&self, uri: &Uri) -> Option<Arc<OriginPool>> {
         let https = uri.scheme() == Some(&http::uri::Scheme::HTTPS);
         let key = (https, uri.authority()?.clone());
@@ -148,7 +148,7 @@ impl Origins {
 }
 
 /// Closes expired idle connections every so often, until the sender is gone.
-async fn sweep(origins: Weak<Origins>) {
+async fn sweep(origins: Weak<OriginPools>) {
     let mut every = tokio::time::interval(pool::IDLE_TIMEOUT / 3);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -164,7 +164,7 @@ async fn sweep(origins: Weak<Origins>) {
 /// Where a URI's requests go: its origin's pool. Looked up once per
 /// subscriber URI rather than once per request.
 #[derive(Clone)]
-pub struct Origin {
+pub struct OriginRoute {
     pool: Option<Arc<OriginPool>>,
 }
 
@@ -183,7 +183,7 @@ pub struct HttpSender {
     /// Built on the first `https://` connection: loading and parsing the
     /// system roots costs memory that plain-HTTP subscribers never need.
     tls: Arc<OnceLock<TlsConnector>>,
-    origins: Arc<Origins>,
+    origins: Arc<OriginPools>,
     sweeper: Arc<OnceLock<()>>,
 }
 
@@ -207,7 +207,7 @@ impl HttpSender {
         Self {
             tcp: GuardedConnector::new(policy),
             tls: Arc::default(),
-            origins: Arc::new(Origins {
+            origins: Arc::new(OriginPools {
                 per_origin: DEFAULT_CONNECTIONS_PER_ORIGIN,
                 pools: Mutex::default(),
             }),
@@ -250,13 +250,13 @@ impl HttpSender {
     }
 
     /// The origin of `uri`, for [`Self::post_to`].
-    pub fn origin(&self, uri: &Uri) -> Origin {
+    pub fn origin(&self, uri: &Uri) -> OriginRoute {
         // Started here, once per subscriber URI, not on every request.
         if self.sweeper.get().is_none() && tokio::runtime::Handle::try_current().is_ok() {
             self.sweeper
                 .get_or_init(|| drop(tokio::spawn(sweep(Arc::downgrade(&self.origins)))));
         }
-        Origin {
+        OriginRoute {
             pool: self.origins.pool(uri),
         }
     }
@@ -264,7 +264,7 @@ impl HttpSender {
     /// [`Self::post`] with the origin of `uri` already looked up.
     pub async fn post_to(
         &self,
-        origin: &Origin,
+        origin: &OriginRoute,
         uri: &Uri,
         headers: &HeaderLines,
         body: &[u8],

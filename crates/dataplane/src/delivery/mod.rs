@@ -11,7 +11,7 @@ pub use engine::{
     DeliveryEngine, DeliveryStats, DispatchReport, EngineConfig, ShutdownReport, SubscriberSpec,
 };
 pub use h1::{HeaderLines, is_header_value};
-pub use http::{DEFAULT_CONNECTIONS_PER_ORIGIN, HttpSender, Origin};
+pub use http::{DEFAULT_CONNECTIONS_PER_ORIGIN, HttpSender, OriginRoute};
 pub use policy::{
     AttemptOutcome, BackoffPolicy, DeliveryPolicy, MAX_RETRY_DELAY, Ordering, Verdict, classify,
     parse_retry_after,
