@@ -15,7 +15,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use controller_support::{ControllerProcess, install_crds, sum_metric};
+use controller_support::{ControllerProcess, install_crds, metric_sum};
 use futures::{StreamExt, TryStreamExt};
 use kube::api::{ListParams, PostParams};
 use kube::{Api, Client};
@@ -172,7 +172,7 @@ async fn bench() -> Result<()> {
     let reconciled = started.elapsed();
     let metrics = controller.metrics().await?;
     let requests = |verb: &str| {
-        sum_metric(
+        metric_sum(
             &metrics,
             "wsbridge_controller_api_requests_total",
             &[&format!("verb=\"{verb}\"")],
@@ -187,7 +187,7 @@ async fn bench() -> Result<()> {
         .find(|l| l.starts_with("VmHWM"))
         .unwrap_or("VmHWM: ?")
         .to_string();
-    let reconciles = sum_metric(&metrics, "wsbridge_controller_reconciles_total", &[]) as u64;
+    let reconciles = metric_sum(&metrics, "wsbridge_controller_reconciles_total", &[]) as u64;
     println!(
         "controller_scale: {bridges} Bridges, {subscriptions} Subscriptions, {} Channels, {NAMESPACES} namespaces",
         NAMESPACES * CHANNELS_PER_NAMESPACE

@@ -2,6 +2,7 @@
 
 mod support;
 
+use support::wait_until;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -50,14 +51,6 @@ fn text(s: &str) -> Arc<Message> {
         Origin::Endpoint,
         "/bridges/default/feed",
     ))
-}
-
-async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let until = Instant::now() + Duration::from_secs(20);
-    while !check() {
-        assert!(Instant::now() < until, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test]
@@ -131,7 +124,7 @@ async fn text_json_and_binary_are_broadcast_to_three_subscribers_with_cloudevent
             assert!(r.headers.get("authorization").is_none(), "no token configured");
         }
     }
-    eventually("9 deliveries counted", || engine.stats().delivered == 9).await;
+    wait_until("9 deliveries counted", || engine.stats().delivered == 9).await;
     let labels = wsbridge_dataplane::metrics::SubscriberLabels {
         channel: "default/ticker".into(),
         subscriber: "default/s0".into(),
@@ -199,7 +192,7 @@ async fn retry_after_on_429_is_honoured() {
         gap >= Duration::from_millis(1800),
         "retried after {gap:?}, expected about 2s"
     );
-    eventually("delivered", || engine.stats().delivered == 1).await;
+    wait_until("delivered", || engine.stats().delivered == 1).await;
 }
 
 #[tokio::test]
@@ -226,7 +219,7 @@ async fn a_400_is_not_retried_and_goes_to_the_dead_letter_sink() {
     sub.next().await;
     sub.assert_quiet(Duration::from_millis(500)).await;
     assert_eq!(sub.requests(), 1, "a 400 is never retried");
-    eventually("dead-letter counted", || engine.stats().dead_lettered == 1).await;
+    wait_until("dead-letter counted", || engine.stats().dead_lettered == 1).await;
     assert_eq!(engine.stats().retried, 0);
     assert_eq!(metrics.dead_lettered_total("rejected"), 1);
 }
@@ -249,7 +242,7 @@ async fn a_subscriber_that_always_fails_ends_in_the_dead_letter_sink() {
     assert_eq!(dead.headers["x-wsbridge-last-status"], "503");
     assert_eq!(dead.headers["x-wsbridge-attempts"], "3");
     assert_eq!(sub.requests(), 3, "first attempt plus two retries");
-    eventually("counted", || engine.stats().dead_lettered == 1).await;
+    wait_until("counted", || engine.stats().dead_lettered == 1).await;
     assert_eq!(engine.stats().retried, 2);
     assert_eq!(metrics.dead_lettered_total("retries_exhausted"), 1);
 }
@@ -260,7 +253,7 @@ async fn without_a_dead_letter_sink_a_failed_message_is_dropped_and_counted() {
     let sub = Subscriber::start(|_| Reply::Status(404)).await;
     engine.set_subscribers(&channel(), vec![spec("default/s", &sub.uri, fast_policy())]);
     engine.dispatch(&channel(), text("nowhere"));
-    eventually("drop counted", || engine.stats().dropped == 1).await;
+    wait_until("drop counted", || engine.stats().dropped == 1).await;
     assert_eq!(metrics.dropped_total("rejected"), 1);
     assert_eq!(sub.requests(), 1);
 }
@@ -297,7 +290,7 @@ async fn a_hung_subscriber_does_not_delay_the_others() {
     // long before its 120s timeout.
     assert!(started.elapsed() < Duration::from_secs(30));
     assert_eq!(hung.requests(), 1);
-    eventually("40 deliveries counted", || engine.stats().delivered == 40).await;
+    wait_until("40 deliveries counted", || engine.stats().delivered == 40).await;
 }
 
 #[tokio::test]
@@ -314,7 +307,7 @@ async fn queue_overflow_is_dead_lettered_and_counted() {
     engine.set_subscribers(&channel(), vec![spec("default/hung", &hung.uri, policy)]);
     // The first message goes in flight; wait for it so the queue is empty.
     engine.dispatch(&channel(), text("m0"));
-    eventually("first in flight", || hung.requests() == 1).await;
+    wait_until("first in flight", || hung.requests() == 1).await;
     let mut overflowed = 0;
     for i in 1..=10 {
         overflowed += engine.dispatch(&channel(), text(&format!("m{i}"))).overflowed;
@@ -330,7 +323,7 @@ async fn queue_overflow_is_dead_lettered_and_counted() {
     let mut expected: Vec<String> = (3..=10).map(|i| format!("m{i}")).collect();
     expected.sort();
     assert_eq!(bodies, expected);
-    eventually("counted", || metrics.dead_lettered_total("queue_full") == 8).await;
+    wait_until("counted", || metrics.dead_lettered_total("queue_full") == 8).await;
 }
 
 #[tokio::test]
@@ -344,7 +337,7 @@ async fn queue_overflow_without_a_sink_is_dropped_and_counted() {
     };
     engine.set_subscribers(&channel(), vec![spec("default/hung", &hung.uri, policy)]);
     engine.dispatch(&channel(), text("m0"));
-    eventually("first in flight", || hung.requests() == 1).await;
+    wait_until("first in flight", || hung.requests() == 1).await;
     for i in 1..=100 {
         engine.dispatch(&channel(), text(&format!("m{i}")));
     }
@@ -365,7 +358,7 @@ async fn unordered_subscribers_get_up_to_max_in_flight_concurrent_deliveries() {
     for i in 0..10 {
         engine.dispatch(&channel(), text(&format!("m{i}")));
     }
-    eventually("4 in flight", || hung.requests() == 4).await;
+    wait_until("4 in flight", || hung.requests() == 4).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(hung.requests(), 4, "never more than maxInFlight");
 }
@@ -433,7 +426,7 @@ async fn shutdown_delivers_what_it_can_and_dead_letters_the_rest_within_the_dead
     for i in 0..3 {
         engine.dispatch(&channel(), text(&format!("m{i}")));
     }
-    eventually("hung has one in flight", || hung.requests() == 1).await;
+    wait_until("hung has one in flight", || hung.requests() == 1).await;
     let started = Instant::now();
     let report = engine.shutdown(Duration::from_secs(3)).await;
     assert!(started.elapsed() < Duration::from_secs(10), "shutdown is bounded");
@@ -469,13 +462,13 @@ async fn the_engine_follows_the_routing_index() {
             delivery: Default::default(),
         },
     );
-    eventually("subscriber applied", || {
+    wait_until("subscriber applied", || {
         engine.subscribers(&channel()) == ["default/pricing"]
     })
     .await;
     engine.dispatch(&channel(), text("routed"));
     assert_eq!(sub.next().await.body, "routed");
     index.delete_subscription(&ObjectKey::new("default", "pricing"));
-    eventually("subscriber removed", || engine.subscribers(&channel()).is_empty()).await;
+    wait_until("subscriber removed", || engine.subscribers(&channel()).is_empty()).await;
     follower.abort();
 }

@@ -9,6 +9,7 @@
 
 mod support;
 
+use support::wait_until;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +18,6 @@ use anyhow::Result;
 use kube::Api;
 use support::peers::{ServerOpts, Subscriber, WsServer};
 use tokio::net::TcpListener;
-use tokio::time::Instant;
 use wsbridge_api::{Endpoint, Subscription, conditions};
 use wsbridge_core::ChannelKey;
 use wsbridge_dataplane::delivery::{DeliveryEngine, DeliveryPolicy, EngineConfig, SubscriberSpec};
@@ -73,14 +73,6 @@ async fn assert_no_connection(l: &TcpListener) {
     assert!(accepted.is_err(), "a connection reached a denied destination");
 }
 
-async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let until = Instant::now() + Duration::from_secs(20);
-    while !check() {
-        assert!(Instant::now() < until, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test]
 async fn a_denied_address_is_never_connected_and_the_message_is_dead_lettered_as_destination_denied() {
     let (listener, addr) = untouched("127.0.0.2:0").await;
@@ -106,7 +98,7 @@ async fn a_denied_address_is_never_connected_and_the_message_is_dead_lettered_as
         Some("1"),
         "a denial is not retried"
     );
-    eventually("counted", || {
+    wait_until("counted", || {
         metrics.dead_lettered_total("destination_denied") == 1
     })
     .await;
@@ -125,7 +117,7 @@ async fn a_name_that_resolves_to_a_denied_address_is_refused_too() {
         vec![spec(&format!("http://localhost:{}/ingest", addr.port()), None)],
     );
     engine.dispatch(&channel, message());
-    eventually("dropped as destination_denied", || {
+    wait_until("dropped as destination_denied", || {
         metrics.dropped_total("destination_denied") == 1
     })
     .await;
@@ -142,7 +134,7 @@ async fn a_denied_dead_letter_sink_drops_the_message_as_destination_denied() {
     let channel = ChannelKey::new("default", "ticker");
     engine.set_subscribers(&channel, vec![spec(&failing.uri.to_string(), Some(&sink))]);
     engine.dispatch(&channel, message());
-    eventually("dropped as destination_denied", || {
+    wait_until("dropped as destination_denied", || {
         metrics.dropped_total("destination_denied") == 1
     })
     .await;

@@ -3,25 +3,14 @@
 //! refused here too, naming file, object and field; every example passes.
 
 mod standalone_support;
+#[path = "support/local.rs"]
+mod local;
 
-use std::path::{Path, PathBuf};
+
 use std::process::{Command, Output};
 
+use local::yaml_files;
 use standalone_support::{TempDir, repo};
-
-fn yaml_files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            out.extend(yaml_files(&path));
-        } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
-            out.push(path);
-        }
-    }
-    out.sort();
-    out
-}
 
 fn wsbridge(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_wsbridge"))

@@ -158,7 +158,7 @@ impl ControllerProcess {
 
     /// Sum of a metric family's samples whose line contains every `filter`.
     pub async fn metric_sum(&self, name: &str, filters: &[&str]) -> Result<f64> {
-        Ok(sum_metric(&self.metrics().await?, name, filters))
+        Ok(metric_sum(&self.metrics().await?, name, filters))
     }
 
     /// API requests that change something (create, patch, update, delete).
@@ -168,22 +168,14 @@ impl ControllerProcess {
             .iter()
             .map(|v| {
                 let verb = format!("verb=\"{v}\"");
-                sum_metric(&m, "wsbridge_controller_api_requests_total", &[&verb])
+                metric_sum(&m, "wsbridge_controller_api_requests_total", &[&verb])
             })
             .sum())
     }
 }
 
-pub fn sum_metric(metrics: &str, name: &str, filters: &[&str]) -> f64 {
-    metrics
-        .lines()
-        .filter(|l| {
-            l.starts_with(name) && (l[name.len()..].starts_with('{') || l[name.len()..].starts_with(' '))
-        })
-        .filter(|l| filters.iter().all(|f| l.contains(f)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
+#[allow(unused_imports)]
+pub use crate::support::metric_sum;
 
 /// A plain HTTP/1.1 GET on loopback: (status, body).
 pub async fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {

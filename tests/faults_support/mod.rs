@@ -361,18 +361,8 @@ pub async fn metrics(addr: SocketAddr) -> Result<String> {
     Ok(body)
 }
 
-/// Sum of a metric family's samples whose line contains every `filter`.
-pub fn metric_sum(metrics: &str, name: &str, filters: &[&str]) -> f64 {
-    metrics
-        .lines()
-        .filter(|l| {
-            l.starts_with(name) && (l[name.len()..].starts_with('{') || l[name.len()..].starts_with(' '))
-        })
-        .filter(|l| filters.iter().all(|f| l.contains(f)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>()
-        + 0.0 // an empty sum is -0.0
-}
+#[allow(unused_imports)]
+pub use crate::support::metric_sum;
 
 /// A `/proc/PID/status` field in kB (`VmHWM`, `VmRSS`).
 pub fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
