@@ -1,0 +1,404 @@
+//! The reconcilers against a mocked API server (tower-test, as kube-rs's
+//! controller-rs does): the exact requests a reconcile sends — methods,
+//! paths, field manager, the fields that matter — in milliseconds, with no
+//! cluster. The real-API-server tests (tests/controller_*.rs in the root
+//! package) prove the same behaviour end to end.
+
+use std::sync::Arc;
+
+use http::{Method, Request, Response};
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentCondition, DeploymentStatus};
+use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::client::Body;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::watcher;
+use kube::{Client, Resource};
+use prometheus_client::registry::Registry;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use tokio::task::JoinHandle;
+use tower_test::mock;
+
+use wsbridge_api::{Bridge, BridgeSpec, BridgeStatus, Channel, ChannelSpec, Endpoint, EndpointSpec};
+use wsbridge_controller::metrics::Metrics;
+use wsbridge_controller::reconcile::{self, Context, Stores};
+use wsbridge_dataplane::DestinationPolicy;
+
+const NS: &str = "ns";
+const APPLY: &str = "?&force=true&fieldManager=wsbridge-controller";
+
+/// One request as the API server received it.
+#[derive(Debug)]
+struct Sent {
+    method: Method,
+    uri: String,
+    content_type: String,
+    body: Value,
+}
+
+/// Answers every request the way the API server would for these tests
+/// (an applied object comes back as sent; a status comes back on `object`;
+/// an Event as sent) and hands back what was sent once the client is gone.
+fn fake_api_server(
+    mut handle: mock::Handle<Request<Body>, Response<Body>>,
+    object: Value,
+) -> JoinHandle<Vec<Sent>> {
+    tokio::spawn(async move {
+        let mut sent = Vec::new();
+        while let Some((request, respond)) = handle.next_request().await {
+            let (parts, body) = request.into_parts();
+            let bytes = body.collect_bytes().await.expect("a request body");
+            let body: Value = serde_json::from_slice(&bytes).expect("a JSON body");
+            let answer = if parts.uri.path().ends_with("/status") {
+                let mut o = object.clone();
+                o["status"] = body["status"].clone();
+                o
+            } else {
+                body.clone()
+            };
+            respond.send_response(
+                Response::builder()
+                    .body(Body::from(serde_json::to_vec(&answer).unwrap()))
+                    .unwrap(),
+            );
+            sent.push(Sent {
+                method: parts.method,
+                uri: parts.uri.to_string(),
+                content_type: parts
+                    .headers
+                    .get(http::header::CONTENT_TYPE)
+                    .map(|v| v.to_str().unwrap().to_owned())
+                    .unwrap_or_default(),
+                body,
+            });
+        }
+        sent
+    })
+}
+
+fn store<K>(objects: impl IntoIterator<Item = K>) -> Store<K>
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    let (reader, mut writer) = reflector::store();
+    for o in objects {
+        writer.apply_watcher_event(&watcher::Event::Apply(o));
+    }
+    reader
+}
+
+/// What the caches hold besides the Bridge itself.
+#[derive(Default)]
+struct Cluster {
+    bridges: Vec<Bridge>,
+    service_accounts: Vec<ServiceAccount>,
+    roles: Vec<Role>,
+    role_bindings: Vec<RoleBinding>,
+    deployments: Vec<Deployment>,
+}
+
+fn stores(c: Cluster) -> Stores {
+    let mut channel = Channel::new("ticker", ChannelSpec::default());
+    channel.metadata.namespace = Some(NS.into());
+    let spec: EndpointSpec = serde_norway::from_str("url: wss://feed.example/").unwrap();
+    let mut endpoint = Endpoint::new("market", spec);
+    endpoint.metadata.namespace = Some(NS.into());
+    Stores {
+        bridges: store(c.bridges),
+        channels: store([channel]),
+        endpoints: store([endpoint]),
+        subscriptions: store([]),
+        secrets: store([]),
+        config_maps: store([]),
+        services: store([]),
+        deployments: store(c.deployments),
+        service_accounts: store(c.service_accounts),
+        roles: store(c.roles),
+        role_bindings: store(c.role_bindings),
+    }
+}
+
+fn bridge() -> Bridge {
+    let mut b = Bridge::new(
+        "feed",
+        BridgeSpec {
+            channel: "ticker".into(),
+            endpoint: "market".into(),
+            token_secret_ref: None,
+        },
+    );
+    b.metadata.namespace = Some(NS.into());
+    b.metadata.uid = Some("5f0e-uid".into());
+    b.metadata.generation = Some(1);
+    b
+}
+
+/// Runs one reconcile of `obj` against the fake API server; returns what was sent.
+async fn reconcile_once<K, F, Fut>(obj: K, cluster: Stores, reconcile: F) -> Vec<Sent>
+where
+    K: serde::Serialize,
+    F: FnOnce(Arc<K>, Arc<Context>) -> Fut,
+    Fut: Future<Output = Result<kube::runtime::controller::Action, reconcile::Error>>,
+{
+    let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
+    let server = fake_api_server(handle, serde_json::to_value(&obj).unwrap());
+    let client = Client::new(service, "default");
+    let reporter = Reporter {
+        controller: "wsbridge-controller".into(),
+        instance: Some("test".into()),
+    };
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        stores: cluster,
+        metrics: Metrics::register(&mut Registry::default()),
+        recorder: Recorder::new(client, reporter),
+        worker_image: "ghcr.io/wsbridge/wsbridge:test".into(),
+        gateway_url: "http://gateway.wsbridge-system:8080/".into(),
+        cluster_domain: "cluster.local".into(),
+        destinations: Arc::new(DestinationPolicy::default()),
+    });
+    reconcile(Arc::new(obj), ctx).await.expect("reconcile succeeds");
+    // The reconcile's clients are gone: the server sees its channel close.
+    server.await.unwrap()
+}
+
+fn parse<K: DeserializeOwned>(s: &Sent) -> K {
+    serde_json::from_value(s.body.clone()).unwrap()
+}
+
+fn requests(sent: &[Sent]) -> Vec<(Method, &str)> {
+    sent.iter().map(|s| (s.method.clone(), s.uri.as_str())).collect()
+}
+
+/// A new Bridge, its Channel and Endpoint present: what the first reconcile sends.
+async fn first_reconcile() -> Vec<Sent> {
+    reconcile_once(
+        bridge(),
+        stores(Cluster {
+            bridges: vec![bridge()],
+            ..Default::default()
+        }),
+        reconcile::reconcile_bridge,
+    )
+    .await
+}
+
+/// What the cluster holds after the first reconcile: the applied objects and
+/// the Bridge with the status written.
+fn after_first_reconcile(sent: &[Sent]) -> (Bridge, Cluster) {
+    let mut b = bridge();
+    b.status = Some(serde_json::from_value(sent[4].body["status"].clone()).unwrap());
+    let cluster = Cluster {
+        bridges: vec![b.clone()],
+        service_accounts: vec![parse(&sent[0])],
+        roles: vec![parse(&sent[1])],
+        role_bindings: vec![parse(&sent[2])],
+        deployments: vec![parse(&sent[3])],
+    };
+    (b, cluster)
+}
+
+#[tokio::test]
+async fn a_new_bridge_gets_its_worker_objects_applied_then_its_status_and_an_event() {
+    let sent = first_reconcile().await;
+    let worker = "wsbridge-worker-feed";
+    assert_eq!(
+        requests(&sent),
+        [
+            (
+                Method::PATCH,
+                &*format!("/api/v1/namespaces/{NS}/serviceaccounts/{worker}{APPLY}")
+            ),
+            (
+                Method::PATCH,
+                &format!("/apis/rbac.authorization.k8s.io/v1/namespaces/{NS}/roles/{worker}{APPLY}")
+            ),
+            (
+                Method::PATCH,
+                &format!("/apis/rbac.authorization.k8s.io/v1/namespaces/{NS}/rolebindings/{worker}{APPLY}")
+            ),
+            (
+                Method::PATCH,
+                &format!("/apis/apps/v1/namespaces/{NS}/deployments/{worker}{APPLY}")
+            ),
+            (
+                Method::PATCH,
+                &format!("/apis/wsbridge.io/v1alpha1/namespaces/{NS}/bridges/feed/status{APPLY}")
+            ),
+            (
+                Method::POST,
+                &format!("/apis/events.k8s.io/v1/namespaces/{NS}/events?")
+            ),
+        ]
+    );
+    for (s, kind) in sent[..5]
+        .iter()
+        .zip(["ServiceAccount", "Role", "RoleBinding", "Deployment", "Bridge"])
+    {
+        assert_eq!(
+            s.content_type, "application/apply-patch+yaml",
+            "{kind}: server-side apply"
+        );
+        assert_eq!(s.body["kind"], kind);
+    }
+    for s in &sent[..4] {
+        let meta = &s.body["metadata"];
+        assert_eq!(meta["name"], worker);
+        assert_eq!(meta["namespace"], NS);
+        assert_eq!(
+            meta["labels"]["app.kubernetes.io/managed-by"],
+            "wsbridge-controller"
+        );
+        assert_eq!(
+            meta["ownerReferences"],
+            json!([{
+                "apiVersion": "wsbridge.io/v1alpha1", "kind": "Bridge", "name": "feed",
+                "uid": "5f0e-uid", "controller": true
+            }]),
+            "owned by the Bridge, so the garbage collector removes it"
+        );
+    }
+    let deployment: Deployment = parse(&sent[3]);
+    assert!(
+        deployment.metadata.annotations.unwrap()["wsbridge.io/applied-hash"].len() == 32,
+        "the hash that makes the next reconcile skip the apply"
+    );
+    let pod = deployment.spec.unwrap().template.spec.unwrap();
+    assert_eq!(pod.service_account_name.as_deref(), Some(worker));
+    assert_eq!(
+        pod.containers[0].image.as_deref(),
+        Some("ghcr.io/wsbridge/wsbridge:test")
+    );
+
+    // The status: only what the controller owns (`Ready`, not the worker's
+    // `Connected`), for generation 1, naming the worker.
+    let status = &sent[4].body["status"];
+    let keys: Vec<&String> = status.as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["conditions", "observedGeneration", "worker"]);
+    assert_eq!(status["observedGeneration"], 1);
+    assert_eq!(status["worker"], worker);
+    let conditions: Vec<Condition> = serde_json::from_value(status["conditions"].clone()).unwrap();
+    assert_eq!(conditions.len(), 1);
+    let ready = &conditions[0];
+    assert_eq!(
+        (ready.type_.as_str(), ready.status.as_str(), ready.reason.as_str()),
+        ("Ready", "False", "WorkerUnavailable")
+    );
+    assert_eq!(ready.observed_generation, Some(1));
+
+    let event = &sent[5].body;
+    assert_eq!(event["type"], "Warning");
+    assert_eq!(event["reason"], "WorkerUnavailable");
+    assert_eq!(event["note"], "the worker Deployment is not available yet");
+    assert_eq!(event["action"], "Reconcile");
+    assert_eq!(event["reportingController"], "wsbridge-controller");
+    assert_eq!(event["regarding"]["kind"], "Bridge");
+    assert_eq!(event["regarding"]["name"], "feed");
+    assert_eq!(event["regarding"]["namespace"], NS);
+}
+
+#[tokio::test]
+async fn an_unchanged_bridge_sends_nothing() {
+    let first = first_reconcile().await;
+    let (b, cluster) = after_first_reconcile(&first);
+    // Later: only the clock moved.
+    let sent = reconcile_once(b, stores(cluster), reconcile::reconcile_bridge).await;
+    assert!(
+        sent.is_empty(),
+        "no apply, no status, no Event: {:?}",
+        requests(&sent)
+    );
+}
+
+#[tokio::test]
+async fn a_ready_bridge_gets_its_status_and_one_normal_event_and_keeps_the_workers_condition() {
+    let first = first_reconcile().await;
+    let (mut b, mut cluster) = after_first_reconcile(&first);
+    // The worker came up and reported its connection.
+    let status: &mut BridgeStatus = b.status.as_mut().unwrap();
+    status.conditions.push(Condition {
+        type_: "Connected".into(),
+        status: "True".into(),
+        reason: "Connected".into(),
+        message: "connected".into(),
+        observed_generation: Some(1),
+        last_transition_time: Time(Timestamp::now()),
+    });
+    cluster.bridges = vec![b.clone()];
+    cluster.deployments[0].status = Some(DeploymentStatus {
+        conditions: Some(vec![DeploymentCondition {
+            type_: "Available".into(),
+            status: "True".into(),
+            ..Default::default()
+        }]),
+        ..Default::default()
+    });
+    let sent = reconcile_once(b, stores(cluster), reconcile::reconcile_bridge).await;
+    assert_eq!(
+        requests(&sent),
+        [
+            (
+                Method::PATCH,
+                &*format!("/apis/wsbridge.io/v1alpha1/namespaces/{NS}/bridges/feed/status{APPLY}")
+            ),
+            (
+                Method::POST,
+                &format!("/apis/events.k8s.io/v1/namespaces/{NS}/events?")
+            ),
+        ],
+        "the worker objects are unchanged: not applied again"
+    );
+    let conditions = &sent[0].body["status"]["conditions"];
+    assert_eq!(conditions.as_array().unwrap().len(), 1, "{conditions}");
+    assert_eq!(conditions[0]["type"], "Ready", "Connected stays the worker's");
+    assert_eq!(conditions[0]["status"], "True");
+    assert_eq!(sent[1].body["type"], "Normal");
+    assert_eq!(sent[1].body["reason"], "Ready");
+}
+
+#[tokio::test]
+async fn a_new_channel_gets_its_address_and_an_event_then_nothing() {
+    let mut channel = Channel::new("ticker", ChannelSpec::default());
+    channel.metadata.namespace = Some(NS.into());
+    channel.metadata.generation = Some(1);
+    let cluster = || {
+        stores(Cluster {
+            bridges: vec![bridge()],
+            ..Default::default()
+        })
+    };
+    let sent = reconcile_once(channel.clone(), cluster(), reconcile::reconcile_channel).await;
+    assert_eq!(
+        requests(&sent),
+        [
+            (
+                Method::PATCH,
+                &*format!("/apis/wsbridge.io/v1alpha1/namespaces/{NS}/channels/ticker/status{APPLY}")
+            ),
+            (
+                Method::POST,
+                &format!("/apis/events.k8s.io/v1/namespaces/{NS}/events?")
+            ),
+        ]
+    );
+    let status = &sent[0].body["status"];
+    assert_eq!(
+        status["address"]["url"],
+        "http://gateway.wsbridge-system:8080/channels/ns/ticker"
+    );
+    assert_eq!(
+        (&status["bridges"], &status["subscriptions"]),
+        (&json!(1), &json!(0))
+    );
+    assert_eq!(status["observedGeneration"], 1);
+    assert_eq!(status["conditions"][0]["reason"], "Addressable");
+    assert_eq!(sent[1].body["type"], "Normal");
+
+    channel.status = Some(serde_json::from_value(status.clone()).unwrap());
+    let sent = reconcile_once(channel, cluster(), reconcile::reconcile_channel).await;
+    assert!(sent.is_empty(), "{:?}", requests(&sent));
+}
