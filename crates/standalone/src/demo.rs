@@ -12,13 +12,11 @@ use futures::{SinkExt, StreamExt};
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
-fn shorten(text: &str) -> String {
-    let one_line = text.replace('\n', " ");
-    if one_line.len() > 200 {
-        format!("{}…", &one_line[..one_line.floor_char_boundary(200)])
-    } else {
-        one_line
-    }
+use wsbridge_core::text::shorten;
+
+/// `text` on one line, shortened for the terminal.
+fn one_line(text: &str) -> String {
+    shorten(&text.replace('\n', " "), 200)
 }
 
 /// A WebSocket server that sends a JSON tick every `interval` to each client
@@ -55,7 +53,7 @@ pub async fn feed(listen: SocketAddr, interval: Duration) -> anyhow::Result<()> 
                         }
                         frame = ws.next() => match frame {
                             Some(Ok(WsMessage::Text(text))) => {
-                                println!("[feed]       <- received from wsbridge: {}", shorten(&text));
+                                println!("[feed]       <- received from wsbridge: {}", one_line(&text));
                                 let received = serde_json::from_str::<serde_json::Value>(&text)
                                     .unwrap_or_else(|_| serde_json::Value::String(text.to_string()));
                                 let echo = serde_json::json!({"type": "echo", "received": received});
@@ -113,7 +111,7 @@ pub async fn subscriber(listen: SocketAddr, expect_token: Option<String>) -> any
                 get("ce-type"),
                 get("ce-source"),
                 auth,
-                shorten(&String::from_utf8_lossy(&body))
+                one_line(&String::from_utf8_lossy(&body))
             );
             "ok"
         }

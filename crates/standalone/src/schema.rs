@@ -11,6 +11,7 @@ use kube::Resource;
 use serde_json::Value;
 
 use wsbridge_api::{self as api, Bridge, Channel, Endpoint, Subscription};
+use wsbridge_core::text::shorten;
 
 /// One problem with one field of an object.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -233,13 +234,11 @@ fn number(v: &Value) -> String {
     }
 }
 
+/// `instance` as JSON in at most 80 bytes: longer is cut to 77 and the
+/// three bytes of `…`.
 fn shown(instance: &Value) -> String {
     let text = instance.to_string();
-    if text.len() > 80 {
-        format!("{}…", &text[..text.floor_char_boundary(77)])
-    } else {
-        text
-    }
+    if text.len() > 80 { shorten(&text, 77) } else { text }
 }
 
 fn describe(kind: &ValidationErrorKind, instance: &Value) -> String {
