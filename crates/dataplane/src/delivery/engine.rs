@@ -1,26 +1,27 @@
-//! The delivery engine: one bounded queue and one task per subscriber,
-//! retries, dead-lettering, live subscriber changes and graceful shutdown.
+//! The delivery engine's API: which subscribers a channel has, dispatching
+//! a message to them, live subscriber changes and graceful shutdown.
+//! One subscriber's queue and task are in `subscriber.rs`, the dead-letter
+//! path in `dead_letter.rs`.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering as AtomicOrdering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
-use futures::StreamExt;
-use futures::stream::FuturesUnordered;
-use http::{HeaderName, HeaderValue, Uri};
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::histogram::Histogram;
-use tokio::sync::{Semaphore, mpsc, watch};
+use http::Uri;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
-use super::http::{HttpSender, OriginRoute};
-use super::policy::{AttemptOutcome, DeliveryPolicy, Verdict, classify};
+use super::dead_letter::run_dead_letters;
+use super::http::HttpSender;
+use super::policy::DeliveryPolicy;
+use super::state::{EngineState, Stats};
+use super::subscriber::{Retired, Worker};
 use crate::destination::DestinationPolicy;
 use crate::message::Message;
-use crate::metrics::{DataplaneMetrics, ReasonLabels, SubscriberLabels};
+use crate::metrics::DataplaneMetrics;
 use crate::routing::ChannelRoutes;
 use wsbridge_core::ChannelKey;
 
@@ -99,142 +100,6 @@ pub struct ShutdownReport {
     pub dropped: u64,
     /// Still pending at the deadline, dropped (counted, reason `shutdown`).
     pub abandoned: u64,
-}
-
-/// Dead-letter headers: why the message could not be delivered.
-pub const DEAD_LETTER_REASON: HeaderName = HeaderName::from_static("x-wsbridge-dead-letter-reason");
-/// CloudEvents extension with the same reason.
-pub const CE_FAILURE: HeaderName = HeaderName::from_static("ce-wsbridgefailure");
-/// The subscriber that could not take the message.
-pub const DEAD_LETTER_SUBSCRIBER: HeaderName = HeaderName::from_static("x-wsbridge-subscriber");
-/// Attempts made.
-pub const DEAD_LETTER_ATTEMPTS: HeaderName = HeaderName::from_static("x-wsbridge-attempts");
-/// The subscriber's last HTTP status, when there was one.
-pub const DEAD_LETTER_STATUS: HeaderName = HeaderName::from_static("x-wsbridge-last-status");
-
-#[derive(Default)]
-struct Stats {
-    delivered: AtomicU64,
-    retried: AtomicU64,
-    dead_lettered: AtomicU64,
-    dropped: AtomicU64,
-}
-
-impl Stats {
-    fn snapshot(&self) -> DeliveryStats {
-        DeliveryStats {
-            delivered: self.delivered.load(AtomicOrdering::Relaxed),
-            retried: self.retried.load(AtomicOrdering::Relaxed),
-            dead_lettered: self.dead_lettered.load(AtomicOrdering::Relaxed),
-            dropped: self.dropped.load(AtomicOrdering::Relaxed),
-        }
-    }
-}
-
-struct DeadLetter {
-    msg: Arc<Message>,
-    sink: Uri,
-    channel: Arc<str>,
-    subscriber: Arc<str>,
-    reason: &'static str,
-    last_status: Option<u16>,
-    attempts: u32,
-    timeout: Duration,
-}
-
-struct EngineState {
-    http: HttpSender,
-    metrics: Arc<DataplaneMetrics>,
-    stats: Stats,
-    dead_letters: mpsc::Sender<DeadLetter>,
-    dead_letters_pending: AtomicU64,
-}
-
-impl EngineState {
-    fn count_drop(&self, channel: &str, subscriber: &str, reason: &str, n: u64) {
-        if n == 0 {
-            return;
-        }
-        self.stats.dropped.fetch_add(n, AtomicOrdering::Relaxed);
-        self.drop_counter(channel, subscriber, reason).inc_by(n);
-    }
-
-    fn drop_counter(&self, channel: &str, subscriber: &str, reason: &str) -> Counter {
-        self.metrics
-            .dropped
-            .get_or_create(&ReasonLabels {
-                channel: channel.to_string(),
-                subscriber: subscriber.to_string(),
-                endpoint: String::new(),
-                reason: reason.to_string(),
-            })
-            .clone()
-    }
-}
-
-type Expire = watch::Receiver<Option<&'static str>>;
-
-/// Resolves with the reason once the worker must stop delivering.
-async fn expired(rx: &mut Expire) -> &'static str {
-    let reason = rx
-        .wait_for(Option::is_some)
-        .await
-        .map(|r| r.unwrap_or("shutdown"));
-    match reason {
-        Ok(reason) => reason,
-        Err(_) => std::future::pending().await,
-    }
-}
-
-struct Queued {
-    msg: Arc<Message>,
-    enqueued: Instant,
-}
-
-struct WorkerCtx {
-    shared: Arc<EngineState>,
-    channel: Arc<str>,
-    subscriber: Arc<str>,
-    delivered: Counter,
-    retried: Counter,
-    latency: Histogram,
-    /// This subscriber's drop counters by reason, looked up in the metric
-    /// family once per reason, not per dropped message (a busy channel
-    /// drops tens of thousands for `queue_full`).
-    drops: Mutex<Vec<(&'static str, Counter)>>,
-    /// Queued plus in flight.
-    pending: AtomicU64,
-    /// Queued only, bounded by the queue capacity.
-    queued: AtomicUsize,
-    capacity: usize,
-}
-
-struct Worker {
-    spec: SubscriberSpec,
-    ctx: Arc<WorkerCtx>,
-    /// Unbounded in itself: `WorkerCtx::queued` bounds it. A bounded
-    /// channel takes a lock on every receive to return the permit.
-    tx: mpsc::UnboundedSender<Queued>,
-    spec_tx: watch::Sender<Arc<SubscriberSpec>>,
-    expire_tx: Arc<watch::Sender<Option<&'static str>>>,
-    task: JoinHandle<()>,
-}
-
-struct Retired {
-    ctx: Arc<WorkerCtx>,
-    expire_tx: Arc<watch::Sender<Option<&'static str>>>,
-    task: JoinHandle<()>,
-}
-
-impl Worker {
-    fn retire(self) -> Retired {
-        // Dropping `tx` closes the queue: the task drains what is left and ends.
-        Retired {
-            ctx: self.ctx,
-            expire_tx: self.expire_tx,
-            task: self.task,
-        }
-    }
 }
 
 struct Inner {
@@ -348,9 +213,9 @@ impl DeliveryEngine {
                 }
                 Some(w) => {
                     self.retire(w);
-                    next.push(self.start_worker(channel, spec));
+                    next.push(Worker::start(self.inner.shared.clone(), channel, spec));
                 }
-                None => next.push(self.start_worker(channel, spec)),
+                None => next.push(Worker::start(self.inner.shared.clone(), channel, spec)),
             }
         }
         for (_, w) in old {
@@ -397,65 +262,11 @@ impl DeliveryEngine {
             overflowed: 0,
         };
         for w in workers {
-            w.ctx.pending.fetch_add(1, AtomicOrdering::Relaxed);
-            let queued = Queued {
-                msg: msg.clone(),
-                enqueued: now,
-            };
-            let sent = if w.ctx.queued.fetch_add(1, AtomicOrdering::Relaxed) < w.ctx.capacity {
-                w.tx.send(queued).map_err(|e| e.0)
-            } else {
-                Err(queued)
-            };
-            if let Err(q) = sent {
-                w.ctx.queued.fetch_sub(1, AtomicOrdering::Relaxed);
+            if !w.offer(msg.clone(), now) {
                 report.overflowed += 1;
-                w.ctx.give_up_now(q.msg, &w.spec.policy, "queue_full", None, 0);
-                w.ctx.pending.fetch_sub(1, AtomicOrdering::Relaxed);
             }
         }
         report
-    }
-
-    fn start_worker(&self, channel: &ChannelKey, spec: SubscriberSpec) -> Worker {
-        let shared = self.inner.shared.clone();
-        let labels = SubscriberLabels {
-            channel: channel.to_string(),
-            subscriber: spec.id.clone(),
-        };
-        let delivered = shared.metrics.delivered.get_or_create(&labels).clone();
-        let retried = shared.metrics.retried.get_or_create(&labels).clone();
-        let latency = shared.metrics.delivery_latency.get_or_create(&labels).clone();
-        let ctx = Arc::new(WorkerCtx {
-            channel: Arc::from(labels.channel.as_str()),
-            subscriber: Arc::from(labels.subscriber.as_str()),
-            delivered,
-            retried,
-            latency,
-            drops: Mutex::default(),
-            shared,
-            pending: AtomicU64::new(0),
-            queued: AtomicUsize::new(0),
-            capacity: spec.policy.queue_capacity.max(1),
-        });
-        let (tx, rx) = mpsc::unbounded_channel();
-        let (spec_tx, spec_rx) = watch::channel(Arc::new(spec.clone()));
-        let (expire_tx, expire_rx) = watch::channel(None);
-        let task = tokio::spawn(run_worker(
-            ctx.clone(),
-            rx,
-            spec_rx,
-            expire_rx,
-            spec.policy.max_in_flight(),
-        ));
-        Worker {
-            spec,
-            ctx,
-            tx,
-            spec_tx,
-            expire_tx: Arc::new(expire_tx),
-            task,
-        }
     }
 
     fn retire(&self, w: Worker) {
@@ -543,273 +354,4 @@ async fn wait_all(retired: &mut [Retired], until: Instant) {
             return;
         }
     }
-}
-
-async fn run_worker(
-    ctx: Arc<WorkerCtx>,
-    mut rx: mpsc::UnboundedReceiver<Queued>,
-    spec: watch::Receiver<Arc<SubscriberSpec>>,
-    expire: Expire,
-    max_in_flight: usize,
-) {
-    let mut current = CurrentSpec::new(spec, &ctx.shared.http);
-    if max_in_flight <= 1 {
-        while let Some(q) = rx.recv().await {
-            ctx.queued.fetch_sub(1, AtomicOrdering::Relaxed);
-            let (spec, origin) = current.get(&ctx.shared.http);
-            ctx.deliver(q, spec, origin, expire.clone()).await;
-        }
-        return;
-    }
-    // Deliveries are futures of this task, not tasks of their own: no spawn
-    // and no hand-off between threads per message.
-    let mut in_flight = FuturesUnordered::new();
-    let mut open = true;
-    while open || !in_flight.is_empty() {
-        tokio::select! {
-            biased;
-            Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
-            q = rx.recv(), if open && in_flight.len() < max_in_flight => match q {
-                Some(q) => {
-                    ctx.queued.fetch_sub(1, AtomicOrdering::Relaxed);
-                    let (spec, origin) = current.get(&ctx.shared.http);
-                    in_flight.push(ctx.deliver(q, spec, origin, expire.clone()));
-                }
-                None => open = false,
-            },
-        }
-    }
-}
-
-/// A subscriber's spec as it is now, with its URI's origin looked up again
-/// only when the spec changes.
-struct CurrentSpec {
-    rx: watch::Receiver<Arc<SubscriberSpec>>,
-    spec: Arc<SubscriberSpec>,
-    origin: OriginRoute,
-}
-
-impl CurrentSpec {
-    fn new(rx: watch::Receiver<Arc<SubscriberSpec>>, http: &HttpSender) -> Self {
-        let spec = rx.borrow().clone();
-        let origin = http.origin(&spec.uri);
-        Self { rx, spec, origin }
-    }
-
-    fn get(&mut self, http: &HttpSender) -> (Arc<SubscriberSpec>, OriginRoute) {
-        let latest = self.rx.borrow();
-        if !Arc::ptr_eq(&latest, &self.spec) {
-            self.spec = latest.clone();
-            self.origin = http.origin(&self.spec.uri);
-        }
-        drop(latest);
-        (self.spec.clone(), self.origin.clone())
-    }
-}
-
-impl WorkerCtx {
-    async fn deliver(&self, q: Queued, spec: Arc<SubscriberSpec>, origin: OriginRoute, mut expire: Expire) {
-        let policy = &spec.policy;
-        let mut attempts = 0u32;
-        let mut last_status = None;
-        let reason: &'static str = loop {
-            if let Some(reason) = *expire.borrow() {
-                break reason;
-            }
-            attempts += 1;
-            let send = self.shared.http.post_to(
-                &origin,
-                &spec.uri,
-                q.msg.delivery_headers(),
-                q.msg.payload().bytes(),
-                policy.timeout,
-            );
-            let outcome = tokio::select! {
-                o = send => o,
-                reason = expired(&mut expire) => break reason,
-            };
-            if let AttemptOutcome::Response { status, .. } = &outcome {
-                last_status = Some(status.as_u16());
-            }
-            match classify(&outcome) {
-                Verdict::Delivered => {
-                    self.delivered.inc();
-                    self.shared.stats.delivered.fetch_add(1, AtomicOrdering::Relaxed);
-                    self.latency.observe(q.enqueued.elapsed().as_secs_f64());
-                    self.pending.fetch_sub(1, AtomicOrdering::Relaxed);
-                    return;
-                }
-                Verdict::Reject => break "rejected",
-                Verdict::Denied => break "destination_denied",
-                Verdict::Retry { retry_after } => {
-                    if attempts > policy.retry {
-                        break "retries_exhausted";
-                    }
-                    self.retried.inc();
-                    self.shared.stats.retried.fetch_add(1, AtomicOrdering::Relaxed);
-                    let delay = policy.delay_for(attempts, retry_after);
-                    debug!(
-                        channel = %self.channel, subscriber = %self.subscriber, id = q.msg.id(),
-                        attempt = attempts, outcome = ?outcome, ?delay, "delivery failed; retrying"
-                    );
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        reason = expired(&mut expire) => break reason,
-                    }
-                }
-            }
-        };
-        warn!(
-            channel = %self.channel, subscriber = %self.subscriber, id = q.msg.id(),
-            reason, attempts, last_status, "message not delivered"
-        );
-        match &policy.dead_letter_sink {
-            Some(sink) => {
-                let dl = self.dead_letter(q.msg, sink, policy, reason, last_status, attempts);
-                self.shared
-                    .dead_letters_pending
-                    .fetch_add(1, AtomicOrdering::AcqRel);
-                if self.shared.dead_letters.send(dl).await.is_err() {
-                    self.shared
-                        .dead_letters_pending
-                        .fetch_sub(1, AtomicOrdering::AcqRel);
-                    self.count_drop(reason);
-                }
-            }
-            None => self.count_drop(reason),
-        }
-        self.pending.fetch_sub(1, AtomicOrdering::Relaxed);
-    }
-
-    fn dead_letter(
-        &self,
-        msg: Arc<Message>,
-        sink: &Uri,
-        policy: &DeliveryPolicy,
-        reason: &'static str,
-        last_status: Option<u16>,
-        attempts: u32,
-    ) -> DeadLetter {
-        DeadLetter {
-            msg,
-            sink: sink.clone(),
-            channel: self.channel.clone(),
-            subscriber: self.subscriber.clone(),
-            reason,
-            last_status,
-            attempts,
-            timeout: policy.timeout,
-        }
-    }
-
-    /// Gives up on a message without waiting (dispatch path).
-    fn give_up_now(
-        &self,
-        msg: Arc<Message>,
-        policy: &DeliveryPolicy,
-        reason: &'static str,
-        last_status: Option<u16>,
-        attempts: u32,
-    ) {
-        match &policy.dead_letter_sink {
-            Some(sink) => {
-                let dl = self.dead_letter(msg, sink, policy, reason, last_status, attempts);
-                self.shared
-                    .dead_letters_pending
-                    .fetch_add(1, AtomicOrdering::AcqRel);
-                if self.shared.dead_letters.try_send(dl).is_err() {
-                    self.shared
-                        .dead_letters_pending
-                        .fetch_sub(1, AtomicOrdering::AcqRel);
-                    self.count_drop("dead_letter_queue_full");
-                }
-            }
-            None => self.count_drop(reason),
-        }
-    }
-
-    /// Counts one message of this subscriber dropped for `reason`.
-    fn count_drop(&self, reason: &'static str) {
-        self.shared.stats.dropped.fetch_add(1, AtomicOrdering::Relaxed);
-        let mut drops = self.drops.lock().unwrap_or_else(|p| p.into_inner());
-        match drops.iter().find(|(r, _)| *r == reason) {
-            Some((_, counter)) => {
-                counter.inc();
-            }
-            None => {
-                let counter = self.shared.drop_counter(&self.channel, &self.subscriber, reason);
-                counter.inc();
-                drops.push((reason, counter));
-            }
-        }
-    }
-}
-
-async fn run_dead_letters(
-    shared: Weak<EngineState>,
-    mut rx: mpsc::Receiver<DeadLetter>,
-    concurrency: usize,
-    attempts: u32,
-) {
-    let permits = Arc::new(Semaphore::new(concurrency));
-    while let Some(dl) = rx.recv().await {
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            return;
-        };
-        let Some(shared) = shared.upgrade() else {
-            return;
-        };
-        tokio::spawn(async move {
-            post_dead_letter(&shared, dl, attempts).await;
-            shared.dead_letters_pending.fetch_sub(1, AtomicOrdering::AcqRel);
-            drop(permit);
-        });
-    }
-}
-
-async fn post_dead_letter(shared: &EngineState, dl: DeadLetter, attempts: u32) {
-    let mut headers = dl.msg.http_headers();
-    headers.insert(DEAD_LETTER_REASON, HeaderValue::from_static(dl.reason));
-    headers.insert(CE_FAILURE, HeaderValue::from_static(dl.reason));
-    if let Ok(v) = HeaderValue::from_str(&dl.subscriber) {
-        headers.insert(DEAD_LETTER_SUBSCRIBER, v);
-    }
-    headers.insert(DEAD_LETTER_ATTEMPTS, HeaderValue::from(dl.attempts));
-    if let Some(status) = dl.last_status {
-        headers.insert(DEAD_LETTER_STATUS, HeaderValue::from(status));
-    }
-    for attempt in 1..=attempts {
-        let outcome = shared
-            .http
-            .post(&dl.sink, &headers, dl.msg.payload().bytes(), dl.timeout)
-            .await;
-        match classify(&outcome) {
-            Verdict::Delivered => {
-                shared.stats.dead_lettered.fetch_add(1, AtomicOrdering::Relaxed);
-                shared
-                    .metrics
-                    .dead_lettered
-                    .get_or_create(&ReasonLabels {
-                        channel: dl.channel.to_string(),
-                        subscriber: dl.subscriber.to_string(),
-                        endpoint: String::new(),
-                        reason: dl.reason.to_string(),
-                    })
-                    .inc();
-                return;
-            }
-            Verdict::Reject => break,
-            Verdict::Denied => {
-                warn!(channel = %dl.channel, subscriber = %dl.subscriber, id = dl.msg.id(), reason = dl.reason, "dead-letter sink is a denied destination; dropped");
-                shared.count_drop(&dl.channel, &dl.subscriber, "destination_denied", 1);
-                return;
-            }
-            Verdict::Retry { .. } if attempt < attempts => {
-                tokio::time::sleep(Duration::from_millis(100) * attempt).await;
-            }
-            Verdict::Retry { .. } => {}
-        }
-    }
-    warn!(channel = %dl.channel, subscriber = %dl.subscriber, id = dl.msg.id(), reason = dl.reason, "dead-letter sink did not accept the message; dropped");
-    shared.count_drop(&dl.channel, &dl.subscriber, "dead_letter_failed", 1);
 }

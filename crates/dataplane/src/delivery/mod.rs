@@ -1,13 +1,18 @@
 //! Delivery of channel messages to HTTP subscribers.
 
+mod dead_letter;
 mod engine;
 mod h1;
 mod http;
 mod policy;
 mod pool;
+mod state;
+mod subscriber;
 
-pub use engine::{
+pub use dead_letter::{
     CE_FAILURE, DEAD_LETTER_ATTEMPTS, DEAD_LETTER_REASON, DEAD_LETTER_STATUS, DEAD_LETTER_SUBSCRIBER,
+};
+pub use engine::{
     DeliveryEngine, DeliveryStats, DispatchReport, EngineConfig, ShutdownReport, SubscriberSpec,
 };
 pub use h1::{HeaderLines, is_header_value};
