@@ -20,6 +20,7 @@
 pub mod metrics;
 pub mod reconcile;
 pub mod status;
+mod status_write;
 pub mod worker_objects;
 
 use std::collections::BTreeMap;

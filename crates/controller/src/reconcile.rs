@@ -8,11 +8,9 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::Recorder;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
@@ -22,11 +20,16 @@ use tracing::{instrument, warn};
 
 use super::metrics::Metrics;
 use super::status::{self, BridgeFacts, ConfigLookup, Keys};
+use super::status_write::write_status;
 use super::worker_objects::{self, APPLIED_HASH, FIELD_MANAGER, Source};
 use wsbridge_api::conditions::{self, CONNECTED, Decided, READY};
 use wsbridge_api::{
-    Addressable, Bridge, Channel, ChannelStatus, Endpoint, EndpointStatus, Subscription, SubscriptionStatus,
+    Addressable, Bridge, BridgeStatus, Channel, ChannelStatus, Endpoint, EndpointStatus, Subscription,
+    SubscriptionStatus,
 };
+
+/// Every object is reconciled again at least this often, whatever its watches missed.
+const RESYNC: Duration = Duration::from_secs(3600);
 
 /// Why a reconcile failed. [`Error::label`] is the metric label.
 #[derive(Debug, thiserror::Error)]
@@ -131,69 +134,8 @@ pub struct Context {
     pub destinations: Arc<wsbridge_dataplane::DestinationPolicy>,
 }
 
-fn namespace<K: Resource>(obj: &K) -> Result<String, Error> {
+pub(crate) fn namespace<K: Resource>(obj: &K) -> Result<String, Error> {
     obj.meta().namespace.clone().ok_or(Error::NoNamespace)
-}
-
-/// Server-side applies `status` (only the fields given) with our field manager.
-async fn apply_status<K>(client: &Client, ns: &str, name: &str, status: impl Serialize) -> Result<(), Error>
-where
-    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
-        + Clone
-        + DeserializeOwned
-        + std::fmt::Debug,
-{
-    let api: Api<K> = Api::namespaced(client.clone(), ns);
-    let patch = json!({
-        "apiVersion": K::api_version(&()),
-        "kind": K::kind(&()),
-        "status": status,
-    });
-    api.patch_status(
-        name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await
-    .map_err(Error::WriteStatus)?;
-    Ok(())
-}
-
-/// Publishes an Event when `Ready` changed (status or reason).
-async fn event_on_transition<K>(ctx: &Context, obj: &K, before: Option<&Condition>, after: &Decided)
-where
-    K: Resource<DynamicType = ()>,
-{
-    let status = if after.status { "True" } else { "False" };
-    if before.is_some_and(|b| b.status == status && b.reason == after.reason) {
-        return;
-    }
-    let mut note = after.message.clone();
-    if note.len() > 1000 {
-        let mut end = 1000;
-        while !note.is_char_boundary(end) {
-            end -= 1;
-        }
-        note.truncate(end);
-    }
-    let event = Event {
-        type_: if after.status {
-            EventType::Normal
-        } else {
-            EventType::Warning
-        },
-        reason: after.reason.clone(),
-        note: Some(note),
-        action: "Reconcile".into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&event, &obj.object_ref(&())).await {
-        warn!(error = %e, "publishing an Event failed");
-    }
-}
-
-fn ready_of(conditions: &[Condition]) -> Option<&Condition> {
-    conditions::find(conditions, READY)
 }
 
 // ---------------------------------------------------------------- Bridge
@@ -285,7 +227,6 @@ pub async fn reconcile_bridge(bridge: Arc<Bridge>, ctx: Arc<Context>) -> Result<
             apply_worker(&ctx, &ns, &objs).await?;
         }
     }
-    let current = bridge.status.clone().unwrap_or_default();
     let decided = status::bridge_ready(&BridgeFacts {
         channel: &bridge.spec.channel,
         endpoint: &bridge.spec.endpoint,
@@ -293,35 +234,19 @@ pub async fn reconcile_bridge(bridge: Arc<Bridge>, ctx: Arc<Context>) -> Result<
         endpoint_problem,
         token_problem,
         worker_available: existing.as_deref().map(status::deployment_available),
-        connected: conditions::is_true(&current.conditions, CONNECTED),
+        connected: bridge
+            .status
+            .as_ref()
+            .is_some_and(|s| conditions::is_true(&s.conditions, CONNECTED)),
     });
-    let generation = bridge.meta().generation;
-    let merged = conditions::merge(
-        &current.conditions,
-        std::slice::from_ref(&decided),
-        generation,
-        Timestamp::now(),
-    );
-    let ready = ready_of(&merged).cloned();
-    let before = ready_of(&current.conditions);
-    let worker_field = Some(worker_name);
-    if before == ready.as_ref() && current.observed_generation == generation && current.worker == worker_field
-    {
-        return Ok(Action::requeue(Duration::from_secs(3600)));
-    }
-    apply_status::<Bridge>(
-        &ctx.client,
-        &ns,
-        &name,
-        json!({
-            "conditions": ready.into_iter().collect::<Vec<_>>(),
-            "observedGeneration": generation,
-            "worker": worker_field,
-        }),
-    )
+    write_status(&ctx, &*bridge, &decided, |conditions, generation| BridgeStatus {
+        conditions,
+        observed_generation: generation,
+        worker: Some(worker_name),
+        ..Default::default()
+    })
     .await?;
-    event_on_transition(&ctx, &*bridge, before, &decided).await;
-    Ok(Action::requeue(Duration::from_secs(3600)))
+    Ok(Action::requeue(RESYNC))
 }
 
 // ---------------------------------------------------------------- Channel
@@ -347,26 +272,18 @@ pub async fn reconcile_channel(channel: Arc<Channel>, ctx: Arc<Context>) -> Resu
         .filter(|s| s.metadata.namespace.as_deref() == Some(&ns) && s.spec.channel == name)
         .count();
     let url = format!("{}/channels/{ns}/{name}", ctx.gateway_url.trim_end_matches('/'));
-    let current = channel.status.clone().unwrap_or_default();
     let decided = Decided::ok(READY, "Addressable", format!("publish with POST {url}"));
-    let generation = channel.meta().generation;
-    let desired = ChannelStatus {
-        address: Some(Addressable { url }),
-        bridges: count(bridges),
-        subscriptions: count(subscriptions),
-        conditions: conditions::merge(
-            &current.conditions,
-            std::slice::from_ref(&decided),
-            generation,
-            Timestamp::now(),
-        ),
-        observed_generation: generation,
-    };
-    if desired != current {
-        apply_status::<Channel>(&ctx.client, &ns, &name, &desired).await?;
-        event_on_transition(&ctx, &*channel, ready_of(&current.conditions), &decided).await;
-    }
-    Ok(Action::requeue(Duration::from_secs(3600)))
+    write_status(&ctx, &*channel, &decided, |conditions, generation| {
+        ChannelStatus {
+            address: Some(Addressable { url }),
+            bridges: count(bridges),
+            subscriptions: count(subscriptions),
+            conditions,
+            observed_generation: generation,
+        }
+    })
+    .await?;
+    Ok(Action::requeue(RESYNC))
 }
 
 // ---------------------------------------------------------------- Endpoint
@@ -375,29 +292,20 @@ pub async fn reconcile_channel(channel: Arc<Channel>, ctx: Arc<Context>) -> Resu
 pub async fn reconcile_endpoint(endpoint: Arc<Endpoint>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _t = ctx.metrics.start("Endpoint");
     let ns = namespace(&*endpoint)?;
-    let name = endpoint.name_any();
     let refs = NsRefs {
         stores: &ctx.stores,
         ns: &ns,
     };
     let decided = status::endpoint_destination_problem(&endpoint, &ctx.destinations)
         .unwrap_or_else(|| status::endpoint_ready(&endpoint, &refs));
-    let current = endpoint.status.clone().unwrap_or_default();
-    let generation = endpoint.meta().generation;
-    let desired = EndpointStatus {
-        conditions: conditions::merge(
-            &current.conditions,
-            std::slice::from_ref(&decided),
-            generation,
-            Timestamp::now(),
-        ),
-        observed_generation: generation,
-    };
-    if desired != current {
-        apply_status::<Endpoint>(&ctx.client, &ns, &name, &desired).await?;
-        event_on_transition(&ctx, &*endpoint, ready_of(&current.conditions), &decided).await;
-    }
-    Ok(Action::requeue(Duration::from_secs(3600)))
+    write_status(&ctx, &*endpoint, &decided, |conditions, generation| {
+        EndpointStatus {
+            conditions,
+            observed_generation: generation,
+        }
+    })
+    .await?;
+    Ok(Action::requeue(RESYNC))
 }
 
 // ---------------------------------------------------------------- Subscription
@@ -406,7 +314,6 @@ pub async fn reconcile_endpoint(endpoint: Arc<Endpoint>, ctx: Arc<Context>) -> R
 pub async fn reconcile_subscription(sub: Arc<Subscription>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _t = ctx.metrics.start("Subscription");
     let ns = namespace(&*sub)?;
-    let name = sub.name_any();
     let channel = get(&ctx.stores.channels, &ns, &sub.spec.channel);
     let services = ctx.stores.services.clone();
     let lookup_ns = ns.clone();
@@ -418,24 +325,16 @@ pub async fn reconcile_subscription(sub: Arc<Subscription>, ctx: Arc<Context>) -
         &move |svc: &str| get(&services, &lookup_ns, svc),
         &ctx.destinations,
     );
-    let current = sub.status.clone().unwrap_or_default();
-    let generation = sub.meta().generation;
-    let desired = SubscriptionStatus {
-        subscriber_uri: decision.subscriber_uri,
-        dead_letter_sink_uri: decision.dead_letter_sink_uri,
-        conditions: conditions::merge(
-            &current.conditions,
-            std::slice::from_ref(&decision.ready),
-            generation,
-            Timestamp::now(),
-        ),
-        observed_generation: generation,
-    };
-    if desired != current {
-        apply_status::<Subscription>(&ctx.client, &ns, &name, &desired).await?;
-        event_on_transition(&ctx, &*sub, ready_of(&current.conditions), &decision.ready).await;
-    }
-    Ok(Action::requeue(Duration::from_secs(3600)))
+    write_status(&ctx, &*sub, &decision.ready, |conditions, generation| {
+        SubscriptionStatus {
+            subscriber_uri: decision.subscriber_uri,
+            dead_letter_sink_uri: decision.dead_letter_sink_uri,
+            conditions,
+            observed_generation: generation,
+        }
+    })
+    .await?;
+    Ok(Action::requeue(RESYNC))
 }
 
 /// Counts the failure and retries after a short delay.
