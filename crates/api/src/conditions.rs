@@ -2,6 +2,7 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
+use wsbridge_core::text::shorten;
 
 /// Condition types used across the kinds.
 pub const READY: &str = "Ready";
@@ -66,7 +67,7 @@ pub fn merge(
             type_: d.type_.to_owned(),
             status,
             reason: d.reason.clone(),
-            message: truncate(&d.message, 1024),
+            message: shorten(&d.message, 1024),
             observed_generation: generation,
             last_transition_time,
         });
@@ -83,17 +84,6 @@ pub fn find<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Conditio
 /// Whether the condition of a type is present and `True`.
 pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
     find(conditions, type_).is_some_and(|c| c.status == "True")
-}
-
-fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_owned();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
 }
 
 #[cfg(test)]
@@ -137,8 +127,9 @@ mod tests {
 
     #[test]
     fn long_messages_are_cut_on_a_char_boundary() {
-        let long = "é".repeat(1000);
+        // Byte 1024 falls inside an `é`: the cut moves back to 1023.
+        let long = format!("a{}", "é".repeat(1000));
         let merged = merge(&[], &[Decided::failed(READY, "X", long)], None, at(1));
-        assert!(merged[0].message.len() <= 1024 + '…'.len_utf8());
+        assert_eq!(merged[0].message, format!("a{}…", "é".repeat(511)));
     }
 }
