@@ -12,6 +12,7 @@ use super::SchemaCheck;
 use super::errors::ConfigError;
 use crate::schema;
 use wsbridge_api::{self as api, BridgeSpec, ChannelSpec, EndpointSpec, SubscriptionSpec};
+use wsbridge_core::names::{is_dns1123_label, is_dns1123_subdomain};
 use wsbridge_core::{ObjectKey, SecretString};
 
 /// The namespace of objects that name none.
@@ -194,7 +195,7 @@ fn identify(document: usize, value: &Value, report: &mut Report) -> Option<Ident
         return None;
     }
     let label = format!("{kind} {namespace}/{name}");
-    if !api::is_dns1123_subdomain(name) || name.len() > 253 {
+    if !is_dns1123_subdomain(name) {
         report.problem(
             label,
             Some("metadata.name"),
@@ -202,7 +203,7 @@ fn identify(document: usize, value: &Value, report: &mut Report) -> Option<Ident
         );
         return None;
     }
-    if namespace.len() > 63 || namespace.contains('.') || !api::is_dns1123_subdomain(namespace) {
+    if !is_dns1123_label(namespace) {
         report.problem(
             label,
             Some("metadata.namespace"),
