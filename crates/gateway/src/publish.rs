@@ -8,9 +8,8 @@ use axum::body::Body;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::post;
-use serde_json::json;
 
 use super::Shared;
 use super::access::Denied;
@@ -18,12 +17,12 @@ use wsbridge_core::ChannelKey;
 use wsbridge_dataplane::delivery::AttemptOutcome;
 use wsbridge_dataplane::metrics::ChannelLabels;
 use wsbridge_dataplane::{Message, Origin, PayloadKind};
-use wsbridge_http::publish::{self, error};
+use wsbridge_http::publish::{self, SentOut};
 use wsbridge_translate as translate;
 
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
-        .route("/channels/{namespace}/{name}", post(handle))
+        .route(publish::CHANNEL_ROUTE, post(handle))
         .with_state(shared)
 }
 
@@ -59,43 +58,32 @@ fn tagged(mut response: Response, reason: &'static str) -> Response {
     response
 }
 
+/// A JSON error, tagged with its reason.
+fn refused(status: StatusCode, reason: &'static str, message: impl Into<String>) -> Response {
+    tagged(publish::error(status, reason, message), reason)
+}
+
 async fn publish_on(shared: &Shared, channel: ChannelKey, headers: &HeaderMap, body: Body) -> Response {
     let routes = shared.index.routes(&channel);
     let Some(info) = routes.channel.as_ref() else {
-        return tagged(
-            error(
-                StatusCode::NOT_FOUND,
-                "ChannelNotFound",
-                format!("channel {channel} not found"),
-            ),
-            "ChannelNotFound",
-        );
+        return tagged(publish::channel_not_found(&channel), "ChannelNotFound");
     };
     if !info.allow_anonymous_publish {
         let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
         match shared.access.check(authorization, &channel).await {
             Ok(()) => {}
             Err(e @ Denied::Unauthenticated(_)) => {
-                return tagged(
-                    error(StatusCode::UNAUTHORIZED, "Unauthorized", e.to_string()),
-                    "Unauthorized",
-                );
+                return refused(StatusCode::UNAUTHORIZED, "Unauthorized", e.to_string());
             }
             Err(e @ Denied::Forbidden(_)) => {
-                return tagged(
-                    error(StatusCode::FORBIDDEN, "Forbidden", e.to_string()),
-                    "Forbidden",
-                );
+                return refused(StatusCode::FORBIDDEN, "Forbidden", e.to_string());
             }
             Err(e @ Denied::Unavailable(_)) => {
                 tracing::warn!(%channel, error = %e, "access review failed");
-                return tagged(
-                    error(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "ReviewUnavailable",
-                        e.to_string(),
-                    ),
+                return refused(
+                    StatusCode::SERVICE_UNAVAILABLE,
                     "ReviewUnavailable",
+                    e.to_string(),
                 );
             }
         }
@@ -105,16 +93,13 @@ async fn publish_on(shared: &Shared, channel: ChannelKey, headers: &HeaderMap, b
         f.max_message_bytes
     });
     if let Some(expected) = facts.map(|f| f.bridges).filter(|n| *n > routes.bridges.len()) {
-        return tagged(
-            error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "NoPathToEndpoint",
-                format!(
-                    "channel {channel} has {expected} bridges and this gateway has seen {} of them so far; retry shortly",
-                    routes.bridges.len()
-                ),
-            ),
+        return refused(
+            StatusCode::SERVICE_UNAVAILABLE,
             "NoPathToEndpoint",
+            format!(
+                "channel {channel} has {expected} bridges and this gateway has seen {} of them so far; retry shortly",
+                routes.bridges.len()
+            ),
         );
     }
     let payload = match publish::read_message(headers, body, max).await {
@@ -134,16 +119,13 @@ async fn publish_on(shared: &Shared, channel: ChannelKey, headers: &HeaderMap, b
                     targets.push((route.bridge.clone(), address.clone()));
                 }
                 _ => {
-                    return tagged(
-                        error(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "NoPathToEndpoint",
-                            format!(
-                                "bridge {} is not connected to endpoint {}; retry later",
-                                route.bridge, route.endpoint.name
-                            ),
-                        ),
+                    return refused(
+                        StatusCode::SERVICE_UNAVAILABLE,
                         "NoPathToEndpoint",
+                        format!(
+                            "bridge {} is not connected to endpoint {}; retry later",
+                            route.bridge, route.endpoint.name
+                        ),
                     );
                 }
             }
@@ -156,13 +138,10 @@ async fn publish_on(shared: &Shared, channel: ChannelKey, headers: &HeaderMap, b
     ));
     for (bridge, address) in &targets {
         if let Err(reason) = send_to_worker(shared, address, &message).await {
-            return tagged(
-                error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "NoPathToEndpoint",
-                    format!("bridge {bridge} could not take the message: {reason}; retry later"),
-                ),
+            return refused(
+                StatusCode::SERVICE_UNAVAILABLE,
                 "NoPathToEndpoint",
+                format!("bridge {bridge} could not take the message: {reason}; retry later"),
             );
         }
     }
@@ -174,16 +153,12 @@ async fn publish_on(shared: &Shared, channel: ChannelKey, headers: &HeaderMap, b
             channel: channel.to_string(),
         })
         .inc();
-    (
-        StatusCode::ACCEPTED,
-        axum::Json(json!({
-            "id": message.id(),
-            "channel": channel.to_string(),
-            "subscribers": report.subscribers,
-            "bridges": targets.len(),
-        })),
+    publish::accepted(
+        message.id(),
+        &channel,
+        report.subscribers,
+        SentOut::Bridges(targets.len()),
     )
-        .into_response()
 }
 
 /// The worker's `/v1/send`, with the message's identity in CloudEvents headers.

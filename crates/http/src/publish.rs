@@ -1,6 +1,7 @@
 //! The HTTP surface every publish path shares (standalone, the gateway and
-//! the worker's send endpoint): reading a message without buffering more
-//! than the limit, and JSON errors with a reason.
+//! the worker's send endpoint): the channel named by the path, reading a
+//! message without buffering more than the limit, the 202 answer, and JSON
+//! errors with a reason.
 
 use axum::Router;
 use axum::body::Body;
@@ -14,6 +15,45 @@ use serde_json::json;
 
 use wsbridge_core::ChannelKey;
 use wsbridge_dataplane::Payload;
+
+pub use wsbridge_core::names::{is_dns1123_label, is_dns1123_subdomain};
+
+/// The publish route of standalone mode and the gateway.
+pub const CHANNEL_ROUTE: &str = "/channels/{namespace}/{name}";
+
+/// What a published message was sent out to besides subscribers, counted
+/// under its name in the 202 answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SentOut {
+    /// `"bridges"`: the bridges whose workers took it (the gateway).
+    Bridges(usize),
+    /// `"endpoints"`: the endpoint connections it was sent on (standalone).
+    Endpoints(usize),
+}
+
+/// 202: `{"id", "channel", "subscribers"}` and the count of `sent_out`.
+pub fn accepted(id: &str, channel: &ChannelKey, subscribers: usize, sent_out: SentOut) -> Response {
+    let (name, count) = match sent_out {
+        SentOut::Bridges(n) => ("bridges", n),
+        SentOut::Endpoints(n) => ("endpoints", n),
+    };
+    let mut body = json!({
+        "id": id,
+        "channel": channel.to_string(),
+        "subscribers": subscribers,
+    });
+    body[name] = count.into();
+    (StatusCode::ACCEPTED, axum::Json(body)).into_response()
+}
+
+/// 404 for a channel that does not exist (or is not known yet).
+pub fn channel_not_found(channel: &ChannelKey) -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        "ChannelNotFound",
+        format!("channel {channel} not found"),
+    )
+}
 
 /// A JSON error: `{"code": 404, "reason": "ChannelNotFound", "error": "..."}`.
 pub fn error(status: StatusCode, reason: &str, message: impl Into<String>) -> Response {
@@ -122,28 +162,6 @@ fn shorten(text: &str) -> String {
     }
 }
 
-/// A Kubernetes namespace: a lowercase RFC 1123 label of at most 63 characters.
-pub fn is_dns1123_label(s: &str) -> bool {
-    s.len() <= 63 && is_label_text(s)
-}
-
-/// A Kubernetes object name: a lowercase RFC 1123 subdomain of at most 253
-/// characters. As in Kubernetes' validation, only the whole name's length is
-/// bounded, not each dot-separated part's.
-pub fn is_dns1123_subdomain(s: &str) -> bool {
-    s.len() <= 253 && s.split('.').all(is_label_text)
-}
-
-/// `[a-z0-9]([-a-z0-9]*[a-z0-9])?`, of any length.
-fn is_label_text(s: &str) -> bool {
-    let b = s.as_bytes();
-    !b.is_empty()
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
-        && b[0] != b'-'
-        && b[b.len() - 1] != b'-'
-}
-
 /// 404 for every path no route serves.
 pub async fn not_found(uri: Uri) -> Response {
     error(
@@ -181,6 +199,33 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(header::CONTENT_TYPE, content_type.parse().unwrap());
         h
+    }
+
+    async fn json_of(response: Response) -> serde_json::Value {
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_202_answer_counts_what_the_message_was_sent_out_to() {
+        let channel = ChannelKey::new("default", "ticker");
+        let gateway = accepted("m1", &channel, 2, SentOut::Bridges(1));
+        assert_eq!(gateway.status(), StatusCode::ACCEPTED);
+        assert_eq!(
+            json_of(gateway).await,
+            json!({"id": "m1", "channel": "default/ticker", "subscribers": 2, "bridges": 1})
+        );
+        let standalone = accepted("m2", &channel, 0, SentOut::Endpoints(3));
+        assert_eq!(
+            json_of(standalone).await,
+            json!({"id": "m2", "channel": "default/ticker", "subscribers": 0, "endpoints": 3})
+        );
+        let missing = channel_not_found(&channel);
+        assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+        assert_eq!(
+            json_of(missing).await,
+            json!({"code": 404, "reason": "ChannelNotFound", "error": "channel default/ticker not found"})
+        );
     }
 
     #[tokio::test]

@@ -11,22 +11,21 @@ use axum::body::Body;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::post;
-use serde_json::json;
 
-use wsbridge_http::publish::{self, error, too_large};
+use wsbridge_http::publish::{self, SentOut};
 
 use super::runtime::{PublishError, Runtime};
 
 /// The publish routes, to merge with the ops routes.
 pub fn router(runtime: Arc<Runtime>) -> Router {
     Router::new()
-        .route("/channels/{namespace}/{name}", post(publish))
+        .route(publish::CHANNEL_ROUTE, post(handle))
         .with_state(runtime)
 }
 
-async fn publish(
+async fn handle(
     State(runtime): State<Arc<Runtime>>,
     path: Result<Path<(String, String)>, PathRejection>,
     headers: HeaderMap,
@@ -37,30 +36,23 @@ async fn publish(
         Err(rejection) => return rejection,
     };
     let Some(max) = runtime.max_message_bytes(&channel) else {
-        return error(
-            StatusCode::NOT_FOUND,
-            "ChannelNotFound",
-            format!("channel {channel} not found"),
-        );
+        return publish::channel_not_found(&channel);
     };
     let payload = match publish::read_message(&headers, body, max).await {
         Ok(payload) => payload,
         Err(rejection) => return rejection,
     };
     match runtime.publish(&channel, payload) {
-        Ok(published) => (
-            StatusCode::ACCEPTED,
-            axum::Json(json!({
-                "id": published.id,
-                "channel": channel.to_string(),
-                "subscribers": published.subscribers,
-                "endpoints": published.endpoints,
-            })),
-        )
-            .into_response(),
-        Err(e @ PublishError::NotFound(_)) => error(StatusCode::NOT_FOUND, "ChannelNotFound", e.to_string()),
-        Err(PublishError::TooLarge { size, max }) => too_large(Some(size), max),
-        Err(e @ PublishError::Unavailable { .. }) => error(
+        Ok(published) => publish::accepted(
+            &published.id,
+            &channel,
+            published.subscribers,
+            SentOut::Endpoints(published.endpoints),
+        ),
+        // A reload removed the channel after it was looked up.
+        Err(PublishError::NotFound(channel)) => publish::channel_not_found(&channel),
+        Err(PublishError::TooLarge { size, max }) => publish::too_large(Some(size), max),
+        Err(e @ PublishError::Unavailable { .. }) => publish::error(
             StatusCode::SERVICE_UNAVAILABLE,
             "EndpointUnavailable",
             e.to_string(),
