@@ -110,10 +110,7 @@ fn subscription(
     spec: &SubscriptionSpec,
     origin: &FileOrigin,
 ) -> Result<SubscriptionInfo, ConfigError> {
-    let channel = key.sibling(&spec.channel);
-    if !objects.channels.contains_key(&channel) {
-        return Err(origin.problem("spec.channel", format!("Channel {channel} not found")));
-    }
+    defined_channel(objects, key, &spec.channel, origin)?;
     translate::subscription_info(&key.namespace, spec).map_err(|e| origin.problem(&e.field, e.message))
 }
 
@@ -123,11 +120,8 @@ fn bridge(
     spec: &BridgeSpec,
     origin: &FileOrigin,
 ) -> Result<BridgePlan, ConfigError> {
-    let channel = key.sibling(&spec.channel);
+    let channel = defined_channel(objects, key, &spec.channel, origin)?;
     let endpoint_key = key.sibling(&spec.endpoint);
-    if !objects.channels.contains_key(&channel) {
-        return Err(origin.problem("spec.channel", format!("Channel {channel} not found")));
-    }
     let Some((endpoint, endpoint_origin)) = objects.endpoints.get(&endpoint_key) else {
         return Err(origin.problem("spec.endpoint", format!("Endpoint {endpoint_key} not found")));
     };
@@ -166,6 +160,22 @@ fn bridge(
         endpoint: endpoint_key,
         config,
     })
+}
+
+/// The key of the Channel `name` that `key`'s `spec.channel` refers to,
+/// when one is defined.
+fn defined_channel(
+    objects: &Objects,
+    key: &ObjectKey,
+    name: &str,
+    origin: &FileOrigin,
+) -> Result<ObjectKey, ConfigError> {
+    let channel = key.sibling(name);
+    if objects.channels.contains_key(&channel) {
+        Ok(channel)
+    } else {
+        Err(origin.problem("spec.channel", format!("Channel {channel} not found")))
+    }
 }
 
 /// The Secrets of one namespace, as translation looks them up.
