@@ -127,18 +127,18 @@ impl Worker {
     /// `queue_full`) or drops it, counted either way; then this is false.
     #[inline]
     pub(super) fn offer(&self, msg: Arc<Message>, now: Instant) -> bool {
-        self.ctx.pending.fetch_add(1, AtomicOrdering::Relaxed);
+        let ctx = &self.ctx;
+        ctx.pending.fetch_add(1, AtomicOrdering::Relaxed);
         let queued = Queued { msg, enqueued: now };
-        let sent = if self.ctx.queued.fetch_add(1, AtomicOrdering::Relaxed) < self.ctx.capacity {
+        let sent = if ctx.queued.fetch_add(1, AtomicOrdering::Relaxed) < ctx.capacity {
             self.tx.send(queued).map_err(|e| e.0)
         } else {
             Err(queued)
         };
         if let Err(q) = sent {
-            self.ctx.queued.fetch_sub(1, AtomicOrdering::Relaxed);
-            self.ctx
-                .give_up_now(q.msg, &self.spec.policy, "queue_full", None, 0);
-            self.ctx.pending.fetch_sub(1, AtomicOrdering::Relaxed);
+            ctx.queued.fetch_sub(1, AtomicOrdering::Relaxed);
+            ctx.give_up_now(q.msg, &self.spec.policy, "queue_full", None, 0);
+            ctx.pending.fetch_sub(1, AtomicOrdering::Relaxed);
             return false;
         }
         true
