@@ -60,7 +60,9 @@ fn parse_net(s: &str) -> Result<IpNet, String> {
         .map_err(|_| format!("{s:?} is not an IP address or CIDR"))?;
     let mut prefix_len = match prefix {
         None => IpNet::from(addr).prefix_len(),
-        Some(p) => p.parse::<u8>().map_err(|_| format!("{s:?}: the prefix is not a number"))?,
+        Some(p) => p
+            .parse::<u8>()
+            .map_err(|_| format!("{s:?}: the prefix is not a number"))?,
     };
     let mut net_addr = addr;
     if canonical(addr) != addr && prefix_len >= 96 {
@@ -70,7 +72,12 @@ fn parse_net(s: &str) -> Result<IpNet, String> {
     }
     IpNet::new(net_addr, prefix_len)
         .map(|net| net.trunc())
-        .map_err(|_| format!("{s:?}: prefix must be 0..={}", IpNet::from(net_addr).max_prefix_len()))
+        .map_err(|_| {
+            format!(
+                "{s:?}: prefix must be 0..={}",
+                IpNet::from(net_addr).max_prefix_len()
+            )
+        })
 }
 
 /// One entry of an allow or deny list: a network, or a host name (`a.b`
@@ -365,7 +372,10 @@ mod tests {
         assert_eq!(canonical(ip("2001:db8::1")), ip("2001:db8::1"));
         let p = DestinationPolicy::default();
         for metadata in ["::ffff:169.254.169.254", "64:ff9b::169.254.169.254"] {
-            assert!(p.check_ip(ip(metadata)).is_err(), "{metadata} is the metadata address");
+            assert!(
+                p.check_ip(ip(metadata)).is_err(),
+                "{metadata} is the metadata address"
+            );
         }
         let denied = policy(&["10.0.0.0/8"], &[]);
         assert!(denied.check_ip(ip("64:ff9b::10.1.2.3")).is_err());
