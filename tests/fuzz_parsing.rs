@@ -406,7 +406,7 @@ proptest! {
         )
         .unwrap();
         prop_assert_eq!(
-            wsbridge_api::is_dns1123_subdomain(&name),
+            wsbridge_core::names::is_dns1123_subdomain(&name),
             pattern.is_valid(&Value::String(name.clone())),
             "{:?}", name
         );

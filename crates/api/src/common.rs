@@ -6,23 +6,9 @@ use kube::KubeSchema;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// Pattern of a DNS-1123 subdomain: the name of most namespaced objects.
+/// Pattern of a DNS-1123 subdomain: the name of most namespaced objects
+/// (`wsbridge_core::names::is_dns1123_subdomain` checks it without a regex).
 pub const DNS1123_SUBDOMAIN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
-/// Whether `name` matches [`DNS1123_SUBDOMAIN`] (length is checked apart):
-/// dot-separated labels of `a-z`, `0-9` and `-`, not starting or ending in `-`.
-/// Written out so that checking a name needs no regex engine.
-pub fn is_dns1123_subdomain(name: &str) -> bool {
-    name.split('.').all(|label| {
-        let bytes = label.as_bytes();
-        !bytes.is_empty()
-            && bytes.first() != Some(&b'-')
-            && bytes.last() != Some(&b'-')
-            && bytes
-                .iter()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
-    })
-}
-
 /// Pattern of a DNS-1035 label: the name of a Service.
 pub const DNS1035_LABEL: &str = r"^[a-z]([-a-z0-9]*[a-z0-9])?$";
 /// Pattern of a key in a Secret or ConfigMap.

@@ -68,7 +68,7 @@ pub(crate) struct BridgePath {
 }
 
 /// The caches a publish reads.
-pub(crate) struct Shared {
+pub(crate) struct GatewayState {
     pub index: Arc<RoutingIndex>,
     pub channels: RwLock<HashMap<ChannelKey, ChannelFacts>>,
     pub paths: RwLock<HashMap<ObjectKey, BridgePath>>,
@@ -81,7 +81,7 @@ pub(crate) struct Shared {
     followers: Mutex<HashMap<ChannelKey, JoinHandle<()>>>,
 }
 
-impl Shared {
+impl GatewayState {
     /// Delivery follows a channel's subscribers from the moment it exists.
     fn follow_channel(&self, key: &ChannelKey) {
         let mut followers = self.followers.lock().expect("followers lock");
@@ -100,7 +100,7 @@ impl Shared {
 
 /// A running gateway (the library form, used by tests and `run`).
 pub struct Gateway {
-    shared: Arc<Shared>,
+    shared: Arc<GatewayState>,
     server: JoinHandle<std::io::Result<()>>,
     tasks: JoinSet<()>,
     stop: tokio::sync::watch::Sender<bool>,
@@ -124,7 +124,7 @@ impl Gateway {
         let mut registry = Registry::default();
         let dataplane = Arc::new(DataplaneMetrics::new(&mut registry));
         let metrics = metrics::GatewayMetrics::new(&mut registry);
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(GatewayState {
             index: Arc::new(RoutingIndex::default()),
             channels: RwLock::default(),
             paths: RwLock::default(),

@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use axum::routing::post;
 
-use super::Shared;
+use super::GatewayState;
 use super::access::Denied;
 use wsbridge_core::ChannelKey;
 use wsbridge_dataplane::delivery::AttemptOutcome;
@@ -20,14 +20,14 @@ use wsbridge_dataplane::{Message, Origin, PayloadKind};
 use wsbridge_http::publish::{self, SentOut};
 use wsbridge_translate as translate;
 
-pub fn router(shared: Arc<Shared>) -> Router {
+pub fn router(shared: Arc<GatewayState>) -> Router {
     Router::new()
         .route(publish::CHANNEL_ROUTE, post(handle))
         .with_state(shared)
 }
 
 async fn handle(
-    State(shared): State<Arc<Shared>>,
+    State(shared): State<Arc<GatewayState>>,
     path: Result<Path<(String, String)>, PathRejection>,
     headers: HeaderMap,
     body: Body,
@@ -63,7 +63,7 @@ fn refused(status: StatusCode, reason: &'static str, message: impl Into<String>)
     tagged(publish::error(status, reason, message), reason)
 }
 
-async fn publish_on(shared: &Shared, channel: ChannelKey, headers: &HeaderMap, body: Body) -> Response {
+async fn publish_on(shared: &GatewayState, channel: ChannelKey, headers: &HeaderMap, body: Body) -> Response {
     let routes = shared.index.routes(&channel);
     let Some(info) = routes.channel.as_ref() else {
         return tagged(publish::channel_not_found(&channel), "ChannelNotFound");
@@ -162,7 +162,7 @@ async fn publish_on(shared: &Shared, channel: ChannelKey, headers: &HeaderMap, b
 }
 
 /// The worker's `/v1/send`, with the message's identity in CloudEvents headers.
-async fn send_to_worker(shared: &Shared, address: &http::Uri, message: &Message) -> Result<(), String> {
+async fn send_to_worker(shared: &GatewayState, address: &http::Uri, message: &Message) -> Result<(), String> {
     let uri: http::Uri = format!("{}/v1/send", address.to_string().trim_end_matches('/'))
         .parse()
         .map_err(|e| format!("bad worker address: {e}"))?;

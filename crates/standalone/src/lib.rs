@@ -164,11 +164,11 @@ impl Standalone {
 
     /// Stops accepting publishes and following files, closes the endpoint
     /// connections and drains queued deliveries within the drain timeout.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
         info!("shutting down: draining deliveries");
         let _ = self.stop.send(true);
         let _ = self.reloader.await;
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.server).await;
+        ops::join_or_abort(&mut self.server, Duration::from_secs(5)).await;
         let report = self.runtime.shutdown(self.drain_timeout).await;
         // Totals since start: the drain's own counts alone read as "nothing
         // was delivered" after a quiet shutdown.
