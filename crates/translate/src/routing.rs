@@ -107,16 +107,20 @@ pub fn delivery_options(
     })
 }
 
+/// The `spec.delivery` of a Channel or Subscription; unset, it leaves every
+/// option to the next level.
+fn spec_delivery(namespace: &str, spec: Option<&DeliverySpec>) -> Result<DeliveryOptions, TranslateError> {
+    Ok(spec
+        .map(|d| delivery_options(namespace, d, "spec.delivery"))
+        .transpose()?
+        .unwrap_or_default())
+}
+
 /// What the routing index needs of a Channel.
 pub fn channel_info(namespace: &str, spec: &ChannelSpec) -> Result<ChannelInfo, TranslateError> {
     Ok(ChannelInfo {
         allow_anonymous_publish: spec.allow_anonymous_publish,
-        delivery: spec
-            .delivery
-            .as_ref()
-            .map(|d| delivery_options(namespace, d, "spec.delivery"))
-            .transpose()?
-            .unwrap_or_default(),
+        delivery: spec_delivery(namespace, spec.delivery.as_ref())?,
     })
 }
 
@@ -137,12 +141,7 @@ pub fn subscription_info(
     Ok(SubscriptionInfo {
         channel: spec.channel.clone(),
         subscriber_uri: destination_uri(namespace, &spec.subscriber, "spec.subscriber")?,
-        delivery: spec
-            .delivery
-            .as_ref()
-            .map(|d| delivery_options(namespace, d, "spec.delivery"))
-            .transpose()?
-            .unwrap_or_default(),
+        delivery: spec_delivery(namespace, spec.delivery.as_ref())?,
     })
 }
 
