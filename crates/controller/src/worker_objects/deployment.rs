@@ -1,5 +1,6 @@
-//! The worker objects of a Bridge (docs/architecture.md, "The worker pod
-//! contract"), built by pure functions.
+//! The worker Deployment: one restricted pod running `wsbridge worker
+//! --bridge NS/NAME`, configured through its environment (the contract in
+//! `wsbridge_api::worker_env`), secrets by reference only.
 
 use std::collections::BTreeMap;
 
@@ -7,138 +8,19 @@ use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy}
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapKeySelector, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
     HTTPGetAction, ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    ResourceRequirements, SeccompProfile, SecretKeySelector, SecurityContext, ServiceAccount, Volume,
-    VolumeMount,
+    ResourceRequirements, SeccompProfile, SecretKeySelector, SecurityContext, Volume, VolumeMount,
 };
-use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::{Resource, ResourceExt};
-use sha2::{Digest, Sha256};
+use kube::ResourceExt;
 
+use super::{BRIDGE_LABEL, CONFIG_HASH, bridge_label, labels};
 use wsbridge_api::worker_env as contract;
 use wsbridge_api::{Bridge, Endpoint};
 use wsbridge_dataplane::DestinationPolicy;
 
-/// Field manager of everything the controller writes.
-pub const FIELD_MANAGER: &str = "wsbridge-controller";
-/// Pod template annotation: hash of the referenced Secret/ConfigMap data.
-pub const CONFIG_HASH: &str = "wsbridge.io/config-hash";
-/// Deployment annotation: hash of the desired worker objects, so that an
-/// unchanged Bridge costs no write.
-pub const APPLIED_HASH: &str = "wsbridge.io/applied-hash";
-/// Label naming the Bridge on every worker object.
-pub const BRIDGE_LABEL: &str = "wsbridge.io/bridge";
-/// Label selecting what this controller manages.
-pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
-
 const PORT: i32 = 8080;
-
-/// `wsbridge-worker-B` (shortened with a hash when the name would be too long).
-pub fn worker_name(bridge: &str) -> String {
-    let name = format!("wsbridge-worker-{bridge}");
-    if name.len() <= 253 {
-        name
-    } else {
-        format!("{}-{}", &name[..240], &short_hash(bridge.as_bytes()))
-    }
-}
-
-fn short_hash(bytes: &[u8]) -> String {
-    hex::encode(&Sha256::digest(bytes)[..6])
-}
-
-/// A label value for the Bridge name (63 characters at most).
-pub fn bridge_label(bridge: &str) -> String {
-    if bridge.len() <= 63 {
-        bridge.to_owned()
-    } else {
-        format!(
-            "{}-{}",
-            bridge[..50].trim_end_matches(['-', '.']),
-            short_hash(bridge.as_bytes())
-        )
-    }
-}
-
-/// Where a worker gets a referenced value from.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Source {
-    Secret { name: String, key: String },
-    ConfigMap { name: String, key: String },
-}
-
-/// Every Secret/ConfigMap key a Bridge's worker reads (for the config hash).
-pub fn referenced_keys(bridge: &Bridge, endpoint: &Endpoint) -> Vec<Source> {
-    let mut out = Vec::new();
-    let secret = |name: &str, key: &str| Source::Secret {
-        name: name.into(),
-        key: key.into(),
-    };
-    if let Some(auth) = &endpoint.spec.auth {
-        for key in ["token", "username", "password"] {
-            out.push(secret(&auth.secret_ref.name, key));
-        }
-        for key in auth.secret_headers.iter().flatten().map(|(_, k)| &k.0) {
-            out.push(secret(&auth.secret_ref.name, key));
-        }
-    }
-    if let Some(tls) = &endpoint.spec.tls {
-        if let Some(s) = &tls.ca_secret_ref {
-            out.push(secret(&s.name, &s.key));
-        }
-        if let Some(c) = &tls.ca_config_map_ref {
-            out.push(Source::ConfigMap {
-                name: c.name.clone(),
-                key: c.key.clone(),
-            });
-        }
-    }
-    if let Some(t) = &bridge.spec.token_secret_ref {
-        out.push(secret(&t.name, &t.key));
-    }
-    out.sort();
-    out.dedup();
-    out
-}
-
-/// Hash of the referenced data, from digests of each value (`None`: absent).
-/// Never sees a value itself.
-pub fn config_hash(entries: &[(Source, Option<Vec<u8>>)]) -> String {
-    let mut h = Sha256::new();
-    for (source, digest) in entries {
-        let (kind, name, key) = match source {
-            Source::Secret { name, key } => ("Secret", name, key),
-            Source::ConfigMap { name, key } => ("ConfigMap", name, key),
-        };
-        h.update(format!("{kind}/{name}/{key}=").as_bytes());
-        match digest {
-            Some(d) => h.update(d),
-            None => h.update(b"-"),
-        }
-        h.update(b"\n");
-    }
-    hex::encode(&h.finalize()[..16])
-}
-
-/// The four worker objects of a Bridge.
-#[derive(Clone, Debug)]
-pub struct WorkerObjects {
-    pub service_account: ServiceAccount,
-    pub role: Role,
-    pub role_binding: RoleBinding,
-    pub deployment: Deployment,
-}
-
-fn labels(bridge: &str) -> BTreeMap<String, String> {
-    BTreeMap::from([
-        ("app.kubernetes.io/name".into(), "wsbridge".into()),
-        ("app.kubernetes.io/component".into(), "worker".into()),
-        (MANAGED_BY.into(), FIELD_MANAGER.into()),
-        (BRIDGE_LABEL.into(), bridge_label(bridge)),
-    ])
-}
 
 fn secret_env(name: &str, secret: &str, key: &str, optional: bool) -> EnvVar {
     EnvVar {
@@ -224,7 +106,6 @@ pub fn worker_env(bridge: &Bridge, endpoint: &Endpoint, destinations: &Destinati
     }
     env
 }
-
 fn quantities(cpu: &str, memory: &str) -> BTreeMap<String, Quantity> {
     BTreeMap::from([
         ("cpu".into(), Quantity(cpu.into())),
@@ -246,69 +127,19 @@ fn probe(path: &str) -> Probe {
     }
 }
 
-/// Builds the worker objects. The Deployment carries [`APPLIED_HASH`] over
-/// all four.
-pub fn worker_objects(
+/// The worker Deployment, with `meta` (the worker's name, namespace, labels
+/// and owner); its pod template carries [`CONFIG_HASH`].
+pub(super) fn deployment(
     bridge: &Bridge,
     endpoint: &Endpoint,
     image: &str,
     config_hash: &str,
     destinations: &DestinationPolicy,
-) -> WorkerObjects {
+    meta: ObjectMeta,
+) -> Deployment {
     let ns = bridge.namespace().unwrap_or_default();
     let b = bridge.name_any();
-    let name = worker_name(&b);
-    let owner = bridge.controller_owner_ref(&()).into_iter().collect::<Vec<_>>();
-    let meta = ObjectMeta {
-        name: Some(name.clone()),
-        namespace: Some(ns.clone()),
-        labels: Some(labels(&b)),
-        owner_references: Some(owner),
-        ..Default::default()
-    };
-    let service_account = ServiceAccount {
-        metadata: meta.clone(),
-        ..Default::default()
-    };
-    let rule = |resources: &[&str], verbs: &[&str], names: Option<Vec<String>>| PolicyRule {
-        api_groups: Some(vec![wsbridge_api::GROUP.into()]),
-        resources: Some(resources.iter().map(|s| s.to_string()).collect()),
-        verbs: verbs.iter().map(|s| s.to_string()).collect(),
-        resource_names: names,
-        ..Default::default()
-    };
-    let role = Role {
-        metadata: meta.clone(),
-        rules: Some(vec![
-            rule(&["bridges"], &["get", "list", "watch"], Some(vec![b.clone()])),
-            rule(
-                &["channels"],
-                &["get", "list", "watch"],
-                Some(vec![bridge.spec.channel.clone()]),
-            ),
-            rule(
-                &["endpoints"],
-                &["get", "list", "watch"],
-                Some(vec![bridge.spec.endpoint.clone()]),
-            ),
-            rule(&["subscriptions"], &["list", "watch"], None),
-            rule(&["bridges/status"], &["patch", "update"], Some(vec![b.clone()])),
-        ]),
-    };
-    let role_binding = RoleBinding {
-        metadata: meta.clone(),
-        role_ref: RoleRef {
-            api_group: "rbac.authorization.k8s.io".into(),
-            kind: "Role".into(),
-            name: name.clone(),
-        },
-        subjects: Some(vec![Subject {
-            kind: "ServiceAccount".into(),
-            name: name.clone(),
-            namespace: Some(ns.clone()),
-            ..Default::default()
-        }]),
-    };
+    let name = meta.name.clone().unwrap_or_default();
     let selector = BTreeMap::from([
         ("app.kubernetes.io/component".to_string(), "worker".to_string()),
         (BRIDGE_LABEL.to_string(), bridge_label(&b)),
@@ -355,7 +186,7 @@ pub fn worker_objects(
     };
     let mut template_labels = labels(&b);
     template_labels.extend(selector.clone());
-    let mut deployment = Deployment {
+    Deployment {
         metadata: meta,
         spec: Some(DeploymentSpec {
             replicas: Some(1),
@@ -405,54 +236,13 @@ pub fn worker_objects(
             ..Default::default()
         }),
         status: None,
-    };
-    let mut h = Sha256::new();
-    for part in [
-        serde_json::to_vec(&service_account),
-        serde_json::to_vec(&role),
-        serde_json::to_vec(&role_binding),
-        serde_json::to_vec(&deployment),
-    ] {
-        h.update(part.expect("worker objects serialize"));
-    }
-    h.update(env!("CARGO_PKG_VERSION").as_bytes());
-    deployment.metadata.annotations = Some(BTreeMap::from([(
-        APPLIED_HASH.to_string(),
-        hex::encode(&h.finalize()[..16]),
-    )]));
-    WorkerObjects {
-        service_account,
-        role,
-        role_binding,
-        deployment,
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::{fixture, worker_objects};
     use super::*;
-    use wsbridge_api::{BridgeSpec, EndpointSpec};
-
-    fn fixture() -> (Bridge, Endpoint) {
-        let mut b = Bridge::new(
-            "feed",
-            BridgeSpec {
-                channel: "ticker".into(),
-                endpoint: "market".into(),
-                token_secret_ref: Some(wsbridge_api::KeySelector {
-                    name: "sub-token".into(),
-                    key: "token".into(),
-                }),
-            },
-        );
-        b.metadata.namespace = Some("ns".into());
-        b.metadata.uid = Some("uid-1".into());
-        let spec: EndpointSpec = serde_norway::from_str(
-            "url: wss://x/\nauth: {secretRef: {name: creds}, secretHeaders: {X-B: kb, X-A: ka}}\ntls: {caConfigMapRef: {name: ca, key: ca.crt}}",
-        )
-        .unwrap();
-        (b, Endpoint::new("market", spec))
-    }
 
     #[test]
     fn deployment_is_restricted_and_owned() {
@@ -542,89 +332,5 @@ mod tests {
                 .name,
             "sub-token"
         );
-    }
-
-    #[test]
-    fn the_destination_policy_reaches_the_worker_env_and_rolls_it() {
-        let (b, e) = fixture();
-        let policy = DestinationPolicy::from_rules(&["127.0.0.2/32".into()], &[], true).unwrap();
-        let env = worker_env(&b, &e, &policy);
-        let value = |n: &str| env.iter().find(|v| v.name == n).and_then(|v| v.value.clone());
-        assert_eq!(
-            value("WSBRIDGE_DESTINATION_DENY").as_deref(),
-            Some("127.0.0.2/32")
-        );
-        assert_eq!(value("WSBRIDGE_ALLOW_LINK_LOCAL").as_deref(), Some("true"));
-        assert!(value("WSBRIDGE_DESTINATION_ALLOW").is_none());
-        let hash = |p: &DestinationPolicy| {
-            worker_objects(&b, &e, "img:1", "abc", p)
-                .deployment
-                .metadata
-                .annotations
-                .unwrap()[APPLIED_HASH]
-                .clone()
-        };
-        assert_ne!(hash(&policy), hash(&DestinationPolicy::default()));
-    }
-
-    #[test]
-    fn config_hash_follows_the_digests() {
-        let (b, e) = fixture();
-        let keys = referenced_keys(&b, &e);
-        assert!(keys.contains(&Source::ConfigMap {
-            name: "ca".into(),
-            key: "ca.crt".into()
-        }));
-        let with = |d: &[u8]| {
-            let entries: Vec<_> = keys.iter().map(|k| (k.clone(), Some(d.to_vec()))).collect();
-            config_hash(&entries)
-        };
-        assert_eq!(with(b"1"), with(b"1"));
-        assert_ne!(with(b"1"), with(b"2"));
-    }
-
-    #[test]
-    fn applied_hash_changes_with_the_spec_only() {
-        let (b, e) = fixture();
-        let hash =
-            |w: &WorkerObjects| w.deployment.metadata.annotations.as_ref().unwrap()[APPLIED_HASH].clone();
-        let one = worker_objects(&b, &e, "img:1", "abc", &DestinationPolicy::default());
-        assert_eq!(
-            hash(&one),
-            hash(&worker_objects(
-                &b,
-                &e,
-                "img:1",
-                "abc",
-                &DestinationPolicy::default()
-            ))
-        );
-        assert_ne!(
-            hash(&one),
-            hash(&worker_objects(
-                &b,
-                &e,
-                "img:2",
-                "abc",
-                &DestinationPolicy::default()
-            ))
-        );
-        assert_ne!(
-            hash(&one),
-            hash(&worker_objects(
-                &b,
-                &e,
-                "img:1",
-                "abd",
-                &DestinationPolicy::default()
-            ))
-        );
-    }
-
-    #[test]
-    fn long_names_stay_valid() {
-        let long = "a".repeat(253);
-        assert!(worker_name(&long).len() <= 253);
-        assert!(bridge_label(&long).len() <= 63);
     }
 }

@@ -1,0 +1,291 @@
+//! The worker objects of a Bridge (docs/architecture.md, "The worker pod
+//! contract"), built by pure functions: their names and labels, the hashes
+//! that decide when to apply and when to roll, the RBAC objects in
+//! `rbac.rs` and the Deployment in `deployment.rs`.
+
+mod deployment;
+mod rbac;
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::{Resource, ResourceExt};
+use sha2::{Digest, Sha256};
+
+pub use deployment::worker_env;
+use wsbridge_api::{Bridge, Endpoint};
+use wsbridge_dataplane::DestinationPolicy;
+
+/// Field manager of everything the controller writes.
+pub const FIELD_MANAGER: &str = "wsbridge-controller";
+/// Pod template annotation: hash of the referenced Secret/ConfigMap data.
+pub const CONFIG_HASH: &str = "wsbridge.io/config-hash";
+/// Deployment annotation: hash of the desired worker objects, so that an
+/// unchanged Bridge costs no write.
+pub const APPLIED_HASH: &str = "wsbridge.io/applied-hash";
+/// Label naming the Bridge on every worker object.
+pub const BRIDGE_LABEL: &str = "wsbridge.io/bridge";
+/// Label selecting what this controller manages.
+pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+
+/// `wsbridge-worker-B` (shortened with a hash when the name would be too long).
+pub fn worker_name(bridge: &str) -> String {
+    let name = format!("wsbridge-worker-{bridge}");
+    if name.len() <= 253 {
+        name
+    } else {
+        format!("{}-{}", &name[..240], &short_hash(bridge.as_bytes()))
+    }
+}
+
+fn short_hash(bytes: &[u8]) -> String {
+    hex::encode(&Sha256::digest(bytes)[..6])
+}
+
+/// A label value for the Bridge name (63 characters at most).
+pub fn bridge_label(bridge: &str) -> String {
+    if bridge.len() <= 63 {
+        bridge.to_owned()
+    } else {
+        format!(
+            "{}-{}",
+            bridge[..50].trim_end_matches(['-', '.']),
+            short_hash(bridge.as_bytes())
+        )
+    }
+}
+
+/// Where a worker gets a referenced value from.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Source {
+    Secret { name: String, key: String },
+    ConfigMap { name: String, key: String },
+}
+
+/// Every Secret/ConfigMap key a Bridge's worker reads (for the config hash).
+pub fn referenced_keys(bridge: &Bridge, endpoint: &Endpoint) -> Vec<Source> {
+    let mut out = Vec::new();
+    let secret = |name: &str, key: &str| Source::Secret {
+        name: name.into(),
+        key: key.into(),
+    };
+    if let Some(auth) = &endpoint.spec.auth {
+        for key in ["token", "username", "password"] {
+            out.push(secret(&auth.secret_ref.name, key));
+        }
+        for key in auth.secret_headers.iter().flatten().map(|(_, k)| &k.0) {
+            out.push(secret(&auth.secret_ref.name, key));
+        }
+    }
+    if let Some(tls) = &endpoint.spec.tls {
+        if let Some(s) = &tls.ca_secret_ref {
+            out.push(secret(&s.name, &s.key));
+        }
+        if let Some(c) = &tls.ca_config_map_ref {
+            out.push(Source::ConfigMap {
+                name: c.name.clone(),
+                key: c.key.clone(),
+            });
+        }
+    }
+    if let Some(t) = &bridge.spec.token_secret_ref {
+        out.push(secret(&t.name, &t.key));
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Hash of the referenced data, from digests of each value (`None`: absent).
+/// Never sees a value itself.
+pub fn config_hash(entries: &[(Source, Option<Vec<u8>>)]) -> String {
+    let mut h = Sha256::new();
+    for (source, digest) in entries {
+        let (kind, name, key) = match source {
+            Source::Secret { name, key } => ("Secret", name, key),
+            Source::ConfigMap { name, key } => ("ConfigMap", name, key),
+        };
+        h.update(format!("{kind}/{name}/{key}=").as_bytes());
+        match digest {
+            Some(d) => h.update(d),
+            None => h.update(b"-"),
+        }
+        h.update(b"\n");
+    }
+    hex::encode(&h.finalize()[..16])
+}
+
+/// The four worker objects of a Bridge.
+#[derive(Clone, Debug)]
+pub struct WorkerObjects {
+    pub service_account: ServiceAccount,
+    pub role: Role,
+    pub role_binding: RoleBinding,
+    pub deployment: Deployment,
+}
+
+fn labels(bridge: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".into(), "wsbridge".into()),
+        ("app.kubernetes.io/component".into(), "worker".into()),
+        (MANAGED_BY.into(), FIELD_MANAGER.into()),
+        (BRIDGE_LABEL.into(), bridge_label(bridge)),
+    ])
+}
+
+/// Builds the worker objects. The Deployment carries [`APPLIED_HASH`] over
+/// all four.
+pub fn worker_objects(
+    bridge: &Bridge,
+    endpoint: &Endpoint,
+    image: &str,
+    config_hash: &str,
+    destinations: &DestinationPolicy,
+) -> WorkerObjects {
+    let b = bridge.name_any();
+    let owner = bridge.controller_owner_ref(&()).into_iter().collect::<Vec<_>>();
+    let meta = ObjectMeta {
+        name: Some(worker_name(&b)),
+        namespace: Some(bridge.namespace().unwrap_or_default()),
+        labels: Some(labels(&b)),
+        owner_references: Some(owner),
+        ..Default::default()
+    };
+    let (service_account, role, role_binding) = rbac::rbac_objects(bridge, &meta);
+    let mut deployment = deployment::deployment(bridge, endpoint, image, config_hash, destinations, meta);
+    let mut h = Sha256::new();
+    for part in [
+        serde_json::to_vec(&service_account),
+        serde_json::to_vec(&role),
+        serde_json::to_vec(&role_binding),
+        serde_json::to_vec(&deployment),
+    ] {
+        h.update(part.expect("worker objects serialize"));
+    }
+    h.update(env!("CARGO_PKG_VERSION").as_bytes());
+    deployment.metadata.annotations = Some(BTreeMap::from([(
+        APPLIED_HASH.to_string(),
+        hex::encode(&h.finalize()[..16]),
+    )]));
+    WorkerObjects {
+        service_account,
+        role,
+        role_binding,
+        deployment,
+    }
+}
+
+#[cfg(test)]
+fn fixture() -> (Bridge, Endpoint) {
+    use wsbridge_api::{BridgeSpec, EndpointSpec};
+    let mut b = Bridge::new(
+        "feed",
+        BridgeSpec {
+            channel: "ticker".into(),
+            endpoint: "market".into(),
+            token_secret_ref: Some(wsbridge_api::KeySelector {
+                name: "sub-token".into(),
+                key: "token".into(),
+            }),
+        },
+    );
+    b.metadata.namespace = Some("ns".into());
+    b.metadata.uid = Some("uid-1".into());
+    let spec: EndpointSpec = serde_norway::from_str(
+        "url: wss://x/\nauth: {secretRef: {name: creds}, secretHeaders: {X-B: kb, X-A: ka}}\ntls: {caConfigMapRef: {name: ca, key: ca.crt}}",
+    )
+    .unwrap();
+    (b, Endpoint::new("market", spec))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_destination_policy_reaches_the_worker_env_and_rolls_it() {
+        let (b, e) = fixture();
+        let policy = DestinationPolicy::from_rules(&["127.0.0.2/32".into()], &[], true).unwrap();
+        let env = worker_env(&b, &e, &policy);
+        let value = |n: &str| env.iter().find(|v| v.name == n).and_then(|v| v.value.clone());
+        assert_eq!(
+            value("WSBRIDGE_DESTINATION_DENY").as_deref(),
+            Some("127.0.0.2/32")
+        );
+        assert_eq!(value("WSBRIDGE_ALLOW_LINK_LOCAL").as_deref(), Some("true"));
+        assert!(value("WSBRIDGE_DESTINATION_ALLOW").is_none());
+        let hash = |p: &DestinationPolicy| {
+            worker_objects(&b, &e, "img:1", "abc", p)
+                .deployment
+                .metadata
+                .annotations
+                .unwrap()[APPLIED_HASH]
+                .clone()
+        };
+        assert_ne!(hash(&policy), hash(&DestinationPolicy::default()));
+    }
+
+    #[test]
+    fn config_hash_follows_the_digests() {
+        let (b, e) = fixture();
+        let keys = referenced_keys(&b, &e);
+        assert!(keys.contains(&Source::ConfigMap {
+            name: "ca".into(),
+            key: "ca.crt".into()
+        }));
+        let with = |d: &[u8]| {
+            let entries: Vec<_> = keys.iter().map(|k| (k.clone(), Some(d.to_vec()))).collect();
+            config_hash(&entries)
+        };
+        assert_eq!(with(b"1"), with(b"1"));
+        assert_ne!(with(b"1"), with(b"2"));
+    }
+
+    #[test]
+    fn applied_hash_changes_with_the_spec_only() {
+        let (b, e) = fixture();
+        let hash =
+            |w: &WorkerObjects| w.deployment.metadata.annotations.as_ref().unwrap()[APPLIED_HASH].clone();
+        let one = worker_objects(&b, &e, "img:1", "abc", &DestinationPolicy::default());
+        assert_eq!(
+            hash(&one),
+            hash(&worker_objects(
+                &b,
+                &e,
+                "img:1",
+                "abc",
+                &DestinationPolicy::default()
+            ))
+        );
+        assert_ne!(
+            hash(&one),
+            hash(&worker_objects(
+                &b,
+                &e,
+                "img:2",
+                "abc",
+                &DestinationPolicy::default()
+            ))
+        );
+        assert_ne!(
+            hash(&one),
+            hash(&worker_objects(
+                &b,
+                &e,
+                "img:1",
+                "abd",
+                &DestinationPolicy::default()
+            ))
+        );
+    }
+
+    #[test]
+    fn long_names_stay_valid() {
+        let long = "a".repeat(253);
+        assert!(worker_name(&long).len() <= 253);
+        assert!(bridge_label(&long).len() <= 63);
+    }
+}
