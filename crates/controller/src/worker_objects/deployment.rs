@@ -281,56 +281,22 @@ mod tests {
     fn env_references_secrets_and_never_holds_values() {
         let (b, e) = fixture();
         let env = worker_env(&b, &e, &DestinationPolicy::default());
-        let by_name = |n: &str| env.iter().find(|v| v.name == n).unwrap();
+        let source = |n: &str| {
+            let v = env.iter().find(|v| v.name == n).unwrap();
+            v.value_from.clone().unwrap()
+        };
+        let secret = |n: &str| source(n).secret_key_ref.unwrap();
         for v in &env {
             if v.name.starts_with("WSBRIDGE_ENDPOINT") || v.name == "WSBRIDGE_BRIDGE_TOKEN" {
                 assert!(v.value.is_none(), "{}", v.name);
             }
         }
-        let h0 = by_name("WSBRIDGE_ENDPOINT_HEADER_0");
+        assert_eq!(secret("WSBRIDGE_ENDPOINT_HEADER_0").key, "ka");
+        assert_eq!(secret("WSBRIDGE_ENDPOINT_TOKEN").optional, Some(true));
         assert_eq!(
-            h0.value_from
-                .as_ref()
-                .unwrap()
-                .secret_key_ref
-                .as_ref()
-                .unwrap()
-                .key,
-            "ka"
-        );
-        let token = by_name("WSBRIDGE_ENDPOINT_TOKEN");
-        assert_eq!(
-            token
-                .value_from
-                .as_ref()
-                .unwrap()
-                .secret_key_ref
-                .as_ref()
-                .unwrap()
-                .optional,
-            Some(true)
-        );
-        let ca = by_name("WSBRIDGE_ENDPOINT_CA");
-        assert_eq!(
-            ca.value_from
-                .as_ref()
-                .unwrap()
-                .config_map_key_ref
-                .as_ref()
-                .unwrap()
-                .name,
+            source("WSBRIDGE_ENDPOINT_CA").config_map_key_ref.unwrap().name,
             "ca"
         );
-        assert_eq!(
-            by_name("WSBRIDGE_BRIDGE_TOKEN")
-                .value_from
-                .as_ref()
-                .unwrap()
-                .secret_key_ref
-                .as_ref()
-                .unwrap()
-                .name,
-            "sub-token"
-        );
+        assert_eq!(secret("WSBRIDGE_BRIDGE_TOKEN").name, "sub-token");
     }
 }

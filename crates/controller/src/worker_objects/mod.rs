@@ -247,39 +247,13 @@ mod tests {
     #[test]
     fn applied_hash_changes_with_the_spec_only() {
         let (b, e) = fixture();
-        let hash =
-            |w: &WorkerObjects| w.deployment.metadata.annotations.as_ref().unwrap()[APPLIED_HASH].clone();
-        let one = worker_objects(&b, &e, "img:1", "abc", &DestinationPolicy::default());
-        assert_eq!(
-            hash(&one),
-            hash(&worker_objects(
-                &b,
-                &e,
-                "img:1",
-                "abc",
-                &DestinationPolicy::default()
-            ))
-        );
-        assert_ne!(
-            hash(&one),
-            hash(&worker_objects(
-                &b,
-                &e,
-                "img:2",
-                "abc",
-                &DestinationPolicy::default()
-            ))
-        );
-        assert_ne!(
-            hash(&one),
-            hash(&worker_objects(
-                &b,
-                &e,
-                "img:1",
-                "abd",
-                &DestinationPolicy::default()
-            ))
-        );
+        let hash = |image: &str, config_hash: &str| {
+            let w = worker_objects(&b, &e, image, config_hash, &DestinationPolicy::default());
+            w.deployment.metadata.annotations.unwrap()[APPLIED_HASH].clone()
+        };
+        assert_eq!(hash("img:1", "abc"), hash("img:1", "abc"));
+        assert_ne!(hash("img:1", "abc"), hash("img:2", "abc"));
+        assert_ne!(hash("img:1", "abc"), hash("img:1", "abd"));
     }
 
     #[test]
