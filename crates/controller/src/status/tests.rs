@@ -140,52 +140,40 @@ fn subscription(yaml: &str) -> Subscription {
     Subscription::new("s", serde_norway::from_str(yaml).unwrap())
 }
 
+/// A Subscription's status in namespace `ns`, under the default destination policy.
+fn decide(
+    sub: &Subscription,
+    channel: Option<&Channel>,
+    service: &dyn Fn(&str) -> Option<Arc<Service>>,
+) -> SubscriptionDecision {
+    subscription_status(
+        sub,
+        channel,
+        "ns",
+        "cluster.local",
+        service,
+        &DestinationPolicy::default(),
+    )
+}
+
 #[test]
 fn subscriber_service_resolves_to_cluster_dns() {
     let sub = subscription(
         "channel: c\nsubscriber: {ref: {kind: Service, name: pricing, port: 8080}, path: /ingest}",
     );
     let ch = Channel::new("c", ChannelSpec::default());
-    let d = subscription_status(
-        &sub,
-        Some(&ch),
-        "ns",
-        "cluster.local",
-        &|_| Some(service(&[8080])),
-        &DestinationPolicy::default(),
-    );
+    let d = decide(&sub, Some(&ch), &|_| Some(service(&[8080])));
     assert_eq!(
         d.subscriber_uri.as_deref(),
         Some("http://pricing.ns.svc.cluster.local:8080/ingest")
     );
     assert!(d.ready.status);
-    let d = subscription_status(
-        &sub,
-        Some(&ch),
-        "ns",
-        "cluster.local",
-        &|_| Some(service(&[80])),
-        &DestinationPolicy::default(),
-    );
+    let d = decide(&sub, Some(&ch), &|_| Some(service(&[80])));
     assert_eq!(d.ready.reason, "ServicePortNotFound");
     assert_eq!(d.subscriber_uri, None);
-    let d = subscription_status(
-        &sub,
-        Some(&ch),
-        "ns",
-        "cluster.local",
-        &|_| None,
-        &DestinationPolicy::default(),
-    );
+    let d = decide(&sub, Some(&ch), &|_| None);
     assert_eq!(d.ready.reason, "ServiceNotFound");
-    let d = subscription_status(
-        &sub,
-        None,
-        "ns",
-        "cluster.local",
-        &|_| Some(service(&[])),
-        &DestinationPolicy::default(),
-    );
+    let d = decide(&sub, None, &|_| Some(service(&[])));
     assert_eq!(d.ready.reason, "ChannelNotFound");
 }
 
@@ -195,14 +183,7 @@ fn dead_letter_sink_falls_back_to_the_channel() {
     let ch: ChannelSpec =
         serde_norway::from_str("delivery: {deadLetterSink: {ref: {kind: Service, name: dlq}}}").unwrap();
     let ch = Channel::new("c", ch);
-    let d = subscription_status(
-        &sub,
-        Some(&ch),
-        "ns",
-        "cluster.local",
-        &|_| Some(service(&[])),
-        &DestinationPolicy::default(),
-    );
+    let d = decide(&sub, Some(&ch), &|_| Some(service(&[])));
     assert_eq!(d.subscriber_uri.as_deref(), Some("http://x:1/a"));
     assert_eq!(
         d.dead_letter_sink_uri.as_deref(),
@@ -211,14 +192,7 @@ fn dead_letter_sink_falls_back_to_the_channel() {
     let sub = subscription(
         "channel: c\nsubscriber: {uri: 'http://x:1/a'}\ndelivery: {deadLetterSink: {uri: 'http://d/'}}",
     );
-    let d = subscription_status(
-        &sub,
-        Some(&ch),
-        "ns",
-        "cluster.local",
-        &|_| None,
-        &DestinationPolicy::default(),
-    );
+    let d = decide(&sub, Some(&ch), &|_| None);
     assert_eq!(d.dead_letter_sink_uri.as_deref(), Some("http://d/"));
     assert!(d.ready.status);
 }
@@ -238,14 +212,7 @@ fn denied_destinations_make_the_subscription_not_ready() {
     let ch = Channel::new("c", ChannelSpec::default());
     let none = &|_: &str| None;
     let sub = subscription("channel: c\nsubscriber: {uri: 'http://169.254.169.254/latest/meta-data/'}");
-    let d = subscription_status(
-        &sub,
-        Some(&ch),
-        "ns",
-        "cluster.local",
-        none,
-        &DestinationPolicy::default(),
-    );
+    let d = decide(&sub, Some(&ch), none);
     assert_eq!(d.ready.reason, "DestinationDenied");
     assert!(!d.ready.status);
     assert!(d.ready.message.contains("169.254.169.254"), "{}", d.ready.message);
@@ -256,14 +223,7 @@ fn denied_destinations_make_the_subscription_not_ready() {
     let sub = subscription(
         "channel: c\nsubscriber: {uri: 'http://ok:1/'}\ndelivery: {deadLetterSink: {uri: 'http://metadata.google.internal/'}}",
     );
-    let d = subscription_status(
-        &sub,
-        Some(&ch),
-        "ns",
-        "cluster.local",
-        none,
-        &DestinationPolicy::default(),
-    );
+    let d = decide(&sub, Some(&ch), none);
     assert_eq!(d.ready.reason, "DestinationDenied");
     assert!(d.ready.message.contains("deadLetterSink"), "{}", d.ready.message);
     let policy = DestinationPolicy::from_rules(&[".svc.cluster.local".into()], &[], false).unwrap();
@@ -277,13 +237,6 @@ fn denied_destinations_make_the_subscription_not_ready() {
         &policy,
     );
     assert_eq!(d.ready.reason, "DestinationDenied");
-    let d = subscription_status(
-        &sub,
-        Some(&ch),
-        "ns",
-        "cluster.local",
-        &|_| Some(service(&[])),
-        &DestinationPolicy::default(),
-    );
+    let d = decide(&sub, Some(&ch), &|_| Some(service(&[])));
     assert!(d.ready.status);
 }
