@@ -131,6 +131,23 @@ impl ChannelRoutes {
     }
 }
 
+/// A Subscription or Bridge, as the index files it: under its channel.
+trait OnChannel {
+    fn channel(&self) -> &str;
+}
+
+impl OnChannel for SubscriptionInfo {
+    fn channel(&self) -> &str {
+        &self.channel
+    }
+}
+
+impl OnChannel for BridgeInfo {
+    fn channel(&self) -> &str {
+        &self.channel
+    }
+}
+
 #[derive(Default)]
 struct State {
     channels: HashMap<ChannelKey, ChannelInfo>,
@@ -181,45 +198,52 @@ impl RoutingIndex {
 
     /// Adds or replaces a Subscription.
     pub fn apply_subscription(&self, key: ObjectKey, info: SubscriptionInfo) {
-        let mut s = self.lock();
-        let new_channel = key.sibling(&info.channel);
-        let old = s.subscriptions.insert(key.clone(), info);
-        self.refresh(&mut s, &new_channel);
-        if let Some(old) = old {
-            let old_channel = key.sibling(old.channel);
-            if old_channel != new_channel {
-                self.refresh(&mut s, &old_channel);
-            }
-        }
+        self.apply_member(|s| &mut s.subscriptions, key, info);
     }
 
     /// Removes a Subscription.
     pub fn delete_subscription(&self, key: &ObjectKey) {
-        let mut s = self.lock();
-        if let Some(old) = s.subscriptions.remove(key) {
-            self.refresh(&mut s, &key.sibling(old.channel));
-        }
+        self.delete_member(|s| &mut s.subscriptions, key);
     }
 
     /// Adds or replaces a Bridge.
     pub fn apply_bridge(&self, key: ObjectKey, info: BridgeInfo) {
+        self.apply_member(|s| &mut s.bridges, key, info);
+    }
+
+    /// Removes a Bridge.
+    pub fn delete_bridge(&self, key: &ObjectKey) {
+        self.delete_member(|s| &mut s.bridges, key);
+    }
+
+    /// Adds or replaces a Subscription or Bridge, refreshing the routes of
+    /// the channel it is on and of the channel it left.
+    fn apply_member<T: OnChannel>(
+        &self,
+        members: fn(&mut State) -> &mut HashMap<ObjectKey, T>,
+        key: ObjectKey,
+        info: T,
+    ) {
         let mut s = self.lock();
-        let new_channel = key.sibling(&info.channel);
-        let old = s.bridges.insert(key.clone(), info);
+        let new_channel = key.sibling(info.channel());
+        let old = members(&mut s).insert(key.clone(), info);
         self.refresh(&mut s, &new_channel);
         if let Some(old) = old {
-            let old_channel = key.sibling(old.channel);
+            let old_channel = key.sibling(old.channel());
             if old_channel != new_channel {
                 self.refresh(&mut s, &old_channel);
             }
         }
     }
 
-    /// Removes a Bridge.
-    pub fn delete_bridge(&self, key: &ObjectKey) {
+    fn delete_member<T: OnChannel>(
+        &self,
+        members: fn(&mut State) -> &mut HashMap<ObjectKey, T>,
+        key: &ObjectKey,
+    ) {
         let mut s = self.lock();
-        if let Some(old) = s.bridges.remove(key) {
-            self.refresh(&mut s, &key.sibling(old.channel));
+        if let Some(old) = members(&mut s).remove(key) {
+            self.refresh(&mut s, &key.sibling(old.channel()));
         }
     }
 

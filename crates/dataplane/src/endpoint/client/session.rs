@@ -85,7 +85,7 @@ impl Runner {
     /// still handed on, as the WebSocket closing handshake intends.
     async fn close_and_drain(&mut self, ws: &mut Ws, cfg: &EndpointConfig, stamp: &Stamp) {
         if !matches!(
-            tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await,
+            tokio::time::timeout(CLOSE_TIMEOUT, ws.close(None)).await,
             Ok(Ok(()))
         ) {
             return;
