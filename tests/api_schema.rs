@@ -7,10 +7,10 @@ mod support;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use support::yaml_files;
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::core::GroupVersionKind;
 use kube::discovery::ApiResource;
+use support::yaml_files;
 
 fn repo_path(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)

@@ -2,9 +2,9 @@
 
 mod support;
 
-use support::wait_until;
 use std::sync::Arc;
 use std::time::Duration;
+use support::wait_until;
 
 use support::peers::{Reply, Subscriber};
 use tokio::time::Instant;

@@ -9,10 +9,10 @@
 
 mod support;
 
-use support::wait_until;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use support::wait_until;
 
 use anyhow::Result;
 use kube::Api;

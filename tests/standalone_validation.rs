@@ -2,10 +2,9 @@
 //! rules as the API server: the invalid corpus the API server refuses is
 //! refused here too, naming file, object and field; every example passes.
 
-mod standalone_support;
 #[path = "support/local.rs"]
 mod local;
-
+mod standalone_support;
 
 use std::process::{Command, Output};
 
