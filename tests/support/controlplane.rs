@@ -1,18 +1,22 @@
 //! A real etcd + kube-apiserver (+ optional kube-controller-manager) on
-//! loopback, started from the binaries `tests/controlplane/build.sh` builds.
+//! loopback, started from the binaries `tests/controlplane/build.sh` builds:
+//! the [`ControlPlane`] handle, its start-up and the instance shared by a
+//! test binary. Its child processes are handled in `processes.rs`, its
+//! credentials and kubeconfigs in `kubeconfig.rs`.
 
-use std::fs::{self, File};
+use std::fs;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow, bail};
-use kube::config::{KubeConfigOptions, Kubeconfig};
+use anyhow::{Context, Result, anyhow};
 use kube::{Client, Config};
 use tokio::sync::OnceCell;
 
+use super::kubeconfig::{config_from_kubeconfig, install_crypto_provider};
+pub use super::kubeconfig::{kubeconfig_yaml, random_hex};
 use super::{binaries, reaper};
 
 /// Audience of ServiceAccount tokens minted without an explicit audience
@@ -23,7 +27,7 @@ pub const API_AUDIENCE: &str = "https://kubernetes.default.svc.cluster.local";
 const SERVICE_CIDR: &str = "10.0.0.0/24";
 
 /// How long the apiserver gets to answer `/readyz` with `ok`.
-const READY_TIMEOUT: Duration = Duration::from_secs(120);
+pub(super) const READY_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// What to start besides etcd and kube-apiserver.
 #[derive(Debug, Clone, Default)]
@@ -47,18 +51,18 @@ impl Options {
 /// that is never dropped (the shared one) is cleaned up by the reaper when
 /// the test process exits.
 pub struct ControlPlane {
-    dir: PathBuf,
-    log_dir: PathBuf,
-    bin_dir: PathBuf,
+    pub(super) dir: PathBuf,
+    pub(super) log_dir: PathBuf,
+    pub(super) bin_dir: PathBuf,
     server_url: String,
     admin_token: String,
     controller_manager_token: String,
     kubeconfig_path: PathBuf,
     config: Config,
     startup: Duration,
-    children: Mutex<Vec<(&'static str, Child)>>,
+    pub(super) children: Mutex<Vec<(&'static str, Child)>>,
     /// The arguments each child was started with (for [`ControlPlane::restart`]).
-    args: Mutex<Vec<(&'static str, Vec<String>)>>,
+    pub(super) args: Mutex<Vec<(&'static str, Vec<String>)>>,
     controller_manager: OnceCell<()>,
 }
 
@@ -243,7 +247,7 @@ impl ControlPlane {
         Ok(cp)
     }
 
-    async fn wait_ready(&self, deadline: Instant) -> Result<(), StartError> {
+    pub(super) async fn wait_ready(&self, deadline: Instant) -> Result<(), StartError> {
         let client = self.client();
         loop {
             let req = http::Request::get("/readyz")
@@ -324,127 +328,6 @@ impl ControlPlane {
         }
     }
 
-    fn spawn(&self, name: &'static str, args: &[String]) -> Result<()> {
-        use std::os::unix::process::CommandExt;
-        let log_path = self.log_dir.join(format!("{name}.log"));
-        let log = File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
-        let child = Command::new(self.bin_dir.join(name))
-            .args(args)
-            .current_dir(&self.dir)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .process_group(0)
-            .spawn()
-            .with_context(|| format!("starting {name}"))?;
-        let registered = reaper::watch_process_group(child.id());
-        self.children
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push((name, child));
-        let mut all_args = self.args.lock().unwrap_or_else(|e| e.into_inner());
-        all_args.retain(|(n, _)| *n != name);
-        all_args.push((name, args.to_vec()));
-        registered
-    }
-
-    /// Stops the control-plane process `name` (e.g. `kube-apiserver`) with
-    /// SIGTERM (SIGKILL after 5 s: the apiserver stops serving at once but
-    /// its process may linger), keeps it down for `downtime`, starts it
-    /// again with the same arguments (same port, certs and data) and, for the
-    /// apiserver, waits for `/readyz`. Its log continues in the same file.
-    pub async fn restart(&self, name: &'static str, downtime: Duration) -> Result<()> {
-        let args = {
-            let all_args = self.args.lock().unwrap_or_else(|e| e.into_inner());
-            all_args
-                .iter()
-                .find(|(n, _)| *n == name)
-                .map(|(_, a)| a.clone())
-                .with_context(|| format!("{name} was never started"))?
-        };
-        let child = {
-            let mut children = self.children.lock().unwrap_or_else(|e| e.into_inner());
-            let at = children
-                .iter()
-                .position(|(n, _)| *n == name)
-                .with_context(|| format!("{name} is not running"))?;
-            children.remove(at).1
-        };
-        let mut child = child;
-        let _ = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while child.try_wait()?.is_none() {
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let _ = reaper::forget_process_group(child.id());
-        tokio::time::sleep(downtime).await;
-        let log_path = self.log_dir.join(format!("{name}.log"));
-        let log = fs::OpenOptions::new().append(true).create(true).open(&log_path)?;
-        {
-            use std::os::unix::process::CommandExt;
-            let child = Command::new(self.bin_dir.join(name))
-                .args(&args)
-                .current_dir(&self.dir)
-                .stdin(Stdio::null())
-                .stdout(log.try_clone()?)
-                .stderr(log)
-                .process_group(0)
-                .spawn()
-                .with_context(|| format!("restarting {name}"))?;
-            reaper::watch_process_group(child.id())?;
-            self.children
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push((name, child));
-        }
-        if name == "kube-apiserver" {
-            self.wait_ready(Instant::now() + READY_TIMEOUT)
-                .await
-                .map_err(StartError::into_inner)?;
-        }
-        Ok(())
-    }
-
-    /// Fails (retryably when it looks like a port clash) if a child exited.
-    fn check_alive(&self) -> Result<(), StartError> {
-        let mut children = self.children.lock().unwrap_or_else(|e| e.into_inner());
-        for (name, child) in children.iter_mut() {
-            if let Ok(Some(status)) = child.try_wait() {
-                let log = self.log_dir.join(format!("{name}.log"));
-                let text = fs::read_to_string(&log).unwrap_or_default();
-                let error = self.failure(&format!("{name} exited ({status})"));
-                return Err(if text.contains("address already in use") {
-                    StartError::Retry(error)
-                } else {
-                    StartError::Fatal(error)
-                });
-            }
-        }
-        Ok(())
-    }
-
-    fn failure(&self, what: &str) -> anyhow::Error {
-        let mut msg = format!("{what}; logs in {}", self.log_dir.display());
-        for name in ["etcd", "kube-apiserver", "kube-controller-manager"] {
-            let path = self.log_dir.join(format!("{name}.log"));
-            if path.exists() {
-                msg.push_str(&format!(
-                    "\n--- last lines of {} ---\n{}",
-                    path.display(),
-                    binaries::tail(&path, 15)
-                ));
-            }
-        }
-        anyhow!(msg)
-    }
-
     /// A cluster-admin client bound to the current tokio runtime. Call it on
     /// each runtime (each `#[tokio::test]`) that needs one.
     pub fn client(&self) -> Client {
@@ -520,34 +403,14 @@ impl ControlPlane {
     }
 }
 
-impl Drop for ControlPlane {
-    fn drop(&mut self) {
-        let children = self.children.get_mut().unwrap_or_else(|e| e.into_inner());
-        // Stop the controller manager and apiserver before etcd.
-        for (_, child) in children.iter_mut().rev() {
-            let _ = child.kill();
-            let _ = child.wait();
-            let _ = reaper::forget_process_group(child.id());
-        }
-        let _ = fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// kube's `rustls-tls` feature selects no rustls crypto provider; tests use
-/// ring (a dev-dependency). A provider installed earlier by the code under
-/// test wins.
-fn install_crypto_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
-enum StartError {
+pub(super) enum StartError {
     /// Probably a port clash: try again with new ports.
     Retry(anyhow::Error),
     Fatal(anyhow::Error),
 }
 
 impl StartError {
-    fn into_inner(self) -> anyhow::Error {
+    pub(super) fn into_inner(self) -> anyhow::Error {
         match self {
             StartError::Retry(e) | StartError::Fatal(e) => e,
         }
@@ -576,47 +439,6 @@ fn free_ports() -> Result<[u16; 3]> {
         *port = listener.local_addr()?.port();
     }
     Ok(ports)
-}
-
-/// Lowercase hex of `bytes` random bytes.
-pub fn random_hex(bytes: usize) -> String {
-    let data: Vec<u8> = (0..bytes).map(|_| rand::random::<u8>()).collect();
-    hex::encode(data)
-}
-
-pub fn kubeconfig_yaml(server: &str, ca_pem: &str, user: &str, token: &str) -> String {
-    use std::io::Write;
-    let ca = base64_encode(ca_pem.as_bytes());
-    let mut out = Vec::new();
-    let _ = write!(
-        out,
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: wsbridge-test\n  cluster:\n    server: {server}\n    certificate-authority-data: {ca}\nusers:\n- name: {user}\n  user:\n    token: {token}\ncontexts:\n- name: wsbridge-test\n  context:\n    cluster: wsbridge-test\n    user: {user}\n    namespace: default\ncurrent-context: wsbridge-test\n"
-    );
-    String::from_utf8(out).expect("utf-8 kubeconfig")
-}
-
-async fn config_from_kubeconfig(path: &Path) -> Result<Config> {
-    let kubeconfig = Kubeconfig::read_from(path).context("reading the test kubeconfig")?;
-    Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-        .await
-        .context("loading the test kubeconfig")
-}
-
-fn base64_encode(data: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 /// Removes `wsbridge-cp-<pid>-*` temp dirs whose test process is gone (left
@@ -660,17 +482,5 @@ fn prune_old_logs(current: &Path) {
         if path != current {
             let _ = fs::remove_dir_all(path);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn base64_matches_known_vectors() {
-        assert_eq!(super::base64_encode(b""), "");
-        assert_eq!(super::base64_encode(b"f"), "Zg==");
-        assert_eq!(super::base64_encode(b"fo"), "Zm8=");
-        assert_eq!(super::base64_encode(b"foo"), "Zm9v");
-        assert_eq!(super::base64_encode(b"foobar"), "Zm9vYmFy");
     }
 }

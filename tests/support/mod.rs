@@ -26,9 +26,11 @@ pub mod crds;
 pub mod helpers;
 pub mod http;
 pub mod install;
+pub mod kubeconfig;
 pub mod local;
 pub mod peers;
 pub mod pods;
+mod processes;
 pub mod reaper;
 
 pub use controlplane::{API_AUDIENCE, ControlPlane, Options, shared, shared_with_controller_manager};
