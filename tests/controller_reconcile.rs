@@ -4,6 +4,8 @@
 //! test's namespace. There is no kubelet: tests mark the worker Deployment
 //! available by patching its status, and write `Connected` the way the
 //! worker does (server-side apply, its own field manager).
+//!
+//! Over 500 lines as one job: the reconcile scenario family; shared fixtures live in controller_support.
 
 mod controller_support;
 mod support;

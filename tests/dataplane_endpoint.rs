@@ -1,5 +1,7 @@
 //! WebSocket endpoint client scenarios against real tokio-tungstenite servers
 //! on loopback (plain and TLS).
+//!
+//! Over 500 lines as one job: the endpoint client's scenario family; its harness serves no other test.
 
 mod support;
 

@@ -8,6 +8,8 @@
 //! Bounded for CI (256 cases per property unless `PROPTEST_CASES` says
 //! otherwise); a longer run by hand:
 //! `PROPTEST_CASES=100000 cargo test --release --test fuzz_parsing`.
+//!
+//! Over 500 lines as one job: one property family per parser; its strategies serve no other test.
 
 use std::path::PathBuf;
 
