@@ -9,7 +9,11 @@
 
 mod load;
 mod msg;
+mod procs;
+mod relays;
+mod report;
 mod run;
+mod scenarios;
 mod sink;
 mod source;
 

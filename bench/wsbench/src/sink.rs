@@ -107,7 +107,7 @@ impl State {
             let _ = h.add(&*s.lock().unwrap());
         }
         let counts: Vec<u64> = self.per_path.iter().map(|p| p.load(Relaxed)).filter(|&c| c > 0).collect();
-        let empty = h.len() == 0;
+        let empty = h.is_empty();
         let q = |x: f64| if empty { 0 } else { h.value_at_quantile(x) };
         Stats {
             count: self.count.load(Relaxed),
