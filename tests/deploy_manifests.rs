@@ -5,6 +5,8 @@
 //! helm is built from its Go module by `tests/tools/build.sh` and kubectl by
 //! `tests/controlplane/build.sh` (both cached); both talk to the test API
 //! server through the harness's admin kubeconfig.
+//!
+//! Over 500 lines as one job: the install surface's tests in one binary; helpers in deploy_support.
 
 mod deploy_support;
 mod support;
