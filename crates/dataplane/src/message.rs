@@ -236,6 +236,20 @@ impl Message {
     pub fn payload(&self) -> &Payload {
         &self.payload
     }
+
+    /// The message as a WebSocket frame: text stays text, binary stays
+    /// binary. Shares the payload's bytes.
+    pub fn to_frame(&self) -> tokio_tungstenite::tungstenite::Message {
+        use tokio_tungstenite::tungstenite::{Message as Frame, Utf8Bytes};
+        let payload = self.payload();
+        match payload.kind() {
+            PayloadKind::Text => match Utf8Bytes::try_from(payload.bytes().clone()) {
+                Ok(text) => Frame::Text(text),
+                Err(_) => Frame::Binary(payload.bytes().clone()),
+            },
+            PayloadKind::Binary => Frame::Binary(payload.bytes().clone()),
+        }
+    }
     /// Where the message came from.
     pub fn origin(&self) -> Origin {
         self.origin

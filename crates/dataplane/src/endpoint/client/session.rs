@@ -16,7 +16,7 @@ use super::ConnectionState;
 use super::connect::{Ws, describe};
 use super::runner::{Runner, changed, stopped};
 use crate::endpoint::config::EndpointConfig;
-use crate::message::{Message, Origin, Payload, PayloadKind, bearer_header};
+use crate::message::{Message, Origin, Payload, bearer_header};
 
 /// How a session ended.
 pub(super) enum SessionEnd {
@@ -33,27 +33,13 @@ const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the endpoint gets to answer our close frame.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The WebSocket frame of a message: text stays text, binary stays binary.
-fn frame_of(msg: &Message) -> WsMessage {
-    let payload = msg.payload();
-    match payload.kind() {
-        PayloadKind::Text => {
-            match tokio_tungstenite::tungstenite::Utf8Bytes::try_from(payload.bytes().clone()) {
-                Ok(t) => WsMessage::Text(t),
-                Err(_) => WsMessage::Binary(payload.bytes().clone()),
-            }
-        }
-        PayloadKind::Binary => WsMessage::Binary(payload.bytes().clone()),
-    }
-}
-
 impl Runner {
     /// Sends every message still queued for the endpoint (at shutdown), within
     /// [`FLUSH_TIMEOUT`]; whatever cannot be sent is counted as dropped.
     async fn flush_outbound(&mut self, ws: &mut Ws) {
         let deadline = Instant::now() + FLUSH_TIMEOUT;
         while let Ok(msg) = self.outbound.try_recv() {
-            match tokio::time::timeout_at(deadline, ws.send(frame_of(&msg))).await {
+            match tokio::time::timeout_at(deadline, ws.send(msg.to_frame())).await {
                 Ok(Ok(())) => {
                     self.metrics.sent.get_or_create(&self.labels).inc();
                 }
@@ -216,7 +202,7 @@ impl Runner {
                 }
                 out = self.outbound.recv() => {
                     let Some(msg) = out else { return SessionEnd::Stopped };
-                    match tokio::time::timeout(WRITE_TIMEOUT, ws.send(frame_of(&msg))).await {
+                    match tokio::time::timeout(WRITE_TIMEOUT, ws.send(msg.to_frame())).await {
                         Ok(Ok(())) => {
                             self.metrics.sent.get_or_create(&self.labels).inc();
                         }
