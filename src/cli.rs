@@ -11,6 +11,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use wsbridge_core::ObjectKey;
 use wsbridge_dataplane::DestinationPolicy;
+use wsbridge_dataplane::clients::ClientLimits;
 use wsbridge_dataplane::destination::{ENV_ALLOW, ENV_ALLOW_LINK_LOCAL, ENV_DENY};
 use wsbridge_http::ops::{self, LogFormat};
 
@@ -121,6 +122,16 @@ pub enum Command {
         /// How long queued deliveries may take to finish at shutdown.
         #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
         drain_timeout: Duration,
+        /// Bytes a WebSocket subscriber may have waiting to be written before
+        /// it is disconnected as too slow.
+        #[arg(long, value_name = "BYTES", env = "WSBRIDGE_CLIENT_BUFFER_BYTES", default_value_t = ClientLimits::default().buffer_bytes)]
+        client_buffer_bytes: usize,
+        /// WebSocket subscribers of one channel.
+        #[arg(long, value_name = "N", default_value_t = ClientLimits::default().per_channel)]
+        max_clients_per_channel: usize,
+        /// WebSocket subscribers of the whole process.
+        #[arg(long, value_name = "N", default_value_t = ClientLimits::default().total)]
+        max_clients: usize,
         /// Outbound destination policy (subscribers, dead-letter sinks,
         /// endpoints).
         #[command(flatten)]
@@ -322,6 +333,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             check,
             drain_timeout,
             destinations,
+            client_buffer_bytes,
+            max_clients_per_channel,
+            max_clients,
         } => {
             if check {
                 return Ok(match wsbridge_standalone::check(&files) {
@@ -338,6 +352,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let mut options = wsbridge_standalone::Options::new(files);
             options.listen = listen;
             options.drain_timeout = drain_timeout;
+            options.client_limits = ClientLimits {
+                buffer_bytes: client_buffer_bytes,
+                per_channel: max_clients_per_channel,
+                total: max_clients,
+            };
             options.destinations = std::sync::Arc::new(destinations.policy()?);
             options.validation = wsbridge_standalone::Validation::isolated_or_in_process();
             if let Err(e) = wsbridge_standalone::run(options).await {

@@ -64,6 +64,11 @@ pub struct Standalone {
 impl Standalone {
     /// Starts `wsbridge standalone -f PATH... --listen ADDR` and waits for `/readyz`.
     pub async fn start(paths: &[&Path], log_dir: &Path) -> Self {
+        Self::start_with(paths, log_dir, &[]).await
+    }
+
+    /// [`Standalone::start`] with more command-line arguments.
+    pub async fn start_with(paths: &[&Path], log_dir: &Path, args: &[&str]) -> Self {
         let addr = free_addr();
         let log = log_dir.join(format!("standalone-{}.log", addr.port()));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_wsbridge"));
@@ -72,6 +77,7 @@ impl Standalone {
             cmd.arg("-f").arg(p);
         }
         cmd.args(["--listen", &addr.to_string()])
+            .args(args)
             .env("NO_COLOR", "1")
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())

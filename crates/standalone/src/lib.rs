@@ -14,6 +14,7 @@ pub mod publish;
 pub mod runtime;
 pub mod schema;
 pub mod validator;
+pub mod websocket;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -31,6 +32,7 @@ pub use runtime::Runtime;
 pub use validator::Validation;
 
 use wsbridge_dataplane::DataplaneMetrics;
+use wsbridge_dataplane::clients::{ClientLimits, RemoteClients};
 use wsbridge_http::ops::{self, Readiness};
 
 /// How standalone mode runs.
@@ -48,6 +50,8 @@ pub struct Options {
     pub destinations: std::sync::Arc<wsbridge_dataplane::DestinationPolicy>,
     /// Where the files are validated (the CLI uses a child process).
     pub validation: Validation,
+    /// Send buffer and connection limits of WebSocket subscribers.
+    pub client_limits: ClientLimits,
 }
 
 impl Options {
@@ -61,6 +65,7 @@ impl Options {
             drain_timeout: Duration::from_secs(10),
             destinations: Default::default(),
             validation: Validation::InProcess,
+            client_limits: ClientLimits::default(),
         }
     }
 }
@@ -117,12 +122,19 @@ pub async fn start(options: Options) -> Result<Standalone, Error> {
         "Configuration reloads after a file change, by result (applied or rejected)",
         reloads.clone(),
     );
-    let runtime = Arc::new(Runtime::with_destinations(metrics, options.destinations.clone()));
+    let clients = RemoteClients::registered(options.client_limits, &mut registry);
+    let runtime = Arc::new(
+        Runtime::with_destinations(metrics, options.destinations.clone()).with_remote_clients(clients),
+    );
     runtime.apply(plan);
 
     let ready = Readiness::default();
     let (stop, stop_rx) = watch::channel(false);
-    let app = publish::router(runtime.clone()).merge(ops::router(Arc::new(registry), ready.clone()));
+    let routes = publish::ChannelRoutes {
+        runtime: runtime.clone(),
+        stop: stop_rx.clone(),
+    };
+    let app = publish::router(routes).merge(ops::router(Arc::new(registry), ready.clone()));
     let mut server_stop = stop_rx.clone();
     let (addr, server) = ops::serve(options.listen, app, async move {
         let _ = server_stop.wait_for(|s| *s).await;
@@ -133,10 +145,10 @@ pub async fn start(options: Options) -> Result<Standalone, Error> {
         source,
     })?;
     if !addr.ip().is_loopback() {
-        warn!(%addr, "publishing is not authenticated in standalone mode; anyone who can reach this address can publish");
+        warn!(%addr, "publishing and subscribing are not authenticated in standalone mode; anyone who can reach this address can publish and subscribe");
     }
     ready.set(true);
-    info!(%addr, "listening: POST /channels/{{namespace}}/{{name}} to publish; /healthz /readyz /metrics");
+    info!(%addr, "listening: POST /channels/{{namespace}}/{{name}} to publish, GET (WebSocket) to subscribe; /healthz /readyz /metrics");
 
     let reloader = tokio::spawn(follow_files(
         options.files.clone(),

@@ -1,4 +1,5 @@
-//! The publish path of standalone mode: `POST /channels/{namespace}/{name}`.
+//! The channel routes of standalone mode: `POST /channels/{namespace}/{name}`
+//! publishes; `GET` with a WebSocket upgrade subscribes (see [`super::websocket`]).
 //!
 //! Standalone mode has no Kubernetes API to review tokens against, so
 //! publishing is open to whoever can reach the listener (loopback by
@@ -16,17 +17,31 @@ use axum::routing::post;
 
 use wsbridge_http::publish::{self, SentOut};
 
-use super::runtime::{PublishError, Runtime};
+use tokio::sync::watch;
 
-/// The publish routes, to merge with the ops routes.
-pub fn router(runtime: Arc<Runtime>) -> Router {
+use super::runtime::{PublishError, Runtime};
+use super::websocket;
+
+/// What the channel routes need: the data plane, and the process's stop
+/// signal (WebSocket clients are closed with "going away" on it).
+#[derive(Clone)]
+pub struct ChannelRoutes {
+    /// The running data plane.
+    pub runtime: Arc<Runtime>,
+    /// True once the process stops.
+    pub stop: watch::Receiver<bool>,
+}
+
+/// `POST` publishes, `GET` with a WebSocket upgrade subscribes; to merge
+/// with the ops routes.
+pub fn router(routes: ChannelRoutes) -> Router {
     Router::new()
-        .route(publish::CHANNEL_ROUTE, post(handle))
-        .with_state(runtime)
+        .route(publish::CHANNEL_ROUTE, post(handle).get(websocket::subscribe))
+        .with_state(routes)
 }
 
 async fn handle(
-    State(runtime): State<Arc<Runtime>>,
+    State(ChannelRoutes { runtime, .. }): State<ChannelRoutes>,
     path: Result<Path<(String, String)>, PathRejection>,
     headers: HeaderMap,
     body: Body,

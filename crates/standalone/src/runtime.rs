@@ -13,6 +13,7 @@ use tracing::info;
 use super::load::{BridgePlan, ChannelPlan, Plan};
 use wsbridge_core::{ChannelKey, ObjectKey};
 use wsbridge_dataplane::DestinationPolicy;
+use wsbridge_dataplane::clients::{ClientLimits, RemoteClients};
 use wsbridge_dataplane::delivery::{DeliveryEngine, DeliveryStats, EngineConfig, ShutdownReport};
 use wsbridge_dataplane::endpoint::{EndpointConfig, EndpointHandle, EndpointOptions, SendError};
 use wsbridge_dataplane::metrics::ChannelLabels;
@@ -80,6 +81,7 @@ pub struct Runtime {
     engine: DeliveryEngine,
     metrics: Arc<DataplaneMetrics>,
     destinations: Arc<DestinationPolicy>,
+    clients: Arc<RemoteClients>,
     state: Mutex<State>,
 }
 
@@ -103,8 +105,20 @@ impl Runtime {
             ),
             metrics,
             destinations,
+            clients: RemoteClients::new(ClientLimits::default()),
             state: Mutex::new(State::default()),
         }
+    }
+
+    /// The same runtime, broadcasting to `clients` (WebSocket subscribers).
+    pub fn with_remote_clients(mut self, clients: Arc<RemoteClients>) -> Self {
+        self.clients = clients;
+        self
+    }
+
+    /// The channels' remote clients.
+    pub fn clients(&self) -> &Arc<RemoteClients> {
+        &self.clients
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -203,11 +217,13 @@ impl Runtime {
             self.metrics.clone(),
         );
         let engine = self.engine.clone();
+        let clients = self.clients.clone();
         let channel = bridge.channel.clone();
-        // Endpoint messages go to the channel's subscribers only, never back
-        // out to an endpoint.
+        // Endpoint messages go to the channel's subscribers and remote
+        // clients only, never back out to an endpoint.
         let forward = tokio::spawn(async move {
             while let Some(msg) = inbound_rx.recv().await {
+                clients.broadcast(&channel, &msg);
                 engine.dispatch(&channel, msg);
             }
         });
@@ -297,6 +313,7 @@ impl Runtime {
                 }
             }
         }
+        self.clients.broadcast(channel, &msg);
         let report = self.engine.dispatch(channel, msg.clone());
         self.metrics
             .published

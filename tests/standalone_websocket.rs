@@ -1,0 +1,234 @@
+//! Remote clients of `wsbridge standalone`: WebSocket subscribers at a
+//! channel's address, with tokio-tungstenite as the client. The built binary
+//! runs as a child process; the feed and the HTTP subscriber are real
+//! servers on loopback.
+
+mod standalone_support;
+
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use standalone_support::{Endpoint, Standalone, Subscriber, TempDir};
+use tokio_tungstenite::tungstenite::Message as Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+type Client = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+fn config(endpoint_url: &str, subscriber_uri: &str) -> String {
+    format!(
+        r#"
+apiVersion: wsbridge.io/v1alpha1
+kind: Endpoint
+metadata: {{name: feed}}
+spec:
+  url: {endpoint_url}
+  reconnect: {{initialDelay: 50ms, maxDelay: 500ms}}
+---
+apiVersion: wsbridge.io/v1alpha1
+kind: Channel
+metadata: {{name: ticker}}
+spec: {{allowAnonymousPublish: true}}
+---
+apiVersion: wsbridge.io/v1alpha1
+kind: Bridge
+metadata: {{name: ticker-feed}}
+spec: {{channel: ticker, endpoint: feed}}
+---
+apiVersion: wsbridge.io/v1alpha1
+kind: Subscription
+metadata: {{name: http}}
+spec:
+  channel: ticker
+  subscriber: {{uri: "{subscriber_uri}"}}
+"#
+    )
+}
+
+async fn connect(standalone: &Standalone, channel: &str) -> Client {
+    let url = format!("ws://{}/channels/default/{channel}", standalone.addr);
+    let (ws, response) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("WebSocket upgrade");
+    assert_eq!(response.status(), 101);
+    ws
+}
+
+/// The next data frame within [`WAIT`].
+async fn next_frame(ws: &mut Client) -> Frame {
+    loop {
+        let frame = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("a frame in time")
+            .expect("the connection is open")
+            .expect("a valid frame");
+        if matches!(frame, Frame::Text(_) | Frame::Binary(_) | Frame::Close(_)) {
+            return frame;
+        }
+    }
+}
+
+async fn wait_clients(standalone: &Standalone, n: usize) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let line = format!("wsbridge_remote_clients{{channel=\"default/ticker\"}} {n}");
+    loop {
+        let (_, body) = standalone_support::http_get(&standalone.url("/metrics"))
+            .await
+            .unwrap();
+        if String::from_utf8_lossy(&body).lines().any(|l| l == line) {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never saw {line}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn websocket_clients_get_every_channel_message_as_a_frame_and_their_frames_are_publishes() {
+    let dir = TempDir::new("ws-clients");
+    let mut feed = Endpoint::start().await;
+    let mut http = Subscriber::start(Duration::ZERO).await;
+    let file = dir.write("config.yaml", &config(&feed.url(), &http.uri("/in")));
+    let standalone = Standalone::start(&[&file], &dir.0).await;
+    let mut a = connect(&standalone, "ticker").await;
+    let mut b = connect(&standalone, "ticker").await;
+    wait_clients(&standalone, 2).await;
+
+    // An endpoint message reaches both clients as text.
+    feed.send(r#"{"tick":1}"#).await;
+    for ws in [&mut a, &mut b] {
+        assert_eq!(next_frame(ws).await, Frame::text(r#"{"tick":1}"#));
+    }
+
+    // An HTTP publish reaches both clients.
+    let (code, _) =
+        standalone_support::http_post(&standalone.url("/channels/default/ticker"), "published".into()).await;
+    assert_eq!(code, 202);
+    for ws in [&mut a, &mut b] {
+        assert_eq!(next_frame(ws).await, Frame::text("published"));
+    }
+    assert_eq!(feed.next(WAIT).await.as_deref(), Some("published"));
+
+    // A frame a client sends is a publish: the endpoint, the HTTP subscriber
+    // and the other client get it, and the sender too (it subscribes).
+    a.send(Frame::text("from-a")).await.unwrap();
+    assert_eq!(feed.next(WAIT).await.as_deref(), Some("from-a"));
+    http.next_containing("from-a", WAIT).await;
+    assert_eq!(next_frame(&mut b).await, Frame::text("from-a"));
+    assert_eq!(next_frame(&mut a).await, Frame::text("from-a"));
+
+    b.send(Frame::binary(vec![1u8, 2, 255])).await.unwrap();
+    assert_eq!(next_frame(&mut a).await, Frame::binary(vec![1u8, 2, 255]));
+
+    // A client that leaves is no longer counted.
+    a.close(None).await.unwrap();
+    wait_clients(&standalone, 1).await;
+}
+
+/// The slow client's send buffer in wsbridge.
+const BUFFER: usize = 256 * 1024;
+
+/// The most a loopback TCP connection may buffer: the largest send buffer
+/// plus the largest receive buffer the kernel autotunes to.
+fn kernel_buffer_max() -> usize {
+    let max = |path: &str| {
+        std::fs::read_to_string(path)
+            .ok()
+            .and_then(|s| s.split_whitespace().last()?.parse::<usize>().ok())
+            .unwrap_or(8 * 1024 * 1024)
+    };
+    max("/proc/sys/net/ipv4/tcp_wmem") + max("/proc/sys/net/ipv4/tcp_rmem")
+}
+
+#[tokio::test]
+async fn a_client_that_falls_behind_is_closed_as_too_slow_while_another_gets_everything() {
+    let dir = TempDir::new("ws-slow");
+    let feed = Endpoint::start().await;
+    let http = Subscriber::start(Duration::ZERO).await;
+    let file = dir.write("config.yaml", &config(&feed.url(), &http.uri("/in")));
+    let standalone =
+        Standalone::start_with(&[&file], &dir.0, &["--client-buffer-bytes", &BUFFER.to_string()]).await;
+    let slow = connect(&standalone, "ticker").await;
+    let mut fast = connect(&standalone, "ticker").await;
+    wait_clients(&standalone, 2).await;
+
+    // The fast client reads each batch before the next is sent, so it never
+    // has more than a batch waiting; the slow one never reads, so the
+    // kernel's buffers fill, then its send buffer in wsbridge.
+    let message = "x".repeat(16 * 1024);
+    let batch = 8;
+    // More than the kernel can hold for the slow client, whatever it
+    // autotunes its socket buffers to, plus wsbridge's buffer.
+    let batches = (kernel_buffer_max() + BUFFER) * 5 / 4 / (batch * message.len()) + 1;
+    let total = batch * batches;
+    for _ in 0..batches {
+        for _ in 0..batch {
+            feed.send(&message).await;
+        }
+        for _ in 0..batch {
+            match next_frame(&mut fast).await {
+                Frame::Text(t) => assert_eq!(t.len(), message.len()),
+                other => panic!("unexpected frame {other:?}"),
+            }
+        }
+    }
+    wait_clients(&standalone, 1).await;
+    let (_, metrics) = standalone_support::http_get(&standalone.url("/metrics"))
+        .await
+        .unwrap();
+    let metrics = String::from_utf8_lossy(&metrics);
+    assert!(
+        metrics.contains(
+            r#"wsbridge_remote_clients_disconnected_total{channel="default/ticker",reason="slow"} 1"#
+        ),
+        "the slow client is counted:\n{metrics}"
+    );
+
+    // Reading now, the slow client finds fewer messages than were sent, then
+    // the close frame that says why.
+    let mut slow = slow;
+    let mut received = 0;
+    let close = loop {
+        match tokio::time::timeout(WAIT, slow.next()).await {
+            Ok(Some(Ok(Frame::Text(_)))) => received += 1,
+            Ok(Some(Ok(Frame::Close(close)))) => break close,
+            Ok(Some(Ok(_))) => {}
+            other => panic!("expected frames then a close frame, got {other:?} after {received} messages"),
+        }
+    };
+    assert!(
+        received < total,
+        "the slow client was cut off ({received} of {total})"
+    );
+    let close = close.expect("a close frame with a code");
+    assert_eq!(close.code, CloseCode::Policy);
+    assert!(close.reason.contains("too slow"), "{}", close.reason);
+}
+
+#[tokio::test]
+async fn a_plain_get_or_an_unknown_channel_is_refused_with_a_json_reason() {
+    let dir = TempDir::new("ws-refused");
+    let feed = Endpoint::start().await;
+    let http = Subscriber::start(Duration::ZERO).await;
+    let file = dir.write("config.yaml", &config(&feed.url(), &http.uri("/in")));
+    let standalone = Standalone::start(&[&file], &dir.0).await;
+
+    let (code, body) = standalone_support::http_get(&standalone.url("/channels/default/ticker"))
+        .await
+        .unwrap();
+    assert_eq!(code, 426);
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(body["reason"], "UpgradeRequired");
+
+    let url = format!("ws://{}/channels/default/nope", standalone.addr);
+    match tokio_tungstenite::connect_async(url).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 404);
+            let body: serde_json::Value =
+                serde_json::from_slice(response.body().as_deref().unwrap()).unwrap();
+            assert_eq!(body["reason"], "ChannelNotFound");
+        }
+        other => panic!("expected 404, got {other:?}"),
+    }
+}
