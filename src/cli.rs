@@ -162,6 +162,42 @@ pub enum Command {
     /// Run the controller against the cluster of the current kubeconfig or
     /// in-cluster config.
     Controller(ControllerArgs),
+    /// Print a channel's messages live, one per line (binary as `base64:...`),
+    /// through the gateway or a standalone process.
+    Tail {
+        /// The channel, as NAMESPACE/NAME.
+        #[arg(value_name = "NAMESPACE/CHANNEL")]
+        channel: ObjectKey,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Publish a message on a channel (or each line of standard input, with
+    /// `-` or no message) and print the answers.
+    Publish {
+        /// The channel, as NAMESPACE/NAME.
+        #[arg(value_name = "NAMESPACE/CHANNEL")]
+        channel: ObjectKey,
+        /// The message; `-` or nothing reads standard input, one message a line.
+        #[arg(value_name = "MESSAGE|-")]
+        message: Option<String>,
+        /// Send as binary (`application/octet-stream`) instead of text.
+        #[arg(long)]
+        binary: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+}
+
+/// Where `tail` and `publish` find a channel, and how they authenticate.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ServerArgs {
+    /// Base URL of the gateway or standalone process; the channel's address
+    /// is `{server}/channels/NAMESPACE/NAME`.
+    #[arg(long, env = "WSBRIDGE_SERVER", default_value = "http://127.0.0.1:8080")]
+    pub server: String,
+    /// Bearer token (a Kubernetes ServiceAccount token, for the gateway).
+    #[arg(long, env = "WSBRIDGE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 /// Log output format.
@@ -370,6 +406,24 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             wsbridge_standalone::demo::subscriber(listen, expect_token).await?
         }
         Command::Controller(args) => wsbridge_controller::run(args.options()?).await?,
+        Command::Tail { channel, server } => {
+            return crate::channel_client::tail(&server.server, &channel, server.token.as_deref()).await;
+        }
+        Command::Publish {
+            channel,
+            message,
+            binary,
+            server,
+        } => {
+            return crate::channel_client::publish(
+                &server.server,
+                &channel,
+                message.as_deref(),
+                server.token.as_deref(),
+                binary,
+            )
+            .await;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

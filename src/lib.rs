@@ -10,4 +10,5 @@
 //! `wsbridge-standalone`).
 #![forbid(unsafe_code)]
 
+pub mod channel_client;
 pub mod cli;

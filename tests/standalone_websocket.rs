@@ -232,3 +232,75 @@ async fn a_plain_get_or_an_unknown_channel_is_refused_with_a_json_reason() {
         other => panic!("expected 404, got {other:?}"),
     }
 }
+
+/// Runs `wsbridge ARGS` to completion with `stdin`: (success, stdout, stderr).
+fn wsbridge(args: &[&str], stdin: &str) -> (bool, String, String) {
+    use std::io::Write;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_wsbridge"))
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn tail_prints_what_publish_sends() {
+    use tokio::io::AsyncBufReadExt;
+    let dir = TempDir::new("ws-tail");
+    let feed = Endpoint::start().await;
+    let http = Subscriber::start(Duration::ZERO).await;
+    let file = dir.write("config.yaml", &config(&feed.url(), &http.uri("/in")));
+    let standalone = Standalone::start(&[&file], &dir.0).await;
+    let server = format!("http://{}", standalone.addr);
+
+    let mut tail = tokio::process::Command::new(env!("CARGO_BIN_EXE_wsbridge"))
+        .args(["tail", "default/ticker", "--server", &server])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(tail.stdout.take().unwrap()).lines();
+    wait_clients(&standalone, 1).await;
+
+    let (ok, out, err) = wsbridge(&["publish", "default/ticker", "hello", "--server", &server], "");
+    assert!(ok, "{err}");
+    let answer: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(answer["channel"], "default/ticker");
+    let (ok, out, err) = wsbridge(
+        &["publish", "default/ticker", "-", "--server", &server],
+        "one\ntwo\n",
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out.lines().count(), 2, "one answer a line: {out}");
+    let (ok, _, _) = wsbridge(
+        &["publish", "default/ticker", "--binary", "--server", &server],
+        "bin\n",
+    );
+    assert!(ok);
+
+    for expected in ["hello", "one", "two", "base64:Ymlu"] {
+        let line = tokio::time::timeout(WAIT, lines.next_line())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(line.as_deref(), Some(expected));
+    }
+
+    let (ok, _, err) = wsbridge(&["publish", "default/nope", "x", "--server", &server], "");
+    assert!(!ok);
+    assert!(err.contains("404") && err.contains("ChannelNotFound"), "{err}");
+    let (ok, _, err) = wsbridge(&["tail", "default/nope", "--server", &server], "");
+    assert!(!ok);
+    assert!(err.contains("404") && err.contains("ChannelNotFound"), "{err}");
+    tail.kill().await.unwrap();
+}
