@@ -132,6 +132,13 @@ pub enum Command {
         /// WebSocket subscribers of the whole process.
         #[arg(long, value_name = "N", default_value_t = ClientLimits::default().total)]
         max_clients: usize,
+        /// Time between pings to each WebSocket subscriber.
+        #[arg(long, value_name = "DURATION", default_value = "20s", value_parser = humantime::parse_duration)]
+        client_ping_interval: Duration,
+        /// How long a subscriber may leave a ping unanswered (or a frame
+        /// unread) before it is disconnected.
+        #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+        client_pong_timeout: Duration,
         /// Outbound destination policy (subscribers, dead-letter sinks,
         /// endpoints).
         #[command(flatten)]
@@ -372,6 +379,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             client_buffer_bytes,
             max_clients_per_channel,
             max_clients,
+            client_ping_interval,
+            client_pong_timeout,
         } => {
             if check {
                 return Ok(match wsbridge_standalone::check(&files) {
@@ -392,6 +401,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 buffer_bytes: client_buffer_bytes,
                 per_channel: max_clients_per_channel,
                 total: max_clients,
+            };
+            anyhow::ensure!(
+                !client_ping_interval.is_zero() && !client_pong_timeout.is_zero(),
+                "--client-ping-interval and --client-pong-timeout must be above zero"
+            );
+            options.client_keepalive = wsbridge_standalone::publish::ClientKeepalive {
+                interval: client_ping_interval,
+                timeout: client_pong_timeout,
             };
             options.destinations = std::sync::Arc::new(destinations.policy()?);
             options.validation = wsbridge_standalone::Validation::isolated_or_in_process();

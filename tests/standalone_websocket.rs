@@ -304,3 +304,40 @@ async fn tail_prints_what_publish_sends() {
     assert!(err.contains("404") && err.contains("ChannelNotFound"), "{err}");
     tail.kill().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_client_that_does_not_answer_pings_is_disconnected() {
+    let dir = TempDir::new("ws-pong");
+    let feed = Endpoint::start().await;
+    let http = Subscriber::start(Duration::ZERO).await;
+    let file = dir.write("config.yaml", &config(&feed.url(), &http.uri("/in")));
+    let args = [
+        "--client-ping-interval",
+        "200ms",
+        "--client-pong-timeout",
+        "300ms",
+    ];
+    let standalone = Standalone::start_with(&[&file], &dir.0, &args).await;
+    // Connected, then never read from: its library never sees the pings,
+    // so it never answers them.
+    let mut silent = connect(&standalone, "ticker").await;
+    wait_clients(&standalone, 1).await;
+    wait_clients(&standalone, 0).await;
+    let (_, metrics) = standalone_support::http_get(&standalone.url("/metrics"))
+        .await
+        .unwrap();
+    let metrics = String::from_utf8_lossy(&metrics);
+    assert!(
+        metrics.contains(
+            r#"wsbridge_remote_clients_disconnected_total{channel="default/ticker",reason="unresponsive"} 1"#
+        ),
+        "{metrics}"
+    );
+    match next_frame(&mut silent).await {
+        Frame::Close(Some(close)) => {
+            assert_eq!(close.code, CloseCode::Policy);
+            assert!(close.reason.contains("no pong"), "{}", close.reason);
+        }
+        other => panic!("expected a close frame, got {other:?}"),
+    }
+}

@@ -132,7 +132,7 @@ impl RemoteClients {
         );
         r.register(
             "remote_clients_disconnected",
-            "Remote clients disconnected by wsbridge, by reason (slow: its send buffer was full)",
+            "Remote clients disconnected by wsbridge, by reason (slow: its send buffer was full; unresponsive: no pong in time)",
             hub.metrics.disconnected.clone(),
         );
         r.register(
@@ -244,6 +244,18 @@ impl RemoteClients {
                 .inc_by(evicted as u64);
         }
         taken
+    }
+
+    /// Counts a client of `channel` that its connection found unresponsive
+    /// (no pong in time); it leaves when its feed is dropped.
+    pub fn count_unresponsive(&self, channel: &ChannelKey) {
+        self.metrics
+            .disconnected
+            .get_or_create(&ReasonLabels {
+                channel: channel.to_string(),
+                reason: "unresponsive".into(),
+            })
+            .inc();
     }
 
     /// Clients of `channel` now.

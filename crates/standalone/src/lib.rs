@@ -52,6 +52,8 @@ pub struct Options {
     pub validation: Validation,
     /// Send buffer and connection limits of WebSocket subscribers.
     pub client_limits: ClientLimits,
+    /// Pings of WebSocket subscribers.
+    pub client_keepalive: publish::ClientKeepalive,
 }
 
 impl Options {
@@ -66,6 +68,7 @@ impl Options {
             destinations: Default::default(),
             validation: Validation::InProcess,
             client_limits: ClientLimits::default(),
+            client_keepalive: publish::ClientKeepalive::default(),
         }
     }
 }
@@ -133,6 +136,7 @@ pub async fn start(options: Options) -> Result<Standalone, Error> {
     let routes = publish::ChannelRoutes {
         runtime: runtime.clone(),
         stop: stop_rx.clone(),
+        keepalive: options.client_keepalive,
     };
     let app = publish::router(routes).merge(ops::router(Arc::new(registry), ready.clone()));
     let mut server_stop = stop_rx.clone();

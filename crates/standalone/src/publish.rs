@@ -6,6 +6,7 @@
 //! default), whatever the Channel's `allowAnonymousPublish` says.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
@@ -30,6 +31,26 @@ pub struct ChannelRoutes {
     pub runtime: Arc<Runtime>,
     /// True once the process stops.
     pub stop: watch::Receiver<bool>,
+    /// How WebSocket subscribers are checked for life.
+    pub keepalive: ClientKeepalive,
+}
+
+/// Pings that find WebSocket subscribers that are gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientKeepalive {
+    /// Time between pings.
+    pub interval: Duration,
+    /// How long a ping may go unanswered, and a frame unwritten.
+    pub timeout: Duration,
+}
+
+impl Default for ClientKeepalive {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(20),
+            timeout: Duration::from_secs(10),
+        }
+    }
 }
 
 /// `POST` publishes, `GET` with a WebSocket upgrade subscribes; to merge

@@ -6,7 +6,9 @@
 //! Like publishing, subscribing is open in standalone mode (no Kubernetes
 //! API to review tokens against). A client that falls behind by more than
 //! its send buffer is disconnected with close code 1008 and a reason that
-//! says so; it never slows the channel or the other clients.
+//! says so; it never slows the channel or the other clients. Pings find
+//! clients that are gone: one that does not answer within the pong timeout,
+//! or takes no bytes for that long, is disconnected.
 //!
 //! The upgrade is answered here on hyper's upgrade and tokio-tungstenite
 //! rather than through axum's `ws` extractor, which would bring a second
@@ -14,6 +16,8 @@
 
 use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
@@ -33,7 +37,7 @@ use wsbridge_dataplane::Payload;
 use wsbridge_dataplane::clients::ClientFeed;
 use wsbridge_http::publish;
 
-use super::publish::ChannelRoutes;
+use super::publish::{ChannelRoutes, ClientKeepalive};
 use super::runtime::{PublishError, Runtime};
 
 /// How long a close handshake may take before the connection is dropped.
@@ -66,6 +70,7 @@ pub async fn subscribe(
     };
     let upgrade = hyper::upgrade::on(&mut request);
     let stop = routes.stop.clone();
+    let keepalive = routes.keepalive;
     tokio::spawn(async move {
         let Ok(upgraded) = upgrade.await else { return };
         let config = WebSocketConfig::default()
@@ -77,7 +82,7 @@ pub async fn subscribe(
             Some(config),
         )
         .await;
-        serve(ws, feed, runtime, stop).await;
+        serve(ws, feed, runtime, keepalive, stop).await;
     });
     let mut response = Response::new(Body::empty());
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -116,17 +121,25 @@ async fn serve<S>(
     mut ws: WebSocketStream<S>,
     mut feed: ClientFeed,
     runtime: Arc<Runtime>,
+    keepalive: ClientKeepalive,
     mut stop: watch::Receiver<bool>,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
+    let mut ping = tokio::time::interval_at(Instant::now() + keepalive.interval, keepalive.interval);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // When the last ping must be answered by; none while no ping is out.
+    let mut pong_due: Option<Instant> = None;
     let close = loop {
         tokio::select! {
             next = feed.next() => match next {
                 Some(msg) => {
-                    let sent = ws.send(msg.to_frame()).await;
+                    // A client that takes no bytes at all for this long is
+                    // gone; its socket is dropped without a close frame,
+                    // which could not be written either.
+                    let sent = tokio::time::timeout(keepalive.timeout, ws.send(msg.to_frame())).await;
                     feed.written(&msg);
-                    if sent.is_err() {
+                    if !matches!(sent, Ok(Ok(()))) {
                         return;
                     }
                 }
@@ -146,6 +159,7 @@ async fn serve<S>(
                         break close;
                     }
                 }
+                Some(Ok(WsMessage::Pong(_))) => pong_due = None,
                 // Pings are answered by tungstenite; a close is echoed by it.
                 Some(Ok(_)) => {}
                 Some(Err(e)) => {
@@ -154,6 +168,17 @@ async fn serve<S>(
                 }
                 None => return,
             },
+            _ = ping.tick(), if pong_due.is_none() => {
+                let sent = tokio::time::timeout(keepalive.timeout, ws.send(WsMessage::Ping(Default::default()))).await;
+                if !matches!(sent, Ok(Ok(()))) {
+                    return;
+                }
+                pong_due = Some(Instant::now() + keepalive.timeout);
+            }
+            _ = tokio::time::sleep_until(pong_due.unwrap_or_else(Instant::now)), if pong_due.is_some() => {
+                runtime.clients().count_unresponsive(feed.channel());
+                break close_frame(CloseCode::Policy, "no pong in time: the client is unresponsive");
+            }
             _ = stopped(&mut stop) => break close_frame(CloseCode::Away, "wsbridge is shutting down"),
         }
     };
