@@ -341,3 +341,66 @@ async fn a_client_that_does_not_answer_pings_is_disconnected() {
         other => panic!("expected a close frame, got {other:?}"),
     }
 }
+
+fn python_websockets_available() -> bool {
+    std::process::Command::new("python3")
+        .args(["-c", "import websockets"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+#[tokio::test]
+async fn a_python_websockets_client_subscribes_and_publishes() {
+    use tokio::io::AsyncBufReadExt;
+    if !python_websockets_available() {
+        eprintln!(
+            "\n\n!!!!!!!! SKIPPED: python3 with the `websockets` package is not available (pip install websockets) !!!!!!!!\n\n"
+        );
+        return;
+    }
+    let dir = TempDir::new("ws-python");
+    let mut feed = Endpoint::start().await;
+    let mut http = Subscriber::start(Duration::ZERO).await;
+    let file = dir.write("config.yaml", &config(&feed.url(), &http.uri("/in")));
+    let standalone = Standalone::start(&[&file], &dir.0).await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/ws_channel_client.py");
+    let url = format!("ws://{}/channels/default/ticker", standalone.addr);
+    let mut child = tokio::process::Command::new("python3")
+        .args([script, &url, "3", "from-python"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut next_line = async || {
+        tokio::time::timeout(WAIT, lines.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+    };
+    assert_eq!(next_line().await.as_deref(), Some("connected"));
+
+    // Its frame is a publish: the endpoint and the HTTP subscriber get it,
+    // and so does the client itself, being a subscriber.
+    assert_eq!(feed.next(WAIT).await.as_deref(), Some("from-python"));
+    http.next_containing("from-python", WAIT).await;
+    assert_eq!(next_line().await.as_deref(), Some("from-python"));
+
+    feed.send("from-the-feed").await;
+    assert_eq!(next_line().await.as_deref(), Some("from-the-feed"));
+    let (ok, _, err) = wsbridge(
+        &[
+            "publish",
+            "default/ticker",
+            "--binary",
+            "--server",
+            &format!("http://{}", standalone.addr),
+        ],
+        "AB\n",
+    );
+    assert!(ok, "{err}");
+    assert_eq!(next_line().await.as_deref(), Some("binary:4142"));
+    assert!(child.wait().await.unwrap().success());
+}
