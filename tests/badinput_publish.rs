@@ -265,11 +265,7 @@ async fn every_bad_publish_gets_a_4xx_with_a_json_reason_and_the_process_keeps_s
     let answer = raw(addr, &request("PUT", CHANNEL, &[], b"")).await;
     let head = answer.head.to_ascii_lowercase();
     let allow = head.lines().find(|l| l.starts_with("allow:")).unwrap_or_default();
-    assert!(
-        allow.contains("post") && allow.contains("get"),
-        "{}",
-        answer.head
-    );
+    assert!(allow.contains("post") && allow.contains("get"), "{}", answer.head);
 
     // Still serving, and what is valid still goes through.
     let ok = raw(addr, &post(CHANNEL, Some("application/json"), br#"{"ok":true}"#)).await;
