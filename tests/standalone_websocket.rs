@@ -46,6 +46,29 @@ spec:
     )
 }
 
+/// A standalone process with the channel `ticker` bridged to a feed and
+/// subscribed by an HTTP subscriber, started with `args`.
+struct Setup {
+    _dir: TempDir,
+    feed: Endpoint,
+    http: Subscriber,
+    standalone: Standalone,
+}
+
+async fn setup(name: &str, args: &[&str]) -> Setup {
+    let dir = TempDir::new(name);
+    let feed = Endpoint::start().await;
+    let http = Subscriber::start(Duration::ZERO).await;
+    let file = dir.write("config.yaml", &config(&feed.url(), &http.uri("/in")));
+    let standalone = Standalone::start_with(&[&file], &dir.0, args).await;
+    Setup {
+        _dir: dir,
+        feed,
+        http,
+        standalone,
+    }
+}
+
 async fn connect(standalone: &Standalone, channel: &str) -> Client {
     let url = format!("ws://{}/channels/default/{channel}", standalone.addr);
     let (ws, response) = tokio_tungstenite::connect_async(url)
@@ -69,14 +92,19 @@ async fn next_frame(ws: &mut Client) -> Frame {
     }
 }
 
+/// The process's `/metrics` text.
+async fn metrics(standalone: &Standalone) -> String {
+    let (_, body) = standalone_support::http_get(&standalone.url("/metrics"))
+        .await
+        .unwrap();
+    String::from_utf8_lossy(&body).into_owned()
+}
+
 async fn wait_clients(standalone: &Standalone, n: usize) {
     let deadline = tokio::time::Instant::now() + WAIT;
     let line = format!("wsbridge_remote_clients{{channel=\"default/ticker\"}} {n}");
     loop {
-        let (_, body) = standalone_support::http_get(&standalone.url("/metrics"))
-            .await
-            .unwrap();
-        if String::from_utf8_lossy(&body).lines().any(|l| l == line) {
+        if metrics(standalone).await.lines().any(|l| l == line) {
             return;
         }
         assert!(tokio::time::Instant::now() < deadline, "never saw {line}");
@@ -86,11 +114,12 @@ async fn wait_clients(standalone: &Standalone, n: usize) {
 
 #[tokio::test]
 async fn websocket_clients_get_every_channel_message_as_a_frame_and_their_frames_are_publishes() {
-    let dir = TempDir::new("ws-clients");
-    let mut feed = Endpoint::start().await;
-    let mut http = Subscriber::start(Duration::ZERO).await;
-    let file = dir.write("config.yaml", &config(&feed.url(), &http.uri("/in")));
-    let standalone = Standalone::start(&[&file], &dir.0).await;
+    let Setup {
+        _dir,
+        mut feed,
+        mut http,
+        standalone,
+    } = setup("ws-clients", &[]).await;
     let mut a = connect(&standalone, "ticker").await;
     let mut b = connect(&standalone, "ticker").await;
     wait_clients(&standalone, 2).await;
@@ -143,12 +172,13 @@ fn kernel_buffer_max() -> usize {
 
 #[tokio::test]
 async fn a_client_that_falls_behind_is_closed_as_too_slow_while_another_gets_everything() {
-    let dir = TempDir::new("ws-slow");
-    let feed = Endpoint::start().await;
-    let http = Subscriber::start(Duration::ZERO).await;
-    let file = dir.write("config.yaml", &config(&feed.url(), &http.uri("/in")));
-    let standalone =
-        Standalone::start_with(&[&file], &dir.0, &["--client-buffer-bytes", &BUFFER.to_string()]).await;
+    let buffer = BUFFER.to_string();
+    let Setup {
+        _dir,
+        feed,
+        http: _http,
+        standalone,
+    } = setup("ws-slow", &["--client-buffer-bytes", &buffer]).await;
     let slow = connect(&standalone, "ticker").await;
     let mut fast = connect(&standalone, "ticker").await;
     wait_clients(&standalone, 2).await;
@@ -174,10 +204,7 @@ async fn a_client_that_falls_behind_is_closed_as_too_slow_while_another_gets_eve
         }
     }
     wait_clients(&standalone, 1).await;
-    let (_, metrics) = standalone_support::http_get(&standalone.url("/metrics"))
-        .await
-        .unwrap();
-    let metrics = String::from_utf8_lossy(&metrics);
+    let metrics = metrics(&standalone).await;
     assert!(
         metrics.contains(
             r#"wsbridge_remote_clients_disconnected_total{channel="default/ticker",reason="slow"} 1"#
@@ -208,11 +235,12 @@ async fn a_client_that_falls_behind_is_closed_as_too_slow_while_another_gets_eve
 
 #[tokio::test]
 async fn a_plain_get_or_an_unknown_channel_is_refused_with_a_json_reason() {
-    let dir = TempDir::new("ws-refused");
-    let feed = Endpoint::start().await;
-    let http = Subscriber::start(Duration::ZERO).await;
-    let file = dir.write("config.yaml", &config(&feed.url(), &http.uri("/in")));
-    let standalone = Standalone::start(&[&file], &dir.0).await;
+    let Setup {
+        _dir,
+        feed: _feed,
+        http: _http,
+        standalone,
+    } = setup("ws-refused", &[]).await;
 
     let (code, body) = standalone_support::http_get(&standalone.url("/channels/default/ticker"))
         .await
@@ -255,11 +283,12 @@ fn wsbridge(args: &[&str], stdin: &str) -> (bool, String, String) {
 #[tokio::test]
 async fn tail_prints_what_publish_sends() {
     use tokio::io::AsyncBufReadExt;
-    let dir = TempDir::new("ws-tail");
-    let feed = Endpoint::start().await;
-    let http = Subscriber::start(Duration::ZERO).await;
-    let file = dir.write("config.yaml", &config(&feed.url(), &http.uri("/in")));
-    let standalone = Standalone::start(&[&file], &dir.0).await;
+    let Setup {
+        _dir,
+        feed: _feed,
+        http: _http,
+        standalone,
+    } = setup("ws-tail", &[]).await;
     let server = format!("http://{}", standalone.addr);
 
     let mut tail = tokio::process::Command::new(env!("CARGO_BIN_EXE_wsbridge"))
@@ -307,26 +336,24 @@ async fn tail_prints_what_publish_sends() {
 
 #[tokio::test]
 async fn a_client_that_does_not_answer_pings_is_disconnected() {
-    let dir = TempDir::new("ws-pong");
-    let feed = Endpoint::start().await;
-    let http = Subscriber::start(Duration::ZERO).await;
-    let file = dir.write("config.yaml", &config(&feed.url(), &http.uri("/in")));
     let args = [
         "--client-ping-interval",
         "200ms",
         "--client-pong-timeout",
         "300ms",
     ];
-    let standalone = Standalone::start_with(&[&file], &dir.0, &args).await;
+    let Setup {
+        _dir,
+        feed: _feed,
+        http: _http,
+        standalone,
+    } = setup("ws-pong", &args).await;
     // Connected, then never read from: its library never sees the pings,
     // so it never answers them.
     let mut silent = connect(&standalone, "ticker").await;
     wait_clients(&standalone, 1).await;
     wait_clients(&standalone, 0).await;
-    let (_, metrics) = standalone_support::http_get(&standalone.url("/metrics"))
-        .await
-        .unwrap();
-    let metrics = String::from_utf8_lossy(&metrics);
+    let metrics = metrics(&standalone).await;
     assert!(
         metrics.contains(
             r#"wsbridge_remote_clients_disconnected_total{channel="default/ticker",reason="unresponsive"} 1"#
@@ -360,11 +387,12 @@ async fn a_python_websockets_client_subscribes_and_publishes() {
         );
         return;
     }
-    let dir = TempDir::new("ws-python");
-    let mut feed = Endpoint::start().await;
-    let mut http = Subscriber::start(Duration::ZERO).await;
-    let file = dir.write("config.yaml", &config(&feed.url(), &http.uri("/in")));
-    let standalone = Standalone::start(&[&file], &dir.0).await;
+    let Setup {
+        _dir,
+        mut feed,
+        mut http,
+        standalone,
+    } = setup("ws-python", &[]).await;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/ws_channel_client.py");
     let url = format!("ws://{}/channels/default/ticker", standalone.addr);
     let mut child = tokio::process::Command::new("python3")
