@@ -114,7 +114,10 @@ pub async fn run(args: Options) -> anyhow::Result<()> {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         format!("{}-{}", host.trim(), std::process::id())
     });
-    let reconcile = || controllers::run(&client, &args, &metrics, &readiness, &identity);
+    let reconcile = || async {
+        let _leading = metrics.leading();
+        controllers::run(&client, &args, &metrics, &readiness, &identity).await
+    };
     let result = if args.leader_election {
         leader::run_while_leading(&client, &args, &identity, &readiness, stop_rx, reconcile).await
     } else {

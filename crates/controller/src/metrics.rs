@@ -1,11 +1,12 @@
-//! Controller metrics: reconciles, failures by error label, durations, and
-//! the API requests the controller makes.
+//! Controller metrics: reconciles, failures by error label, durations, the
+//! API requests the controller makes, and whether this replica leads.
 
 use std::time::{Duration, Instant};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -37,6 +38,9 @@ pub struct Metrics {
     pub failures: Family<FailureLabels, Counter>,
     pub durations: HistogramFamily,
     pub api_requests: Family<RequestLabels, Counter>,
+    /// 1 while this replica reconciles (holds the Lease, or runs without
+    /// leader election), else 0: summed over replicas, 0 means no leader.
+    pub leader: Gauge,
 }
 
 impl Metrics {
@@ -47,6 +51,7 @@ impl Metrics {
             failures: Family::default(),
             durations: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.0005, 2.0, 16))),
             api_requests: Family::default(),
+            leader: Gauge::default(),
         };
         let r = registry.sub_registry_with_prefix("wsbridge_controller");
         r.register("reconciles", "Reconciles run, by kind", m.reconciles.clone());
@@ -65,7 +70,19 @@ impl Metrics {
             "Requests sent to the Kubernetes API server, by verb",
             m.api_requests.clone(),
         );
+        r.register(
+            "leader",
+            "1 while this replica is the one that reconciles",
+            m.leader.clone(),
+        );
         m
+    }
+
+    /// Marks this replica as the one reconciling until the guard drops
+    /// (when reconciling ends or its future is dropped on losing the Lease).
+    pub fn leading(&self) -> Leading {
+        self.leader.set(1);
+        Leading(self.leader.clone())
     }
 
     /// Starts timing a reconcile; counted when the returned guard drops.
@@ -112,5 +129,14 @@ impl Metrics {
         self.api_requests
             .get_or_create(&RequestLabels { verb: verb.into() })
             .inc();
+    }
+}
+
+/// Holds `wsbridge_controller_leader` at 1; back to 0 on drop.
+pub struct Leading(Gauge);
+
+impl Drop for Leading {
+    fn drop(&mut self) {
+        self.0.set(0);
     }
 }
