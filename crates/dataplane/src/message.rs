@@ -9,7 +9,7 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 
-use super::delivery::{HeaderLines, is_header_value};
+use super::delivery::{HeaderLines, Settle, Settlement, is_header_value};
 use wsbridge_core::secret::SecretString;
 
 /// Where a message entered the data plane.
@@ -169,6 +169,8 @@ pub struct Message {
     content_type: &'static str,
     authorization: Option<HeaderValue>,
     delivery_headers: OnceLock<HeaderLines>,
+    /// Who waits to hear how its delivery ended (a broker consumer).
+    settle: Option<Settle>,
 }
 
 impl Message {
@@ -190,6 +192,7 @@ impl Message {
             time: SystemTime::now(),
             authorization: None,
             delivery_headers: OnceLock::new(),
+            settle: None,
         }
     }
 
@@ -226,6 +229,19 @@ impl Message {
         self.authorization = value;
         self.delivery_headers = OnceLock::new();
         self
+    }
+
+    /// Reports how its delivery ends to `settle` (see [`Settle`]).
+    pub fn with_settle(mut self, settle: Settle) -> Self {
+        self.settle = Some(settle);
+        self
+    }
+
+    /// Tells the waiter, if any, how its delivery ended (the first call wins).
+    pub fn settle(&self, outcome: Settlement) {
+        if let Some(settle) = &self.settle {
+            settle.settle(outcome);
+        }
     }
 
     /// Unique id (`ce-id`).

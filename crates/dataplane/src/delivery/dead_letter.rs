@@ -10,6 +10,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tracing::warn;
 
 use super::policy::{Verdict, classify};
+use super::settle::Settlement;
 use super::state::EngineState;
 use crate::message::Message;
 use crate::metrics::ReasonLabels;
@@ -90,12 +91,14 @@ async fn post_dead_letter(shared: &EngineState, dl: DeadLetter, attempts: u32) {
                         reason: dl.reason.to_string(),
                     })
                     .inc();
+                dl.msg.settle(Settlement::DeadLettered);
                 return;
             }
             Verdict::Reject => break,
             Verdict::Denied => {
                 warn!(channel = %dl.channel, subscriber = %dl.subscriber, id = dl.msg.id(), reason = dl.reason, "dead-letter sink is a denied destination; dropped");
                 shared.count_drop(&dl.channel, &dl.subscriber, "destination_denied", 1);
+                dl.msg.settle(Settlement::Dropped("destination_denied"));
                 return;
             }
             Verdict::Retry { .. } if attempt < attempts => {
@@ -106,4 +109,5 @@ async fn post_dead_letter(shared: &EngineState, dl: DeadLetter, attempts: u32) {
     }
     warn!(channel = %dl.channel, subscriber = %dl.subscriber, id = dl.msg.id(), reason = dl.reason, "dead-letter sink did not accept the message; dropped");
     shared.count_drop(&dl.channel, &dl.subscriber, "dead_letter_failed", 1);
+    dl.msg.settle(Settlement::Dropped("dead_letter_failed"));
 }

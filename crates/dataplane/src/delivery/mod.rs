@@ -6,6 +6,7 @@ mod h1;
 mod http;
 mod policy;
 mod pool;
+mod settle;
 mod state;
 mod subscriber;
 
@@ -17,6 +18,7 @@ pub use engine::{
 };
 pub use h1::{HeaderLines, is_header_value};
 pub use http::{DEFAULT_CONNECTIONS_PER_ORIGIN, HttpSender, OriginRoute};
+pub use settle::{Settle, Settlement};
 pub use policy::{
     AttemptOutcome, BackoffPolicy, DeliveryPolicy, MAX_RETRY_DELAY, Ordering, Verdict, classify,
     parse_retry_after,

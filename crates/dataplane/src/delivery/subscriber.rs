@@ -19,6 +19,7 @@ use super::dead_letter::DeadLetter;
 use super::engine::SubscriberSpec;
 use super::http::{HttpSender, OriginRoute};
 use super::policy::{AttemptOutcome, DeliveryPolicy, Verdict, classify};
+use super::settle::Settlement;
 use super::state::EngineState;
 use crate::message::Message;
 use crate::metrics::SubscriberLabels;
@@ -250,6 +251,7 @@ impl WorkerCtx {
                     self.shared.stats.delivered.fetch_add(1, AtomicOrdering::Relaxed);
                     self.latency.observe(q.enqueued.elapsed().as_secs_f64());
                     self.pending.fetch_sub(1, AtomicOrdering::Relaxed);
+                    q.msg.settle(Settlement::Delivered);
                     return;
                 }
                 Verdict::Reject => break "rejected",
@@ -289,7 +291,10 @@ impl WorkerCtx {
                     self.count_drop(reason);
                 }
             }
-            None => self.count_drop(reason),
+            None => {
+                self.count_drop(reason);
+                q.msg.settle(Settlement::Dropped(reason));
+            }
         }
         self.pending.fetch_sub(1, AtomicOrdering::Relaxed);
     }
@@ -337,7 +342,10 @@ impl WorkerCtx {
                     self.count_drop("dead_letter_queue_full");
                 }
             }
-            None => self.count_drop(reason),
+            None => {
+                self.count_drop(reason);
+                msg.settle(Settlement::Dropped(reason));
+            }
         }
     }
 
