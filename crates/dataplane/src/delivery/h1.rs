@@ -247,15 +247,10 @@ impl Connection {
         let mut reusable = head.keep_alive;
         let body_follows = !matches!(head.status, 204 | 304);
         if body_follows && reusable {
-            reusable = match head.framing {
-                Framing::Chunked => self.skip_chunked().await?,
-                Framing::Length(n) if n <= MAX_RESPONSE_BODY as u64 => {
-                    self.skip(n as usize).await?;
-                    true
-                }
-                // Too long to read, or delimited by the end of the connection.
-                Framing::Length(_) | Framing::UntilClose => false,
-            };
+            // The status is the answer: a body that then breaks off or is
+            // malformed only means the connection cannot be reused (as
+            // with a client that reads the head and drops the body).
+            reusable = self.skip_body(head.framing).await.unwrap_or(false);
         }
         // Bytes beyond the response: the server is not speaking plain
         // request/response; do not trust the connection further.
@@ -280,6 +275,19 @@ impl Connection {
                 return Err(invalid("response head too large"));
             }
             self.fill().await?;
+        }
+    }
+
+    /// Reads and discards a response body: true when it was read to its end.
+    async fn skip_body(&mut self, framing: Framing) -> io::Result<bool> {
+        match framing {
+            Framing::Chunked => self.skip_chunked().await,
+            Framing::Length(n) if n <= MAX_RESPONSE_BODY as u64 => {
+                self.skip(n as usize).await?;
+                Ok(true)
+            }
+            // Too long to read, or delimited by the end of the connection.
+            Framing::Length(_) | Framing::UntilClose => Ok(false),
         }
     }
 
@@ -312,10 +320,11 @@ impl Connection {
             if size == 0 {
                 break;
             }
-            total += size;
-            if total > MAX_RESPONSE_BODY as u64 {
-                return Ok(false);
-            }
+            // Checked: a size near u64::MAX after a small chunk must not wrap.
+            total = match total.checked_add(size) {
+                Some(sum) if sum <= MAX_RESPONSE_BODY as u64 => sum,
+                _ => return Ok(false),
+            };
             self.skip(size as usize).await?;
             self.expect_crlf().await?;
         }
@@ -403,10 +412,14 @@ fn parse_head(input: &[u8]) -> io::Result<Option<(usize, Head)>> {
         Err(e) => return Err(invalid(format!("malformed response head: {e}"))),
     };
     let status = response.code.unwrap_or(0);
-    let mut keep_alive = response.version == Some(1);
+    // HTTP/1.1 keeps the connection unless told otherwise; HTTP/1.0 only
+    // when it says `Connection: keep-alive` (RFC 9112 §9.3).
+    let mut persistent = response.version == Some(1);
+    let mut framing_suspect = false;
     let mut length: Option<u64> = None;
     let mut transfer_encoding: Option<&[u8]> = None;
     let mut retry_after = None;
+    let mut close = false;
     for h in response.headers.iter() {
         let name = h.name;
         if name.eq_ignore_ascii_case("content-length") {
@@ -423,28 +436,26 @@ fn parse_head(input: &[u8]) -> io::Result<Option<(usize, Head)>> {
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
             if transfer_encoding.is_some() {
                 // Several lists: read only the simple case.
-                keep_alive = false;
+                framing_suspect = true;
             }
             transfer_encoding = Some(h.value);
         } else if name.eq_ignore_ascii_case("connection") {
-            if h.value
-                .split(|&b| b == b',')
-                .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"))
-            {
-                keep_alive = false;
+            for token in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                    persistent = true;
+                }
             }
         } else if name.eq_ignore_ascii_case("retry-after") {
-            retry_after = HeaderValue::from_bytes(h.value)
-                .ok()
-                .as_ref()
-                .and_then(parse_retry_after);
+            retry_after = parse_retry_after(h.value);
         }
     }
     let framing = match (transfer_encoding, length) {
         (Some(te), length) => {
             // Both given: the encoding wins, but the message is suspect.
             if length.is_some() {
-                keep_alive = false;
+                framing_suspect = true;
             }
             let last = te.rsplit(|&b| b == b',').next().unwrap_or_default();
             if last.trim_ascii().eq_ignore_ascii_case(b"chunked") {
@@ -456,6 +467,7 @@ fn parse_head(input: &[u8]) -> io::Result<Option<(usize, Head)>> {
         (None, Some(n)) => Framing::Length(n),
         (None, None) => Framing::UntilClose,
     };
+    let keep_alive = persistent && !close && !framing_suspect;
     Ok(Some((
         len,
         Head {

@@ -1,8 +1,10 @@
 //! Delivery options and the retry rules.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use http::StatusCode;
+
+use super::queue::{DEFAULT_QUEUE_BYTES, Overflow};
 
 /// How the delay between retries grows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -44,6 +46,10 @@ pub struct DeliveryPolicy {
     pub dead_letter_sink: Option<http::Uri>,
     /// Bound of the subscriber's queue; overflow is dead-lettered or dropped.
     pub queue_capacity: usize,
+    /// Bytes the subscriber's queue may hold; overflow as for the capacity.
+    pub queue_bytes: u64,
+    /// Which message gives way at the queue's bounds.
+    pub overflow: Overflow,
     /// Largest `Retry-After` honoured.
     pub retry_after_max: Duration,
 }
@@ -58,6 +64,8 @@ impl Default for DeliveryPolicy {
             ordering: Ordering::Ordered,
             dead_letter_sink: None,
             queue_capacity: 1024,
+            queue_bytes: DEFAULT_QUEUE_BYTES,
+            overflow: Overflow::DropNewest,
             retry_after_max: Duration::from_secs(30),
         }
     }
@@ -156,15 +164,21 @@ pub fn classify(outcome: &AttemptOutcome) -> Verdict {
     }
 }
 
-/// Parses `Retry-After` given in seconds (HTTP dates are ignored).
-pub fn parse_retry_after(value: &http::HeaderValue) -> Option<Duration> {
-    value
-        .to_str()
-        .ok()?
-        .trim()
-        .parse::<u64>()
-        .ok()
-        .map(Duration::from_secs)
+/// Parses `Retry-After` (RFC 9110 §10.2.3): delay-seconds, or an HTTP
+/// date, which is the time from now until then (zero for a date past).
+pub fn parse_retry_after(value: &[u8]) -> Option<Duration> {
+    retry_after_at(value, SystemTime::now())
+}
+
+/// [`parse_retry_after`] as seen at `now`.
+fn retry_after_at(value: &[u8], now: SystemTime) -> Option<Duration> {
+    let value = std::str::from_utf8(value).ok()?.trim();
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        // Any run of digits is a delay; one too long for u64 is "very long".
+        return Some(Duration::from_secs(value.parse::<u64>().unwrap_or(u64::MAX)));
+    }
+    let date = httpdate::parse_http_date(value).ok()?;
+    Some(date.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
 #[cfg(test)]
@@ -239,13 +253,36 @@ mod tests {
             Duration::from_secs(10)
         );
         assert_eq!(p.delay_for(1, None), p.retry_delay(1));
+        assert_eq!(parse_retry_after(b" 7 "), Some(Duration::from_secs(7)));
+        assert_eq!(parse_retry_after(b"-1"), None);
+        assert_eq!(parse_retry_after(b"soon"), None);
         assert_eq!(
-            parse_retry_after(&http::HeaderValue::from_static(" 7 ")),
-            Some(Duration::from_secs(7))
+            parse_retry_after(b"99999999999999999999999"),
+            Some(Duration::from_secs(u64::MAX))
         );
+    }
+
+    #[test]
+    fn retry_after_as_an_http_date_is_the_time_until_then() {
+        // Wed, 21 Oct 2015 07:28:00 GMT
+        let date = SystemTime::UNIX_EPOCH + Duration::from_secs(1_445_412_480);
+        let now = date - Duration::from_secs(7);
+        for form in [
+            "Wed, 21 Oct 2015 07:28:00 GMT",     // IMF-fixdate
+            "Wednesday, 21-Oct-15 07:28:00 GMT", // RFC 850
+            "Wed Oct 21 07:28:00 2015",          // asctime
+        ] {
+            assert_eq!(
+                retry_after_at(form.as_bytes(), now),
+                Some(Duration::from_secs(7)),
+                "{form}"
+            );
+        }
+        // A date already past means "now".
         assert_eq!(
-            parse_retry_after(&http::HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT")),
-            None
+            retry_after_at(b"Wed, 21 Oct 2015 07:28:00 GMT", date + Duration::from_secs(60)),
+            Some(Duration::ZERO)
         );
+        assert_eq!(retry_after_at(b"Wed, 32 Oct 2015 07:28:00 GMT", now), None);
     }
 }
