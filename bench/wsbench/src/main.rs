@@ -5,7 +5,8 @@
 //! wsbench load --port P [--paths K] [--conns C] [--count N] [--limit-secs S]
 //! wsbench run [--quick] [--relays a,b,..] [--wsbridge BIN] [--benthos BIN]
 //!             [--node BIN] [--node-relay JS] [--python BIN] [--python-relay PY]
-//!             [--work DIR] [--out FILE]
+//!             [--work DIR] [--out FILE]      (also writes FILE's .svg chart)
+//! wsbench svg REPORT.md [--out FILE.svg]     the chart of a report (default: beside it)
 
 mod load;
 mod msg;
@@ -16,6 +17,7 @@ mod run;
 mod scenarios;
 mod sink;
 mod source;
+mod svg;
 
 use anyhow::{Result, anyhow, bail};
 use std::collections::HashMap;
@@ -60,6 +62,11 @@ impl Args {
 fn main() -> Result<()> {
     let argv: Vec<String> = std::env::args().collect();
     let cmd = argv.get(1).map(String::as_str).unwrap_or("");
+    if cmd == "svg" {
+        let report = PathBuf::from(argv.get(2).ok_or_else(|| anyhow!("usage: wsbench svg REPORT.md [--out FILE.svg]"))?);
+        let out = Args::parse(argv.get(3..).unwrap_or(&[]))?.path("out").unwrap_or_else(|| report.with_extension("svg"));
+        return run::write_chart(&std::fs::read_to_string(&report)?, &out);
+    }
     let args = Args::parse(argv.get(2..).unwrap_or(&[]))?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cmd {
@@ -91,6 +98,6 @@ fn main() -> Result<()> {
             };
             rt.block_on(run::main(opts))
         }
-        _ => bail!("usage: wsbench source|sink|load|run [options] (see src/main.rs)"),
+        _ => bail!("usage: wsbench source|sink|load|run|svg [options] (see src/main.rs)"),
     }
 }

@@ -6,7 +6,8 @@
 //! timing. Every wait has a deadline; every child is killed on the way out.
 //!
 //! The parts: `procs` (child processes, /proc), `relays` (the relays under
-//! test), `scenarios` (what is measured) and `report` (the Markdown).
+//! test), `scenarios` (what is measured), `report` (the Markdown) and `svg`
+//! (its chart).
 
 use crate::report::{fmt_mib, fmt_ms, phase_cell, render};
 use crate::scenarios::{Ceiling, RelayResult, Sizes, bench_ceiling, bench_relay_many, bench_relay_one};
@@ -85,6 +86,14 @@ pub async fn main(o: Opts) -> Result<()> {
         }
         std::fs::write(out, &table)?;
         eprintln!("wrote {}", out.display());
+        write_chart(&table, &out.with_extension("svg"))?;
     }
+    Ok(())
+}
+
+/// Writes the SVG chart of a Markdown report to `out`.
+pub fn write_chart(report: &str, out: &std::path::Path) -> Result<()> {
+    std::fs::write(out, crate::svg::from_report(report)?)?;
+    eprintln!("wrote {}", out.display());
     Ok(())
 }
