@@ -12,9 +12,10 @@
 # generator, runner), wsbridge, Benthos v4.60.0 (Go module proxy), the Node
 # relay (npm ci) and the Python relay (venv + pip). A relay that cannot be
 # built is reported as n/a with the reason; the others still run.
-# Results: printed, and written to bench/results/latest.md (--quick:
-# bench/results/quick.md). Everything runs on 127.0.0.1 and every wait is
-# bounded. Figures only: nothing here asserts a timing.
+# Results: printed, and written to bench/results/latest.md and its chart
+# bench/results/latest.svg (--quick: quick.md and quick.svg). Everything runs
+# on 127.0.0.1 and every wait is bounded. Figures only: nothing here asserts
+# a timing.
 set -uo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -35,7 +36,7 @@ while [[ $# -gt 0 ]]; do
     --repeat) repeat="$2"; shift 2 ;;
     --out) out="$2"; shift 2 ;;
     --dynamic) dynamic=1; shift ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
 done
