@@ -25,7 +25,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use http::{HeaderMap, HeaderName, StatusCode, header};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
@@ -420,8 +420,16 @@ fn parse_head(input: &[u8]) -> io::Result<Option<(usize, Head)>> {
     let mut transfer_encoding: Option<&[u8]> = None;
     let mut retry_after = None;
     let mut close = false;
+    // No body follows these, whatever the head says of one (RFC 9112 §6.3),
+    // so their framing headers are not read.
+    let bodiless = matches!(status, 100..=199 | 204 | 304);
     for h in response.headers.iter() {
         let name = h.name;
+        let framing_header =
+            name.eq_ignore_ascii_case("content-length") || name.eq_ignore_ascii_case("transfer-encoding");
+        if bodiless && framing_header {
+            continue;
+        }
         if name.eq_ignore_ascii_case("content-length") {
             let n = std::str::from_utf8(h.value)
                 .ok()
@@ -450,6 +458,10 @@ fn parse_head(input: &[u8]) -> io::Result<Option<(usize, Head)>> {
         } else if name.eq_ignore_ascii_case("retry-after") {
             retry_after = parse_retry_after(h.value);
         }
+    }
+    if transfer_encoding.is_some() && response.version == Some(0) {
+        // RFC 9112 §6.1: faulty framing, refused as hyper refuses it.
+        return Err(invalid("Transfer-Encoding in an HTTP/1.0 response"));
     }
     let framing = match (transfer_encoding, length) {
         (Some(te), length) => {
@@ -483,5 +495,7 @@ fn invalid(what: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what.into())
 }
 
+#[cfg(test)]
+mod differential;
 #[cfg(test)]
 mod tests;

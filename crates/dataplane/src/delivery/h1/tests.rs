@@ -1,6 +1,7 @@
 //! Unit tests of the HTTP/1.1 exchange, against a test server on a local socket.
 
 use super::*;
+use http::HeaderValue;
 use tokio::net::TcpListener;
 
 /// One request as the test server read it.
