@@ -104,6 +104,16 @@ pub enum Ordering {
     Unordered,
 }
 
+/// Which message gives way when a subscriber's queue is full.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum OverflowPolicy {
+    /// The new message is refused; the queue keeps what it has.
+    DropNewest,
+    /// The oldest queued messages give way to the new one.
+    DropOldest,
+}
+
 /// The kinds a destination reference may name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum DestinationKind {
@@ -194,6 +204,20 @@ pub struct DeliverySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 100000))]
     pub queue_capacity: Option<i32>,
+    /// Bytes of messages waiting per subscriber before the overflow is
+    /// dead-lettered (or dropped, reason `queue_bytes`), 1 KiB–4 GiB;
+    /// default 16 MiB. The process as a whole also keeps to its memory
+    /// budget (half its memory limit): beyond it, the subscribers furthest
+    /// behind give way first (reason `memory_budget`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1024, max = 4294967296_i64))]
+    pub queue_capacity_bytes: Option<i64>,
+    /// Which message gives way at the queue's bounds: `dropNewest`
+    /// (default: the new message is refused) or `dropOldest` (the oldest
+    /// queued ones make room). Either way it goes to the dead-letter sink
+    /// where one is set, and is counted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overflow_policy: Option<OverflowPolicy>,
     /// Where messages that cannot be delivered go. Without one they are
     /// dropped and counted.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -6,6 +6,7 @@
 //! adapters that feed these types.
 #![forbid(unsafe_code)]
 
+pub mod budget;
 pub mod clients;
 pub mod delivery;
 pub mod destination;

@@ -9,6 +9,7 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 
+use super::budget::{ChargeSlot, MESSAGE_OVERHEAD, MemoryBudget, OverBudget};
 use super::delivery::{HeaderLines, Settle, Settlement, is_header_value};
 use wsbridge_core::secret::SecretString;
 
@@ -171,6 +172,9 @@ pub struct Message {
     delivery_headers: OnceLock<HeaderLines>,
     /// Who waits to hear how its delivery ended (a broker consumer).
     settle: Option<Settle>,
+    /// Its bytes in the process's memory budget, once a queue took it;
+    /// given back when the last reference is dropped.
+    charge: ChargeSlot,
 }
 
 impl Message {
@@ -193,6 +197,7 @@ impl Message {
             authorization: None,
             delivery_headers: OnceLock::new(),
             settle: None,
+            charge: ChargeSlot::default(),
         }
     }
 
@@ -229,6 +234,18 @@ impl Message {
         self.authorization = value;
         self.delivery_headers = OnceLock::new();
         self
+    }
+
+    /// The bytes this message holds while queued: payload, id, header lines
+    /// and the queue entry.
+    pub fn held_bytes(&self) -> u64 {
+        (self.payload.len() + self.id.len()) as u64 + MESSAGE_OVERHEAD
+    }
+
+    /// Charges [`Self::held_bytes`] to `budget`, once per message however
+    /// many queues share it; the charge lasts as long as the message.
+    pub fn charge(&self, budget: &Arc<MemoryBudget>) -> Result<(), OverBudget> {
+        self.charge.charge(budget, self.held_bytes())
     }
 
     /// Reports how its delivery ends to `settle` (see [`Settle`]).

@@ -68,6 +68,13 @@ pub struct DataplaneMetrics {
     pub connected: Family<EndpointLabels, Gauge>,
     /// Seconds from enqueue to successful delivery (includes retries).
     pub delivery_latency: Family<SubscriberLabels, Histogram>,
+    /// Bytes of messages waiting in each subscriber's queue.
+    pub queued_bytes: Family<SubscriberLabels, Gauge>,
+    /// Bytes that queued messages hold in this process, each message
+    /// counted once however many queues share it.
+    pub memory_budget_used: Gauge,
+    /// Bytes that queued messages may hold in this process.
+    pub memory_budget: Gauge,
 }
 
 fn latency_histogram() -> Histogram {
@@ -87,6 +94,9 @@ impl Default for DataplaneMetrics {
             reconnects: Family::default(),
             connected: Family::default(),
             delivery_latency: Family::new_with_constructor(latency_histogram),
+            queued_bytes: Family::default(),
+            memory_budget_used: Gauge::default(),
+            memory_budget: Gauge::default(),
         }
     }
 }
@@ -147,7 +157,31 @@ impl DataplaneMetrics {
             "Time from enqueue to successful delivery",
             m.delivery_latency.clone(),
         );
+        r.register(
+            "subscriber_queued_bytes",
+            "Bytes of messages waiting in a subscriber's queue",
+            m.queued_bytes.clone(),
+        );
+        r.register(
+            "memory_budget_used_bytes",
+            "Bytes queued messages hold in this process (each message once)",
+            m.memory_budget_used.clone(),
+        );
+        r.register(
+            "memory_budget_bytes",
+            "Bytes queued messages may hold in this process",
+            m.memory_budget.clone(),
+        );
         m
+    }
+
+    /// A memory budget of `limit` bytes reported on these metrics.
+    pub fn memory_budget(&self, limit: u64) -> std::sync::Arc<crate::budget::MemoryBudget> {
+        crate::budget::MemoryBudget::with_gauges(
+            limit,
+            self.memory_budget_used.clone(),
+            self.memory_budget.clone(),
+        )
     }
 
     pub(crate) fn drop_endpoint(&self, endpoint: &str, reason: &str) {

@@ -11,7 +11,7 @@ use tokio::sync::watch;
 
 use wsbridge_core::{ChannelKey, ObjectKey};
 
-use super::delivery::{BackoffPolicy, DeliveryPolicy, Ordering, SubscriberSpec};
+use super::delivery::{BackoffPolicy, DeliveryPolicy, Ordering, Overflow, SubscriberSpec};
 
 /// Delivery options where every field may be left to a default (Channel
 /// defaults, Subscription overrides).
@@ -31,6 +31,10 @@ pub struct DeliveryOptions {
     pub dead_letter_sink: Option<http::Uri>,
     /// Queue bound.
     pub queue_capacity: Option<usize>,
+    /// `queueCapacityBytes`.
+    pub queue_bytes: Option<u64>,
+    /// `overflowPolicy`.
+    pub overflow: Option<Overflow>,
 }
 
 impl DeliveryOptions {
@@ -47,6 +51,8 @@ impl DeliveryOptions {
                 .clone()
                 .or_else(|| base.dead_letter_sink.clone()),
             queue_capacity: self.queue_capacity.or(base.queue_capacity),
+            queue_bytes: self.queue_bytes.or(base.queue_bytes),
+            overflow: self.overflow.or(base.overflow),
         }
     }
 
@@ -63,6 +69,8 @@ impl DeliveryOptions {
                 .clone()
                 .or_else(|| defaults.dead_letter_sink.clone()),
             queue_capacity: self.queue_capacity.unwrap_or(defaults.queue_capacity),
+            queue_bytes: self.queue_bytes.unwrap_or(defaults.queue_bytes),
+            overflow: self.overflow.unwrap_or(defaults.overflow),
             retry_after_max: defaults.retry_after_max,
         }
     }

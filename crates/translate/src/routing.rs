@@ -3,7 +3,7 @@
 //! message size limits.
 
 use wsbridge_api::{self as api, BridgeSpec, ChannelSpec, DeliverySpec, Destination, SubscriptionSpec};
-use wsbridge_dataplane::delivery::{BackoffPolicy, Ordering};
+use wsbridge_dataplane::delivery::{BackoffPolicy, Ordering, Overflow};
 use wsbridge_dataplane::endpoint::DEFAULT_MAX_MESSAGE_BYTES;
 use wsbridge_dataplane::routing::{BridgeInfo, ChannelInfo, DeliveryOptions, SubscriptionInfo};
 
@@ -104,6 +104,14 @@ pub fn delivery_options(
             .queue_capacity
             .map(|n| positive(&format!("{field}.queueCapacity"), n.into()))
             .transpose()?,
+        queue_bytes: spec
+            .queue_capacity_bytes
+            .map(|n| positive(&format!("{field}.queueCapacityBytes"), n).map(|n| n as u64))
+            .transpose()?,
+        overflow: spec.overflow_policy.map(|p| match p {
+            api::OverflowPolicy::DropNewest => Overflow::DropNewest,
+            api::OverflowPolicy::DropOldest => Overflow::DropOldest,
+        }),
     })
 }
 

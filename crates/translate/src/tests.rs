@@ -120,6 +120,7 @@ fn delivery_fields_translate_and_max_in_flight_implies_unordered() {
     let spec: DeliverySpec = serde_json::from_value(serde_json::json!({
         "retry": 5, "backoffPolicy": "linear", "backoffDelay": "100ms", "timeout": "2s",
         "maxInFlight": 4, "queueCapacity": 10,
+        "queueCapacityBytes": 1048576, "overflowPolicy": "dropOldest",
         "deadLetterSink": {"uri": "http://dlq:8080/"}
     }))
     .unwrap();
@@ -130,6 +131,8 @@ fn delivery_fields_translate_and_max_in_flight_implies_unordered() {
     assert_eq!(o.timeout, Some(Duration::from_secs(2)));
     assert_eq!(o.ordering, Some(Ordering::Unordered { max_in_flight: 4 }));
     assert_eq!(o.queue_capacity, Some(10));
+    assert_eq!(o.queue_bytes, Some(1 << 20));
+    assert_eq!(o.overflow, Some(wsbridge_dataplane::delivery::Overflow::DropOldest));
     assert_eq!(o.dead_letter_sink.unwrap(), "http://dlq:8080/");
     assert_eq!(
         delivery_options("ns", &DeliverySpec::default(), "spec.delivery").unwrap(),

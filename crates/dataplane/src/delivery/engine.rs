@@ -17,8 +17,10 @@ use tracing::{debug, warn};
 use super::dead_letter::run_dead_letters;
 use super::http::HttpSender;
 use super::policy::DeliveryPolicy;
+use super::queue::MEMORY_BUDGET;
 use super::state::{EngineState, Stats};
 use super::subscriber::{Retired, Worker};
+use crate::budget::{MemoryBudget, OverBudget};
 use crate::destination::DestinationPolicy;
 use crate::message::Message;
 use crate::metrics::DataplaneMetrics;
@@ -53,6 +55,9 @@ pub struct EngineConfig {
     /// the resolved addresses); denied ones are dead-lettered or dropped
     /// with reason `destination_denied`.
     pub destinations: Arc<DestinationPolicy>,
+    /// What queued messages may hold in the process, each message counted
+    /// once (shared with the roles' publish paths).
+    pub budget: Arc<MemoryBudget>,
 }
 
 impl Default for EngineConfig {
@@ -63,9 +68,14 @@ impl Default for EngineConfig {
             dead_letter_attempts: 3,
             removal_grace: Duration::from_secs(30),
             destinations: Arc::default(),
+            budget: MemoryBudget::unlimited(),
         }
     }
 }
+
+/// Messages taken out of the largest queues, at most, to make room for one
+/// new message in the process's budget.
+const MAX_SHED_PER_MESSAGE: usize = 4096;
 
 /// Running totals of the engine (also exported as metrics).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -87,6 +97,9 @@ pub struct DispatchReport {
     pub subscribers: usize,
     /// Of those, how many had a full queue (message dead-lettered or dropped).
     pub overflowed: usize,
+    /// The process's memory budget could not hold the message, even after
+    /// the largest queues gave way: no subscriber got it.
+    pub over_budget: bool,
 }
 
 /// What [`DeliveryEngine::shutdown`] did.
@@ -147,6 +160,7 @@ impl DeliveryEngine {
             stats: Stats::default(),
             dead_letters: dl_tx,
             dead_letters_pending: AtomicU64::new(0),
+            budget: config.budget.clone(),
         });
         let task = tokio::spawn(run_dead_letters(
             Arc::downgrade(&shared),
@@ -205,6 +219,7 @@ impl DeliveryEngine {
                 Some(w) if w.spec == spec => next.push(w),
                 Some(mut w)
                     if w.spec.policy.queue_capacity == spec.policy.queue_capacity
+                        && w.spec.policy.queue_bytes == spec.policy.queue_bytes
                         && w.spec.policy.max_in_flight() == spec.policy.max_in_flight() =>
                 {
                     w.spec_tx.send_replace(Arc::new(spec.clone()));
@@ -248,9 +263,57 @@ impl DeliveryEngine {
         })
     }
 
+    /// The process's memory budget for queued messages.
+    pub fn budget(&self) -> &Arc<MemoryBudget> {
+        &self.inner.shared.budget
+    }
+
+    /// Charges `msg` to the process's budget (once per message), making
+    /// room by taking the oldest messages out of the largest queues (reason
+    /// `memory_budget`) when it is short. The publish paths call this
+    /// before accepting a message, to refuse it (503) rather than grow.
+    pub fn admit(&self, msg: &Message) -> Result<(), OverBudget> {
+        let map = self.inner.channels.read().unwrap_or_else(|p| p.into_inner());
+        self.charge(&map, msg)
+    }
+
+    fn charge(&self, channels: &HashMap<ChannelKey, Vec<Worker>>, msg: &Message) -> Result<(), OverBudget> {
+        let budget = &self.inner.shared.budget;
+        let mut charged = msg.charge(budget);
+        let mut shed = 0;
+        while charged.is_err() && shed < MAX_SHED_PER_MESSAGE {
+            // The subscriber furthest behind gives way, not the others.
+            let Some(largest) = channels
+                .values()
+                .flatten()
+                .filter(|w| w.ctx.queue.bytes() > 0)
+                .max_by_key(|w| w.ctx.queue.bytes())
+            else {
+                break;
+            };
+            while charged.is_err() && shed < MAX_SHED_PER_MESSAGE && largest.shed_oldest() {
+                shed += 1;
+                charged = msg.charge(budget);
+            }
+            if shed == 0 {
+                break;
+            }
+        }
+        if shed > 0 {
+            debug!(
+                shed,
+                used = budget.used(),
+                limit = budget.limit(),
+                "memory budget short: the largest queues gave way"
+            );
+        }
+        charged
+    }
+
     /// Offers `msg` to every subscriber of `channel`. Never waits: a full
-    /// queue dead-letters (reason `queue_full`) or drops the message for
-    /// that subscriber, counted either way.
+    /// queue dead-letters (reason `queue_full` or `queue_bytes`) or drops a
+    /// message for that subscriber, counted either way, and so does a
+    /// process whose memory budget cannot hold it (reason `memory_budget`).
     pub fn dispatch(&self, channel: &ChannelKey, msg: Arc<Message>) -> DispatchReport {
         let map = self.inner.channels.read().unwrap_or_else(|p| p.into_inner());
         let Some(workers) = map.get(channel) else {
@@ -260,7 +323,16 @@ impl DeliveryEngine {
         let mut report = DispatchReport {
             subscribers: workers.len(),
             overflowed: 0,
+            over_budget: false,
         };
+        if self.charge(&map, &msg).is_err() {
+            for w in workers {
+                w.refuse(msg.clone(), MEMORY_BUDGET);
+            }
+            report.overflowed = workers.len();
+            report.over_budget = true;
+            return report;
+        }
         for w in workers {
             if !w.offer(msg.clone(), now) {
                 report.overflowed += 1;

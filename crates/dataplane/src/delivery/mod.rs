@@ -7,6 +7,7 @@ mod http;
 mod policy;
 mod pool;
 mod settle;
+mod queue;
 mod state;
 mod subscriber;
 
@@ -23,3 +24,4 @@ pub use policy::{
     AttemptOutcome, BackoffPolicy, DeliveryPolicy, MAX_RETRY_DELAY, Ordering, Verdict, classify,
     parse_retry_after,
 };
+pub use queue::{DEFAULT_QUEUE_BYTES, MEMORY_BUDGET, Overflow, QUEUE_BYTES, QUEUE_FULL};

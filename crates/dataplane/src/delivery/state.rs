@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 use super::dead_letter::DeadLetter;
 use super::engine::DeliveryStats;
 use super::http::HttpSender;
+use crate::budget::MemoryBudget;
 use crate::metrics::{DataplaneMetrics, ReasonLabels};
 
 /// Running totals; [`DeliveryStats`] is a snapshot of them.
@@ -39,6 +40,8 @@ pub(super) struct EngineState {
     pub(super) stats: Stats,
     pub(super) dead_letters: mpsc::Sender<DeadLetter>,
     pub(super) dead_letters_pending: AtomicU64,
+    /// What queued messages may hold in this process.
+    pub(super) budget: Arc<MemoryBudget>,
 }
 
 impl EngineState {

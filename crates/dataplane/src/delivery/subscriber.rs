@@ -2,7 +2,7 @@
 //! backoff, expiry when the subscriber is removed or the engine stops, and
 //! handing what could not be delivered to the dead-letter path.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering as AtomicOrdering};
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
@@ -10,7 +10,7 @@ use futures::stream::FuturesUnordered;
 use http::Uri;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, warn};
@@ -19,6 +19,7 @@ use super::dead_letter::DeadLetter;
 use super::engine::SubscriberSpec;
 use super::http::{HttpSender, OriginRoute};
 use super::policy::{AttemptOutcome, DeliveryPolicy, Verdict, classify};
+use super::queue::{MEMORY_BUDGET, Queued, SubscriberQueue};
 use super::settle::Settlement;
 use super::state::EngineState;
 use crate::message::Message;
@@ -39,11 +40,6 @@ async fn expired(rx: &mut Expire) -> &'static str {
     }
 }
 
-struct Queued {
-    msg: Arc<Message>,
-    enqueued: Instant,
-}
-
 /// What a subscriber's task and the dispatch path share.
 pub(super) struct WorkerCtx {
     shared: Arc<EngineState>,
@@ -58,18 +54,14 @@ pub(super) struct WorkerCtx {
     drops: Mutex<Vec<(&'static str, Counter)>>,
     /// Queued plus in flight.
     pub(super) pending: AtomicU64,
-    /// Queued only, bounded by the queue capacity.
-    queued: AtomicUsize,
-    capacity: usize,
+    /// Bounded in messages and bytes.
+    pub(super) queue: SubscriberQueue,
 }
 
 /// A running subscriber: its queue, its task and the spec it runs with.
 pub(super) struct Worker {
     pub(super) spec: SubscriberSpec,
     pub(super) ctx: Arc<WorkerCtx>,
-    /// Unbounded in itself: `WorkerCtx::queued` bounds it. A bounded
-    /// channel takes a lock on every receive to return the permit.
-    tx: mpsc::UnboundedSender<Queued>,
     pub(super) spec_tx: watch::Sender<Arc<SubscriberSpec>>,
     expire_tx: Arc<watch::Sender<Option<&'static str>>>,
     pub(super) task: JoinHandle<()>,
@@ -92,6 +84,7 @@ impl Worker {
         let delivered = shared.metrics.delivered.get_or_create(&labels).clone();
         let retried = shared.metrics.retried.get_or_create(&labels).clone();
         let latency = shared.metrics.delivery_latency.get_or_create(&labels).clone();
+        let queued_bytes = shared.metrics.queued_bytes.get_or_create(&labels).clone();
         let ctx = Arc::new(WorkerCtx {
             channel: Arc::from(labels.channel.as_str()),
             subscriber: Arc::from(labels.subscriber.as_str()),
@@ -101,15 +94,12 @@ impl Worker {
             drops: Mutex::default(),
             shared,
             pending: AtomicU64::new(0),
-            queued: AtomicUsize::new(0),
-            capacity: spec.policy.queue_capacity.max(1),
+            queue: SubscriberQueue::new(spec.policy.queue_capacity, spec.policy.queue_bytes, queued_bytes),
         });
-        let (tx, rx) = mpsc::unbounded_channel();
         let (spec_tx, spec_rx) = watch::channel(Arc::new(spec.clone()));
         let (expire_tx, expire_rx) = watch::channel(None);
         let task = tokio::spawn(run_worker(
             ctx.clone(),
-            rx,
             spec_rx,
             expire_rx,
             spec.policy.max_in_flight(),
@@ -117,37 +107,51 @@ impl Worker {
         Self {
             spec,
             ctx,
-            tx,
             spec_tx,
             expire_tx: Arc::new(expire_tx),
             task,
         }
     }
 
-    /// Queues `msg` without waiting. A full queue dead-letters (reason
-    /// `queue_full`) or drops it, counted either way; then this is false.
+    /// Queues `msg` without waiting. At the queue's bounds the overflow
+    /// policy says which message gives way; that one is dead-lettered or
+    /// dropped (reason `queue_full` or `queue_bytes`), counted either way,
+    /// and this is false.
     #[inline]
     pub(super) fn offer(&self, msg: Arc<Message>, now: Instant) -> bool {
         let ctx = &self.ctx;
         ctx.pending.fetch_add(1, AtomicOrdering::Relaxed);
-        let queued = Queued { msg, enqueued: now };
-        let sent = if ctx.queued.fetch_add(1, AtomicOrdering::Relaxed) < ctx.capacity {
-            self.tx.send(queued).map_err(|e| e.0)
-        } else {
-            Err(queued)
-        };
-        if let Err(q) = sent {
-            ctx.queued.fetch_sub(1, AtomicOrdering::Relaxed);
-            ctx.give_up_now(q.msg, &self.spec.policy, "queue_full", None, 0);
+        let policy = &self.spec.policy;
+        let gave_way = ctx.queue.push(Queued { msg, enqueued: now }, policy.overflow);
+        let fitted = gave_way.is_empty();
+        for (msg, reason) in gave_way {
+            ctx.give_up_now(msg, policy, reason, None, 0);
             ctx.pending.fetch_sub(1, AtomicOrdering::Relaxed);
-            return false;
         }
+        fitted
+    }
+
+    /// Gives `msg` up for this subscriber without queueing it (the process
+    /// could not hold it).
+    pub(super) fn refuse(&self, msg: Arc<Message>, reason: &'static str) {
+        self.ctx.give_up_now(msg, &self.spec.policy, reason, None, 0);
+    }
+
+    /// Takes this subscriber's oldest queued message out, giving it up with
+    /// reason `memory_budget` (to make room in the process's budget).
+    pub(super) fn shed_oldest(&self) -> bool {
+        let Some(msg) = self.ctx.queue.evict_oldest() else {
+            return false;
+        };
+        self.ctx
+            .give_up_now(msg, &self.spec.policy, MEMORY_BUDGET, None, 0);
+        self.ctx.pending.fetch_sub(1, AtomicOrdering::Relaxed);
         true
     }
 
     /// Closes the queue; the task drains what is left and ends.
     pub(super) fn retire(self) -> Retired {
-        // Dropping `tx` closes the queue: the task drains what is left and ends.
+        self.ctx.queue.close();
         Retired {
             ctx: self.ctx,
             expire_tx: self.expire_tx,
@@ -161,15 +165,13 @@ impl Worker {
 /// drained.
 async fn run_worker(
     ctx: Arc<WorkerCtx>,
-    mut rx: mpsc::UnboundedReceiver<Queued>,
     spec: watch::Receiver<Arc<SubscriberSpec>>,
     expire: Expire,
     max_in_flight: usize,
 ) {
     let mut current = CurrentSpec::new(spec, &ctx.shared.http);
     if max_in_flight <= 1 {
-        while let Some(q) = rx.recv().await {
-            ctx.queued.fetch_sub(1, AtomicOrdering::Relaxed);
+        while let Some(q) = ctx.queue.pop().await {
             let (spec, origin) = current.get(&ctx.shared.http);
             ctx.deliver(q, spec, origin, expire.clone()).await;
         }
@@ -183,9 +185,8 @@ async fn run_worker(
         tokio::select! {
             biased;
             Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
-            q = rx.recv(), if open && in_flight.len() < max_in_flight => match q {
+            q = ctx.queue.pop(), if open && in_flight.len() < max_in_flight => match q {
                 Some(q) => {
-                    ctx.queued.fetch_sub(1, AtomicOrdering::Relaxed);
                     let (spec, origin) = current.get(&ctx.shared.http);
                     in_flight.push(ctx.deliver(q, spec, origin, expire.clone()));
                 }
@@ -330,6 +331,8 @@ impl WorkerCtx {
         attempts: u32,
     ) {
         match &policy.dead_letter_sink {
+            // The dead-letter queue holds what it takes within the budget.
+            Some(_) if msg.charge(&self.shared.budget).is_err() => self.count_drop(MEMORY_BUDGET),
             Some(sink) => {
                 let dl = self.dead_letter(msg, sink, policy, reason, last_status, attempts);
                 self.shared
