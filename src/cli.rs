@@ -85,6 +85,8 @@ pub enum Command {
         /// environment).
         #[command(flatten)]
         destinations: DestinationArgs,
+        #[command(flatten)]
+        memory: MemoryArgs,
     },
     /// Run the publish gateway.
     Gateway {
@@ -104,6 +106,8 @@ pub enum Command {
         /// dead-letter sinks.
         #[command(flatten)]
         destinations: DestinationArgs,
+        #[command(flatten)]
+        memory: MemoryArgs,
     },
     /// Run bridges, the publish gateway and delivery in one process, from
     /// YAML files of Endpoints, Channels, Bridges, Subscriptions and Secrets.
@@ -143,6 +147,8 @@ pub enum Command {
         /// endpoints).
         #[command(flatten)]
         destinations: DestinationArgs,
+        #[command(flatten)]
+        memory: MemoryArgs,
     },
     /// Validates configuration texts given as JSON on stdin and prints the
     /// verdict as JSON: the child process `standalone` validates reloads in.
@@ -205,6 +211,37 @@ pub struct ServerArgs {
     /// Bearer token (a Kubernetes ServiceAccount token, for the gateway).
     #[arg(long, env = "WSBRIDGE_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+}
+
+/// The memory a data plane role may use.
+#[derive(clap::Args, Clone, Debug, Default, PartialEq, Eq)]
+pub struct MemoryArgs {
+    /// Memory this process may use, in bytes or with a Kubernetes binary
+    /// suffix (`512Mi`, `2Gi`). Queued messages (every subscriber queue,
+    /// the dead-letter and send queues) may hold half of it, each message
+    /// counted once. Default: the cgroup's memory limit (the pod's), else 2Gi.
+    #[arg(long, value_name = "BYTES", env = "WSBRIDGE_MEMORY_LIMIT", value_parser = parse_bytes)]
+    pub memory_limit: Option<u64>,
+}
+
+/// Bytes, plain or with a Kubernetes binary suffix (`Ki`, `Mi`, `Gi`,
+/// `Ti`): the spelling of the pod's memory limit, which is what this flag
+/// stands in for. Ten lines; a byte-size crate would accept other spellings
+/// (`MB`, `MiB`) that mean something else to a Kubernetes reader.
+fn parse_bytes(text: &str) -> Result<u64, String> {
+    let (digits, shift) = match text.len().checked_sub(2).map(|i| text.split_at(i)) {
+        Some((n, "Ki")) => (n, 10),
+        Some((n, "Mi")) => (n, 20),
+        Some((n, "Gi")) => (n, 30),
+        Some((n, "Ti")) => (n, 40),
+        _ => (text, 0),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size in bytes (e.g. 268435456, 256Mi, 2Gi)"))?;
+    n.checked_mul(1 << shift)
+        .filter(|b| *b > 0)
+        .ok_or_else(|| format!("{text:?} is out of range"))
 }
 
 /// Log output format.
@@ -338,6 +375,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             listen,
             pod_ip,
             destinations,
+            memory,
         } => {
             let advertise = pod_ip.map(|ip| format!("http://{}", SocketAddr::new(ip, listen.port())));
             let options = wsbridge_worker::WorkerOptions {
@@ -346,6 +384,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 advertise,
                 drain: std::time::Duration::from_secs(10),
                 destinations: std::sync::Arc::new(destinations.policy()?),
+                memory_limit: memory.memory_limit,
             };
             wsbridge_worker::run(options, kube::Client::try_default().await?).await?;
         }
@@ -355,6 +394,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             auth_cache_ttl,
             token_audiences,
             destinations,
+            memory,
         } => {
             let options = wsbridge_gateway::GatewayOptions {
                 listen,
@@ -367,6 +407,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 send_timeout: std::time::Duration::from_secs(5),
                 drain: std::time::Duration::from_secs(10),
                 destinations: std::sync::Arc::new(destinations.policy()?),
+                memory_limit: memory.memory_limit,
             };
             wsbridge_gateway::run(options, kube::Client::try_default().await?).await?;
         }
@@ -381,6 +422,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             max_clients,
             client_ping_interval,
             client_pong_timeout,
+            memory,
         } => {
             if check {
                 return Ok(match wsbridge_standalone::check(&files) {
@@ -397,6 +439,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let mut options = wsbridge_standalone::Options::new(files);
             options.listen = listen;
             options.drain_timeout = drain_timeout;
+            options.memory_limit = memory.memory_limit;
             options.client_limits = ClientLimits {
                 buffer_bytes: client_buffer_bytes,
                 per_channel: max_clients_per_channel,
@@ -480,5 +523,15 @@ mod tests {
             Cli::parse_from(["x"]).d.policy().unwrap(),
             DestinationPolicy::default()
         );
+    }
+    #[test]
+    fn memory_limits_are_bytes_or_kubernetes_binary_quantities() {
+        assert_eq!(parse_bytes("268435456"), Ok(256 << 20));
+        assert_eq!(parse_bytes("256Mi"), Ok(256 << 20));
+        assert_eq!(parse_bytes("2Gi"), Ok(2 << 30));
+        assert_eq!(parse_bytes("64Ki"), Ok(64 << 10));
+        for bad in ["", "Mi", "256MB", "-1Mi", "0", "1.5Gi", "99999999999Ti"] {
+            assert!(parse_bytes(bad).is_err(), "{bad:?}");
+        }
     }
 }

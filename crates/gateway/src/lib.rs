@@ -27,6 +27,7 @@ use wsbridge_api::{Bridge, Channel, Subscription, conditions};
 use wsbridge_core::{ChannelKey, ObjectKey};
 use wsbridge_dataplane::DataplaneMetrics;
 use wsbridge_dataplane::delivery::{DeliveryEngine, EngineConfig, HttpSender};
+use wsbridge_dataplane::budget::queue_budget;
 use wsbridge_dataplane::routing::RoutingIndex;
 use wsbridge_http::ops::{self, Readiness};
 use wsbridge_k8s::follow::{Change, follow, key_of};
@@ -48,6 +49,9 @@ pub struct GatewayOptions {
     /// Where deliveries and dead-letters may go. Sends to workers use the
     /// built-in policy only (worker addresses are pod IPs).
     pub destinations: Arc<wsbridge_dataplane::DestinationPolicy>,
+    /// The memory the gateway may use; queued messages take half of it
+    /// (default: the pod's limit, read from its cgroup).
+    pub memory_limit: Option<u64>,
 }
 
 /// What a publish needs of a Channel besides its routes.
@@ -131,6 +135,7 @@ impl Gateway {
             engine: Arc::new(DeliveryEngine::new(
                 EngineConfig {
                     destinations: options.destinations.clone(),
+                    budget: dataplane.memory_budget(queue_budget(options.memory_limit)),
                     ..EngineConfig::default()
                 },
                 dataplane.clone(),

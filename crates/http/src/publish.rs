@@ -55,6 +55,10 @@ pub fn channel_not_found(channel: &ChannelKey) -> Response {
     )
 }
 
+/// Reason of the 503 for a message the process's memory budget cannot
+/// hold now (the subscribers are behind; retry later).
+pub const MEMORY_BUDGET_EXHAUSTED: &str = "MemoryBudgetExhausted";
+
 /// A JSON error: `{"code": 404, "reason": "ChannelNotFound", "error": "..."}`.
 pub fn error(status: StatusCode, reason: &str, message: impl Into<String>) -> Response {
     let message: String = message.into();

@@ -32,6 +32,7 @@ pub use runtime::Runtime;
 pub use validator::Validation;
 
 use wsbridge_dataplane::DataplaneMetrics;
+use wsbridge_dataplane::budget::queue_budget;
 use wsbridge_dataplane::clients::{ClientLimits, RemoteClients};
 use wsbridge_http::ops::{self, Readiness};
 
@@ -54,6 +55,9 @@ pub struct Options {
     pub client_limits: ClientLimits,
     /// Pings of WebSocket subscribers.
     pub client_keepalive: publish::ClientKeepalive,
+    /// The memory the process may use; queued messages take half of it
+    /// (default: the cgroup's limit, see `wsbridge_dataplane::budget`).
+    pub memory_limit: Option<u64>,
 }
 
 impl Options {
@@ -69,6 +73,7 @@ impl Options {
             validation: Validation::InProcess,
             client_limits: ClientLimits::default(),
             client_keepalive: publish::ClientKeepalive::default(),
+            memory_limit: None,
         }
     }
 }
@@ -126,8 +131,10 @@ pub async fn start(options: Options) -> Result<Standalone, Error> {
         reloads.clone(),
     );
     let clients = RemoteClients::registered(options.client_limits, &mut registry);
+    let budget = metrics.memory_budget(queue_budget(options.memory_limit));
+    info!(bytes = budget.limit(), "memory budget for queued messages");
     let runtime = Arc::new(
-        Runtime::with_destinations(metrics, options.destinations.clone()).with_remote_clients(clients),
+        Runtime::with_budget(metrics, options.destinations.clone(), budget).with_remote_clients(clients),
     );
     runtime.apply(plan);
 

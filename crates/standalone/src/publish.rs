@@ -93,5 +93,10 @@ async fn handle(
             "EndpointUnavailable",
             e.to_string(),
         ),
+        Err(e @ PublishError::OverBudget(_)) => publish::error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            publish::MEMORY_BUDGET_EXHAUSTED,
+            e.to_string(),
+        ),
     }
 }

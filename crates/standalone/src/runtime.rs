@@ -13,6 +13,7 @@ use tracing::info;
 use super::load::{BridgePlan, ChannelPlan, Plan};
 use wsbridge_core::{ChannelKey, ObjectKey};
 use wsbridge_dataplane::DestinationPolicy;
+use wsbridge_dataplane::budget::{MemoryBudget, OverBudget, queue_budget};
 use wsbridge_dataplane::clients::{ClientLimits, RemoteClients};
 use wsbridge_dataplane::delivery::{DeliveryEngine, DeliveryStats, EngineConfig, ShutdownReport};
 use wsbridge_dataplane::endpoint::{EndpointConfig, EndpointHandle, EndpointOptions, SendError};
@@ -62,6 +63,9 @@ pub enum PublishError {
         /// Not connected, buffer full, ...
         reason: String,
     },
+    /// The process's memory budget cannot hold the message now (503).
+    #[error("{0}; retry later")]
+    OverBudget(#[from] OverBudget),
 }
 
 /// What a publish did.
@@ -94,11 +98,23 @@ impl Runtime {
     /// An empty runtime whose deliveries and endpoint connections go only
     /// where `destinations` allows.
     pub fn with_destinations(metrics: Arc<DataplaneMetrics>, destinations: Arc<DestinationPolicy>) -> Self {
+        let budget = metrics.memory_budget(queue_budget(None));
+        Self::with_budget(metrics, destinations, budget)
+    }
+
+    /// [`Runtime::with_destinations`], with queued messages (subscriber
+    /// queues, endpoint send queues) held within `budget`.
+    pub fn with_budget(
+        metrics: Arc<DataplaneMetrics>,
+        destinations: Arc<DestinationPolicy>,
+        budget: Arc<MemoryBudget>,
+    ) -> Self {
         Self {
             index: Arc::new(RoutingIndex::default()),
             engine: DeliveryEngine::new(
                 EngineConfig {
                     destinations: destinations.clone(),
+                    budget,
                     ..EngineConfig::default()
                 },
                 metrics.clone(),
@@ -297,6 +313,9 @@ impl Runtime {
             Origin::Published,
             translate::channel_source(&channel.namespace, &channel.name),
         ));
+        // Charged before any queue takes it: refused (503) rather than
+        // grown past the budget.
+        self.engine.admit(&msg)?;
         for (bridge, endpoint, handle) in &handles {
             let Some(handle) = handle else { continue };
             match handle.try_send(msg.clone()) {

@@ -202,6 +202,10 @@ fn publish_frame(runtime: &Runtime, channel: &ChannelKey, payload: Payload) -> O
             CloseCode::Again,
             "a bridged endpoint of the channel is not connected",
         )),
+        Err(PublishError::OverBudget(_)) => Some(close_frame(
+            CloseCode::Again,
+            "the memory budget for queued messages is exhausted; retry later",
+        )),
     }
 }
 

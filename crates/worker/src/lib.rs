@@ -25,6 +25,7 @@ use tokio::task::JoinSet;
 use send::{SendSlot, SendTarget};
 use wsbridge_api::{Bridge, BridgeSpec, Channel, Endpoint, EndpointSpec, Subscription};
 use wsbridge_core::{ChannelKey, ObjectKey};
+use wsbridge_dataplane::budget::queue_budget;
 use wsbridge_dataplane::delivery::{DeliveryEngine, EngineConfig};
 use wsbridge_dataplane::endpoint::{ConnectionState, EndpointConfig, EndpointHandle, EndpointOptions};
 use wsbridge_dataplane::routing::RoutingIndex;
@@ -47,6 +48,9 @@ pub struct WorkerOptions {
     pub drain: Duration,
     /// Where deliveries, dead-letters and the endpoint connection may go.
     pub destinations: Arc<wsbridge_dataplane::DestinationPolicy>,
+    /// The memory the worker may use; queued messages take half of it
+    /// (default: the pod's limit, read from its cgroup).
+    pub memory_limit: Option<u64>,
 }
 
 /// Runs the worker until SIGINT/SIGTERM, then drains.
@@ -75,9 +79,12 @@ impl Worker {
     pub async fn start(options: WorkerOptions, client: Client) -> anyhow::Result<Self> {
         let mut registry = Registry::default();
         let metrics = Arc::new(DataplaneMetrics::new(&mut registry));
+        let budget = metrics.memory_budget(queue_budget(options.memory_limit));
+        tracing::info!(bytes = budget.limit(), "memory budget for queued messages");
         let engine = Arc::new(DeliveryEngine::new(
             EngineConfig {
                 destinations: options.destinations.clone(),
+                budget: budget.clone(),
                 ..EngineConfig::default()
             },
             metrics.clone(),
@@ -86,7 +93,7 @@ impl Worker {
         let slot: SendSlot = Arc::new(RwLock::new(None));
         let (stop, stopped) = watch::channel(false);
 
-        let router = ops::router(Arc::new(registry), ready.clone()).merge(send::router(slot.clone()));
+        let router = ops::router(Arc::new(registry), ready.clone()).merge(send::router(slot.clone(), budget));
         let mut http_stop = stopped.clone();
         let (addr, server) = ops::serve(options.listen, router, async move {
             let _ = http_stop.wait_for(|s| *s).await;

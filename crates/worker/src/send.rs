@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde_json::json;
 
+use wsbridge_dataplane::budget::MemoryBudget;
 use wsbridge_dataplane::endpoint::{EndpointHandle, SendError};
 use wsbridge_dataplane::{Message, Origin};
 use wsbridge_http::publish;
@@ -28,12 +29,22 @@ pub struct SendTarget {
 /// Shared slot, empty between sessions.
 pub type SendSlot = Arc<RwLock<Option<SendTarget>>>;
 
-/// The send route.
-pub fn router(slot: SendSlot) -> Router {
-    Router::new().route("/v1/send", post(send)).with_state(slot)
+#[derive(Clone)]
+struct SendState {
+    slot: SendSlot,
+    /// The worker's memory budget: the endpoint's send queue holds messages
+    /// within it, like the subscriber queues.
+    budget: Arc<MemoryBudget>,
 }
 
-async fn send(State(slot): State<SendSlot>, headers: HeaderMap, body: Body) -> Response {
+/// The send route.
+pub fn router(slot: SendSlot, budget: Arc<MemoryBudget>) -> Router {
+    Router::new()
+        .route("/v1/send", post(send))
+        .with_state(SendState { slot, budget })
+}
+
+async fn send(State(SendState { slot, budget }): State<SendState>, headers: HeaderMap, body: Body) -> Response {
     let target = slot.read().map(|s| s.clone()).unwrap_or_default();
     let Some(target) = target else {
         return publish::error(
@@ -56,6 +67,13 @@ async fn send(State(slot): State<SendSlot>, headers: HeaderMap, body: Body) -> R
         message = message.with_id(id);
     }
     let id = message.id().to_owned();
+    if let Err(e) = message.charge(&budget) {
+        return publish::error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            publish::MEMORY_BUDGET_EXHAUSTED,
+            format!("{e}; retry later"),
+        );
+    }
     match target.handle.try_send(Arc::new(message)) {
         Ok(()) => (StatusCode::ACCEPTED, axum::Json(json!({"id": id}))).into_response(),
         Err(SendError::TooLarge { size, max }) => publish::too_large(Some(size), max),
