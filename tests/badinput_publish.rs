@@ -2,6 +2,11 @@
 //! publish listener (the real process): every answer is a 4xx with a JSON
 //! `reason`, never a 5xx, never a panic, and the process keeps serving.
 
+#[path = "support/http.rs"]
+#[allow(dead_code)]
+mod http_support;
+#[path = "support/python.rs"]
+mod python;
 mod standalone_support;
 
 use std::net::SocketAddr;
@@ -373,4 +378,63 @@ impl ReplaceMethod for Vec<u8> {
         out.extend_from_slice(&self[at..]);
         out
     }
+}
+
+/// RFC 9112 §9.6: an answer sent before the request body was read says
+/// `Connection: close`, so a keep-alive client does not send its next
+/// request on a connection the server is closing. An answer given after
+/// the body was read keeps the connection. No internal header goes out.
+#[tokio::test]
+async fn an_answer_before_the_body_was_read_closes_the_connection_and_says_so() {
+    use http_support::{closed_by_server, exchange, keep_alive_post};
+    let dir = TempDir::new("badinput-early");
+    let config = dir.write("config.yaml", CONFIG);
+    let standalone = Standalone::start(&[&config], &dir.0).await;
+    let addr = standalone.addr;
+
+    // Read in full: 202, then 400 (empty), on one connection kept open.
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    for (body, status) in [(&b"within"[..], 202), (b"", 400), (b"again", 202)] {
+        let answer = exchange(&mut stream, &keep_alive_post(addr, CHANNEL, body))
+            .await
+            .unwrap();
+        assert_eq!(answer.status, status, "{answer:?}");
+        assert_eq!(answer.header("connection"), None, "{answer:?}");
+    }
+    // Refused before the body was read: over the limit, no such channel.
+    for (path, body, status) in [
+        (CHANNEL, vec![b'x'; 300], 413),
+        ("/channels/default/nope", b"x".to_vec(), 404),
+        ("/channels/default/Ticker", b"x".to_vec(), 400),
+    ] {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let answer = exchange(&mut stream, &keep_alive_post(addr, path, &body))
+            .await
+            .unwrap();
+        assert_eq!(answer.status, status, "{answer:?}");
+        assert_eq!(answer.header("connection"), Some("close"), "{answer:?}");
+        assert!(
+            closed_by_server(&mut stream, Duration::from_secs(10)).await,
+            "the server said close and kept the connection"
+        );
+    }
+    let head = raw(addr, &post(CHANNEL, Some("text/plain"), &[b'x'; 300]))
+        .await
+        .head;
+    assert!(!head.to_ascii_lowercase().contains("x-wsbridge"), "{head}");
+
+    // An ordinary keep-alive client: aiohttp with one session.
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/keepalive_publisher.py");
+    let url = standalone.url(CHANNEL);
+    let out = python::python3_with(&["aiohttp"])
+        .args([script, &url, "300", "5", "300", "5"])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "aiohttp failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "413\n202\n413\n202\n");
 }

@@ -1,25 +1,17 @@
 //! The endpoint client against an independent WebSocket implementation:
 //! a Python `websockets` server (`tests/peers/ws_echo_server.py`).
 
+#[path = "support/python.rs"]
+mod python;
+
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Command;
 use tokio::sync::{mpsc, watch};
 use wsbridge_dataplane::endpoint::{EndpointConfig, EndpointHandle, EndpointOptions, ReconnectPolicy};
 use wsbridge_dataplane::{DataplaneMetrics, Message, Origin, Payload, PayloadKind};
-
-fn python_websockets_available() -> bool {
-    std::process::Command::new("python3")
-        .args(["-c", "import websockets"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
-}
 
 async fn next(rx: &mut mpsc::Receiver<Arc<Message>>) -> Arc<Message> {
     tokio::time::timeout(Duration::from_secs(20), rx.recv())
@@ -34,19 +26,11 @@ fn text(m: &Message) -> String {
 
 #[tokio::test]
 async fn the_client_talks_to_a_python_websockets_server_and_reconnects() {
-    if !python_websockets_available() {
-        eprintln!(
-            "\n\n!!!!!!!! SKIPPED: python3 with the `websockets` package is not available \
-             (pip install websockets) !!!!!!!!\n\n"
-        );
-        return;
-    }
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/ws_echo_server.py");
-    let mut child = Command::new("python3")
+    let mut child = python::python3_with(&["websockets"])
         .arg(script)
         .arg("0")
         .stdout(Stdio::piped())
-        .kill_on_drop(true)
         .spawn()
         .expect("start the python peer");
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();

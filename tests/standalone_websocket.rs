@@ -3,6 +3,8 @@
 //! runs as a child process; the feed and the HTTP subscriber are real
 //! servers on loopback.
 
+#[path = "support/python.rs"]
+mod python;
 mod standalone_support;
 
 use std::time::Duration;
@@ -369,24 +371,9 @@ async fn a_client_that_does_not_answer_pings_is_disconnected() {
     }
 }
 
-fn python_websockets_available() -> bool {
-    std::process::Command::new("python3")
-        .args(["-c", "import websockets"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 #[tokio::test]
 async fn a_python_websockets_client_subscribes_and_publishes() {
     use tokio::io::AsyncBufReadExt;
-    if !python_websockets_available() {
-        eprintln!(
-            "\n\n!!!!!!!! SKIPPED: python3 with the `websockets` package is not available (pip install websockets) !!!!!!!!\n\n"
-        );
-        return;
-    }
     let Setup {
         _dir,
         mut feed,
@@ -395,10 +382,9 @@ async fn a_python_websockets_client_subscribes_and_publishes() {
     } = setup("ws-python", &[]).await;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/ws_channel_client.py");
     let url = format!("ws://{}/channels/default/ticker", standalone.addr);
-    let mut child = tokio::process::Command::new("python3")
+    let mut child = python::python3_with(&["websockets"])
         .args([script, &url, "3", "from-python"])
         .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
         .spawn()
         .unwrap();
     let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();

@@ -17,12 +17,14 @@ use wsbridge_core::ChannelKey;
 use wsbridge_dataplane::delivery::AttemptOutcome;
 use wsbridge_dataplane::metrics::ChannelLabels;
 use wsbridge_dataplane::{Message, Origin, PayloadKind};
+use wsbridge_http::connection;
 use wsbridge_http::publish::{self, SentOut};
 use wsbridge_translate as translate;
 
 pub fn router(shared: Arc<GatewayState>) -> Router {
     Router::new()
         .route(publish::CHANNEL_ROUTE, post(handle))
+        .layer(axum::middleware::from_fn(connection::close_unless_body_read))
         .with_state(shared)
 }
 
@@ -37,11 +39,7 @@ async fn handle(
         Ok(channel) => publish_on(&shared, channel, &headers, body).await,
         Err(rejection) => tagged(rejection, "InvalidChannel"),
     };
-    let reason = response
-        .headers()
-        .get("x-wsbridge-reason")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("Accepted");
+    let reason = response.extensions().get::<Reason>().map_or("Accepted", |r| r.0);
     shared.metrics.observe(
         response.status().as_u16(),
         reason,
@@ -50,11 +48,14 @@ async fn handle(
     response
 }
 
+/// The reason a response is counted under in the metrics: an extension,
+/// so it never goes out to the client.
+#[derive(Debug, Clone, Copy)]
+struct Reason(&'static str);
+
 /// Tags a response with its reason for the metrics.
 fn tagged(mut response: Response, reason: &'static str) -> Response {
-    response
-        .headers_mut()
-        .insert("x-wsbridge-reason", HeaderValue::from_static(reason));
+    response.extensions_mut().insert(Reason(reason));
     response
 }
 

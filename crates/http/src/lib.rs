@@ -2,8 +2,11 @@
 //! `/healthz`, `/readyz` and `/metrics` ([`ops`]), and the pieces of a
 //! publish request that the gateway, standalone mode and the worker's send
 //! path share: reading a message within its size limit, naming a channel
-//! from the path, and JSON errors with a reason ([`publish`]).
+//! from the path, and JSON errors with a reason ([`publish`]); and
+//! `Connection: close` on answers given before a request body was read
+//! ([`connection`]).
 #![forbid(unsafe_code)]
 
+pub mod connection;
 pub mod ops;
 pub mod publish;

@@ -16,6 +16,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::post;
 
+use wsbridge_http::connection;
 use wsbridge_http::publish::{self, SentOut};
 
 use tokio::sync::watch;
@@ -58,6 +59,7 @@ impl Default for ClientKeepalive {
 pub fn router(routes: ChannelRoutes) -> Router {
     Router::new()
         .route(publish::CHANNEL_ROUTE, post(handle).get(websocket::subscribe))
+        .layer(axum::middleware::from_fn(connection::close_unless_body_read))
         .with_state(routes)
 }
 
