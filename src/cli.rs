@@ -309,12 +309,81 @@ pub struct ControllerArgs {
     /// endpoints); passed on to every worker.
     #[command(flatten)]
     pub destinations: DestinationArgs,
+    /// Who may reach the workers' port (a NetworkPolicy with each worker).
+    #[command(flatten)]
+    pub worker_ingress: WorkerIngressArgs,
+}
+
+/// Who may reach a worker's port: the flags of the NetworkPolicy the
+/// controller writes with each worker.
+#[derive(clap::Args, Clone, Debug)]
+pub struct WorkerIngressArgs {
+    /// Write a NetworkPolicy with each worker that admits only the gateway
+    /// (and the metrics scraper, when given) to its port.
+    #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub worker_network_policy: bool,
+    /// Namespace of the gateway's pods.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "wsbridge-system")]
+    pub gateway_namespace: String,
+    /// Labels of the gateway's pods, as KEY=VALUE (comma-separated or repeated).
+    #[arg(
+        long,
+        value_name = "KEY=VALUE",
+        value_delimiter = ',',
+        default_value = "app.kubernetes.io/name=wsbridge,app.kubernetes.io/component=gateway"
+    )]
+    pub gateway_pod_labels: Vec<String>,
+    /// Namespace of a metrics scraper that scrapes workers directly (none by default).
+    #[arg(long)]
+    pub metrics_scraper_namespace: Option<String>,
+    /// Labels of the metrics scraper's pods, as KEY=VALUE (default: every
+    /// pod of `--metrics-scraper-namespace`).
+    #[arg(
+        long,
+        value_name = "KEY=VALUE",
+        value_delimiter = ',',
+        requires = "metrics_scraper_namespace"
+    )]
+    pub metrics_scraper_pod_labels: Vec<String>,
+}
+
+impl WorkerIngressArgs {
+    /// `None` when no NetworkPolicies are to be written.
+    pub fn ingress(&self) -> anyhow::Result<Option<wsbridge_controller::worker_objects::WorkerIngress>> {
+        use wsbridge_controller::worker_objects::{PodsIn, WorkerIngress};
+        if !self.worker_network_policy {
+            return Ok(None);
+        }
+        let labels = |flag: &str, pairs: &[String]| {
+            pairs
+                .iter()
+                .map(|p| match p.split_once('=') {
+                    Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+                    _ => Err(anyhow::anyhow!("--{flag}: {p:?} is not KEY=VALUE")),
+                })
+                .collect::<anyhow::Result<std::collections::BTreeMap<_, _>>>()
+        };
+        Ok(Some(WorkerIngress {
+            gateway: PodsIn {
+                namespace: self.gateway_namespace.clone(),
+                labels: labels("gateway-pod-labels", &self.gateway_pod_labels)?,
+            },
+            scraper: match &self.metrics_scraper_namespace {
+                Some(ns) => Some(PodsIn {
+                    namespace: ns.clone(),
+                    labels: labels("metrics-scraper-pod-labels", &self.metrics_scraper_pod_labels)?,
+                }),
+                None => None,
+            },
+        }))
+    }
 }
 
 impl ControllerArgs {
     /// The controller's options these flags describe.
     pub fn options(self) -> anyhow::Result<wsbridge_controller::Options> {
         Ok(wsbridge_controller::Options {
+            worker_ingress: self.worker_ingress.ingress()?,
             destinations: Arc::new(self.destinations.policy()?),
             worker_image: self.worker_image,
             gateway_url: self.gateway_url,

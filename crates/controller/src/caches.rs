@@ -13,6 +13,7 @@ use futures::{FutureExt, Stream, StreamExt, TryStreamExt};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::runtime::reflector::{self, Store, store::Writer};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -118,6 +119,7 @@ pub(crate) struct Caches {
     pub service_accounts: CachedWatch<ServiceAccount>,
     pub roles: CachedWatch<Role>,
     pub role_bindings: CachedWatch<RoleBinding>,
+    pub network_policies: CachedWatch<NetworkPolicy>,
 }
 
 impl Caches {
@@ -134,6 +136,7 @@ impl Caches {
             service_accounts: CachedWatch::new(),
             roles: CachedWatch::new(),
             role_bindings: CachedWatch::new(),
+            network_policies: CachedWatch::new(),
         }
     }
 
@@ -151,6 +154,7 @@ impl Caches {
             service_accounts: self.service_accounts.reader(),
             roles: self.roles.reader(),
             role_bindings: self.role_bindings.reader(),
+            network_policies: self.network_policies.reader(),
         }
     }
 
@@ -173,6 +177,9 @@ impl Caches {
                 .boxed(),
             self.roles.run(api(client, ns), owned(), |_| {}).boxed(),
             self.role_bindings.run(api(client, ns), owned(), |_| {}).boxed(),
+            self.network_policies
+                .run(api(client, ns), owned(), |_| {})
+                .boxed(),
         ])
         .map(|_| ())
     }
@@ -192,6 +199,7 @@ pub(crate) async fn synced(stores: &Stores) {
         stores.service_accounts.wait_until_ready(),
         stores.roles.wait_until_ready(),
         stores.role_bindings.wait_until_ready(),
+        stores.network_policies.wait_until_ready(),
     );
 }
 

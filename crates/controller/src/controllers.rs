@@ -43,6 +43,7 @@ pub(crate) async fn run(
         gateway_url: args.gateway_url.clone(),
         cluster_domain: args.cluster_domain.clone(),
         destinations: args.destinations.clone(),
+        worker_ingress: args.worker_ingress.clone(),
     });
     let config = Config::default()
         .concurrency(args.concurrency)
@@ -84,6 +85,7 @@ fn bridge_controller(
         .owns_shared_stream(c.service_accounts.triggers())
         .owns_shared_stream(c.roles.triggers())
         .owns_shared_stream(c.role_bindings.triggers())
+        .owns_shared_stream(c.network_policies.triggers())
         .watches_shared_stream(c.channels.triggers(), over(s, triggers::bridges_of_channel))
         .watches_shared_stream(c.endpoints.triggers(), over(s, triggers::bridges_of_endpoint))
         .watches_shared_stream(c.secrets.triggers(), over(s, triggers::bridges_using_secret))

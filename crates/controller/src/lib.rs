@@ -75,6 +75,9 @@ pub struct Options {
     /// Outbound destination policy (subscribers, dead-letter sinks,
     /// endpoints); passed on to every worker.
     pub destinations: Arc<DestinationPolicy>,
+    /// Who may reach a worker's port, written as a NetworkPolicy with each
+    /// worker; `None` writes none.
+    pub worker_ingress: Option<worker_objects::WorkerIngress>,
 }
 
 /// Runs the controller until SIGINT/SIGTERM.

@@ -5,8 +5,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use k8s_openapi::Resource as _;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -21,7 +23,7 @@ use tracing::{instrument, warn};
 use super::metrics::Metrics;
 use super::status::{self, BridgeFacts, ConfigLookup, Keys};
 use super::status_write::write_status;
-use super::worker_objects::{self, APPLIED_HASH, FIELD_MANAGER, Source};
+use super::worker_objects::{self, FIELD_MANAGER, Source, drift};
 use wsbridge_api::conditions::{self, CONNECTED, Decided, READY};
 use wsbridge_api::{
     Addressable, Bridge, BridgeStatus, Channel, ChannelStatus, Endpoint, EndpointStatus, Subscription,
@@ -74,6 +76,7 @@ pub struct Stores {
     pub service_accounts: Store<ServiceAccount>,
     pub roles: Store<Role>,
     pub role_bindings: Store<RoleBinding>,
+    pub network_policies: Store<NetworkPolicy>,
 }
 
 pub fn get<K>(store: &Store<K>, ns: &str, name: &str) -> Option<Arc<K>>
@@ -132,6 +135,8 @@ pub struct Context {
     /// Where subscribers and dead-letter sinks may point; also handed to
     /// every worker through its environment.
     pub destinations: Arc<wsbridge_dataplane::DestinationPolicy>,
+    /// Who may reach workers; `None`: no NetworkPolicies are written.
+    pub worker_ingress: Option<worker_objects::WorkerIngress>,
 }
 
 pub(crate) fn namespace<K: Resource>(obj: &K) -> Result<String, Error> {
@@ -140,38 +145,149 @@ pub(crate) fn namespace<K: Resource>(obj: &K) -> Result<String, Error> {
 
 // ---------------------------------------------------------------- Bridge
 
-async fn apply_worker(ctx: &Context, ns: &str, objs: &worker_objects::WorkerObjects) -> Result<(), Error> {
-    let pp = PatchParams::apply(FIELD_MANAGER).force();
-    async fn apply<K>(client: &Client, ns: &str, pp: &PatchParams, obj: &K) -> Result<(), Error>
-    where
-        K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
-            + Clone
-            + DeserializeOwned
-            + Serialize
-            + std::fmt::Debug,
-    {
-        let api: Api<K> = Api::namespaced(client.clone(), ns);
-        let mut value = serde_json::to_value(obj).expect("worker objects serialize");
-        value["apiVersion"] = json!(K::api_version(&()));
-        value["kind"] = json!(K::kind(&()));
-        api.patch(&obj.name_any(), pp, &Patch::Apply(&value))
+/// What a worker kind needs to be checked and applied.
+trait WorkerKind:
+    k8s_openapi::Resource
+    + Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+    + Clone
+    + DeserializeOwned
+    + Serialize
+    + std::fmt::Debug
+{
+}
+
+impl<K> WorkerKind for K where
+    K: k8s_openapi::Resource
+        + Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + Serialize
+        + std::fmt::Debug
+{
+}
+
+/// Where one worker object stands against what the controller wants.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Verdict {
+    UpToDate,
+    /// Missing, or changed by hand: applied again.
+    Apply,
+    /// An object of that name that this Bridge does not control: left alone.
+    Foreign,
+}
+
+/// The object as applied: typed objects serialize without `apiVersion`/`kind`.
+fn applied_value<K: WorkerKind>(obj: &K) -> serde_json::Value {
+    let mut value = serde_json::to_value(obj).expect("worker objects serialize");
+    value["apiVersion"] = json!(K::API_VERSION);
+    value["kind"] = json!(K::KIND);
+    value
+}
+
+fn controlled_by(obj: &impl Resource, uid: &str) -> bool {
+    obj.meta()
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.controller == Some(true) && o.uid == uid)
+}
+
+async fn verdict<K: WorkerKind>(
+    ctx: &Context,
+    store: &Store<K>,
+    ns: &str,
+    bridge_uid: &str,
+    desired: &K,
+) -> Result<Verdict, Error> {
+    let name = desired.name_any();
+    let observed = match get(store, ns, &name) {
+        Some(cached) => Some((*cached).clone()),
+        // The caches hold only objects labelled as the controller's: one of
+        // that name without the label is looked up, never overwritten.
+        None => Api::<K>::namespaced(ctx.client.clone(), ns)
+            .get_opt(&name)
             .await
             .map_err(|source| Error::ApplyWorker {
-                kind: match K::kind(&()).as_ref() {
-                    "ServiceAccount" => "ServiceAccount",
-                    "Role" => "Role",
-                    "RoleBinding" => "RoleBinding",
-                    _ => "Deployment",
-                },
+                kind: K::KIND,
                 source,
-            })?;
-        Ok(())
-    }
-    apply::<ServiceAccount>(&ctx.client, ns, &pp, &objs.service_account).await?;
-    apply::<Role>(&ctx.client, ns, &pp, &objs.role).await?;
-    apply::<RoleBinding>(&ctx.client, ns, &pp, &objs.role_binding).await?;
-    apply::<Deployment>(&ctx.client, ns, &pp, &objs.deployment).await?;
+            })?,
+    };
+    Ok(match observed {
+        None => Verdict::Apply,
+        Some(o) if !controlled_by(&o, bridge_uid) => Verdict::Foreign,
+        Some(o) => {
+            let observed = serde_json::to_value(&o).expect("objects serialize");
+            if drift::drifted(&applied_value(desired), &observed) {
+                Verdict::Apply
+            } else {
+                Verdict::UpToDate
+            }
+        }
+    })
+}
+
+async fn apply<K: WorkerKind>(ctx: &Context, ns: &str, obj: &K) -> Result<(), Error> {
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
+    let pp = PatchParams::apply(FIELD_MANAGER).force();
+    api.patch(&obj.name_any(), &pp, &Patch::Apply(&applied_value(obj)))
+        .await
+        .map_err(|source| Error::ApplyWorker {
+            kind: K::KIND,
+            source,
+        })?;
     Ok(())
+}
+
+/// Applies the worker objects that are missing or differ from `objs` (a
+/// hand edit is reverted on the watch event it causes). When an object of
+/// a worker name exists that this Bridge does not control, nothing is
+/// applied and its kinds are returned.
+async fn ensure_worker(
+    ctx: &Context,
+    ns: &str,
+    bridge_uid: &str,
+    objs: &worker_objects::WorkerObjects,
+) -> Result<Vec<&'static str>, Error> {
+    let s = &ctx.stores;
+    let sa = verdict(ctx, &s.service_accounts, ns, bridge_uid, &objs.service_account).await?;
+    let role = verdict(ctx, &s.roles, ns, bridge_uid, &objs.role).await?;
+    let binding = verdict(ctx, &s.role_bindings, ns, bridge_uid, &objs.role_binding).await?;
+    let deployment = verdict(ctx, &s.deployments, ns, bridge_uid, &objs.deployment).await?;
+    let policy = match &objs.network_policy {
+        Some(p) => verdict(ctx, &s.network_policies, ns, bridge_uid, p).await?,
+        None => Verdict::UpToDate,
+    };
+    let foreign: Vec<&'static str> = [
+        (sa, ServiceAccount::KIND),
+        (role, Role::KIND),
+        (binding, RoleBinding::KIND),
+        (deployment, Deployment::KIND),
+        (policy, NetworkPolicy::KIND),
+    ]
+    .into_iter()
+    .filter(|(v, _)| *v == Verdict::Foreign)
+    .map(|(_, kind)| kind)
+    .collect();
+    if !foreign.is_empty() {
+        return Ok(foreign);
+    }
+    // Identity and permissions before the pod that uses them.
+    if sa == Verdict::Apply {
+        apply(ctx, ns, &objs.service_account).await?;
+    }
+    if role == Verdict::Apply {
+        apply(ctx, ns, &objs.role).await?;
+    }
+    if binding == Verdict::Apply {
+        apply(ctx, ns, &objs.role_binding).await?;
+    }
+    if let (Some(p), Verdict::Apply) = (&objs.network_policy, policy) {
+        apply(ctx, ns, p).await?;
+    }
+    if deployment == Verdict::Apply {
+        apply(ctx, ns, &objs.deployment).await?;
+    }
+    Ok(Vec::new())
 }
 
 /// Applies the worker objects when they changed, then writes `Ready`.
@@ -200,6 +316,7 @@ pub async fn reconcile_bridge(bridge: Arc<Bridge>, ctx: Arc<Context>) -> Result<
         .and_then(|t| status::check_secret_key(&refs, t, "tokenSecretRef"));
     let worker_name = worker_objects::worker_name(&name);
     let existing = get(&ctx.stores.deployments, &ns, &worker_name);
+    let mut worker_conflict = None;
     if let (Some(_), Some(endpoint), Some(None), None) =
         (&channel, &endpoint, &endpoint_problem, &token_problem)
     {
@@ -216,15 +333,16 @@ pub async fn reconcile_bridge(bridge: Arc<Bridge>, ctx: Arc<Context>) -> Result<
             &ctx.worker_image,
             &worker_objects::config_hash(&entries),
             &ctx.destinations,
+            ctx.worker_ingress.as_ref(),
         );
-        let want = objs.deployment.annotations().get(APPLIED_HASH);
-        let have = existing.as_ref().and_then(|d| d.annotations().get(APPLIED_HASH));
-        // A deleted ServiceAccount, Role or RoleBinding is put back too.
-        let complete = get(&ctx.stores.service_accounts, &ns, &worker_name).is_some()
-            && get(&ctx.stores.roles, &ns, &worker_name).is_some()
-            && get(&ctx.stores.role_bindings, &ns, &worker_name).is_some();
-        if want != have || !complete {
-            apply_worker(&ctx, &ns, &objs).await?;
+        let uid = bridge.uid().unwrap_or_default();
+        let foreign = ensure_worker(&ctx, &ns, &uid, &objs).await?;
+        if !foreign.is_empty() {
+            worker_conflict = Some(format!(
+                "{} {worker_name} already exists and is not owned by this Bridge; \
+                 the controller does not take it over: delete it or rename the Bridge",
+                foreign.join(", ")
+            ));
         }
     }
     let decided = status::bridge_ready(&BridgeFacts {
@@ -233,6 +351,7 @@ pub async fn reconcile_bridge(bridge: Arc<Bridge>, ctx: Arc<Context>) -> Result<
         channel_exists: channel.is_some(),
         endpoint_problem,
         token_problem,
+        worker_conflict,
         worker_available: existing.as_deref().map(status::deployment_available),
         connected: bridge
             .status

@@ -142,6 +142,8 @@ pub struct BridgeFacts<'a> {
     pub endpoint_problem: Option<Option<Decided>>,
     /// A problem with `tokenSecretRef`.
     pub token_problem: Option<Decided>,
+    /// A worker object's name is taken by an object this Bridge does not own.
+    pub worker_conflict: Option<String>,
     /// `None`: no worker Deployment yet.
     pub worker_available: Option<bool>,
     /// The worker reports `Connected=True`.
@@ -176,6 +178,9 @@ pub fn bridge_ready(f: &BridgeFacts) -> Decided {
     }
     if let Some(p) = &f.token_problem {
         return p.clone();
+    }
+    if let Some(message) = &f.worker_conflict {
+        return Decided::failed(READY, "WorkerObjectConflict", message.clone());
     }
     match f.worker_available {
         Some(true) => {}

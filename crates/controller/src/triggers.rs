@@ -222,6 +222,7 @@ mod tests {
             service_accounts: store(vec![]),
             roles: store(vec![]),
             role_bindings: store(vec![]),
+            network_policies: store(vec![]),
         }
     }
 

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use http::{Method, Request, Response};
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentCondition, DeploymentStatus};
 use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -26,6 +27,7 @@ use tower_test::mock;
 use wsbridge_api::{Bridge, BridgeSpec, BridgeStatus, Channel, ChannelSpec, Endpoint, EndpointSpec};
 use wsbridge_controller::metrics::Metrics;
 use wsbridge_controller::reconcile::{self, Context, Stores};
+use wsbridge_controller::worker_objects::{PodsIn, WorkerIngress};
 use wsbridge_dataplane::DestinationPolicy;
 
 const NS: &str = "ns";
@@ -42,15 +44,34 @@ struct Sent {
 
 /// Answers every request the way the API server would for these tests
 /// (an applied object comes back as sent; a status comes back on `object`;
-/// an Event as sent) and hands back what was sent once the client is gone.
+/// an Event as sent; a GET finds what `found` holds at its path, else 404)
+/// and hands back the GET paths and what was written once the client is gone.
 fn fake_api_server(
     mut handle: mock::Handle<Request<Body>, Response<Body>>,
     object: Value,
-) -> JoinHandle<Vec<Sent>> {
+    found: Vec<(String, Value)>,
+) -> JoinHandle<(Vec<String>, Vec<Sent>)> {
     tokio::spawn(async move {
         let mut sent = Vec::new();
+        let mut looked_up = Vec::new();
         while let Some((request, respond)) = handle.next_request().await {
             let (parts, body) = request.into_parts();
+            if parts.method == Method::GET {
+                let path = parts.uri.path().to_owned();
+                let response = match found.iter().find(|(p, _)| *p == path) {
+                    Some((_, o)) => Response::builder().body(Body::from(serde_json::to_vec(o).unwrap())),
+                    None => Response::builder().status(404).body(Body::from(
+                        serde_json::to_vec(&json!({
+                            "kind": "Status", "apiVersion": "v1", "status": "Failure",
+                            "reason": "NotFound", "code": 404, "message": "not found"
+                        }))
+                        .unwrap(),
+                    )),
+                };
+                respond.send_response(response.unwrap());
+                looked_up.push(path);
+                continue;
+            }
             let bytes = body.collect_bytes().await.expect("a request body");
             let body: Value = serde_json::from_slice(&bytes).expect("a JSON body");
             let answer = if parts.uri.path().ends_with("/status") {
@@ -76,7 +97,7 @@ fn fake_api_server(
                 body,
             });
         }
-        sent
+        (looked_up, sent)
     })
 }
 
@@ -99,6 +120,7 @@ struct Cluster {
     roles: Vec<Role>,
     role_bindings: Vec<RoleBinding>,
     deployments: Vec<Deployment>,
+    network_policies: Vec<NetworkPolicy>,
 }
 
 fn stores(c: Cluster) -> Stores {
@@ -119,6 +141,7 @@ fn stores(c: Cluster) -> Stores {
         service_accounts: store(c.service_accounts),
         roles: store(c.roles),
         role_bindings: store(c.role_bindings),
+        network_policies: store(c.network_policies),
     }
 }
 
@@ -137,15 +160,33 @@ fn bridge() -> Bridge {
     b
 }
 
-/// Runs one reconcile of `obj` against the fake API server; returns what was sent.
+/// Runs one reconcile of `obj` against the fake API server; returns what was
+/// written (GETs aside).
 async fn reconcile_once<K, F, Fut>(obj: K, cluster: Stores, reconcile: F) -> Vec<Sent>
 where
     K: serde::Serialize,
     F: FnOnce(Arc<K>, Arc<Context>) -> Fut,
     Fut: Future<Output = Result<kube::runtime::controller::Action, reconcile::Error>>,
 {
+    reconcile_in(obj, cluster, reconcile, Vec::new(), None).await.1
+}
+
+/// Like [`reconcile_once`], with objects a GET finds outside the caches and
+/// who may reach workers; returns the GET paths too.
+async fn reconcile_in<K, F, Fut>(
+    obj: K,
+    cluster: Stores,
+    reconcile: F,
+    found: Vec<(String, Value)>,
+    worker_ingress: Option<WorkerIngress>,
+) -> (Vec<String>, Vec<Sent>)
+where
+    K: serde::Serialize,
+    F: FnOnce(Arc<K>, Arc<Context>) -> Fut,
+    Fut: Future<Output = Result<kube::runtime::controller::Action, reconcile::Error>>,
+{
     let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
-    let server = fake_api_server(handle, serde_json::to_value(&obj).unwrap());
+    let server = fake_api_server(handle, serde_json::to_value(&obj).unwrap(), found);
     let client = Client::new(service, "default");
     let reporter = Reporter {
         controller: "wsbridge-controller".into(),
@@ -160,6 +201,7 @@ where
         gateway_url: "http://gateway.wsbridge-system:8080/".into(),
         cluster_domain: "cluster.local".into(),
         destinations: Arc::new(DestinationPolicy::default()),
+        worker_ingress,
     });
     reconcile(Arc::new(obj), ctx).await.expect("reconcile succeeds");
     // The reconcile's clients are gone: the server sees its channel close.
@@ -198,6 +240,7 @@ fn after_first_reconcile(sent: &[Sent]) -> (Bridge, Cluster) {
         roles: vec![parse(&sent[1])],
         role_bindings: vec![parse(&sent[2])],
         deployments: vec![parse(&sent[3])],
+        network_policies: Vec::new(),
     };
     (b, cluster)
 }
@@ -401,4 +444,159 @@ async fn a_new_channel_gets_its_address_and_an_event_then_nothing() {
     channel.status = Some(serde_json::from_value(status.clone()).unwrap());
     let sent = reconcile_once(channel, cluster(), reconcile::reconcile_channel).await;
     assert!(sent.is_empty(), "{:?}", requests(&sent));
+}
+
+const WORKER_PATHS: [&str; 4] = [
+    "/api/v1/namespaces/ns/serviceaccounts/wsbridge-worker-feed",
+    "/apis/rbac.authorization.k8s.io/v1/namespaces/ns/roles/wsbridge-worker-feed",
+    "/apis/rbac.authorization.k8s.io/v1/namespaces/ns/rolebindings/wsbridge-worker-feed",
+    "/apis/apps/v1/namespaces/ns/deployments/wsbridge-worker-feed",
+];
+
+#[tokio::test]
+async fn worker_objects_missing_from_the_caches_are_looked_up_before_they_are_applied() {
+    let (looked_up, _) = reconcile_in(
+        bridge(),
+        stores(Cluster {
+            bridges: vec![bridge()],
+            ..Default::default()
+        }),
+        reconcile::reconcile_bridge,
+        Vec::new(),
+        None,
+    )
+    .await;
+    assert_eq!(looked_up, WORKER_PATHS);
+}
+
+#[tokio::test]
+async fn a_hand_edited_deployment_is_applied_again_and_alone() {
+    let first = first_reconcile().await;
+    let (b, mut cluster) = after_first_reconcile(&first);
+    let pod = cluster.deployments[0]
+        .spec
+        .as_mut()
+        .unwrap()
+        .template
+        .spec
+        .as_mut()
+        .unwrap();
+    pod.containers[0].security_context = None;
+    let sent = reconcile_once(b, stores(cluster), reconcile::reconcile_bridge).await;
+    assert_eq!(
+        requests(&sent),
+        [(Method::PATCH, &*format!("{}{APPLY}", WORKER_PATHS[3]))]
+    );
+    let applied: Deployment = parse(&sent[0]);
+    let container = &applied.spec.unwrap().template.spec.unwrap().containers[0];
+    assert_eq!(
+        container
+            .security_context
+            .as_ref()
+            .unwrap()
+            .read_only_root_filesystem,
+        Some(true)
+    );
+}
+
+#[tokio::test]
+async fn a_foreign_object_with_the_worker_name_is_never_taken_over() {
+    let foreign = json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "wsbridge-worker-feed", "namespace": NS, "uid": "someone-else"},
+        "spec": {"selector": {"matchLabels": {"app": "x"}}, "template": {"metadata": {"labels": {"app": "x"}}, "spec": {"containers": [{"name": "x", "image": "x"}]}}}
+    });
+    let (_, sent) = reconcile_in(
+        bridge(),
+        stores(Cluster {
+            bridges: vec![bridge()],
+            ..Default::default()
+        }),
+        reconcile::reconcile_bridge,
+        vec![(WORKER_PATHS[3].to_owned(), foreign)],
+        None,
+    )
+    .await;
+    assert_eq!(
+        requests(&sent),
+        [
+            (
+                Method::PATCH,
+                &*format!("/apis/wsbridge.io/v1alpha1/namespaces/{NS}/bridges/feed/status{APPLY}")
+            ),
+            (
+                Method::POST,
+                &format!("/apis/events.k8s.io/v1/namespaces/{NS}/events?")
+            ),
+        ],
+        "no worker object is applied"
+    );
+    let ready = &sent[0].body["status"]["conditions"][0];
+    assert_eq!(
+        (&ready["status"], &ready["reason"]),
+        (&json!("False"), &json!("WorkerObjectConflict"))
+    );
+    let message = ready["message"].as_str().unwrap();
+    assert!(
+        message.contains("Deployment wsbridge-worker-feed") && message.contains("not owned by this Bridge"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn the_worker_network_policy_admits_only_the_gateway_and_the_scraper_to_the_worker_port() {
+    let pods = |ns: &str, component: &str| PodsIn {
+        namespace: ns.into(),
+        labels: [("app.kubernetes.io/component".to_string(), component.to_string())].into(),
+    };
+    let (looked_up, sent) = reconcile_in(
+        bridge(),
+        stores(Cluster {
+            bridges: vec![bridge()],
+            ..Default::default()
+        }),
+        reconcile::reconcile_bridge,
+        Vec::new(),
+        Some(WorkerIngress {
+            gateway: pods("wsbridge-system", "gateway"),
+            scraper: Some(pods("monitoring", "prometheus")),
+        }),
+    )
+    .await;
+    let path = format!("/apis/networking.k8s.io/v1/namespaces/{NS}/networkpolicies/wsbridge-worker-feed");
+    assert!(looked_up.contains(&path), "{looked_up:?}");
+    let applied = sent
+        .iter()
+        .find(|s| s.uri == format!("{path}{APPLY}"))
+        .expect("the NetworkPolicy is applied");
+    assert!(
+        sent.iter().position(|s| s.uri == applied.uri)
+            < sent.iter().position(|s| s.uri.contains("/deployments/")),
+        "in place before the worker pod starts"
+    );
+    let policy: NetworkPolicy = parse(applied);
+    assert_eq!(policy.metadata.owner_references.unwrap()[0].uid, "5f0e-uid");
+    let spec = policy.spec.unwrap();
+    assert_eq!(
+        spec.pod_selector.unwrap().match_labels.unwrap()["wsbridge.io/bridge"],
+        "feed"
+    );
+    assert_eq!(spec.policy_types.unwrap(), ["Ingress"]);
+    let rules = spec.ingress.unwrap();
+    assert_eq!(rules.len(), 1);
+    let ports = rules[0].ports.as_ref().unwrap();
+    assert_eq!(
+        serde_json::to_value(ports).unwrap(),
+        json!([{"port": 8080, "protocol": "TCP"}])
+    );
+    let from = serde_json::to_value(rules[0].from.as_ref().unwrap()).unwrap();
+    assert_eq!(
+        from,
+        json!([
+            {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "wsbridge-system"}},
+             "podSelector": {"matchLabels": {"app.kubernetes.io/component": "gateway"}}},
+            {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+             "podSelector": {"matchLabels": {"app.kubernetes.io/component": "prometheus"}}},
+        ])
+    );
 }

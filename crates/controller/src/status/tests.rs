@@ -82,6 +82,7 @@ fn facts() -> BridgeFacts<'static> {
         channel_exists: true,
         endpoint_problem: Some(None),
         token_problem: None,
+        worker_conflict: None,
         worker_available: Some(true),
         connected: true,
     }
@@ -100,6 +101,12 @@ fn bridge_ready_reasons_in_order() {
         ..facts()
     };
     assert_eq!(bridge_ready(&f).reason, "WorkerUnavailable");
+    let f = BridgeFacts {
+        worker_conflict: Some("Deployment w already exists".into()),
+        worker_available: None,
+        ..facts()
+    };
+    assert_eq!(bridge_ready(&f).reason, "WorkerObjectConflict");
     let f = BridgeFacts {
         endpoint_problem: Some(Some(Decided::failed(READY, "SecretNotFound", "x"))),
         ..facts()

@@ -20,7 +20,8 @@ use wsbridge_api::worker_env as contract;
 use wsbridge_api::{Bridge, Endpoint};
 use wsbridge_dataplane::DestinationPolicy;
 
-const PORT: i32 = 8080;
+/// The worker's HTTP port (probes, metrics, `POST /v1/send`).
+pub(super) const PORT: i32 = 8080;
 
 fn secret_env(name: &str, secret: &str, key: &str, optional: bool) -> EnvVar {
     EnvVar {
@@ -127,6 +128,14 @@ fn probe(path: &str) -> Probe {
     }
 }
 
+/// The labels that select a Bridge's worker pods.
+pub(super) fn pod_selector(bridge: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/component".to_string(), "worker".to_string()),
+        (BRIDGE_LABEL.to_string(), bridge_label(bridge)),
+    ])
+}
+
 /// The worker Deployment, with `meta` (the worker's name, namespace, labels
 /// and owner); its pod template carries [`CONFIG_HASH`].
 pub(super) fn deployment(
@@ -140,10 +149,7 @@ pub(super) fn deployment(
     let ns = bridge.namespace().unwrap_or_default();
     let b = bridge.name_any();
     let name = meta.name.clone().unwrap_or_default();
-    let selector = BTreeMap::from([
-        ("app.kubernetes.io/component".to_string(), "worker".to_string()),
-        (BRIDGE_LABEL.to_string(), bridge_label(&b)),
-    ]);
+    let selector = pod_selector(&b);
     let container = Container {
         name: "worker".into(),
         image: Some(image.into()),
@@ -247,7 +253,7 @@ mod tests {
     #[test]
     fn deployment_is_restricted_and_owned() {
         let (b, e) = fixture();
-        let w = worker_objects(&b, &e, "img:1", "abc", &DestinationPolicy::default());
+        let w = worker_objects(&b, &e, "img:1", "abc", &DestinationPolicy::default(), None);
         let d = &w.deployment;
         assert_eq!(d.metadata.name.as_deref(), Some("wsbridge-worker-feed"));
         let owner = &d.metadata.owner_references.as_ref().unwrap()[0];

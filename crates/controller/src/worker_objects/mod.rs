@@ -4,18 +4,22 @@
 //! `rbac.rs` and the Deployment in `deployment.rs`.
 
 mod deployment;
+pub mod drift;
+mod network_policy;
 mod rbac;
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{Resource, ResourceExt};
 use sha2::{Digest, Sha256};
 
 pub use deployment::worker_env;
+pub use network_policy::{PodsIn, WorkerIngress};
 use wsbridge_api::{Bridge, Endpoint};
 use wsbridge_dataplane::DestinationPolicy;
 
@@ -118,13 +122,15 @@ pub fn config_hash(entries: &[(Source, Option<Vec<u8>>)]) -> String {
     hex::encode(&h.finalize()[..16])
 }
 
-/// The four worker objects of a Bridge.
+/// The worker objects of a Bridge.
 #[derive(Clone, Debug)]
 pub struct WorkerObjects {
     pub service_account: ServiceAccount,
     pub role: Role,
     pub role_binding: RoleBinding,
     pub deployment: Deployment,
+    /// `None` when the controller writes no NetworkPolicies.
+    pub network_policy: Option<NetworkPolicy>,
 }
 
 fn labels(bridge: &str) -> BTreeMap<String, String> {
@@ -137,13 +143,14 @@ fn labels(bridge: &str) -> BTreeMap<String, String> {
 }
 
 /// Builds the worker objects. The Deployment carries [`APPLIED_HASH`] over
-/// all four.
+/// all of them.
 pub fn worker_objects(
     bridge: &Bridge,
     endpoint: &Endpoint,
     image: &str,
     config_hash: &str,
     destinations: &DestinationPolicy,
+    ingress: Option<&WorkerIngress>,
 ) -> WorkerObjects {
     let b = bridge.name_any();
     let owner = bridge.controller_owner_ref(&()).into_iter().collect::<Vec<_>>();
@@ -155,6 +162,9 @@ pub fn worker_objects(
         ..Default::default()
     };
     let (service_account, role, role_binding) = rbac::rbac_objects(bridge, &meta);
+    let network_policy = ingress.map(|i| {
+        network_policy::network_policy(meta.clone(), deployment::pod_selector(&b), deployment::PORT, i)
+    });
     let mut deployment = deployment::deployment(bridge, endpoint, image, config_hash, destinations, meta);
     let mut h = Sha256::new();
     for part in [
@@ -162,6 +172,7 @@ pub fn worker_objects(
         serde_json::to_vec(&role),
         serde_json::to_vec(&role_binding),
         serde_json::to_vec(&deployment),
+        serde_json::to_vec(&network_policy),
     ] {
         h.update(part.expect("worker objects serialize"));
     }
@@ -175,6 +186,7 @@ pub fn worker_objects(
         role,
         role_binding,
         deployment,
+        network_policy,
     }
 }
 
@@ -218,7 +230,7 @@ mod tests {
         assert_eq!(value("WSBRIDGE_ALLOW_LINK_LOCAL").as_deref(), Some("true"));
         assert!(value("WSBRIDGE_DESTINATION_ALLOW").is_none());
         let hash = |p: &DestinationPolicy| {
-            worker_objects(&b, &e, "img:1", "abc", p)
+            worker_objects(&b, &e, "img:1", "abc", p, None)
                 .deployment
                 .metadata
                 .annotations
@@ -248,7 +260,7 @@ mod tests {
     fn applied_hash_changes_with_the_spec_only() {
         let (b, e) = fixture();
         let hash = |image: &str, config_hash: &str| {
-            let w = worker_objects(&b, &e, image, config_hash, &DestinationPolicy::default());
+            let w = worker_objects(&b, &e, image, config_hash, &DestinationPolicy::default(), None);
             w.deployment.metadata.annotations.unwrap()[APPLIED_HASH].clone()
         };
         assert_eq!(hash("img:1", "abc"), hash("img:1", "abc"));

@@ -69,7 +69,7 @@ mod tests {
     #[test]
     fn the_worker_may_read_only_its_own_objects_and_write_only_its_status() {
         let (b, e) = fixture();
-        let w = worker_objects(&b, &e, "img:1", "abc", &DestinationPolicy::default());
+        let w = worker_objects(&b, &e, "img:1", "abc", &DestinationPolicy::default(), None);
         let rules: Vec<_> = w
             .role
             .rules
