@@ -208,7 +208,10 @@ impl Sessions {
             retry_in: None,
         });
         let status = tokio::spawn(status::report(
-            Api::namespaced(self.client.clone(), &ns),
+            status::BridgeStatusSink {
+                api: Api::namespaced(self.client.clone(), &ns),
+                bridge: bridge_name.clone(),
+            },
             bridge_name.clone(),
             spec.endpoint.clone(),
             generation,

@@ -5,6 +5,7 @@
 //! `type`), `status.address` and `status.lastConnectedTime`; the controller
 //! owns the rest, so neither overwrites the other.
 
+use std::future::Future;
 use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -13,6 +14,7 @@ use kube::Api;
 use kube::api::{Patch, PatchParams};
 use serde_json::json;
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use wsbridge_api::Bridge;
 use wsbridge_api::conditions::CONNECTED;
@@ -76,11 +78,77 @@ fn round_ms(d: Duration) -> Duration {
     Duration::from_millis(d.as_millis() as u64)
 }
 
-/// Writes the condition whenever it changes (attempt counters aside), until
-/// `states` closes. Failed writes are retried with backoff; a newer state
-/// replaces a pending one.
+/// No two writes closer than this: a flapping connection costs at most one
+/// API write (and one wake-up of the controller and every gateway) per interval.
+pub const MIN_WRITE_INTERVAL: Duration = Duration::from_secs(2);
+/// Backoff after a failed write: from [`MIN_WRITE_INTERVAL`], doubling, up to this.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
+
+/// Where the condition goes: the Bridge's status subresource in production,
+/// a recorder in tests.
+pub trait StatusSink: Send {
+    fn write(&self, body: serde_json::Value) -> impl Future<Output = Result<(), String>> + Send;
+}
+
+/// The Bridge's status subresource, applied with the worker's field manager.
+pub struct BridgeStatusSink {
+    pub api: Api<Bridge>,
+    pub bridge: String,
+}
+
+impl StatusSink for BridgeStatusSink {
+    async fn write(&self, body: serde_json::Value) -> Result<(), String> {
+        self.api
+            .patch_status(
+                &self.bridge,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&body),
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// The condition as written, given the one decided before: attempt counts
+/// and retry delays change on every reconnect attempt, so they are left out
+/// of the message (they are in the worker's log and metrics), and a retry of
+/// an unreachable endpoint stays `EndpointUnreachable` until it connects or
+/// fails otherwise: only a change of state is a write.
+pub fn stable_condition(
+    state: &ConnectionState,
+    previous: Option<&ConnectedCondition>,
+    endpoint: &str,
+) -> ConnectedCondition {
+    match state {
+        ConnectionState::Connecting { attempt } if *attempt > 1 => match previous {
+            Some(p) if p.reason == "EndpointUnreachable" => p.clone(),
+            _ => stable_condition(&ConnectionState::Connecting { attempt: 1 }, None, endpoint),
+        },
+        ConnectionState::Connecting { .. } => ConnectedCondition {
+            connected: false,
+            reason: "Connecting",
+            message: format!("connecting to Endpoint {endpoint}"),
+        },
+        ConnectionState::Disconnected {
+            reason,
+            retry_in: Some(_),
+        } => ConnectedCondition {
+            connected: false,
+            reason: "EndpointUnreachable",
+            message: format!("{reason}; retrying with backoff"),
+        },
+        other => condition_for(other, endpoint),
+    }
+}
+
+/// Writes the condition on every change of state until `states` closes
+/// (then writes the last one). Writes are at least [`MIN_WRITE_INTERVAL`]
+/// apart, a newer state replaces a pending one, and a failed write is
+/// retried with backoff until it succeeds or a newer state replaces it:
+/// only a successful write counts as written.
 pub async fn report(
-    api: Api<Bridge>,
+    sink: impl StatusSink,
     bridge: String,
     endpoint: String,
     generation: Option<i64>,
@@ -90,59 +158,75 @@ pub async fn report(
     let mut written: Option<ConnectedCondition> = None;
     let mut transition = Timestamp::now();
     let mut last_connected: Option<Timestamp> = None;
+    let mut last_attempt: Option<Instant> = None;
+    let mut failures = 0u32;
+    let mut open = true;
+    let mut decided: Option<ConnectedCondition> = None;
     loop {
-        let state = states.borrow_and_update().clone();
-        let mut wanted = condition_for(&state, &endpoint);
-        if matches!(state, ConnectionState::Connecting { .. }) {
-            // Attempt counts change on every retry: not a transition.
-            wanted.message = format!("connecting to Endpoint {endpoint}");
-        }
-        if written.as_ref() != Some(&wanted) {
-            if written.as_ref().map(|w| w.connected) != Some(wanted.connected) {
-                transition = Timestamp::now();
+        let wanted = stable_condition(&states.borrow_and_update(), decided.as_ref(), &endpoint);
+        decided = Some(wanted.clone());
+        if written.as_ref() == Some(&wanted) {
+            if !open || states.changed().await.is_err() {
+                return;
             }
-            if wanted.connected {
-                last_connected = Some(Timestamp::now());
-            }
-            let body = status_patch(
-                &bridge,
-                &wanted,
-                transition,
-                generation,
-                address.as_deref(),
-                last_connected,
-            );
-            let mut delay = Duration::from_millis(200);
-            loop {
-                match api
-                    .patch_status(
-                        &bridge,
-                        &PatchParams::apply(FIELD_MANAGER).force(),
-                        &Patch::Apply(&body),
-                    )
-                    .await
-                {
-                    Ok(_) => break,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "could not write the Connected condition; retrying");
-                        tokio::select! {
-                            _ = tokio::time::sleep(delay) => {}
-                            changed = states.changed() => if changed.is_err() { return },
-                        }
-                        delay = (delay * 2).min(Duration::from_secs(30));
-                        if states.has_changed().unwrap_or(false) {
-                            break;
-                        }
-                    }
-                }
-            }
-            written = Some(wanted);
             continue;
         }
-        if states.changed().await.is_err() {
-            return;
+        if let Some(at) = last_attempt {
+            let until = at + retry_delay(failures);
+            if open {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(until) => {}
+                    changed = states.changed() => {
+                        open = changed.is_ok();
+                        // Whatever is newest is written, still not before `until`.
+                        continue;
+                    }
+                }
+            } else {
+                tokio::time::sleep_until(until).await;
+            }
+        }
+        let now = Timestamp::now();
+        let transition_at = if written.as_ref().map(|w| w.connected) != Some(wanted.connected) {
+            now
+        } else {
+            transition
+        };
+        let connected_at = if wanted.connected {
+            Some(now)
+        } else {
+            last_connected
+        };
+        let body = status_patch(
+            &bridge,
+            &wanted,
+            transition_at,
+            generation,
+            address.as_deref(),
+            connected_at,
+        );
+        last_attempt = Some(Instant::now());
+        match sink.write(body).await {
+            Ok(()) => {
+                written = Some(wanted);
+                transition = transition_at;
+                last_connected = connected_at;
+                failures = 0;
+            }
+            Err(error) => {
+                failures = failures.saturating_add(1);
+                tracing::warn!(%error, "could not write the Connected condition; retrying");
+            }
         }
     }
+}
+
+/// How long after the last attempt the next write may go.
+fn retry_delay(failures: u32) -> Duration {
+    MIN_WRITE_INTERVAL
+        .saturating_mul(1 << failures.min(5))
+        .min(MAX_RETRY_DELAY)
+        .max(MIN_WRITE_INTERVAL)
 }
 
 /// The apply body: only the fields the worker owns.
@@ -231,5 +315,122 @@ mod tests {
         keys.sort();
         assert_eq!(keys, ["address", "conditions"]);
         assert_eq!(body["status"]["conditions"][0]["observedGeneration"], 3);
+    }
+    /// Records every body; fails the first `fail` writes.
+    #[derive(Clone, Default)]
+    struct Recorder {
+        bodies: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+        fail: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl StatusSink for Recorder {
+        async fn write(&self, body: serde_json::Value) -> Result<(), String> {
+            use std::sync::atomic::Ordering;
+            if self
+                .fail
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+            {
+                return Err("the API server is unavailable".into());
+            }
+            self.bodies.lock().unwrap().push(body);
+            Ok(())
+        }
+    }
+
+    impl Recorder {
+        fn messages(&self) -> Vec<String> {
+            self.bodies
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|b| {
+                    b["status"]["conditions"][0]["message"]
+                        .as_str()
+                        .unwrap()
+                        .to_owned()
+                })
+                .collect()
+        }
+    }
+
+    fn unreachable(retry_ms: u64) -> ConnectionState {
+        ConnectionState::Disconnected {
+            reason: "connection refused".into(),
+            retry_in: Some(Duration::from_millis(retry_ms)),
+        }
+    }
+
+    fn start(sink: &Recorder) -> (watch::Sender<ConnectionState>, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = watch::channel(unreachable(100));
+        let task = tokio::spawn(report(sink.clone(), "b".into(), "feed".into(), None, None, rx));
+        (tx, task)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reconnect_attempts_with_new_delays_are_not_writes() {
+        let sink = Recorder::default();
+        let (tx, task) = start(&sink);
+        for attempt in 1..50u32 {
+            tx.send_replace(ConnectionState::Connecting { attempt: attempt + 1 });
+            tx.send_replace(unreachable(100 * u64::from(attempt) + u64::from(attempt % 7)));
+            tokio::time::sleep(MIN_WRITE_INTERVAL * 3).await;
+        }
+        drop(tx);
+        task.await.unwrap();
+        assert_eq!(sink.messages(), ["connection refused; retrying with backoff"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_flapping_connection_is_written_at_most_once_per_interval_and_ends_on_its_last_state() {
+        let sink = Recorder::default();
+        let (tx, task) = start(&sink);
+        let started = Instant::now();
+        for i in 0..200u32 {
+            tx.send_replace(if i % 2 == 0 {
+                ConnectionState::Connected { subprotocol: None }
+            } else {
+                unreachable(100)
+            });
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tx.send_replace(ConnectionState::Connected { subprotocol: None });
+        let elapsed = started.elapsed();
+        drop(tx);
+        task.await.unwrap();
+        let messages = sink.messages();
+        let allowed = (elapsed.as_millis() / MIN_WRITE_INTERVAL.as_millis()) as usize + 2;
+        assert!(
+            messages.len() <= allowed,
+            "{} writes in {elapsed:?}",
+            messages.len()
+        );
+        assert_eq!(messages.last().unwrap(), "connected to Endpoint feed");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_write_is_retried_not_recorded_as_written() {
+        let sink = Recorder::default();
+        sink.fail.store(3, std::sync::atomic::Ordering::SeqCst);
+        let (tx, task) = start(&sink);
+        // The state does not change again: only retries can write it.
+        tokio::time::sleep(MAX_RETRY_DELAY * 4).await;
+        assert_eq!(sink.messages(), ["connection refused; retrying with backoff"]);
+        // A failure while a newer state is pending: the newer one is written.
+        sink.fail.store(1, std::sync::atomic::Ordering::SeqCst);
+        tx.send_replace(ConnectionState::Connected { subprotocol: None });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        tx.send_replace(ConnectionState::Connected {
+            subprotocol: Some("v2".into()),
+        });
+        drop(tx);
+        task.await.unwrap();
+        assert_eq!(
+            sink.messages(),
+            [
+                "connection refused; retrying with backoff",
+                "connected to Endpoint feed (subprotocol v2)"
+            ]
+        );
     }
 }
