@@ -14,6 +14,9 @@ python3 -m pip --version >/dev/null 2>&1 || python3 -m ensurepip --upgrade >/dev
 python3 -m pip install -q websockets aiohttp 2>/dev/null ||
   python3 -m pip install -q --break-system-packages websockets aiohttp
 
+echo "== chromium, chromedriver and selenium (browser tests)"
+bash tests/tools/chromium.sh
+
 echo "== control plane and test tools (helm, promtool, actionlint)"
 time bash tests/controlplane/build.sh
 time bash tests/tools/build.sh
