@@ -310,6 +310,15 @@ impl ClientFeed {
         self.rx.recv().await.filter(|_| !self.evicted())
     }
 
+    /// [`ClientFeed::next`] for a connection that drives many feeds as
+    /// streams.
+    pub fn poll_next(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Arc<Message>>> {
+        if self.evicted() {
+            return std::task::Poll::Ready(None);
+        }
+        self.rx.poll_recv(cx).map(|msg| msg.filter(|_| !self.evicted()))
+    }
+
     /// Frees the buffer bytes of `msg`, which the connection has written.
     pub fn written(&self, msg: &Message) {
         self.buffered.fetch_sub(msg.payload().len(), Ordering::AcqRel);

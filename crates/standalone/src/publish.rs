@@ -1,12 +1,12 @@
 //! The channel routes of standalone mode: `POST /channels/{namespace}/{name}`
-//! publishes; `GET` with a WebSocket upgrade subscribes (see [`super::websocket`]).
+//! publishes; `GET` with a WebSocket upgrade subscribes, and `GET /ws/{namespace}`
+//! multiplexes channels (see [`super::websocket`]).
 //!
 //! Standalone mode has no Kubernetes API to review tokens against, so
 //! publishing is open to whoever can reach the listener (loopback by
 //! default), whatever the Channel's `allowAnonymousPublish` says.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
@@ -14,7 +14,7 @@ use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use axum::routing::post;
+use axum::routing::{get, post};
 
 use wsbridge_http::connection;
 use wsbridge_http::publish::{self, SentOut};
@@ -36,29 +36,14 @@ pub struct ChannelRoutes {
     pub keepalive: ClientKeepalive,
 }
 
-/// Pings that find WebSocket subscribers that are gone.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ClientKeepalive {
-    /// Time between pings.
-    pub interval: Duration,
-    /// How long a ping may go unanswered, and a frame unwritten.
-    pub timeout: Duration,
-}
-
-impl Default for ClientKeepalive {
-    fn default() -> Self {
-        Self {
-            interval: Duration::from_secs(20),
-            timeout: Duration::from_secs(10),
-        }
-    }
-}
+pub use wsbridge_http::websocket::ClientKeepalive;
 
 /// `POST` publishes, `GET` with a WebSocket upgrade subscribes; to merge
 /// with the ops routes.
 pub fn router(routes: ChannelRoutes) -> Router {
     Router::new()
         .route(publish::CHANNEL_ROUTE, post(handle).get(websocket::subscribe))
+        .route(wsbridge_http::websocket::MULTIPLEX_ROUTE, get(websocket::multiplex))
         .layer(axum::middleware::from_fn(connection::close_unless_body_read))
         .with_state(routes)
 }

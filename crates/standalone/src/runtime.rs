@@ -274,6 +274,19 @@ impl Runtime {
             .map(|c| c.max_message_bytes)
     }
 
+    /// The largest message any channel of `namespace` accepts (0 when it
+    /// has none).
+    pub fn max_message_bytes_in(&self, namespace: &str) -> usize {
+        self.lock()
+            .plan
+            .channels
+            .iter()
+            .filter(|(key, _)| key.namespace == namespace)
+            .map(|(_, c)| c.max_message_bytes)
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Publishes `payload` on `channel`: out to every bridged endpoint of the
     /// channel (all of which must be connected), then to its subscribers.
     pub fn publish(&self, channel: &ChannelKey, payload: Payload) -> Result<Published, PublishError> {
