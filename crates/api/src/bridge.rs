@@ -39,10 +39,17 @@ use super::common::{DNS1123_SUBDOMAIN, KeySelector};
     printcolumn(
         name = "Reason",
         type_ = "string",
-        json_path = ".status.conditions[?(@.type==\"Ready\")].reason",
-        priority = 1
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason"
     ),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    // The worker's own word on the connection (EndpointUnreachable, ...)
+    // where Ready says only NotConnected: `kubectl get -o wide`.
+    printcolumn(
+        name = "Connection",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Connected\")].reason",
+        priority = 1
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct BridgeSpec {
