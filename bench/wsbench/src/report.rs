@@ -6,7 +6,7 @@ use crate::scenarios::{Ceiling, Phase, RelayResult, Sizes};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-fn fmt_rate(v: f64) -> String {
+pub fn fmt_rate(v: f64) -> String {
     let n = v.round() as u64;
     let s = n.to_string();
     let mut out = String::new();

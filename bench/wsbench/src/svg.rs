@@ -7,6 +7,7 @@
 //! (plotters) would need a font backend to lay text out, for a chart with
 //! one fixed layout; the output is checked by a real SVG parser in the tests.
 
+use crate::report::fmt_rate;
 use anyhow::{Context, Result, bail};
 use std::fmt::Write as _;
 
@@ -121,16 +122,7 @@ fn fmt_value(v: f64, unit: &str) -> String {
     if unit == "ms" {
         format!("{v:.3} ms")
     } else {
-        let n = v.round() as u64;
-        let s = n.to_string();
-        let mut out = String::new();
-        for (i, ch) in s.chars().enumerate() {
-            if i > 0 && (s.len() - i).is_multiple_of(3) {
-                out.push(',');
-            }
-            out.push(ch);
-        }
-        format!("{out} {unit}")
+        format!("{} {unit}", fmt_rate(v))
     }
 }
 
