@@ -158,6 +158,47 @@ fn bearer(token: &str) -> anyhow::Result<http::HeaderValue> {
     Ok(value)
 }
 
+/// The token `tail` and `publish` send: `--token` (or `WSBRIDGE_TOKEN`)
+/// when given, else the bearer token of the kubeconfig's current user
+/// (`token` or `tokenFile`; `KUBECONFIG` or `~/.kube/config`), else none.
+/// Users that authenticate with client certificates or an exec plugin have
+/// no token to forward: pass one with `--token` (for example from
+/// `kubectl create token`).
+pub fn token(explicit: Option<&str>) -> anyhow::Result<Option<String>> {
+    if let Some(token) = explicit {
+        return Ok(Some(token.to_owned()));
+    }
+    let Ok(kubeconfig) = kube::config::Kubeconfig::read() else {
+        return Ok(None); // no kubeconfig: an anonymous client
+    };
+    kubeconfig_token(&kubeconfig)
+}
+
+fn kubeconfig_token(kubeconfig: &kube::config::Kubeconfig) -> anyhow::Result<Option<String>> {
+    use secrecy::ExposeSecret;
+    let user = kubeconfig
+        .current_context
+        .as_ref()
+        .and_then(|name| kubeconfig.contexts.iter().find(|c| &c.name == name))
+        .and_then(|c| c.context.as_ref())
+        .and_then(|c| c.user.clone());
+    let Some(auth) = user
+        .and_then(|user| kubeconfig.auth_infos.iter().find(|a| a.name == user))
+        .and_then(|a| a.auth_info.as_ref())
+    else {
+        return Ok(None);
+    };
+    if let Some(token) = &auth.token {
+        return Ok(Some(token.expose_secret().trim().to_owned()));
+    }
+    if let Some(file) = &auth.token_file {
+        let token = std::fs::read_to_string(file)
+            .with_context(|| format!("reading the kubeconfig's tokenFile {file}"))?;
+        return Ok(Some(token.trim().to_owned()));
+    }
+    Ok(None)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,5 +216,41 @@ mod tests {
         );
         assert!(channel_url("ftp://x", &ch).is_err());
         assert!(channel_url("not a url", &ch).is_err());
+    }
+
+    fn kubeconfig(user: &str) -> kube::config::Kubeconfig {
+        serde_norway::from_str(&format!(
+            r#"
+apiVersion: v1
+kind: Config
+current-context: dev
+contexts:
+- name: dev
+  context: {{cluster: c, user: {user}}}
+- name: other
+  context: {{cluster: c, user: other}}
+clusters:
+- name: c
+  cluster: {{server: "https://127.0.0.1:6443"}}
+users:
+- name: alice
+  user: {{token: alice-token}}
+- name: other
+  user: {{token: other-token}}
+- name: cert
+  user: {{client-certificate-data: AAAA, client-key-data: AAAA}}
+"#
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_current_users_token_is_taken_and_an_explicit_one_wins() {
+        assert_eq!(
+            kubeconfig_token(&kubeconfig("alice")).unwrap().as_deref(),
+            Some("alice-token")
+        );
+        assert_eq!(kubeconfig_token(&kubeconfig("cert")).unwrap(), None);
+        assert_eq!(token(Some("given")).unwrap().as_deref(), Some("given"));
     }
 }

@@ -208,7 +208,8 @@ pub struct ServerArgs {
     /// is `{server}/channels/NAMESPACE/NAME`.
     #[arg(long, env = "WSBRIDGE_SERVER", default_value = "http://127.0.0.1:8080")]
     pub server: String,
-    /// Bearer token (a Kubernetes ServiceAccount token, for the gateway).
+    /// Bearer token (a Kubernetes token, for the gateway). Default: the
+    /// kubeconfig's current user's token, if it has one.
     #[arg(long, env = "WSBRIDGE_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
 }
@@ -536,7 +537,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Controller(args) => wsbridge_controller::run(args.options()?).await?,
         Command::Tail { channel, server } => {
-            return crate::channel_client::tail(&server.server, &channel, server.token.as_deref()).await;
+            let token = crate::channel_client::token(server.token.as_deref())?;
+            return crate::channel_client::tail(&server.server, &channel, token.as_deref()).await;
         }
         Command::Publish {
             channel,
@@ -544,11 +546,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             binary,
             server,
         } => {
+            let token = crate::channel_client::token(server.token.as_deref())?;
             return crate::channel_client::publish(
                 &server.server,
                 &channel,
                 message.as_deref(),
-                server.token.as_deref(),
+                token.as_deref(),
                 binary,
             )
             .await;

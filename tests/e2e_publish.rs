@@ -241,3 +241,80 @@ async fn a_bridge_without_a_connection_answers_503() -> Result<()> {
     assert!(body.contains("NoPathToEndpoint"), "{body}");
     Ok(())
 }
+
+/// `wsbridge publish` without `--token` sends the kubeconfig's token: a
+/// ServiceAccount allowed to publish gets its message through the real
+/// gateway, and the token never shows in what the command prints.
+#[tokio::test]
+async fn wsbridge_publish_sends_the_kubeconfig_users_token() -> Result<()> {
+    support::install::installed().await;
+    let cp = support::shared().await;
+    let client = cp.client();
+    let ns = support::create_namespace(&client, "e2e-cli").await?;
+    let mut sub = Subscriber::ok().await;
+    let mut yaml = endpoint_and_channel(&ns, "alerts", false, &[]);
+    yaml.push_str(&subscription(&ns, "alerts", "sub", &sub.uri.to_string()));
+    let role = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/publisher-role.yaml"
+    ))?
+    .replace("channel-name", "alerts")
+    .replace("namespace: default", &format!("namespace: {ns}"));
+    yaml.push_str("---\n");
+    yaml.push_str(&role);
+    support::apply_yaml(&client, &yaml, Some(&ns)).await?;
+    let token =
+        support::mint_service_account_token(&client, &ns, "publisher", &[support::API_AUDIENCE], WAIT * 10)
+            .await?;
+    let dir = tempfile_dir(&ns)?;
+    let kubeconfig = dir.join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: ci\ncontexts:\n- name: ci\n  context: {{cluster: ci, user: publisher}}\nclusters:\n- name: ci\n  cluster: {{server: 'https://127.0.0.1:1'}}\nusers:\n- name: publisher\n  user: {{token: '{token}'}}\n"
+        ),
+    )?;
+    let server = format!("http://{}", gateway().await);
+    let run = |kubeconfig: &std::path::Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_wsbridge"))
+            .args([
+                "publish",
+                &format!("{ns}/alerts"),
+                "from-the-cli",
+                "--server",
+                &server,
+            ])
+            .env("KUBECONFIG", kubeconfig)
+            .env_remove("WSBRIDGE_TOKEN")
+            .output()
+    };
+    // Until the gateway's caches have the channel, the answer is 404; until
+    // they have the Subscription, the message reaches no one.
+    let output = support::eventually(WAIT, "wsbridge publish accepted for the subscriber", || async {
+        let output = run(&kubeconfig)?;
+        let answer: serde_json::Value =
+            serde_json::from_slice(&output.stdout).unwrap_or(serde_json::Value::Null);
+        Ok((output.status.success() && answer["subscribers"] == 1).then_some(output))
+    })
+    .await?;
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(printed.contains("\"channel\""), "{printed}");
+    assert!(!printed.contains(&token) && !String::from_utf8_lossy(&output.stderr).contains(&token));
+    assert_eq!(sub.next().await.body.as_ref(), b"from-the-cli");
+
+    // Without the kubeconfig there is no token, and the gateway says 401.
+    let output = run(&dir.join("missing"))?;
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("401"),
+        "{output:?}"
+    );
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
+
+fn tempfile_dir(name: &str) -> Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!("wsbridge-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
