@@ -39,4 +39,11 @@ fn quickstart_runs_to_completion_showing_messages_both_ways() {
     }
     // The echo came back as an endpoint message only: the feed received one message.
     assert_eq!(stdout.matches("<- received from wsbridge").count(), 1, "{stdout}");
+    // A newcomer's run ends clean: wsbridge stops first and says so, and
+    // nothing warns about the shutdown.
+    let (_, ending) = stdout.split_once("==> stopping").expect("a stop");
+    assert!(ending.contains("wsbridge_standalone: stopped"), "{ending}");
+    for noise in [" WARN ", " ERROR ", "reset"] {
+        assert!(!ending.contains(noise), "{noise:?} in the ending:\n{ending}");
+    }
 }

@@ -49,8 +49,13 @@ cleanup() {
   trap - EXIT INT TERM
   if [ ${#pids[@]} -gt 0 ]; then
     echo "==> stopping"
-    kill -TERM "${pids[@]}" 2>/dev/null || true
-    wait "${pids[@]}" 2>/dev/null || true
+    # In reverse order of starting, each one gone before the next: wsbridge
+    # first, so it closes its feed connection and drains its deliveries
+    # while the demo peers are still there to take them.
+    for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
+      kill -TERM "${pids[i]}" 2>/dev/null || true
+      wait "${pids[i]}" 2>/dev/null || true
+    done
   fi
   echo "==> done"
 }
