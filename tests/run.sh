@@ -21,6 +21,9 @@ echo "== control plane and test tools (helm, promtool, actionlint)"
 time bash tests/controlplane/build.sh
 time bash tests/tools/build.sh
 
+echo "== RabbitMQ (the broker tests start their own on free ports)"
+time bash tests/tools/rabbitmq.sh
+
 echo "== cargo test"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

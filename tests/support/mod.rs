@@ -29,6 +29,7 @@ pub mod install;
 pub mod kubeconfig;
 pub mod local;
 pub mod peers;
+pub mod rabbitmq;
 pub mod pods;
 mod processes;
 pub mod reaper;

@@ -1,0 +1,351 @@
+//! A Subscription's backlog consumed into the delivery engine. Each message
+//! is handed in with a settle handle and acknowledged only when its
+//! delivery ended: a 2xx, the dead-letter sink took it, or the subscriber
+//! refused it for good. A message whose subscriber could not take it yet
+//! (down through all its retries) stays unacknowledged and is handed in
+//! again, in place, so an ordered subscriber gets it before the next one;
+//! one whose delivery was cut short (the engine stopped, the process is
+//! going away) is returned to the queue. The broker, not this process,
+//! holds what is not yet delivered.
+//!
+//! The consumer outlives connections: after every reconnect it opens a
+//! channel, re-declares its topology and consumes again, and it does the
+//! same when only its channel was closed (a queue deleted, a consumer
+//! cancelled by the broker). It never stops silently: its state is
+//! watched, and it retries with backoff until dropped.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use lapin::Acker;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+use wsbridge_core::{ChannelKey, ObjectKey};
+use wsbridge_dataplane::Message;
+use wsbridge_dataplane::delivery::{Settle, Settlement};
+use wsbridge_dataplane::endpoint::ReconnectBackoff;
+
+use crate::codec::decode;
+use crate::connection::{Broker, BrokerState, Link};
+use crate::topology::{self, Backlog, subscription_queue};
+
+/// Hands a message to the delivery engine for one subscriber; false when
+/// it could not be queued (the message is then returned to the broker).
+pub type Deliver = Arc<dyn Fn(Arc<Message>) -> bool + Send + Sync>;
+
+/// What one consumer consumes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerSpec {
+    /// The Subscription's channel.
+    pub channel: ChannelKey,
+    /// The Subscription.
+    pub subscription: ObjectKey,
+    /// Its backlog's bound.
+    pub backlog: Backlog,
+    /// Unacknowledged messages at once (the broker's prefetch): the
+    /// subscriber's `maxInFlight` when unordered. Ordered subscribers need
+    /// 1: a message returned to the queue (its subscriber was down) must
+    /// not be overtaken by the next one already at hand.
+    pub prefetch: u16,
+    /// One active consumer across every process (ordered Subscriptions):
+    /// the others wait as standbys.
+    pub single_active_consumer: bool,
+}
+
+/// Where a consumer is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConsumerState {
+    /// Waiting for the broker, or for a retry.
+    Waiting(String),
+    /// Consuming on connection `generation`.
+    Consuming {
+        /// The connection it consumes on.
+        generation: u64,
+    },
+}
+
+/// A running consumer; stops (and its unacknowledged messages return to
+/// the queue) when dropped.
+pub struct ConsumerHandle {
+    state: watch::Receiver<ConsumerState>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for ConsumerHandle {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl ConsumerHandle {
+    /// Starts consuming `spec`'s queue on `broker` into `deliver`.
+    pub fn spawn(broker: Broker, spec: ConsumerSpec, deliver: Deliver) -> Self {
+        let (tx, rx) = watch::channel(ConsumerState::Waiting("starting".into()));
+        let task = tokio::spawn(run(broker, spec, deliver, tx));
+        Self { state: rx, task }
+    }
+
+    /// The state now.
+    pub fn state(&self) -> ConsumerState {
+        self.state.borrow().clone()
+    }
+
+    /// Waits until consuming (or the consumer ended).
+    pub async fn consuming(&self) {
+        let mut state = self.state.clone();
+        let _ = state
+            .wait_for(|s| matches!(s, ConsumerState::Consuming { .. }))
+            .await;
+    }
+}
+
+async fn run(broker: Broker, spec: ConsumerSpec, deliver: Deliver, state: watch::Sender<ConsumerState>) {
+    let queue = subscription_queue(&spec.subscription);
+    let mut backoff = ReconnectBackoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    loop {
+        let Some((connection, generation)) = broker.connected().await else {
+            return;
+        };
+        let reason = match consume(&broker, &connection, generation, &spec, &queue, &deliver, &state).await {
+            Ok(()) => {
+                backoff.reset();
+                "the broker ended the consumer".to_string()
+            }
+            Err(e) => e,
+        };
+        warn!(subscription = %spec.subscription, queue, %reason, "stopped consuming; resuming");
+        state.send_replace(ConsumerState::Waiting(reason));
+        tokio::time::sleep(backoff.next_delay()).await;
+    }
+}
+
+/// One consuming session on one channel: until the channel or the
+/// connection fails (lapin does not always end a consumer's stream when its
+/// connection dies, so the broker's state is watched too). Messages
+/// unacknowledged when it ends are returned to the queue by the broker
+/// (their channel is gone) and delivered again: at least once, duplicates
+/// identified by `ce-id`.
+async fn consume(
+    broker: &Broker,
+    connection: &lapin::Connection,
+    generation: u64,
+    spec: &ConsumerSpec,
+    queue: &str,
+    deliver: &Deliver,
+    state: &watch::Sender<ConsumerState>,
+) -> Result<(), String> {
+    let mut link = broker.link();
+    let declared = async {
+        let ch = connection.create_channel().await?;
+        ch.basic_qos(spec.prefetch.max(1), BasicQosOptions::default())
+            .await?;
+        topology::declare_subscription(
+            &ch,
+            &spec.channel,
+            &spec.subscription,
+            spec.backlog,
+            spec.single_active_consumer,
+        )
+        .await?;
+        ch.basic_consume(
+            queue.into(),
+            format!(
+                "wsbridge-{}-{}",
+                spec.subscription.namespace, spec.subscription.name
+            )
+            .into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+    };
+    // Opening a channel on a connection that just died can hang: the
+    // connection's loss, or a deadline, ends the wait.
+    let mut consumer = tokio::select! {
+        consumer = tokio::time::timeout(SETUP_TIMEOUT, declared) => match consumer {
+            Ok(consumer) => consumer.map_err(|e| e.to_string())?,
+            Err(_) => return Err(format!("no consumer within {SETUP_TIMEOUT:?}")),
+        },
+        () = lost(&mut link, generation) => return Err(LOST.into()),
+    };
+    info!(subscription = %spec.subscription, queue, generation, "consuming");
+    state.send_replace(ConsumerState::Consuming { generation });
+
+    let mut settling: FuturesUnordered<Handing> = FuturesUnordered::new();
+    loop {
+        tokio::select! {
+            Some((held, outcome)) = settling.next(), if !settling.is_empty() => {
+                match next_step(outcome) {
+                    Step::Ack => held.ack().await,
+                    Step::Requeue => held.requeue().await,
+                    // Kept at hand and handed in again, not returned to the
+                    // queue: a quorum queue would put it behind the messages
+                    // that came after it.
+                    Step::Retry => settling.push(Box::pin(held.hand_in_after(REDELIVERY_PAUSE, deliver.clone()))),
+                }
+            }
+            delivery = consumer.next() => {
+                let delivery = match delivery {
+                    Some(Ok(delivery)) => delivery,
+                    Some(Err(e)) => return Err(e.to_string()),
+                    None => return Ok(()),
+                };
+                let held = Held {
+                    msg: decode(delivery.data, &delivery.properties),
+                    acker: delivery.acker,
+                };
+                settling.push(Box::pin(held.hand_in_after(Duration::ZERO, deliver.clone())));
+            }
+            () = lost(&mut link, generation) => return Err(LOST.into()),
+        }
+    }
+}
+
+const LOST: &str = "the connection to the broker was lost";
+
+/// How long opening a channel, declaring and starting to consume may take.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Resolves once connection `generation` is no longer the current one.
+async fn lost(link: &mut watch::Receiver<Link>, generation: u64) {
+    let _ = link
+        .wait_for(|l| !matches!(l.state, BrokerState::Connected { generation: g } if g == generation))
+        .await;
+}
+
+/// How long a message whose delivery did not end waits before it is handed
+/// to the engine again: a subscriber that is down is not hammered.
+const REDELIVERY_PAUSE: Duration = Duration::from_secs(1);
+
+/// A held message on its way through the engine.
+type Handing = Pin<Box<dyn Future<Output = (Held, Option<Settlement>)> + Send>>;
+
+/// A message taken from the queue and not yet acknowledged.
+struct Held {
+    /// Without a settle handle: each hand-in gets its own.
+    msg: Message,
+    acker: Acker,
+}
+
+impl Held {
+    /// Hands the message to the engine after `pause`; resolves with how its
+    /// delivery ended (`None`: it never ended, e.g. the engine did not take it).
+    async fn hand_in_after(self, pause: Duration, deliver: Deliver) -> (Self, Option<Settlement>) {
+        if !pause.is_zero() {
+            tokio::time::sleep(pause).await;
+        }
+        let (settle, settled) = Settle::new();
+        if !deliver(Arc::new(self.msg.clone().with_settle(settle))) {
+            debug!(id = self.msg.id(), "the engine did not take the message");
+        }
+        // Not taken: the handle was dropped with the message, `settled` is closed.
+        let outcome = settled.await.ok();
+        (self, outcome)
+    }
+
+    async fn ack(self) {
+        if let Err(e) = self.acker.ack(BasicAckOptions::default()).await {
+            // The channel is gone: the broker delivers the message again.
+            debug!(id = self.msg.id(), error = %e, "acknowledgement not sent");
+        }
+    }
+
+    async fn requeue(self) {
+        let requeue = BasicNackOptions {
+            requeue: true,
+            ..BasicNackOptions::default()
+        };
+        if let Err(e) = self.acker.nack(requeue).await {
+            debug!(id = self.msg.id(), error = %e, "requeue not sent");
+        }
+    }
+}
+
+/// What to do with a message once the engine is done with it.
+#[derive(Debug, PartialEq, Eq)]
+enum Step {
+    /// Its delivery ended: it leaves the backlog.
+    Ack,
+    /// Give it back to the broker (this consumer is stopping, or the engine
+    /// cannot take it): another consumer, or this one later, delivers it.
+    Requeue,
+    /// Its subscriber could not take it yet: hand it in again.
+    Retry,
+}
+
+fn next_step(outcome: Option<Settlement>) -> Step {
+    if acknowledged(outcome) {
+        return Step::Ack;
+    }
+    match outcome {
+        None | Some(Settlement::Dropped("shutdown" | "unsubscribed")) => Step::Requeue,
+        Some(_) => Step::Retry,
+    }
+}
+
+/// Whether a message leaves its backlog: delivered, taken by the
+/// dead-letter sink, or refused for good (a 4xx, a denied destination).
+/// Anything else stays in the backlog and is delivered again: a subscriber
+/// that was unreachable through all its retries (without a dead-letter
+/// sink), a dead-letter sink that failed (the message is not safe yet), a
+/// stop, a full queue, or no settlement at all. What bounds a backlog is
+/// its length: its oldest messages overflow to the dead-letter queue.
+fn acknowledged(outcome: Option<Settlement>) -> bool {
+    matches!(
+        outcome,
+        Some(
+            Settlement::Delivered
+                | Settlement::DeadLettered
+                | Settlement::Dropped("rejected" | "destination_denied")
+        )
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_an_ended_delivery_leaves_the_backlog() {
+        for ended in [
+            Settlement::Delivered,
+            Settlement::DeadLettered,
+            Settlement::Dropped("rejected"),
+            Settlement::Dropped("destination_denied"),
+        ] {
+            assert!(acknowledged(Some(ended)), "{ended:?}");
+        }
+        for kept in [
+            Settlement::Dropped("retries_exhausted"),
+            Settlement::Dropped("dead_letter_failed"),
+            Settlement::Dropped("shutdown"),
+            Settlement::Dropped("unsubscribed"),
+            Settlement::Dropped("queue_full"),
+        ] {
+            assert!(!acknowledged(Some(kept)), "{kept:?}");
+        }
+        assert!(!acknowledged(None));
+    }
+
+    #[test]
+    fn a_stop_returns_the_message_and_a_failure_retries_it() {
+        assert_eq!(next_step(None), Step::Requeue);
+        assert_eq!(next_step(Some(Settlement::Dropped("shutdown"))), Step::Requeue);
+        assert_eq!(
+            next_step(Some(Settlement::Dropped("retries_exhausted"))),
+            Step::Retry
+        );
+        assert_eq!(
+            next_step(Some(Settlement::Dropped("dead_letter_failed"))),
+            Step::Retry
+        );
+        assert_eq!(next_step(Some(Settlement::Delivered)), Step::Ack);
+    }
+}

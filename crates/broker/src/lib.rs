@@ -1,0 +1,31 @@
+//! Durable channels on RabbitMQ: a channel's messages go through the broker
+//! instead of one process's memory, so that what was accepted survives
+//! restarts and a subscriber that is down gets its backlog later.
+//!
+//! - [`BrokerUrl`]: the installation's `amqp://` or `amqps://` URL, never
+//!   shown with its credentials;
+//! - [`Broker`]: one connection, reconnected with backoff by us (not by
+//!   lapin's recovery), its state watched by `/readyz`, metrics and every
+//!   publisher and consumer;
+//! - [`topology`]: the names and declarations of a channel's exchange, a
+//!   subscription's quorum queue and its overflow dead-letter queue;
+//! - [`Publisher`]: publishing with confirms: `Ok` only once the broker
+//!   persisted the message;
+//! - [`consumer`]: a subscription's queue consumed into the delivery engine,
+//!   each message acknowledged only once its delivery ended.
+//!
+//! No Kubernetes client, no command line: the roles adapt this crate.
+#![forbid(unsafe_code)]
+
+mod codec;
+mod connection;
+pub mod consumer;
+mod publisher;
+pub mod topology;
+mod url;
+
+pub use codec::{decode, encode};
+pub use connection::{Broker, BrokerOptions, BrokerState};
+pub use consumer::{ConsumerHandle, ConsumerSpec};
+pub use publisher::{PublishError, Publisher};
+pub use url::{BrokerUrl, InvalidBrokerUrl};

@@ -1,0 +1,152 @@
+//! Publishing with publisher confirms: [`Publisher::publish`] returns `Ok`
+//! only once the broker has taken responsibility for the message (for
+//! quorum queues: written to a majority), which is what a `202` on a
+//! durable channel means. Anything else is an error the caller turns into
+//! `503`: never a `202` for a message that may vanish.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::{Channel, Confirmation};
+use tokio::sync::Mutex;
+use wsbridge_core::ChannelKey;
+use wsbridge_dataplane::Message;
+
+use crate::codec::encode;
+use crate::connection::{Broker, BrokerState};
+use crate::topology::{self, channel_exchange, routing_key};
+
+/// Why a message was not confirmed. The message may or may not have
+/// reached the broker (a publisher that retries may cause a duplicate,
+/// which its `ce-id` identifies).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PublishError {
+    /// Not connected to the broker now.
+    #[error("the message broker is unavailable: {0}")]
+    Unavailable(String),
+    /// The broker answered with a negative confirm (e.g. out of disk).
+    #[error("the message broker refused the message")]
+    Refused,
+    /// No confirm within the deadline.
+    #[error("the message broker did not confirm the message within {0:?}")]
+    Timeout(Duration),
+}
+
+/// Publishes channel messages with confirms over one broker channel, opened
+/// again after every reconnect. Cheap to share behind an `Arc`.
+pub struct Publisher {
+    broker: Broker,
+    confirm_timeout: Duration,
+    open: Mutex<Option<Open>>,
+}
+
+/// The confirm-mode channel of one connection, and the exchanges declared
+/// on it (declared once per connection, before the first publish to each).
+struct Open {
+    generation: u64,
+    channel: Channel,
+    declared: HashSet<ChannelKey>,
+}
+
+impl Publisher {
+    /// A publisher on `broker`; a confirm that takes longer than
+    /// `confirm_timeout` is an error.
+    pub fn new(broker: Broker, confirm_timeout: Duration) -> Self {
+        Self {
+            broker,
+            confirm_timeout,
+            open: Mutex::new(None),
+        }
+    }
+
+    /// Publishes `msg` on `channel`'s exchange and waits for the broker's
+    /// confirm. Fails at once when the broker is not connected.
+    pub async fn publish(&self, channel: &ChannelKey, msg: &Message) -> Result<(), PublishError> {
+        let (body, properties) = encode(msg);
+        // Inside the deadline: opening a channel on a connection that just
+        // died can hang.
+        let confirm = async {
+            let ch = self.channel_for(channel).await.map_err(|e| (None, e))?;
+            let confirmation = ch
+                .basic_publish(
+                    channel_exchange(channel).into(),
+                    routing_key(msg.origin()).into(),
+                    BasicPublishOptions::default(),
+                    &body,
+                    properties,
+                )
+                .await;
+            let confirmation = match confirmation {
+                Ok(confirm) => confirm.await,
+                Err(e) => Err(e),
+            };
+            confirmation.map_err(|e| (Some(ch), PublishError::Unavailable(e.to_string())))
+        };
+        match tokio::time::timeout(self.confirm_timeout, confirm).await {
+            Ok(Ok(Confirmation::Ack(_))) => Ok(()),
+            Ok(Ok(Confirmation::Nack(_))) => Err(PublishError::Refused),
+            Ok(Ok(Confirmation::NotRequested)) => Err(PublishError::Unavailable(
+                "the channel is not in confirm mode".into(),
+            )),
+            Ok(Err((ch, e))) => {
+                if let Some(ch) = ch {
+                    self.forget(&ch).await;
+                }
+                Err(e)
+            }
+            Err(_) => {
+                *self.open.lock().await = None;
+                Err(PublishError::Timeout(self.confirm_timeout))
+            }
+        }
+    }
+
+    /// The open channel of the current connection, with `channel`'s exchange
+    /// declared; opened when there is none, or it belongs to a lost connection.
+    async fn channel_for(&self, channel: &ChannelKey) -> Result<Channel, PublishError> {
+        let link = self.broker.link().borrow().clone();
+        let (connection, generation) = match (link.state, link.connection) {
+            (BrokerState::Connected { generation }, Some(c)) => (c, generation),
+            (BrokerState::Disconnected { reason, .. }, _) => {
+                return Err(PublishError::Unavailable(reason));
+            }
+            _ => return Err(PublishError::Unavailable("not connected yet".into())),
+        };
+        let unavailable = |e: lapin::Error| PublishError::Unavailable(e.to_string());
+        let mut open = self.open.lock().await;
+        let usable = open
+            .as_ref()
+            .is_some_and(|o| o.generation == generation && o.channel.status().connected());
+        if !usable {
+            let ch = connection.create_channel().await.map_err(unavailable)?;
+            ch.confirm_select(ConfirmSelectOptions::default())
+                .await
+                .map_err(unavailable)?;
+            *open = Some(Open {
+                generation,
+                channel: ch,
+                declared: HashSet::new(),
+            });
+        }
+        let Some(o) = open.as_mut() else {
+            return Err(PublishError::Unavailable("no channel".into()));
+        };
+        if !o.declared.contains(channel) {
+            topology::declare_channel(&o.channel, channel)
+                .await
+                .map_err(unavailable)?;
+            o.declared.insert(channel.clone());
+        }
+        Ok(o.channel.clone())
+    }
+
+    /// Drops `ch` if it is still the open one (it failed: the next publish
+    /// opens another).
+    async fn forget(&self, ch: &Channel) {
+        let mut open = self.open.lock().await;
+        if open.as_ref().is_some_and(|o| o.channel.id() == ch.id()) {
+            *open = None;
+        }
+    }
+}

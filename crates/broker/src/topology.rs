@@ -1,0 +1,186 @@
+//! What a durable channel is made of in the broker, named so that a
+//! RabbitMQ operator recognises each object's owner (namespace and name in
+//! the name), and declared idempotently by whoever needs it after every
+//! (re)connection:
+//!
+//! - a durable topic exchange per Channel, `wsbridge.channel.{ns}.{name}`;
+//!   routing key `endpoint` for endpoint messages, `published` for publishes;
+//! - a quorum queue per Subscription, `wsbridge.subscription.{ns}.{name}`,
+//!   bound with `#` (every message of its channel): its backlog, bounded in
+//!   bytes and messages; what overflows drops from the head (the oldest) and
+//!   is dead-lettered, so it never slows the publisher or other subscribers;
+//! - the installation's dead-letter exchange `wsbridge.dead-letter` and,
+//!   per Subscription, `wsbridge.dead-letter.{ns}.{name}` (bounded the same
+//!   way) holding what overflowed, for an operator to look at or shovel back.
+
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{Channel, ExchangeKind};
+use wsbridge_core::{ChannelKey, ObjectKey};
+use wsbridge_dataplane::Origin;
+
+/// The installation's dead-letter exchange.
+pub const DEAD_LETTER_EXCHANGE: &str = "wsbridge.dead-letter";
+
+/// Routing key that binds every message of a channel.
+pub const EVERY_MESSAGE: &str = "#";
+
+/// A channel's exchange.
+pub fn channel_exchange(channel: &ChannelKey) -> String {
+    format!("wsbridge.channel.{}.{}", channel.namespace, channel.name)
+}
+
+/// A Subscription's backlog queue.
+pub fn subscription_queue(subscription: &ObjectKey) -> String {
+    format!(
+        "wsbridge.subscription.{}.{}",
+        subscription.namespace, subscription.name
+    )
+}
+
+/// Where a Subscription's overflow goes.
+pub fn dead_letter_queue(subscription: &ObjectKey) -> String {
+    format!(
+        "wsbridge.dead-letter.{}.{}",
+        subscription.namespace, subscription.name
+    )
+}
+
+/// The routing key of a message of `origin`.
+pub fn routing_key(origin: Origin) -> &'static str {
+    match origin {
+        Origin::Endpoint => "endpoint",
+        Origin::Published => "published",
+    }
+}
+
+/// How much a Subscription's backlog holds before the oldest messages are
+/// dead-lettered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backlog {
+    /// Bytes of message bodies (`x-max-length-bytes`).
+    pub max_bytes: u64,
+    /// Messages (`x-max-length`).
+    pub max_messages: u64,
+}
+
+impl Default for Backlog {
+    /// 1 GiB or a million messages, whichever comes first: hours of a busy
+    /// feed, well within a broker's disk.
+    fn default() -> Self {
+        Self {
+            max_bytes: 1 << 30,
+            max_messages: 1_000_000,
+        }
+    }
+}
+
+/// Declares `channel`'s exchange (durable topic).
+pub async fn declare_channel(ch: &Channel, channel: &ChannelKey) -> lapin::Result<()> {
+    ch.exchange_declare(
+        channel_exchange(channel).into(),
+        ExchangeKind::Topic,
+        durable_exchange(),
+        FieldTable::default(),
+    )
+    .await
+}
+
+/// Declares the exchange of `channel`, the backlog of `subscription`, its
+/// dead-letter queue, and the bindings. A queue that exists with other
+/// arguments (its bound changed) fails with PRECONDITION_FAILED: a bound
+/// change is a policy's job, not a redeclaration's.
+pub async fn declare_subscription(
+    ch: &Channel,
+    channel: &ChannelKey,
+    subscription: &ObjectKey,
+    backlog: Backlog,
+    single_active_consumer: bool,
+) -> lapin::Result<()> {
+    declare_channel(ch, channel).await?;
+    ch.exchange_declare(
+        DEAD_LETTER_EXCHANGE.into(),
+        ExchangeKind::Direct,
+        durable_exchange(),
+        FieldTable::default(),
+    )
+    .await?;
+    let queue = subscription_queue(subscription);
+    let dead = dead_letter_queue(subscription);
+    let mut dead_args = quorum(backlog);
+    dead_args.insert("x-overflow".into(), text("drop-head"));
+    ch.queue_declare(dead.as_str().into(), durable_queue(), dead_args)
+        .await?;
+    ch.queue_bind(
+        dead.as_str().into(),
+        DEAD_LETTER_EXCHANGE.into(),
+        queue.as_str().into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await?;
+
+    let mut args = quorum(backlog);
+    args.insert("x-overflow".into(), text("drop-head"));
+    args.insert("x-dead-letter-exchange".into(), text(DEAD_LETTER_EXCHANGE));
+    args.insert("x-dead-letter-routing-key".into(), text(&queue));
+    if single_active_consumer {
+        args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
+    }
+    ch.queue_declare(queue.as_str().into(), durable_queue(), args)
+        .await?;
+    ch.queue_bind(
+        queue.as_str().into(),
+        channel_exchange(channel).into(),
+        EVERY_MESSAGE.into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+}
+
+fn quorum(backlog: Backlog) -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert("x-queue-type".into(), text("quorum"));
+    args.insert(
+        "x-max-length-bytes".into(),
+        AMQPValue::LongLongInt(i64::try_from(backlog.max_bytes).unwrap_or(i64::MAX)),
+    );
+    args.insert(
+        "x-max-length".into(),
+        AMQPValue::LongLongInt(i64::try_from(backlog.max_messages).unwrap_or(i64::MAX)),
+    );
+    args
+}
+
+fn text(value: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(value))
+}
+
+fn durable_exchange() -> ExchangeDeclareOptions {
+    ExchangeDeclareOptions {
+        durable: true,
+        ..ExchangeDeclareOptions::default()
+    }
+}
+
+fn durable_queue() -> QueueDeclareOptions {
+    QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_carry_namespace_and_name() {
+        let channel = ChannelKey::new("team-a", "ticker");
+        let sub = ObjectKey::new("team-a", "audit");
+        assert_eq!(channel_exchange(&channel), "wsbridge.channel.team-a.ticker");
+        assert_eq!(subscription_queue(&sub), "wsbridge.subscription.team-a.audit");
+        assert_eq!(dead_letter_queue(&sub), "wsbridge.dead-letter.team-a.audit");
+    }
+}
