@@ -32,6 +32,8 @@ use wsbridge_api::{
 
 /// Every object is reconciled again at least this often, whatever its watches missed.
 const RESYNC: Duration = Duration::from_secs(3600);
+/// How soon a Bridge whose worker name is taken by someone else's object looks again.
+const CONFLICT_RECHECK: Duration = Duration::from_secs(10);
 
 /// Why a reconcile failed. [`Error::label`] is the metric label.
 #[derive(Debug, thiserror::Error)]
@@ -351,7 +353,7 @@ pub async fn reconcile_bridge(bridge: Arc<Bridge>, ctx: Arc<Context>) -> Result<
         channel_exists: channel.is_some(),
         endpoint_problem,
         token_problem,
-        worker_conflict,
+        worker_conflict: worker_conflict.clone(),
         worker_available: existing.as_deref().map(status::deployment_available),
         connected: bridge
             .status
@@ -365,7 +367,12 @@ pub async fn reconcile_bridge(bridge: Arc<Bridge>, ctx: Arc<Context>) -> Result<
         ..Default::default()
     })
     .await?;
-    Ok(Action::requeue(RESYNC))
+    // An object the controller does not own is not watched: look again soon.
+    Ok(Action::requeue(if worker_conflict.is_some() {
+        CONFLICT_RECHECK
+    } else {
+        RESYNC
+    }))
 }
 
 // ---------------------------------------------------------------- Channel
