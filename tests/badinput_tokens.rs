@@ -101,8 +101,17 @@ async fn bad_tokens_get_401_as_json_and_never_reach_the_log() -> Result<()> {
         async move { Ok(Some(publish(gateway, &channel, None).await?).filter(|(code, _)| *code == 401)) }
     })
     .await?;
-    // Let the ServiceAccount's deletion reach the token authenticator's cache.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The ServiceAccount's deletion has reached the token authenticator once
+    // its token is refused.
+    let departed_bearer = format!("Bearer {departed}");
+    support::eventually(WAIT, "the departed ServiceAccount's token refused", || {
+        let (channel, authorization) = (channel.clone(), departed_bearer.clone());
+        async move {
+            let answer = publish(gateway, &channel, Some(authorization.as_bytes())).await?;
+            Ok(Some(answer).filter(|(code, _)| *code == 401))
+        }
+    })
+    .await?;
 
     let garbage_64k = format!("Bearer {}", "g".repeat(64 * 1024));
     let bearer = |t: &str| format!("Bearer {t}");

@@ -73,9 +73,12 @@ async fn one_leader_reconciles_and_the_standby_takes_over_when_it_dies() -> Resu
     .await?;
     let channels: Api<Channel> = Api::namespaced(client.clone(), &ns);
     addressed(&channels, "one").await?;
-    tokio::time::sleep(Duration::from_secs(1)).await;
     let reconciles = "wsbridge_controller_reconciles_total";
-    assert!(a.metric_sum(reconciles, &[]).await? > 0.0);
+    support::eventually(WAIT, "the leader counts its reconciles", || {
+        let a = &a;
+        async move { Ok((a.metric_sum(reconciles, &[]).await? > 0.0).then_some(())) }
+    })
+    .await?;
     assert_eq!(
         b.metric_sum(reconciles, &[]).await?,
         0.0,

@@ -187,6 +187,40 @@ async fn anonymous_channels_need_no_token_and_bad_requests_get_clear_errors() ->
     assert_eq!((code, body.contains("MessageTooLarge")), (413, true), "{body}");
     let (code, body) = publish(&channel, None, b"").await?;
     assert_eq!(code, 400, "{body}");
+
+    // A keep-alive connection stays open after an answer to a request read
+    // in full; an answer given before the body was read says
+    // `Connection: close` (RFC 9112 §9.6). No internal header goes out.
+    use support::http::{closed_by_server, exchange, keep_alive_post};
+    let addr = gateway().await;
+    let path = format!("/channels/{channel}");
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    for body in [&b"kept-1"[..], b"kept-2"] {
+        let answer = exchange(&mut stream, &keep_alive_post(addr, &path, body)).await?;
+        assert_eq!(
+            (answer.status, answer.header("connection")),
+            (202, None),
+            "{answer:?}"
+        );
+    }
+    let missing = format!("/channels/{ns}/no-such-channel");
+    for (path, body, status) in [(&path, vec![b'x'; 300], 413), (&missing, b"x".to_vec(), 404)] {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        let answer = exchange(&mut stream, &keep_alive_post(addr, path, &body)).await?;
+        assert_eq!(
+            (answer.status, answer.header("connection")),
+            (status, Some("close")),
+            "{answer:?}"
+        );
+        assert!(
+            !answer.head.to_ascii_lowercase().contains("x-wsbridge"),
+            "{answer:?}"
+        );
+        assert!(
+            closed_by_server(&mut stream, WAIT).await,
+            "said close, stayed open"
+        );
+    }
     Ok(())
 }
 

@@ -83,9 +83,16 @@ async fn with_enough_retries_a_subscriber_failing_30_percent_gets_every_message_
         assert_eq!(sub.duplicates(), 0, "{name} got a message twice");
     }
     let took = started.elapsed();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let m = metrics(pod_addr(&worker)).await?;
     let label = format!("subscriber=\"{ns}/flaky\"");
+    // The worker counts an answer a moment after the peer recorded it.
+    let m = support::eventually(WAIT, "the delivered metric to catch up", || {
+        let (addr, label, expected) = (pod_addr(&worker), &label, flaky_sub.delivered() as f64);
+        async move {
+            let m = metrics(addr).await?;
+            Ok((metric_sum(&m, "wsbridge_messages_delivered_total", &[label]) >= expected).then_some(m))
+        }
+    })
+    .await?;
     let delivered = metric_sum(&m, "wsbridge_messages_delivered_total", &[&label]);
     let retries = metric_sum(&m, "wsbridge_delivery_retries_total", &[&label]);
     let requests = flaky_sub.requests.load(std::sync::atomic::Ordering::SeqCst);
@@ -162,8 +169,23 @@ async fn with_retries_exhausted_delivered_plus_dead_lettered_equals_sent_exactly
 
     // The worker's own counts agree with what the peers saw (probes included);
     // it counts an answer a moment after the peer recorded it.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let m = metrics(pod_addr(&worker)).await?;
+    let settled = support::eventually(WAIT, "the worker's counts to catch up", || {
+        let addr = pod_addr(&worker);
+        let expected = [("r0", r0.delivered()), ("r1", r1.delivered())]
+            .map(|(name, delivered)| (format!("{ns}/{name}"), delivered as f64));
+        let sink = &sink;
+        async move {
+            let m = metrics(addr).await?;
+            let caught_up = expected.iter().all(|(id, delivered)| {
+                let label = format!("subscriber=\"{id}\"");
+                metric_sum(&m, "wsbridge_messages_delivered_total", &[&label]) >= *delivered
+                    && metric_sum(&m, "wsbridge_messages_dead_lettered_total", &[&label])
+                        >= sink.bodies_from(id).len() as f64
+            });
+            Ok(caught_up.then_some(m))
+        }
+    });
+    let m = settled.await?;
     for (name, sub) in [("r0", &r0), ("r1", &r1)] {
         let id = format!("{ns}/{name}");
         let label = format!("subscriber=\"{id}\"");

@@ -114,15 +114,22 @@ async fn a_hung_subscriber_neither_slows_the_others_nor_grows_the_workers_memory
     let hwm = proc_status_kib(pid, "VmHWM").unwrap_or(0);
     let rss_after = proc_status_kib(pid, "VmRSS").unwrap_or(0);
 
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let m = metrics(pod_addr(&worker)).await?;
     let label = format!("subscriber=\"{ns}/hung\"");
-    let overflow = metric_sum(
-        &m,
-        "wsbridge_messages_dropped_total",
-        &[&label, "reason=\"queue_full\""],
-    );
     let hung_offered = BURST + FLOOD; // at least: probes come on top
+    let queue_full = [label.as_str(), "reason=\"queue_full\""];
+    // The worker counts a drop a moment after the frame went by.
+    let m = support::eventually(WAIT, "the queue_full count to catch up", || {
+        let addr = pod_addr(&worker);
+        let queue_full = &queue_full;
+        async move {
+            let m = metrics(addr).await?;
+            let overflow = metric_sum(&m, "wsbridge_messages_dropped_total", queue_full);
+            Ok((overflow >= (hung_offered - QUEUE - 1) as f64).then_some(m))
+        }
+    })
+    .await
+    .unwrap_or_default();
+    let overflow = metric_sum(&m, "wsbridge_messages_dropped_total", &queue_full);
     assert!(
         overflow >= (hung_offered - QUEUE - 1) as f64,
         "the hung subscriber's queue held more than {QUEUE}: only {overflow} of {hung_offered}+ counted as queue_full"

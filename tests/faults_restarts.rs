@@ -71,10 +71,28 @@ fn publish_load(
     (accepted, refused, tasks)
 }
 
+/// Waits until the load has had `LOADED` publishes accepted (so that a
+/// termination happens under load, and there is something to lose);
+/// returns the count then.
+async fn under_load(accepted: &Accepted) -> Result<usize> {
+    const LOADED: usize = 100;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let n = accepted.lock().unwrap().len();
+        if n >= LOADED {
+            return Ok(n);
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "only {n} publishes accepted before the termination"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Every accepted publish must reach both subscribers and the endpoint.
 /// Returns the number lost (missing anywhere).
 async fn lost(accepted: &[(String, String)], subs: &[&CountingSubscriber], feed: &Feed) -> usize {
-    let ids: BTreeSet<String> = accepted.iter().map(|(id, _)| id.clone()).collect();
     let bodies: BTreeSet<String> = accepted.iter().map(|(_, b)| b.clone()).collect();
     let complete = |subs: &[&CountingSubscriber]| {
         let frames: BTreeSet<String> = feed.frames.lock().unwrap().iter().cloned().collect();
@@ -89,13 +107,10 @@ async fn lost(accepted: &[(String, String)], subs: &[&CountingSubscriber], feed:
         }
         missing.len()
     };
-    for _ in 0..100 {
-        if complete(subs) == 0 {
-            break;
-        }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while complete(subs) > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let _ = ids;
     complete(subs)
 }
 
@@ -144,8 +159,7 @@ async fn a_gateway_terminated_under_load_delivers_every_publish_it_accepted() ->
 
     let stop = Arc::new(AtomicBool::new(false));
     let (accepted, refused, tasks) = publish_load(move || addr, channel, stop.clone());
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let before = accepted.lock().unwrap().len();
+    let before = under_load(&accepted).await?;
     let code = gateway.terminate(Duration::from_secs(20)).await;
     stop.store(true, Ordering::SeqCst);
     for t in tasks {
@@ -185,7 +199,7 @@ async fn a_worker_terminated_under_load_sends_out_every_publish_it_accepted() ->
 
     let stop = Arc::new(AtomicBool::new(false));
     let (accepted, refused, tasks) = publish_load(move || gateway, channel.clone(), stop.clone());
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    under_load(&accepted).await?;
     let code = worker.terminate(Duration::from_secs(20)).await;
     assert_eq!(code, Some(0), "worker exit; log:\n{}", worker.logs());
     let at_term = accepted.lock().unwrap().len();
@@ -259,7 +273,9 @@ async fn a_worker_terminated_under_endpoint_load_delivers_every_frame_sent_befor
             sent
         })
     };
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Terminated under load: once frames are flowing through to a subscriber.
+    a.wait_for("frames flowing", WAIT, |s| s.count_prefix("ep ") >= 100)
+        .await?;
     let code = worker.terminate(Duration::from_secs(20)).await;
     stop.store(true, Ordering::SeqCst);
     let sent = streaming.await?;
