@@ -29,9 +29,9 @@ pub mod install;
 pub mod kubeconfig;
 pub mod local;
 pub mod peers;
-pub mod rabbitmq;
 pub mod pods;
 mod processes;
+pub mod rabbitmq;
 pub mod reaper;
 
 pub use controlplane::{API_AUDIENCE, ControlPlane, Options, shared, shared_with_controller_manager};
