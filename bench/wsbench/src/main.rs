@@ -18,6 +18,7 @@ mod scenarios;
 mod sink;
 mod source;
 mod svg;
+mod zero_loss;
 
 use anyhow::{Result, anyhow, bail};
 use std::collections::HashMap;

@@ -7,6 +7,7 @@ use crate::procs::{Proc, cpu_per, cpu_us, mem_kib, self_cmd};
 use crate::relays::{Relay, http_head, launch};
 use crate::run::Opts;
 use crate::sink::Stats;
+use crate::zero_loss::{self, ZeroLoss};
 use anyhow::{Result, bail};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -26,6 +27,9 @@ pub struct Sizes {
     pub connect_limit: Duration,
     pub poll: Duration,
     pub ceiling_conns: &'static [usize],
+    /// Traffic of one zero-loss probe, and how many probes the search makes.
+    pub zero_loss_probe: Duration,
+    pub zero_loss_probes: u32,
 }
 
 impl Sizes {
@@ -45,6 +49,8 @@ impl Sizes {
                 connect_limit: Duration::from_secs(20),
                 poll: Duration::from_millis(50),
                 ceiling_conns: &[64],
+                zero_loss_probe: Duration::from_secs(1),
+                zero_loss_probes: 2,
             }
         } else {
             Sizes {
@@ -61,6 +67,8 @@ impl Sizes {
                 connect_limit: Duration::from_secs(60),
                 poll: Duration::from_millis(100),
                 ceiling_conns: &[16, 64],
+                zero_loss_probe: Duration::from_secs(4),
+                zero_loss_probes: 6,
             }
         }
     }
@@ -117,6 +125,7 @@ pub struct RelayResult {
     pub cpu100_us: Option<f64>,
     pub tp100: Option<Phase>,
     pub hwm100_kib: Option<u64>,
+    pub zero_loss: Option<ZeroLoss>,
     pub errors: Vec<String>,
 }
 
@@ -193,6 +202,11 @@ pub async fn bench_relay_one(o: &Opts, s: &Sizes, name: &str, r: &mut RelayResul
         r.hwm1_kib = mem_kib(relay.pid()).map(|m| m.1);
         for m in relay.loss_metrics().await {
             r.errors.push(format!("1→1 relay metric: {m}"));
+        }
+        let unpaced = r.tp1.as_ref().map_or(0.0, |p| p.rate);
+        match zero_loss::search(&mut src, &mut sink, &mut relay, unpaced, s).await {
+            Ok(z) => r.zero_loss = Some(z),
+            Err(e) => r.errors.push(format!("1→1 zero-loss search: {e:#}")),
         }
         anyhow::Ok(())
     }
@@ -326,6 +340,10 @@ impl RelayResult {
             cpu100_us: min_opt(self.cpu100_us, o.cpu100_us),
             tp100: best_phase(self.tp100, o.tp100, |y, x| y.rate > x.rate),
             hwm100_kib: min_opt(self.hwm100_kib, o.hwm100_kib),
+            zero_loss: match (self.zero_loss, o.zero_loss) {
+                (Some(x), Some(y)) => Some(if y.rate > x.rate { y } else { x }),
+                (x, y) => x.or(y),
+            },
             errors,
         }
     }
