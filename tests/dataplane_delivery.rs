@@ -30,6 +30,7 @@ fn spec(id: &str, uri: &http::Uri, policy: DeliveryPolicy) -> SubscriberSpec {
         id: id.to_string(),
         uri: uri.clone(),
         policy,
+        signing: None,
     }
 }
 
@@ -460,6 +461,7 @@ async fn the_engine_follows_the_routing_index() {
             channel: "ticker".into(),
             subscriber_uri: sub.uri.clone(),
             delivery: Default::default(),
+            signing: None,
         },
     );
     wait_until("subscriber applied", || {

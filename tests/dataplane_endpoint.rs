@@ -530,6 +530,7 @@ async fn no_secret_value_appears_in_logs_states_or_metrics() {
                 backoff_delay: Duration::from_millis(10),
                 ..Default::default()
             },
+            signing: None,
         }],
     );
     engine.dispatch(&channel, inbound.clone());

@@ -50,6 +50,7 @@ fn spec(uri: &str, sink: Option<&http::Uri>) -> SubscriberSpec {
             dead_letter_sink: sink.cloned(),
             ..Default::default()
         },
+        signing: None,
     }
 }
 

@@ -4,7 +4,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
-use super::common::{DNS1123_SUBDOMAIN, DeliverySpec, Destination};
+use super::common::{DNS1123_SUBDOMAIN, DeliverySpec, Destination, KeySelector};
 
 /// Subscribes an HTTP subscriber (a Service, or an absolute URI) to a Channel.
 #[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
@@ -45,6 +45,12 @@ pub struct SubscriptionSpec {
     /// Delivery options; unset fields take the Channel's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivery: Option<DeliverySpec>,
+    /// Signs every delivery as the Standard Webhooks specification defines
+    /// it (`webhook-id`, `webhook-timestamp`, `webhook-signature`: HMAC-SHA256
+    /// of `id.timestamp.body`) with the secret in this key of a Secret in the
+    /// same namespace, written `whsec_` + base64 of 24 to 64 random bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing_secret_ref: Option<KeySelector>,
 }
 
 /// Observed state of a Subscription.

@@ -11,7 +11,7 @@ use tokio::sync::watch;
 
 use wsbridge_core::{ChannelKey, ObjectKey};
 
-use super::delivery::{BackoffPolicy, DeliveryPolicy, Ordering, Overflow, SubscriberSpec};
+use super::delivery::{BackoffPolicy, DeliveryPolicy, Ordering, Overflow, SigningKey, SubscriberSpec};
 
 /// Delivery options where every field may be left to a default (Channel
 /// defaults, Subscription overrides).
@@ -94,6 +94,8 @@ pub struct SubscriptionInfo {
     pub subscriber_uri: http::Uri,
     /// Subscription-level delivery overrides.
     pub delivery: DeliveryOptions,
+    /// The key deliveries are signed with, when the Subscription names one.
+    pub signing: Option<SigningKey>,
 }
 
 /// What the index needs of a Bridge (its channel is in its namespace).
@@ -313,6 +315,7 @@ impl RoutingIndex {
                     id: key.to_string(),
                     uri: sub.subscriber_uri.clone(),
                     policy: sub.delivery.or(&channel_defaults).resolve(&self.defaults),
+                    signing: sub.signing.clone(),
                 });
             }
         }
@@ -339,6 +342,7 @@ mod tests {
             channel: channel.into(),
             subscriber_uri: uri.parse().unwrap(),
             delivery: DeliveryOptions::default(),
+            signing: None,
         }
     }
 

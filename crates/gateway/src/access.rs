@@ -1,12 +1,22 @@
 //! Who may publish: a Kubernetes bearer token, authenticated by a
 //! TokenReview and authorized by a SubjectAccessReview for the custom verb
-//! `publish` on the `channels.wsbridge.io` object. Both answers are cached
-//! briefly (positive and negative alike) in bounded caches, so a busy
-//! publisher costs the API server two requests per TTL, not per message.
+//! `publish` on the `channels.wsbridge.io` object.
+//!
+//! Both answers are cached in bounded caches, so a busy publisher costs the
+//! API server two requests per TTL, not per message. Concurrent requests
+//! with the same token (or identity and channel) wait for one review
+//! (moka's `try_get_with` coalesces them). Rejected tokens live in a cache of
+//! their own with a short TTL: a flood of random tokens evicts only other
+//! rejected tokens, never an accepted one. Reviews of tokens that no cache
+//! knows are rate-limited (a GCRA bucket): past the limit the publish gets
+//! 429 instead of a review, so a flood is not passed on to the API server.
+//! Every review, cache hit and throttled review is counted.
 
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec, UserInfo};
 use k8s_openapi::api::authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec};
 use kube::api::PostParams;
@@ -14,11 +24,12 @@ use kube::{Api, Client};
 use moka::future::Cache;
 use sha2::{Digest, Sha256};
 
+use crate::metrics::{AccessMetrics, ReviewKind};
 use wsbridge_api::GROUP;
 use wsbridge_core::ChannelKey;
 
 /// Why a publish was refused, or could not be checked.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Denied {
     /// 401: no token, or one the API server does not accept.
     #[error("{0}")]
@@ -26,6 +37,9 @@ pub enum Denied {
     /// 403: authenticated, but not allowed to publish here.
     #[error("{0}")]
     Forbidden(String),
+    /// 429: too many unknown tokens to review right now.
+    #[error("too many new tokens to review; retry in a second")]
+    Throttled,
     /// 503: the reviews themselves failed.
     #[error("could not review the token: {0}")]
     Unavailable(String),
@@ -34,10 +48,15 @@ pub enum Denied {
 /// Cache settings.
 #[derive(Clone, Debug)]
 pub struct AccessOptions {
-    /// How long a review's answer is reused.
+    /// How long an accepted token's identity and an access decision are reused.
     pub ttl: Duration,
     /// Entries per cache.
     pub capacity: u64,
+    /// How long a rejected token is answered 401 without a new review.
+    pub rejected_ttl: Duration,
+    /// Reviews per second of tokens that no cache knows (the bucket refills
+    /// at this rate and holds as many).
+    pub review_rate: NonZeroU32,
     /// Audiences a token must be valid for; empty means the API server's own.
     pub audiences: Vec<String>,
 }
@@ -47,6 +66,8 @@ impl Default for AccessOptions {
         Self {
             ttl: Duration::from_secs(10),
             capacity: 10_000,
+            rejected_ttl: Duration::from_secs(2),
+            review_rate: NonZeroU32::new(50).expect("non-zero"),
             audiences: Vec::new(),
         }
     }
@@ -61,63 +82,86 @@ struct Identity {
     extra: Vec<(String, Vec<String>)>,
 }
 
+/// A token's SHA-256: caches are keyed by it, never by the token itself.
+type TokenDigest = [u8; 32];
+
 /// Checks publishers against the API server.
 #[derive(Clone)]
 pub struct Access {
     client: Client,
     audiences: Vec<String>,
-    // Keyed by a hash of the token, never the token itself.
-    tokens: Cache<[u8; 32], Option<Arc<Identity>>>,
+    accepted: Cache<TokenDigest, Arc<Identity>>,
+    rejected: Cache<TokenDigest, ()>,
     decisions: Cache<(Arc<Identity>, ChannelKey), bool>,
+    new_tokens: Arc<DefaultDirectRateLimiter>,
+    metrics: AccessMetrics,
 }
 
 impl Access {
-    pub fn new(client: Client, options: AccessOptions) -> Self {
+    pub fn new(client: Client, options: AccessOptions, metrics: AccessMetrics) -> Self {
         Self {
             client,
-            tokens: Cache::builder()
-                .max_capacity(options.capacity)
-                .time_to_live(options.ttl)
-                .build(),
-            decisions: Cache::builder()
-                .max_capacity(options.capacity)
-                .time_to_live(options.ttl)
-                .build(),
+            accepted: bounded(options.capacity, options.ttl),
+            rejected: bounded(options.capacity, options.rejected_ttl),
+            decisions: bounded(options.capacity, options.ttl),
+            new_tokens: Arc::new(RateLimiter::direct(Quota::per_second(options.review_rate))),
             audiences: options.audiences,
+            metrics,
         }
     }
 
     /// Allows the request when its `Authorization: Bearer` token may publish on `channel`.
     pub async fn check(&self, authorization: Option<&str>, channel: &ChannelKey) -> Result<(), Denied> {
         let token = bearer(authorization)?;
-        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        let identity = match self.tokens.get(&digest).await {
-            Some(hit) => hit,
-            None => {
-                let reviewed = self.review_token(token).await?.map(Arc::new);
-                self.tokens.insert(digest, reviewed.clone()).await;
-                reviewed
-            }
-        };
-        let identity =
-            identity.ok_or_else(|| Denied::Unauthenticated("the bearer token is not valid".into()))?;
+        let identity = self.authenticate(token).await?;
         let key = (identity.clone(), channel.clone());
-        let allowed = match self.decisions.get(&key).await {
-            Some(hit) => hit,
-            None => {
-                let allowed = self.review_access(&identity, channel).await?;
-                self.decisions.insert(key, allowed).await;
+        let reviewed = self
+            .decisions
+            .try_get_with(key, async {
+                let allowed = self.review_access(&identity, channel).await;
+                self.metrics.reviewed(ReviewKind::Access, &allowed);
                 allowed
-            }
-        };
-        if allowed {
-            Ok(())
-        } else {
-            Err(Denied::Forbidden(format!(
+            })
+            .await;
+        match reviewed.map_err(|e| (*e).clone()) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(Denied::Forbidden(format!(
                 "{} may not publish on channel {channel}: grant the verb \"publish\" on channels.{GROUP} (resourceNames: [{}]) in namespace {}",
                 identity.username, channel.name, channel.namespace
-            )))
+            ))),
+            Err(e) => Err(e),
         }
+    }
+
+    /// The identity of `token`: cached, or one TokenReview shared by every
+    /// request that asks for it meanwhile.
+    async fn authenticate(&self, token: &str) -> Result<Arc<Identity>, Denied> {
+        let digest: TokenDigest = Sha256::digest(token.as_bytes()).into();
+        let rejected = || Denied::Unauthenticated("the bearer token is not valid".into());
+        if self.rejected.contains_key(&digest) {
+            self.metrics.rejected_cached.inc();
+            return Err(rejected());
+        }
+        let reviewed = self
+            .accepted
+            .try_get_with(digest, async {
+                if self.new_tokens.check().is_err() {
+                    self.metrics.throttled.inc();
+                    return Err(Denied::Throttled);
+                }
+                let answer = self.review_token(token).await;
+                self.metrics
+                    .reviewed(ReviewKind::Token, &answer.as_ref().map(Option::is_some));
+                match answer? {
+                    Some(identity) => Ok(Arc::new(identity)),
+                    None => {
+                        self.rejected.insert(digest, ()).await;
+                        Err(rejected())
+                    }
+                }
+            })
+            .await;
+        reviewed.map_err(|e| (*e).clone())
     }
 
     async fn review_token(&self, token: &str) -> Result<Option<Identity>, Denied> {
@@ -172,6 +216,15 @@ impl Access {
             .map_err(|e| Denied::Unavailable(e.to_string()))?;
         Ok(answer.status.is_some_and(|s| s.allowed))
     }
+}
+
+/// A cache of at most `capacity` entries, each kept for `ttl`.
+fn bounded<K, V>(capacity: u64, ttl: Duration) -> Cache<K, V>
+where
+    K: std::hash::Hash + Eq + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    Cache::builder().max_capacity(capacity).time_to_live(ttl).build()
 }
 
 /// The token of an `Authorization: Bearer` header.

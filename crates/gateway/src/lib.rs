@@ -26,8 +26,10 @@ use access::{Access, AccessOptions};
 use wsbridge_api::{Bridge, Channel, Subscription, conditions};
 use wsbridge_core::{ChannelKey, ObjectKey};
 use wsbridge_dataplane::DataplaneMetrics;
-use wsbridge_dataplane::delivery::{DeliveryEngine, EngineConfig, HttpSender};
 use wsbridge_dataplane::budget::queue_budget;
+use wsbridge_dataplane::delivery::{
+    DEFAULT_DEDUP_BYTES, DEFAULT_DEDUP_WINDOW, DeliveryEngine, EngineConfig, HttpSender, RecentPublishes,
+};
 use wsbridge_dataplane::routing::RoutingIndex;
 use wsbridge_http::ops::{self, Readiness};
 use wsbridge_k8s::follow::{Change, follow, key_of};
@@ -82,6 +84,8 @@ pub(crate) struct GatewayState {
     pub send_timeout: Duration,
     pub dataplane: Arc<DataplaneMetrics>,
     pub metrics: metrics::GatewayMetrics,
+    /// Keys of recent publishes, so that a retried one is not sent twice.
+    pub recent: RecentPublishes,
     followers: Mutex<HashMap<ChannelKey, JoinHandle<()>>>,
 }
 
@@ -128,6 +132,8 @@ impl Gateway {
         let mut registry = Registry::default();
         let dataplane = Arc::new(DataplaneMetrics::new(&mut registry));
         let metrics = metrics::GatewayMetrics::new(&mut registry);
+        let access_metrics = metrics::AccessMetrics::new(&mut registry);
+        let recent = RecentPublishes::new(DEFAULT_DEDUP_WINDOW, DEFAULT_DEDUP_BYTES, &mut registry);
         let shared = Arc::new(GatewayState {
             index: Arc::new(RoutingIndex::default()),
             channels: RwLock::default(),
@@ -140,11 +146,12 @@ impl Gateway {
                 },
                 dataplane.clone(),
             )),
-            access: Access::new(client.clone(), options.access.clone()),
+            access: Access::new(client.clone(), options.access.clone(), access_metrics),
             http: HttpSender::new(),
             send_timeout: options.send_timeout,
             dataplane,
             metrics,
+            recent,
             followers: Mutex::default(),
         });
         let ready = Readiness::default();

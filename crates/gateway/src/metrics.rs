@@ -1,4 +1,5 @@
-//! Gateway metrics: publishes by outcome and their latency.
+//! Gateway metrics: publishes by outcome and their latency; token and
+//! access reviews.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -44,5 +45,71 @@ impl GatewayMetrics {
             })
             .inc();
         self.latency.observe(seconds);
+    }
+}
+
+/// Which review the API server was asked for.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum ReviewKind {
+    /// TokenReview.
+    Token,
+    /// SubjectAccessReview.
+    Access,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReviewLabels {
+    /// `token` (TokenReview) or `access` (SubjectAccessReview).
+    pub kind: &'static str,
+    /// `allowed` (authenticated, or may publish), `denied`, or `error`.
+    pub result: &'static str,
+}
+
+/// What the access caches cost the API server.
+#[derive(Clone)]
+pub struct AccessMetrics {
+    pub reviews: Family<ReviewLabels, Counter>,
+    pub rejected_cached: Counter,
+    pub throttled: Counter,
+}
+
+impl AccessMetrics {
+    pub fn new(registry: &mut Registry) -> Self {
+        let m = Self {
+            reviews: Family::default(),
+            rejected_cached: Counter::default(),
+            throttled: Counter::default(),
+        };
+        let r = registry.sub_registry_with_prefix("wsbridge_gateway");
+        r.register(
+            "access_reviews",
+            "TokenReviews and SubjectAccessReviews sent to the API server, by result",
+            m.reviews.clone(),
+        );
+        r.register(
+            "access_rejected_cached",
+            "Publishes refused from the cache of rejected tokens, without a review",
+            m.rejected_cached.clone(),
+        );
+        r.register(
+            "access_reviews_throttled",
+            "Publishes answered 429 because the rate of reviews of new tokens was reached",
+            m.throttled.clone(),
+        );
+        m
+    }
+
+    /// Counts one review and how it ended.
+    pub fn reviewed<E>(&self, kind: ReviewKind, answer: &Result<bool, E>) {
+        let kind = match kind {
+            ReviewKind::Token => "token",
+            ReviewKind::Access => "access",
+        };
+        let result = match answer {
+            Ok(true) => "allowed",
+            Ok(false) => "denied",
+            Err(_) => "error",
+        };
+        self.reviews.get_or_create(&ReviewLabels { kind, result }).inc();
     }
 }

@@ -13,8 +13,9 @@ use axum::routing::post;
 
 use super::GatewayState;
 use super::access::Denied;
+use futures::future::join_all;
 use wsbridge_core::ChannelKey;
-use wsbridge_dataplane::delivery::AttemptOutcome;
+use wsbridge_dataplane::delivery::{AttemptOutcome, publish_key};
 use wsbridge_dataplane::metrics::ChannelLabels;
 use wsbridge_dataplane::{Message, Origin, PayloadKind};
 use wsbridge_http::connection;
@@ -79,6 +80,13 @@ async fn publish_on(shared: &GatewayState, channel: ChannelKey, headers: &Header
             Err(e @ Denied::Forbidden(_)) => {
                 return refused(StatusCode::FORBIDDEN, "Forbidden", e.to_string());
             }
+            Err(e @ Denied::Throttled) => {
+                let mut response = refused(StatusCode::TOO_MANY_REQUESTS, "TooManyNewTokens", e.to_string());
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                return response;
+            }
             Err(e @ Denied::Unavailable(_)) => {
                 tracing::warn!(%channel, error = %e, "access review failed");
                 return refused(
@@ -103,6 +111,10 @@ async fn publish_on(shared: &GatewayState, channel: ChannelKey, headers: &Header
             ),
         );
     }
+    let key = match publish_key(headers) {
+        Ok(key) => key,
+        Err(e) => return refused(StatusCode::BAD_REQUEST, "InvalidIdempotencyKey", e.to_string()),
+    };
     let payload = match publish::read_message(headers, body, max).await {
         Ok(p) => p,
         Err(rejection) => return tagged(rejection, "BadMessage"),
@@ -132,32 +144,82 @@ async fn publish_on(shared: &GatewayState, channel: ChannelKey, headers: &Header
             }
         }
     }
-    let message = Arc::new(Message::new(
+    // A retried publish (same key) waits for the first and picks up where it ended.
+    let mut record = match &key {
+        Some(key) => Some(shared.recent.lock(&channel, key).await),
+        None => None,
+    };
+    let mut message = Message::new(
         payload,
         Origin::Published,
         translate::channel_source(&channel.namespace, &channel.name),
-    ));
-    for (bridge, address) in &targets {
-        if let Err(reason) = send_to_worker(shared, address, &message).await {
-            return refused(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "NoPathToEndpoint",
-                format!("bridge {bridge} could not take the message: {reason}; retry later"),
-            );
+    );
+    if let Some(id) = record.as_ref().and_then(|r| r.id.clone()) {
+        message = message.with_id(id);
+    }
+    let message = Arc::new(message);
+    if let Some(record) = record.as_mut() {
+        record.id.get_or_insert_with(|| message.id().to_owned());
+    }
+    // To every bridge at once; one that took it already (a retry) is skipped.
+    let pending: Vec<_> = targets
+        .iter()
+        .filter(|(bridge, _)| {
+            let sent = record.as_ref().is_some_and(|r| r.bridges.contains(bridge));
+            if sent {
+                shared.recent.skipped_endpoint();
+            }
+            !sent
+        })
+        .collect();
+    let sends = pending.iter().map(|(bridge, address)| {
+        let message = &message;
+        async move { (bridge, send_to_worker(shared, address, message).await) }
+    });
+    let mut failed = None;
+    for (bridge, sent) in join_all(sends).await {
+        match sent {
+            Ok(()) => {
+                if let Some(record) = record.as_mut() {
+                    record.bridges.insert(bridge.clone());
+                }
+            }
+            Err(reason) => {
+                failed.get_or_insert((bridge, reason));
+            }
         }
     }
-    let report = shared.engine.dispatch(&channel, message.clone());
-    shared
-        .dataplane
-        .published
-        .get_or_create(&ChannelLabels {
-            channel: channel.to_string(),
-        })
-        .inc();
+    if let Some((bridge, reason)) = failed {
+        return refused(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "NoPathToEndpoint",
+            format!("bridge {bridge} could not take the message: {reason}; retry later"),
+        );
+    }
+    let subscribers = match record.as_mut() {
+        Some(record) if record.dispatched => {
+            shared.recent.skipped_subscribers();
+            0
+        }
+        _ => {
+            let report = shared.engine.dispatch(&channel, message.clone());
+            shared
+                .dataplane
+                .published
+                .get_or_create(&ChannelLabels {
+                    channel: channel.to_string(),
+                })
+                .inc();
+            if let Some(record) = record.as_mut() {
+                record.dispatched = true;
+            }
+            report.subscribers
+        }
+    };
     publish::accepted(
         message.id(),
         &channel,
-        report.subscribers,
+        subscribers,
         SentOut::Bridges(targets.len()),
     )
 }

@@ -34,6 +34,7 @@ pub use validator::Validation;
 use wsbridge_dataplane::DataplaneMetrics;
 use wsbridge_dataplane::budget::queue_budget;
 use wsbridge_dataplane::clients::{ClientLimits, RemoteClients};
+use wsbridge_dataplane::delivery::{DEFAULT_DEDUP_BYTES, DEFAULT_DEDUP_WINDOW, RecentPublishes};
 use wsbridge_http::ops::{self, Readiness};
 
 /// How standalone mode runs.
@@ -134,7 +135,13 @@ pub async fn start(options: Options) -> Result<Standalone, Error> {
     let budget = metrics.memory_budget(queue_budget(options.memory_limit));
     info!(bytes = budget.limit(), "memory budget for queued messages");
     let runtime = Arc::new(
-        Runtime::with_budget(metrics, options.destinations.clone(), budget).with_remote_clients(clients),
+        Runtime::with_budget(metrics, options.destinations.clone(), budget)
+            .with_remote_clients(clients)
+            .with_recent_publishes(RecentPublishes::new(
+                DEFAULT_DEDUP_WINDOW,
+                DEFAULT_DEDUP_BYTES,
+                &mut registry,
+            )),
     );
     runtime.apply(plan);
 

@@ -16,6 +16,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::{get, post};
 
+use wsbridge_dataplane::delivery::publish_key;
 use wsbridge_http::connection;
 use wsbridge_http::publish::{self, SentOut};
 
@@ -61,11 +62,23 @@ async fn handle(
     let Some(max) = runtime.max_message_bytes(&channel) else {
         return publish::channel_not_found(&channel);
     };
+    let key = match publish_key(&headers) {
+        Ok(key) => key,
+        Err(e) => return publish::error(StatusCode::BAD_REQUEST, "InvalidIdempotencyKey", e.to_string()),
+    };
     let payload = match publish::read_message(&headers, body, max).await {
         Ok(payload) => payload,
         Err(rejection) => return rejection,
     };
-    match runtime.publish(&channel, payload) {
+    // A retried publish (same key) waits for the first and picks up where it ended.
+    let published = match &key {
+        Some(key) => {
+            let mut record = runtime.recent_publishes().lock(&channel, key).await;
+            runtime.publish_recorded(&channel, payload, &mut record)
+        }
+        None => runtime.publish(&channel, payload),
+    };
+    match published {
         Ok(published) => publish::accepted(
             &published.id,
             &channel,

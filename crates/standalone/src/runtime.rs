@@ -11,10 +11,12 @@ use tokio::task::JoinHandle;
 use tracing::info;
 
 use super::load::{BridgePlan, ChannelPlan, Plan};
+use prometheus_client::registry::Registry;
 use wsbridge_core::{ChannelKey, ObjectKey};
 use wsbridge_dataplane::DestinationPolicy;
 use wsbridge_dataplane::budget::{MemoryBudget, OverBudget, queue_budget};
 use wsbridge_dataplane::clients::{ClientLimits, RemoteClients};
+use wsbridge_dataplane::delivery::{DEFAULT_DEDUP_BYTES, DEFAULT_DEDUP_WINDOW, Publication, RecentPublishes};
 use wsbridge_dataplane::delivery::{DeliveryEngine, DeliveryStats, EngineConfig, ShutdownReport};
 use wsbridge_dataplane::endpoint::{EndpointConfig, EndpointHandle, EndpointOptions, SendError};
 use wsbridge_dataplane::metrics::ChannelLabels;
@@ -86,6 +88,8 @@ pub struct Runtime {
     metrics: Arc<DataplaneMetrics>,
     destinations: Arc<DestinationPolicy>,
     clients: Arc<RemoteClients>,
+    /// Keys of recent publishes, so that a retried one is not sent twice.
+    recent: RecentPublishes,
     state: Mutex<State>,
 }
 
@@ -122,8 +126,25 @@ impl Runtime {
             metrics,
             destinations,
             clients: RemoteClients::new(ClientLimits::default()),
+            recent: RecentPublishes::new(
+                DEFAULT_DEDUP_WINDOW,
+                DEFAULT_DEDUP_BYTES,
+                &mut Registry::default(),
+            ),
             state: Mutex::new(State::default()),
         }
+    }
+
+    /// The same runtime, remembering publish keys in `recent` (whose
+    /// counters are registered where `/metrics` serves them).
+    pub fn with_recent_publishes(mut self, recent: RecentPublishes) -> Self {
+        self.recent = recent;
+        self
+    }
+
+    /// Keys of recent publishes on this runtime's channels.
+    pub fn recent_publishes(&self) -> &RecentPublishes {
+        &self.recent
     }
 
     /// The same runtime, broadcasting to `clients` (WebSocket subscribers).
@@ -290,6 +311,18 @@ impl Runtime {
     /// Publishes `payload` on `channel`: out to every bridged endpoint of the
     /// channel (all of which must be connected), then to its subscribers.
     pub fn publish(&self, channel: &ChannelKey, payload: Payload) -> Result<Published, PublishError> {
+        self.publish_recorded(channel, payload, &mut Publication::default())
+    }
+
+    /// [`Runtime::publish`] of a publish that may have been made before
+    /// (same key): endpoints in `record` that took it, and the subscribers
+    /// once dispatched to, do not get it again; `record` says what got it.
+    pub fn publish_recorded(
+        &self,
+        channel: &ChannelKey,
+        payload: Payload,
+        record: &mut Publication,
+    ) -> Result<Published, PublishError> {
         let routes = self.index.routes(channel);
         let max = self
             .max_message_bytes(channel)
@@ -313,7 +346,7 @@ impl Runtime {
                 .collect()
         };
         for (bridge, endpoint, handle) in &handles {
-            if !handle.as_ref().is_some_and(|h| h.is_connected()) {
+            if !record.bridges.contains(bridge) && !handle.as_ref().is_some_and(|h| h.is_connected()) {
                 return Err(PublishError::Unavailable {
                     bridge: bridge.clone(),
                     endpoint: endpoint.clone(),
@@ -321,18 +354,29 @@ impl Runtime {
                 });
             }
         }
-        let msg = Arc::new(Message::new(
+        let mut msg = Message::new(
             payload,
             Origin::Published,
             translate::channel_source(&channel.namespace, &channel.name),
-        ));
+        );
+        if let Some(id) = &record.id {
+            msg = msg.with_id(id.clone());
+        }
+        let msg = Arc::new(msg);
+        record.id.get_or_insert_with(|| msg.id().to_owned());
         // Charged before any queue takes it: refused (503) rather than
         // grown past the budget.
         self.engine.admit(&msg)?;
         for (bridge, endpoint, handle) in &handles {
+            if record.bridges.contains(bridge) {
+                self.recent.skipped_endpoint();
+                continue;
+            }
             let Some(handle) = handle else { continue };
             match handle.try_send(msg.clone()) {
-                Ok(()) => {}
+                Ok(()) => {
+                    record.bridges.insert(bridge.clone());
+                }
                 Err(SendError::TooLarge { size, max }) => {
                     return Err(PublishError::TooLarge { size, max });
                 }
@@ -345,8 +389,17 @@ impl Runtime {
                 }
             }
         }
+        if record.dispatched {
+            self.recent.skipped_subscribers();
+            return Ok(Published {
+                id: msg.id().to_string(),
+                subscribers: 0,
+                endpoints: handles.len(),
+            });
+        }
         self.clients.broadcast(channel, &msg);
         let report = self.engine.dispatch(channel, msg.clone());
+        record.dispatched = true;
         self.metrics
             .published
             .get_or_create(&ChannelLabels {

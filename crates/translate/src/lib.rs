@@ -35,7 +35,7 @@ pub use routing::{
     DEFAULT_MAX_IN_FLIGHT, bridge_info, channel_info, channel_max_message_bytes, delivery_options,
     destination_uri, subscription_info,
 };
-pub use secrets::{ResolvedSecrets, SecretLookupError, SecretSource, resolve_secrets};
+pub use secrets::{ResolvedSecrets, SecretLookupError, SecretSource, resolve_secrets, signing_key};
 
 /// Why an object cannot be turned into data plane values. `field` is the
 /// path of the offending field (`spec.auth.secretRef`), as in API errors.

@@ -150,6 +150,8 @@ pub fn subscription_info(
         channel: spec.channel.clone(),
         subscriber_uri: destination_uri(namespace, &spec.subscriber, "spec.subscriber")?,
         delivery: spec_delivery(namespace, spec.delivery.as_ref())?,
+        // Needs the Secret's value: the caller sets it with `signing_key`.
+        signing: None,
     })
 }
 

@@ -1,8 +1,9 @@
 //! Secret references of an Endpoint and its Bridge, resolved to values
 //! through a [`SecretSource`].
 
-use wsbridge_api::{BridgeSpec, EndpointSpec};
+use wsbridge_api::{BridgeSpec, EndpointSpec, SubscriptionSpec};
 use wsbridge_core::SecretString;
+use wsbridge_dataplane::delivery::SigningKey;
 
 use crate::TranslateError;
 
@@ -99,4 +100,25 @@ pub fn resolve_secrets(
         );
     }
     Ok(out)
+}
+
+/// The key a Subscription's deliveries are signed with (its
+/// `signingSecretRef`), read from `secrets`; `None` when it names none.
+pub fn signing_key(
+    spec: &SubscriptionSpec,
+    secrets: &dyn SecretSource,
+) -> Result<Option<SigningKey>, TranslateError> {
+    let Some(reference) = &spec.signing_secret_ref else {
+        return Ok(None);
+    };
+    let field = "spec.signingSecretRef";
+    let secret = secrets
+        .get(&reference.name, &reference.key)
+        .map_err(|e| TranslateError::new(field, e.to_string()))?;
+    SigningKey::from_whsec(secret.expose()).map(Some).map_err(|e| {
+        TranslateError::new(
+            field,
+            format!("Secret {:?} key {:?}: {e}", reference.name, reference.key),
+        )
+    })
 }

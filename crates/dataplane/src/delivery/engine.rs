@@ -18,6 +18,7 @@ use super::dead_letter::run_dead_letters;
 use super::http::HttpSender;
 use super::policy::DeliveryPolicy;
 use super::queue::MEMORY_BUDGET;
+use super::signing::SigningKey;
 use super::state::{EngineState, Stats};
 use super::subscriber::{Retired, Worker};
 use crate::budget::{MemoryBudget, OverBudget};
@@ -37,6 +38,8 @@ pub struct SubscriberSpec {
     pub uri: Uri,
     /// Retries, ordering, dead-letter sink.
     pub policy: DeliveryPolicy,
+    /// Signs every request (Standard Webhooks) when set.
+    pub signing: Option<SigningKey>,
 }
 
 /// Engine-wide settings.

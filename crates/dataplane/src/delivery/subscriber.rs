@@ -232,13 +232,16 @@ impl WorkerCtx {
                 break reason;
             }
             attempts += 1;
-            let send = self.shared.http.post_to(
-                &origin,
-                &spec.uri,
-                q.msg.delivery_headers(),
-                q.msg.payload().bytes(),
-                policy.timeout,
-            );
+            let body = q.msg.payload().bytes();
+            let signed = spec
+                .signing
+                .as_ref()
+                .map(|key| key.signed_headers(q.msg.delivery_headers(), q.msg.id(), body));
+            let headers = signed.as_ref().unwrap_or_else(|| q.msg.delivery_headers());
+            let send = self
+                .shared
+                .http
+                .post_to(&origin, &spec.uri, headers, body, policy.timeout);
             let outcome = tokio::select! {
                 o = send => o,
                 reason = expired(&mut expire) => break reason,

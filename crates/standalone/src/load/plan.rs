@@ -111,7 +111,14 @@ fn subscription(
     origin: &FileOrigin,
 ) -> Result<SubscriptionInfo, ConfigError> {
     defined_channel(objects, key, &spec.channel, origin)?;
-    translate::subscription_info(&key.namespace, spec).map_err(|e| origin.problem(&e.field, e.message))
+    let secrets = Secrets {
+        namespace: &key.namespace,
+        objects,
+    };
+    let problem = |e: translate::TranslateError| origin.problem(&e.field, e.message);
+    let mut info = translate::subscription_info(&key.namespace, spec).map_err(problem)?;
+    info.signing = translate::signing_key(spec, &secrets).map_err(problem)?;
+    Ok(info)
 }
 
 fn bridge(

@@ -1,0 +1,180 @@
+//! Signed deliveries, checked by an implementation nobody here wrote: the
+//! `standardwebhooks` package from PyPI verifies every request a Subscription
+//! with a `signingSecretRef` gets, whether the message came from the bridged
+//! endpoint or from a publisher; a subscriber holding another secret refuses
+//! them. The package is installed by tests/run.sh; without it this test fails.
+
+mod standalone_support;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use base64::Engine as _;
+use standalone_support::{Endpoint, Standalone, TempDir};
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdout, Command};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A Python subscriber verifying with `secret`; killed on drop.
+struct Verifier {
+    _child: Child,
+    lines: Lines<BufReader<ChildStdout>>,
+    port: u16,
+}
+
+impl Verifier {
+    async fn start(secret: &str) -> Self {
+        let script = standalone_support::repo().join("tests/peers/webhook_verifier.py");
+        let mut child = Command::new("python3")
+            .arg(script)
+            .arg(secret)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("python3");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = tokio::time::timeout(WAIT, lines.next_line())
+            .await
+            .expect("the verifier starts")
+            .unwrap()
+            .unwrap_or_else(|| {
+                panic!("the verifier exited: is the `standardwebhooks` package installed? (tests/run.sh installs it)")
+            });
+        let port = first
+            .strip_prefix("listening ")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected first line {first:?}"));
+        Self {
+            _child: child,
+            lines,
+            port,
+        }
+    }
+
+    fn uri(&self) -> String {
+        format!("http://127.0.0.1:{}/hook", self.port)
+    }
+
+    /// The next line the verifier printed.
+    async fn next(&mut self) -> String {
+        tokio::time::timeout(WAIT, self.lines.next_line())
+            .await
+            .expect("a verdict in time")
+            .unwrap()
+            .expect("the verifier is running")
+    }
+}
+
+/// `whsec_` + base64 of `bytes` random bytes.
+fn new_secret(bytes: usize) -> String {
+    let key: Vec<u8> = (0..bytes).map(|_| rand::random::<u8>()).collect();
+    format!("whsec_{}", base64::engine::general_purpose::STANDARD.encode(key))
+}
+
+fn config(endpoint_url: &str, secret: &str, trusting: &str, doubting: &str) -> String {
+    let encoded = base64::engine::general_purpose::STANDARD.encode(secret);
+    let subscription = |name: &str, uri: &str| {
+        format!(
+            r#"---
+apiVersion: wsbridge.io/v1alpha1
+kind: Subscription
+metadata: {{name: {name}}}
+spec:
+  channel: orders
+  subscriber: {{uri: "{uri}"}}
+  signingSecretRef: {{name: hook-signing, key: secret}}
+  delivery: {{retry: 0}}
+"#
+        )
+    };
+    format!(
+        r#"
+apiVersion: v1
+kind: Secret
+metadata: {{name: hook-signing}}
+data: {{secret: {encoded}}}
+---
+apiVersion: wsbridge.io/v1alpha1
+kind: Endpoint
+metadata: {{name: feed}}
+spec:
+  url: {endpoint_url}
+  reconnect: {{initialDelay: 50ms, maxDelay: 500ms}}
+---
+apiVersion: wsbridge.io/v1alpha1
+kind: Channel
+metadata: {{name: orders}}
+spec: {{allowAnonymousPublish: true}}
+---
+apiVersion: wsbridge.io/v1alpha1
+kind: Bridge
+metadata: {{name: orders-feed}}
+spec: {{channel: orders, endpoint: feed}}
+{}{}"#,
+        subscription("trusting", trusting),
+        subscription("doubting", doubting)
+    )
+}
+
+#[tokio::test]
+async fn standalone_deliveries_verify_with_the_standardwebhooks_package() {
+    let secret = new_secret(32);
+    let mut trusting = Verifier::start(&secret).await;
+    let mut doubting = Verifier::start(&new_secret(32)).await;
+    let endpoint = Endpoint::start().await;
+    let dir = TempDir::new("signed-deliveries");
+    let file = dir.write(
+        "config.yaml",
+        &config(&endpoint.url(), &secret, &trusting.uri(), &doubting.uri()),
+    );
+    let standalone = Standalone::start(&[&file], &dir.0).await;
+
+    let published = standalone
+        .publish_accepted("default/orders", "from a publisher")
+        .await;
+    let id = published["id"].as_str().unwrap().to_string();
+    assert_eq!(trusting.next().await, format!("verified {id} from a publisher"));
+    assert!(doubting.next().await.starts_with("refused No matching signature"));
+
+    endpoint.send("from the endpoint").await;
+    let verdict = trusting.next().await;
+    assert!(
+        verdict.starts_with("verified ") && verdict.ends_with(" from the endpoint"),
+        "{verdict}"
+    );
+    assert!(doubting.next().await.starts_with("refused No matching signature"));
+
+    assert!(
+        !standalone.logs().contains(&secret[6..]),
+        "the secret is in the log"
+    );
+}
+
+#[tokio::test]
+async fn a_signing_secret_that_is_not_whsec_base64_is_refused_at_load() {
+    let dir = TempDir::new("signed-bad-secret");
+    let file = dir.write(
+        "config.yaml",
+        &config(
+            "ws://127.0.0.1:9/feed",
+            "not-a-whsec-secret",
+            "http://127.0.0.1:9/",
+            "http://127.0.0.1:9/",
+        ),
+    );
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_wsbridge"))
+        .args(["standalone", "--check", "-f"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("spec.signingSecretRef"), "{stderr}");
+    assert!(stderr.contains("whsec_"), "{stderr}");
+    assert!(
+        !stderr.contains("not-a-whsec-secret"),
+        "the secret is in the error: {stderr}"
+    );
+}
