@@ -113,7 +113,9 @@ fn chart_renders_the_documented_defaults() -> Result<()> {
             "--gateway-url",
             "http://wsbridge-gateway.wsbridge-system.svc",
             "--worker-image",
-            "ghcr.io/wsbridge/wsbridge:0.1.0"
+            "ghcr.io/wsbridge/wsbridge:0.1.0",
+            "--gateway-pod-labels",
+            "app.kubernetes.io/name=wsbridge,app.kubernetes.io/instance=wsbridge,app.kubernetes.io/component=gateway",
         ]
     );
     let gateway = of_kind(&docs, "Deployment")
@@ -188,6 +190,83 @@ fn destination_policy_values_become_controller_and_gateway_flags() -> Result<()>
         );
     }
     Ok(())
+}
+
+#[test]
+fn network_policies_admit_the_gateway_to_workers_and_the_scraper_to_metrics() -> Result<()> {
+    let args_of = |docs: &[Value], deployment: &str| -> Result<Vec<String>> {
+        let d = of_kind(docs, "Deployment")
+            .find(|d| name(d) == deployment)
+            .ok_or_else(|| anyhow!("no {deployment}"))?;
+        let args = strings(&d["spec"]["template"]["spec"]["containers"][0]["args"]);
+        Ok(args.into_iter().map(str::to_owned).collect())
+    };
+    let docs = documents(&render(
+        "wsbridge",
+        "wsbridge-system",
+        &[
+            "networkPolicy.metricsScraper.namespace=monitoring",
+            "networkPolicy.metricsScraper.podLabels.app=prometheus",
+        ],
+    )?)?;
+    // The workers' policies are the controller's: these flags describe them.
+    let args = args_of(&docs, "wsbridge-controller")?.join(" ");
+    assert!(
+        args.contains(
+            "--gateway-pod-labels app.kubernetes.io/name=wsbridge,app.kubernetes.io/instance=wsbridge,app.kubernetes.io/component=gateway \
+             --metrics-scraper-namespace monitoring --metrics-scraper-pod-labels app=prometheus"
+        ),
+        "{args}"
+    );
+    let policy = |n: &str| {
+        of_kind(&docs, "NetworkPolicy")
+            .find(|d| name(d) == n)
+            .cloned()
+            .ok_or_else(|| anyhow!("no NetworkPolicy {n}"))
+    };
+    let controller = policy("wsbridge-controller")?;
+    assert_eq!(
+        controller["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"],
+        "controller"
+    );
+    assert_eq!(
+        controller["spec"]["ingress"],
+        serde_json::json!([{
+            "from": [{
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+                "podSelector": {"matchLabels": {"app": "prometheus"}},
+            }],
+            "ports": [{"port": 8080, "protocol": "TCP"}],
+        }])
+    );
+    let gateway = policy("wsbridge-gateway")?;
+    assert_eq!(
+        gateway["spec"]["ingress"],
+        serde_json::json!([{"ports": [{"port": 8080, "protocol": "TCP"}]}]),
+        "publishers from anywhere, on the gateway's port only"
+    );
+
+    let defaults = documents(&render("wsbridge", "wsbridge-system", &[])?)?;
+    assert_eq!(
+        policy_ingress(&defaults, "wsbridge-controller"),
+        serde_json::json!([]),
+        "no scraper configured: nothing reaches the controller"
+    );
+    let off = documents(&render(
+        "wsbridge",
+        "wsbridge-system",
+        &["networkPolicy.enabled=false"],
+    )?)?;
+    assert_eq!(of_kind(&off, "NetworkPolicy").count(), 0);
+    assert!(args_of(&off, "wsbridge-controller")?.contains(&"--worker-network-policy=false".to_string()));
+    Ok(())
+}
+
+fn policy_ingress(docs: &[Value], n: &str) -> Value {
+    of_kind(docs, "NetworkPolicy")
+        .find(|d| name(d) == n)
+        .map(|d| d["spec"]["ingress"].clone())
+        .unwrap_or_default()
 }
 
 #[test]

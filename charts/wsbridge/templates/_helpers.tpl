@@ -167,3 +167,21 @@ volumeMounts:
 - --allow-link-local
 {{- end }}
 {{- end }}
+
+{{/* The controller's flags for the NetworkPolicy of each worker. */}}
+{{- define "wsbridge.workerIngressArgs" -}}
+{{- if .Values.networkPolicy.enabled }}
+- --gateway-pod-labels
+- {{ printf "app.kubernetes.io/name=%s,app.kubernetes.io/instance=%s,app.kubernetes.io/component=gateway" (include "wsbridge.name" .) .Release.Name | quote }}
+{{- with .Values.networkPolicy.metricsScraper.namespace }}
+- --metrics-scraper-namespace
+- {{ . | quote }}
+{{- end }}
+{{- range $k, $v := .Values.networkPolicy.metricsScraper.podLabels }}
+- --metrics-scraper-pod-labels
+- {{ printf "%s=%s" $k $v | quote }}
+{{- end }}
+{{- else }}
+- --worker-network-policy=false
+{{- end }}
+{{- end }}
