@@ -63,6 +63,11 @@ pub struct BridgeSpec {
     /// <token>` with each endpoint message.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_secret_ref: Option<KeySelector>,
+    /// The worker pod's resources and scheduling (node selector,
+    /// tolerations, affinity, priority class, extra labels and
+    /// annotations); unset fields take the defaults set for all workers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<super::WorkerPodSpec>,
 }
 
 /// Observed state of a Bridge.

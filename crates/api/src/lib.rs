@@ -14,6 +14,7 @@ mod endpoint;
 pub mod reference;
 mod subscription;
 pub mod worker_env;
+pub mod worker_pod;
 
 pub use bridge::{Bridge, BridgeSpec, BridgeStatus};
 pub use channel::{Addressable, Channel, ChannelSpec, ChannelStatus};
@@ -23,6 +24,7 @@ pub use endpoint::{
     Reconnect, SecretKeyName, Subprotocol,
 };
 pub use subscription::{Subscription, SubscriptionSpec, SubscriptionStatus};
+pub use worker_pod::{WorkerPodSpec, WorkerResources};
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;

@@ -182,6 +182,7 @@ mod tests {
                 name: t.into(),
                 key: "token".into(),
             }),
+            worker: None,
         };
         Stores {
             bridges: store(vec![

@@ -152,6 +152,7 @@ fn bridge() -> Bridge {
             channel: "ticker".into(),
             endpoint: "market".into(),
             token_secret_ref: None,
+            worker: None,
         },
     );
     b.metadata.namespace = Some(NS.into());

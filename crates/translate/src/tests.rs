@@ -163,6 +163,7 @@ fn endpoint_credentials_come_from_the_secret_keys() {
             name: "sub".into(),
             key: "token".into(),
         }),
+        worker: None,
     };
     let source = secrets(&[
         ("creds", "username", "u"),
@@ -210,6 +211,7 @@ fn missing_secrets_name_the_field_but_never_a_value() {
             name: "creds".into(),
             key: "nope".into(),
         }),
+        worker: None,
     };
     let err = resolve_secrets(
         &endpoint("ws://h/"),

@@ -17,7 +17,8 @@ use kube::ResourceExt;
 
 use super::{BRIDGE_LABEL, CONFIG_HASH, bridge_label, labels};
 use wsbridge_api::worker_env as contract;
-use wsbridge_api::{Bridge, Endpoint};
+use wsbridge_api::worker_pod::{Quantity as ApiQuantity, ResourceAmounts};
+use wsbridge_api::{Bridge, Endpoint, WorkerPodSpec, WorkerResources};
 use wsbridge_dataplane::DestinationPolicy;
 
 /// The worker's HTTP port (probes, metrics, `POST /v1/send`).
@@ -107,11 +108,38 @@ pub fn worker_env(bridge: &Bridge, endpoint: &Endpoint, destinations: &Destinati
     }
     env
 }
-fn quantities(cpu: &str, memory: &str) -> BTreeMap<String, Quantity> {
-    BTreeMap::from([
-        ("cpu".into(), Quantity(cpu.into())),
-        ("memory".into(), Quantity(memory.into())),
-    ])
+/// Requests and limits of a worker when neither its Bridge nor the
+/// controller's defaults say: the 256Mi limit gives a 128Mi budget for
+/// queued messages, eight subscribers' default 16Mi queues.
+pub fn builtin_pod_defaults() -> WorkerPodSpec {
+    let amounts = |cpu: &str, memory: &str| ResourceAmounts {
+        cpu: Some(ApiQuantity(cpu.into())),
+        memory: Some(ApiQuantity(memory.into())),
+    };
+    WorkerPodSpec {
+        resources: Some(WorkerResources {
+            requests: Some(amounts("50m", "32Mi")),
+            limits: Some(amounts("1", "256Mi")),
+        }),
+        ..Default::default()
+    }
+}
+
+/// The container's resources from the merged worker spec.
+fn resources(spec: Option<&WorkerResources>) -> ResourceRequirements {
+    let list = |amounts: Option<&ResourceAmounts>| {
+        let a = amounts?;
+        let list: BTreeMap<String, Quantity> = [("cpu", &a.cpu), ("memory", &a.memory)]
+            .into_iter()
+            .filter_map(|(k, v)| Some((k.to_string(), Quantity(v.as_ref()?.0.clone()))))
+            .collect();
+        (!list.is_empty()).then_some(list)
+    };
+    ResourceRequirements {
+        requests: list(spec.and_then(|r| r.requests.as_ref())),
+        limits: list(spec.and_then(|r| r.limits.as_ref())),
+        ..Default::default()
+    }
 }
 
 fn probe(path: &str) -> Probe {
@@ -150,6 +178,12 @@ pub(super) fn deployment(
     let b = bridge.name_any();
     let name = meta.name.clone().unwrap_or_default();
     let selector = pod_selector(&b);
+    let pod = bridge
+        .spec
+        .worker
+        .clone()
+        .unwrap_or_default()
+        .or(&builtin_pod_defaults());
     let container = Container {
         name: "worker".into(),
         image: Some(image.into()),
@@ -164,11 +198,7 @@ pub(super) fn deployment(
         env: Some(worker_env(bridge, endpoint, destinations)),
         liveness_probe: Some(probe("/healthz")),
         readiness_probe: Some(probe("/readyz")),
-        resources: Some(ResourceRequirements {
-            requests: Some(quantities("50m", "32Mi")),
-            limits: Some(quantities("1", "256Mi")),
-            ..Default::default()
-        }),
+        resources: Some(resources(pod.resources.as_ref())),
         security_context: Some(SecurityContext {
             allow_privilege_escalation: Some(false),
             read_only_root_filesystem: Some(true),
@@ -190,8 +220,12 @@ pub(super) fn deployment(
         }]),
         ..Default::default()
     };
-    let mut template_labels = labels(&b);
+    // The user's labels first: ours (selector, ownership) win.
+    let mut template_labels = pod.pod_labels.clone().unwrap_or_default();
+    template_labels.extend(labels(&b));
     template_labels.extend(selector.clone());
+    let mut annotations = pod.pod_annotations.clone().unwrap_or_default();
+    annotations.insert(CONFIG_HASH.to_string(), config_hash.to_string());
     Deployment {
         metadata: meta,
         spec: Some(DeploymentSpec {
@@ -207,10 +241,7 @@ pub(super) fn deployment(
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(template_labels),
-                    annotations: Some(BTreeMap::from([(
-                        CONFIG_HASH.to_string(),
-                        config_hash.to_string(),
-                    )])),
+                    annotations: Some(annotations),
                     ..Default::default()
                 }),
                 spec: Some(PodSpec {
@@ -228,6 +259,10 @@ pub(super) fn deployment(
                         ..Default::default()
                     }),
                     containers: vec![container],
+                    node_selector: pod.node_selector,
+                    tolerations: pod.tolerations,
+                    affinity: pod.affinity,
+                    priority_class_name: pod.priority_class_name,
                     volumes: Some(vec![Volume {
                         name: "tmp".into(),
                         empty_dir: Some(EmptyDirVolumeSource {

@@ -202,6 +202,7 @@ fn fixture() -> (Bridge, Endpoint) {
                 name: "sub-token".into(),
                 key: "token".into(),
             }),
+            worker: None,
         },
     );
     b.metadata.namespace = Some("ns".into());
