@@ -54,6 +54,32 @@ pub struct ChannelSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 67108864))]
     pub max_message_bytes: Option<i64>,
+    /// Where the channel's messages live between arrival and delivery:
+    /// `memory` (default) in the process that received them; `rabbitmq` in
+    /// the installation's RabbitMQ, durably (a publish is accepted only once
+    /// the broker confirmed it, and each Subscription has a backlog of its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<ChannelBackend>,
+}
+
+/// Where a channel's messages live between arrival and delivery.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ChannelBackend {
+    /// In the memory of the process that received them: fast, lost on a
+    /// restart, one process's fan-out.
+    #[default]
+    Memory,
+    /// In RabbitMQ: confirmed before accepted, a durable backlog per
+    /// Subscription, delivered after restarts.
+    Rabbitmq,
+}
+
+impl ChannelSpec {
+    /// The backend, `memory` when unset.
+    pub fn backend(&self) -> ChannelBackend {
+        self.backend.unwrap_or_default()
+    }
 }
 
 /// Where publishers send messages.

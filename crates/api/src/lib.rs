@@ -17,7 +17,7 @@ pub mod worker_env;
 pub mod worker_pod;
 
 pub use bridge::{Bridge, BridgeSpec, BridgeStatus};
-pub use channel::{Addressable, Channel, ChannelSpec, ChannelStatus};
+pub use channel::{Addressable, Channel, ChannelBackend, ChannelSpec, ChannelStatus};
 pub use common::*;
 pub use endpoint::{
     Endpoint, EndpointAuth, EndpointSpec, EndpointStatus, EndpointTls, HeaderValue, Keepalive, OpenMessage,
