@@ -82,7 +82,7 @@ pub struct WorkerResources {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = kube::core::Rule::new(
-    "!has(self.podLabels) || self.podLabels.all(k, !(k in ['app.kubernetes.io/component', 'wsbridge.io/bridge', 'app.kubernetes.io/name', 'app.kubernetes.io/instance', 'app.kubernetes.io/managed-by']))"
+    "!has(self.podLabels) || !('app.kubernetes.io/component' in self.podLabels || 'wsbridge.io/bridge' in self.podLabels || 'app.kubernetes.io/name' in self.podLabels || 'app.kubernetes.io/managed-by' in self.podLabels)"
 ).message("podLabels may not set the labels the worker's selector and ownership use").field_path(".podLabels"))]
 pub struct WorkerPodSpec {
     /// CPU and memory requests and limits of the worker container.
@@ -90,9 +90,7 @@ pub struct WorkerPodSpec {
     pub resources: Option<WorkerResources>,
     /// Nodes the worker may run on, by label.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 32))]
-    #[x_kube(validation = kube::core::Rule::new("self.all(k, k.size() <= 317 && k.matches('^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$') && self[k].size() <= 63)")
-        .message("nodeSelector keys must be label keys and values at most 63 characters"))]
+    #[schemars(extend("maxProperties" = 32, "additionalProperties" = {"type": "string", "maxLength": 63}))]
     pub node_selector: Option<BTreeMap<String, String>>,
     /// Taints the worker tolerates.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -107,15 +105,11 @@ pub struct WorkerPodSpec {
     pub priority_class_name: Option<String>,
     /// Extra labels of the worker pod (not those of its selector).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 32))]
-    #[x_kube(validation = kube::core::Rule::new("self.all(k, k.size() <= 317 && k.matches('^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$') && self[k].size() <= 63 && self[k].matches('^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$'))")
-        .message("podLabels must be valid label keys and values (at most 63 characters)"))]
+    #[schemars(extend("maxProperties" = 32, "additionalProperties" = {"type": "string", "maxLength": 63, "pattern": "^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"}))]
     pub pod_labels: Option<BTreeMap<String, String>>,
     /// Extra annotations of the worker pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 32))]
-    #[x_kube(validation = kube::core::Rule::new("self.all(k, k.size() <= 317 && self[k].size() <= 4096)")
-        .message("podAnnotations keys must be at most 317 characters and values at most 4096"))]
+    #[schemars(extend("maxProperties" = 32, "additionalProperties" = {"type": "string", "maxLength": 4096}))]
     pub pod_annotations: Option<BTreeMap<String, String>>,
 }
 
