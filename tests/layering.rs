@@ -63,6 +63,24 @@ fn the_data_plane_never_depends_on_kubernetes_or_the_command_line() {
 }
 
 #[test]
+fn the_broker_client_is_data_plane_too() {
+    // It runs in every role that handles messages of a durable channel
+    // (and, later, the dispatcher): the same rule as the data plane's.
+    assert_none_of(
+        "wsbridge-broker",
+        &[
+            "kube",
+            "kube-client",
+            "kube-core",
+            "kube-runtime",
+            "k8s-openapi",
+            "clap",
+            "wsbridge-api",
+        ],
+    );
+}
+
+#[test]
 fn the_shared_vocabulary_depends_on_nothing_of_ours() {
     let deps = dependencies("wsbridge-core");
     let ours: Vec<_> = deps
