@@ -313,6 +313,15 @@ pub struct ControllerArgs {
     /// Who may reach the workers' port (a NetworkPolicy with each worker).
     #[command(flatten)]
     pub worker_ingress: WorkerIngressArgs,
+    /// Resources and scheduling of every worker pod, as the JSON of a
+    /// Bridge's `spec.worker` (`{"resources": {"limits": {"memory": "512Mi"}}}`);
+    /// a Bridge's own fields win. Unset resources: 50m/32Mi requests, 1/256Mi limits.
+    #[arg(long, value_name = "JSON", env = "WSBRIDGE_WORKER_POD_DEFAULTS", value_parser = parse_worker_pod)]
+    pub worker_pod_defaults: Option<wsbridge_api::WorkerPodSpec>,
+}
+
+fn parse_worker_pod(json: &str) -> Result<wsbridge_api::WorkerPodSpec, String> {
+    wsbridge_api::WorkerPodSpec::from_json(json)
 }
 
 /// Who may reach a worker's port: the flags of the NetworkPolicy the
@@ -385,6 +394,7 @@ impl ControllerArgs {
     pub fn options(self) -> anyhow::Result<wsbridge_controller::Options> {
         Ok(wsbridge_controller::Options {
             worker_ingress: self.worker_ingress.ingress()?,
+            worker_pod_defaults: self.worker_pod_defaults.unwrap_or_default(),
             destinations: Arc::new(self.destinations.policy()?),
             worker_image: self.worker_image,
             gateway_url: self.gateway_url,

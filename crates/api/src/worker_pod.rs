@@ -114,6 +114,12 @@ pub struct WorkerPodSpec {
 }
 
 impl WorkerPodSpec {
+    /// Parses the JSON of a `spec.worker` object (the controller's
+    /// defaults for every worker come as such a flag).
+    pub fn from_json(json: &str) -> Result<Self, String> {
+        serde_json::from_str(json).map_err(|e| format!("not a Bridge spec.worker object: {e}"))
+    }
+
     /// `self` where set, else `defaults` (field by field; `resources`
     /// requests and limits amount by amount).
     pub fn or(&self, defaults: &WorkerPodSpec) -> WorkerPodSpec {

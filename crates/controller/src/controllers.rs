@@ -44,6 +44,7 @@ pub(crate) async fn run(
         cluster_domain: args.cluster_domain.clone(),
         destinations: args.destinations.clone(),
         worker_ingress: args.worker_ingress.clone(),
+        worker_pod_defaults: args.worker_pod_defaults.clone(),
     });
     let config = Config::default()
         .concurrency(args.concurrency)

@@ -78,6 +78,9 @@ pub struct Options {
     /// Who may reach a worker's port, written as a NetworkPolicy with each
     /// worker; `None` writes none.
     pub worker_ingress: Option<worker_objects::WorkerIngress>,
+    /// Resources and scheduling of every worker pod whose Bridge leaves
+    /// them unset (the chart's `controller.workerPod`).
+    pub worker_pod_defaults: wsbridge_api::WorkerPodSpec,
 }
 
 /// Runs the controller until SIGINT/SIGTERM.

@@ -139,6 +139,8 @@ pub struct Context {
     pub destinations: Arc<wsbridge_dataplane::DestinationPolicy>,
     /// Who may reach workers; `None`: no NetworkPolicies are written.
     pub worker_ingress: Option<worker_objects::WorkerIngress>,
+    /// Worker pod resources and scheduling where a Bridge leaves them unset.
+    pub worker_pod_defaults: wsbridge_api::WorkerPodSpec,
 }
 
 pub(crate) fn namespace<K: Resource>(obj: &K) -> Result<String, Error> {
@@ -329,8 +331,9 @@ pub async fn reconcile_bridge(bridge: Arc<Bridge>, ctx: Arc<Context>) -> Result<
                 (s, d)
             })
             .collect();
+        let sized = worker_objects::with_pod_defaults(&bridge, &ctx.worker_pod_defaults);
         let objs = worker_objects::worker_objects(
-            &bridge,
+            &sized,
             endpoint,
             &ctx.worker_image,
             &worker_objects::config_hash(&entries),

@@ -203,6 +203,7 @@ where
         cluster_domain: "cluster.local".into(),
         destinations: Arc::new(DestinationPolicy::default()),
         worker_ingress,
+        worker_pod_defaults: Default::default(),
     });
     reconcile(Arc::new(obj), ctx).await.expect("reconcile succeeds");
     // The reconcile's clients are gone: the server sees its channel close.

@@ -125,6 +125,15 @@ pub fn builtin_pod_defaults() -> WorkerPodSpec {
     }
 }
 
+/// `bridge` with its `spec.worker` completed by `defaults` (the
+/// controller's, for every worker) where it leaves fields unset.
+pub fn with_pod_defaults(bridge: &Bridge, defaults: &WorkerPodSpec) -> Bridge {
+    let mut sized = bridge.clone();
+    let own = sized.spec.worker.take().unwrap_or_default();
+    sized.spec.worker = Some(own.or(defaults));
+    sized
+}
+
 /// The container's resources from the merged worker spec.
 fn resources(spec: Option<&WorkerResources>) -> ResourceRequirements {
     let list = |amounts: Option<&ResourceAmounts>| {

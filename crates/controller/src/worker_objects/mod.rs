@@ -18,7 +18,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{Resource, ResourceExt};
 use sha2::{Digest, Sha256};
 
-pub use deployment::worker_env;
+pub use deployment::{builtin_pod_defaults, with_pod_defaults, worker_env};
 pub use network_policy::{PodsIn, WorkerIngress};
 use wsbridge_api::{Bridge, Endpoint};
 use wsbridge_dataplane::DestinationPolicy;
