@@ -125,4 +125,12 @@ fi
 mkdir -p "$target/bench"
 log "running: ${args[*]}"
 export WSBENCH_COMMAND="bash bench/run.sh${orig_args:+ $orig_args}"
-exec "$wsbench" "${args[@]}"
+status=0
+"$wsbench" "${args[@]}" || status=$?
+# A scenario of its own: one of two subscribers hangs while the source sends
+# 1 GiB in 1 MB messages; each relay's peak RSS (--quick: 64 MiB).
+hung_mib=1024 hung_out="$here/results/hung-subscriber.md"
+[[ -n "$quick" ]] && hung_mib=64 hung_out="$here/results/hung-subscriber-quick.md"
+log "hung-subscriber scenario: ${hung_mib} MiB"
+"$wsbench" hung "${args[@]:1}" --total-mib "$hung_mib" --out "$hung_out" || status=$?
+exit "$status"

@@ -7,7 +7,10 @@
 //!             [--node BIN] [--node-relay JS] [--python BIN] [--python-relay PY]
 //!             [--work DIR] [--out FILE]      (also writes FILE's .svg chart)
 //! wsbench svg REPORT.md [--out FILE.svg]     the chart of a report (default: beside it)
+//! wsbench hung [--relays ..] [--total-mib N] [--size B] [--out FILE]
+//!                                            peak RSS with one of two subscribers hung
 
+mod hung;
 mod load;
 mod msg;
 mod procs;
@@ -81,24 +84,27 @@ fn main() -> Result<()> {
             args.get("size", 256)?,
             Duration::from_secs(args.get("limit-secs", 60)?),
         )),
-        "run" => {
-            let relays: String = args.get("relays", "wsbridge,benthos,node,python".to_string())?;
-            let opts = run::Opts {
-                quick: args.switches.iter().any(|s| s == "quick"),
-                relays: relays.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
-                wsbridge: args.path("wsbridge"),
-                benthos: args.path("benthos"),
-                node: args.path("node"),
-                node_relay: args.path("node-relay"),
-                python: args.path("python"),
-                python_relay: args.path("python-relay"),
-                work: args.path("work").unwrap_or_else(std::env::temp_dir).join(format!("wsbench-{}", std::process::id())),
-                out: args.path("out"),
-                command_line: std::env::var("WSBENCH_COMMAND").unwrap_or_else(|_| argv.join(" ")),
-                repeat: args.get("repeat", 1)?,
-            };
-            rt.block_on(run::main(opts))
-        }
-        _ => bail!("usage: wsbench source|sink|load|run|svg [options] (see src/main.rs)"),
+        "run" => rt.block_on(run::main(opts(&args, &argv)?)),
+        "hung" => rt.block_on(hung::main(opts(&args, &argv)?, args.get("total-mib", 1024)?, args.get("size", 1_000_000)?)),
+        _ => bail!("usage: wsbench source|sink|load|run|hung|svg [options] (see src/main.rs)"),
     }
+}
+
+/// The relays and where they are, for `run` and `hung`.
+fn opts(args: &Args, argv: &[String]) -> Result<run::Opts> {
+    let relays: String = args.get("relays", "wsbridge,benthos,node,python".to_string())?;
+    Ok(run::Opts {
+        quick: args.switches.iter().any(|s| s == "quick"),
+        relays: relays.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
+        wsbridge: args.path("wsbridge"),
+        benthos: args.path("benthos"),
+        node: args.path("node"),
+        node_relay: args.path("node-relay"),
+        python: args.path("python"),
+        python_relay: args.path("python-relay"),
+        work: args.path("work").unwrap_or_else(std::env::temp_dir).join(format!("wsbench-{}", std::process::id())),
+        out: args.path("out"),
+        command_line: std::env::var("WSBENCH_COMMAND").unwrap_or_else(|_| argv.join(" ")),
+        repeat: args.get("repeat", 1)?,
+    })
 }

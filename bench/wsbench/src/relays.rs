@@ -88,6 +88,12 @@ fn sink_uri(sink_port: u16, i: usize) -> String {
 }
 
 pub fn launch(o: &Opts, relay: &str, dir: &Path, ws_port: u16, sink_port: u16, subs: usize) -> Result<Relay> {
+    let uris: Vec<String> = (0..subs).map(|i| sink_uri(sink_port, i)).collect();
+    launch_to(o, relay, dir, ws_port, &uris)
+}
+
+/// [`launch`] with one subscriber per URI.
+pub fn launch_to(o: &Opts, relay: &str, dir: &Path, ws_port: u16, uris: &[String]) -> Result<Relay> {
     std::fs::create_dir_all(dir)?;
     let ws_url = format!("ws://127.0.0.1:{ws_port}/feed");
     let log = dir.join("relay.log");
@@ -104,12 +110,11 @@ pub fn launch(o: &Opts, relay: &str, dir: &Path, ws_port: u16, sink_port: u16, s
                  apiVersion: wsbridge.io/v1alpha1\nkind: Channel\nmetadata: {{name: bench}}\nspec: {{allowAnonymousPublish: true}}\n---\n\
                  apiVersion: wsbridge.io/v1alpha1\nkind: Bridge\nmetadata: {{name: bench}}\nspec: {{channel: bench, endpoint: source}}\n"
             );
-            for i in 0..subs {
+            for (i, uri) in uris.iter().enumerate() {
                 let _ = write!(
                     y,
                     "---\napiVersion: wsbridge.io/v1alpha1\nkind: Subscription\nmetadata: {{name: sink-{i}}}\nspec:\n  channel: bench\n  \
-                     subscriber: {{uri: \"{}\"}}\n  delivery: {{ordering: unordered, maxInFlight: 64, queueCapacity: 100000}}\n",
-                    sink_uri(sink_port, i)
+                     subscriber: {{uri: \"{uri}\"}}\n  delivery: {{ordering: unordered, maxInFlight: 64, queueCapacity: 100000}}\n"
                 );
             }
             std::fs::write(cfg.join("bench.yaml"), y)?;
@@ -126,12 +131,11 @@ pub fn launch(o: &Opts, relay: &str, dir: &Path, ws_port: u16, sink_port: u16, s
                 "http: {{enabled: false}}\nlogger: {{level: WARN}}\ninput:\n  websocket:\n    url: \"{ws_url}\"\n\
                  output:\n  broker:\n    pattern: fan_out\n    outputs:\n"
             );
-            for i in 0..subs {
+            for uri in uris {
                 let _ = write!(
                     y,
-                    "      - http_client:\n          url: \"{}\"\n          verb: POST\n          \
-                     headers: {{Content-Type: application/json}}\n          max_in_flight: 64\n",
-                    sink_uri(sink_port, i)
+                    "      - http_client:\n          url: \"{uri}\"\n          verb: POST\n          \
+                     headers: {{Content-Type: application/json}}\n          max_in_flight: 64\n"
                 );
             }
             let f = dir.join("benthos.yaml");
@@ -143,7 +147,7 @@ pub fn launch(o: &Opts, relay: &str, dir: &Path, ws_port: u16, sink_port: u16, s
         "node" | "python" => {
             let cfg = serde_json::json!({
                 "source": ws_url,
-                "sinks": (0..subs).map(|i| sink_uri(sink_port, i)).collect::<Vec<_>>(),
+                "sinks": uris,
                 "maxInFlight": 64,
             });
             let f = dir.join("relay.json");

@@ -141,7 +141,7 @@ async fn start_pair(dir: &Path) -> Result<(Proc, u16, Proc, u16)> {
 /// Waits until the relay has connected to the source and, for wsbridge,
 /// until `/readyz` answers 200 (subscriptions loaded), so that no warm-up
 /// message meets a relay that is still starting.
-async fn wait_connected(src: &mut Proc, relay: &mut Relay, limit: Duration) -> Result<()> {
+pub async fn wait_connected(src: &mut Proc, relay: &mut Relay, limit: Duration) -> Result<()> {
     let deadline = Instant::now() + limit;
     loop {
         relay.check_alive()?;
