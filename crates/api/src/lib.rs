@@ -23,7 +23,7 @@ pub use endpoint::{
     Endpoint, EndpointAuth, EndpointSpec, EndpointStatus, EndpointTls, HeaderValue, Keepalive, OpenMessage,
     Reconnect, SecretKeyName, Subprotocol,
 };
-pub use subscription::{Subscription, SubscriptionSpec, SubscriptionStatus};
+pub use subscription::{BacklogSpec, Subscription, SubscriptionSpec, SubscriptionStatus};
 pub use worker_pod::{WorkerPodSpec, WorkerResources};
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;

@@ -51,6 +51,49 @@ pub struct SubscriptionSpec {
     /// same namespace, written `whsec_` + base64 of 24 to 64 random bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signing_secret_ref: Option<KeySelector>,
+    /// The bound of this Subscription's durable backlog, on a Channel with
+    /// `backend: rabbitmq` (ignored on `memory`, whose queue is
+    /// `delivery.queueCapacity`). Beyond it the oldest messages are
+    /// dead-lettered to the broker's `wsbridge.dead-letter.{namespace}.{name}`
+    /// queue, so that a subscriber that stays away never slows the others.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backlog: Option<BacklogSpec>,
+}
+
+/// How much a Subscription's durable backlog holds; whichever bound is
+/// reached first applies.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BacklogSpec {
+    /// Bytes of message bodies, 1 KiB – 1 TiB; default 1 GiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1024, max = 1099511627776_i64))]
+    pub max_bytes: Option<i64>,
+    /// Messages, 1 – 100,000,000; default 1,000,000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100000000))]
+    pub max_messages: Option<i64>,
+}
+
+impl BacklogSpec {
+    /// Default bound in bytes: an hour of a busy feed, well within a broker's disk.
+    pub const DEFAULT_MAX_BYTES: u64 = 1 << 30;
+    /// Default bound in messages.
+    pub const DEFAULT_MAX_MESSAGES: u64 = 1_000_000;
+
+    /// The bound in bytes, the default when unset.
+    pub fn max_bytes(spec: Option<&Self>) -> u64 {
+        spec.and_then(|b| b.max_bytes)
+            .and_then(|n| u64::try_from(n).ok())
+            .unwrap_or(Self::DEFAULT_MAX_BYTES)
+    }
+
+    /// The bound in messages, the default when unset.
+    pub fn max_messages(spec: Option<&Self>) -> u64 {
+        spec.and_then(|b| b.max_messages)
+            .and_then(|n| u64::try_from(n).ok())
+            .unwrap_or(Self::DEFAULT_MAX_MESSAGES)
+    }
 }
 
 /// Observed state of a Subscription.
@@ -70,4 +113,21 @@ pub struct SubscriptionStatus {
     /// The generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::BacklogSpec;
+
+    #[test]
+    fn an_unset_backlog_bound_takes_the_default() {
+        assert_eq!(BacklogSpec::max_bytes(None), 1 << 30);
+        assert_eq!(BacklogSpec::max_messages(None), 1_000_000);
+        let half_set = BacklogSpec {
+            max_bytes: Some(4096),
+            max_messages: None,
+        };
+        assert_eq!(BacklogSpec::max_bytes(Some(&half_set)), 4096);
+        assert_eq!(BacklogSpec::max_messages(Some(&half_set)), 1_000_000);
+    }
 }
