@@ -10,6 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use lapin::options::QueueDeclareOptions;
+use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties, Event};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -122,6 +124,31 @@ impl Broker {
     /// True while connected (for `/readyz`).
     pub fn is_connected(&self) -> bool {
         self.inner.link.borrow().state.is_connected()
+    }
+
+    /// Messages ready in `queue` now (a passive declare on a channel of its
+    /// own): a Subscription's backlog, for metrics and status.
+    pub async fn queue_depth(&self, queue: &str) -> Result<u32, String> {
+        let link = self.inner.link.borrow().clone();
+        let Some(connection) = link.connection else {
+            return Err("not connected to the broker".into());
+        };
+        let depth = async {
+            let ch = connection.create_channel().await?;
+            let options = QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            };
+            let queue = ch
+                .queue_declare(queue.into(), options, FieldTable::default())
+                .await?;
+            let _ = ch.close(200, "done".into()).await;
+            Ok::<_, lapin::Error>(queue.message_count())
+        };
+        match tokio::time::timeout(Duration::from_secs(10), depth).await {
+            Ok(result) => result.map_err(|e| e.to_string()),
+            Err(_) => Err("the broker did not answer within 10s".into()),
+        }
     }
 
     pub(crate) fn link(&self) -> watch::Receiver<Link> {
