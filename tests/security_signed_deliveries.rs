@@ -75,46 +75,12 @@ fn new_secret(bytes: usize) -> String {
 
 fn config(endpoint_url: &str, secret: &str, trusting: &str, doubting: &str) -> String {
     let encoded = base64::engine::general_purpose::STANDARD.encode(secret);
-    let subscription = |name: &str, uri: &str| {
-        format!(
-            r#"---
-apiVersion: wsbridge.io/v1alpha1
-kind: Subscription
-metadata: {{name: {name}}}
-spec:
-  channel: orders
-  subscriber: {{uri: "{uri}"}}
-  signingSecretRef: {{name: hook-signing, key: secret}}
-  delivery: {{retry: 0}}
-"#
-        )
-    };
+    let signed = "  signingSecretRef: {name: hook-signing, key: secret}\n  delivery: {retry: 0}\n";
     format!(
-        r#"
-apiVersion: v1
-kind: Secret
-metadata: {{name: hook-signing}}
-data: {{secret: {encoded}}}
----
-apiVersion: wsbridge.io/v1alpha1
-kind: Endpoint
-metadata: {{name: feed}}
-spec:
-  url: {endpoint_url}
-  reconnect: {{initialDelay: 50ms, maxDelay: 500ms}}
----
-apiVersion: wsbridge.io/v1alpha1
-kind: Channel
-metadata: {{name: orders}}
-spec: {{allowAnonymousPublish: true}}
----
-apiVersion: wsbridge.io/v1alpha1
-kind: Bridge
-metadata: {{name: orders-feed}}
-spec: {{channel: orders, endpoint: feed}}
-{}{}"#,
-        subscription("trusting", trusting),
-        subscription("doubting", doubting)
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: hook-signing}}\ndata: {{secret: {encoded}}}\n---{}{}{}",
+        standalone_support::bridged_channel_yaml(endpoint_url, "orders"),
+        standalone_support::subscription_yaml("trusting", "orders", trusting, signed),
+        standalone_support::subscription_yaml("doubting", "orders", doubting, signed),
     )
 }
 

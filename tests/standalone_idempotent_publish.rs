@@ -15,33 +15,8 @@ use standalone_support::{Endpoint, Standalone, Subscriber, TempDir};
 const WAIT: Duration = Duration::from_secs(15);
 
 fn config(endpoint_url: &str, subscriber_uri: &str) -> String {
-    format!(
-        r#"
-apiVersion: wsbridge.io/v1alpha1
-kind: Endpoint
-metadata: {{name: feed}}
-spec:
-  url: {endpoint_url}
-  reconnect: {{initialDelay: 50ms, maxDelay: 500ms}}
----
-apiVersion: wsbridge.io/v1alpha1
-kind: Channel
-metadata: {{name: orders}}
-spec: {{allowAnonymousPublish: true}}
----
-apiVersion: wsbridge.io/v1alpha1
-kind: Bridge
-metadata: {{name: orders-feed}}
-spec: {{channel: orders, endpoint: feed}}
----
-apiVersion: wsbridge.io/v1alpha1
-kind: Subscription
-metadata: {{name: audit}}
-spec:
-  channel: orders
-  subscriber: {{uri: "{subscriber_uri}"}}
-"#
-    )
+    standalone_support::bridged_channel_yaml(endpoint_url, "orders")
+        + &standalone_support::subscription_yaml("audit", "orders", subscriber_uri, "")
 }
 
 /// Publishes `body` with `headers`; the status and the JSON answer.

@@ -355,3 +355,44 @@ impl Endpoint {
 pub fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
+
+/// An Endpoint `feed` at `endpoint_url` (reconnecting fast), a Channel
+/// `channel` open to anonymous publishers and its Bridge `{channel}-feed`,
+/// as standalone YAML; append Subscriptions with [`subscription_yaml`].
+pub fn bridged_channel_yaml(endpoint_url: &str, channel: &str) -> String {
+    format!(
+        r#"
+apiVersion: wsbridge.io/v1alpha1
+kind: Endpoint
+metadata: {{name: feed}}
+spec:
+  url: {endpoint_url}
+  reconnect: {{initialDelay: 50ms, maxDelay: 500ms}}
+---
+apiVersion: wsbridge.io/v1alpha1
+kind: Channel
+metadata: {{name: {channel}}}
+spec: {{allowAnonymousPublish: true}}
+---
+apiVersion: wsbridge.io/v1alpha1
+kind: Bridge
+metadata: {{name: {channel}-feed}}
+spec: {{channel: {channel}, endpoint: feed}}
+"#
+    )
+}
+
+/// A Subscription `name` of `channel` to `uri`, with `extra` spec lines
+/// (two-space indented YAML, may be empty), as a YAML document.
+pub fn subscription_yaml(name: &str, channel: &str, uri: &str, extra: &str) -> String {
+    format!(
+        r#"---
+apiVersion: wsbridge.io/v1alpha1
+kind: Subscription
+metadata: {{name: {name}}}
+spec:
+  channel: {channel}
+  subscriber: {{uri: "{uri}"}}
+{extra}"#
+    )
+}
