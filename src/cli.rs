@@ -317,11 +317,12 @@ pub struct ControllerArgs {
     /// Bridge's `spec.worker` (`{"resources": {"limits": {"memory": "512Mi"}}}`);
     /// a Bridge's own fields win. Unset resources: 50m/32Mi requests, 1/256Mi limits.
     #[arg(long, value_name = "JSON", env = "WSBRIDGE_WORKER_POD_DEFAULTS", value_parser = parse_worker_pod)]
-    pub worker_pod_defaults: Option<wsbridge_api::WorkerPodSpec>,
+    pub worker_pod_defaults: Option<Box<wsbridge_api::WorkerPodSpec>>,
 }
 
-fn parse_worker_pod(json: &str) -> Result<wsbridge_api::WorkerPodSpec, String> {
-    wsbridge_api::WorkerPodSpec::from_json(json)
+/// Boxed: the spec (affinity above all) would make every subcommand as large.
+fn parse_worker_pod(json: &str) -> Result<Box<wsbridge_api::WorkerPodSpec>, String> {
+    wsbridge_api::WorkerPodSpec::from_json(json).map(Box::new)
 }
 
 /// Who may reach a worker's port: the flags of the NetworkPolicy the
@@ -394,7 +395,7 @@ impl ControllerArgs {
     pub fn options(self) -> anyhow::Result<wsbridge_controller::Options> {
         Ok(wsbridge_controller::Options {
             worker_ingress: self.worker_ingress.ingress()?,
-            worker_pod_defaults: self.worker_pod_defaults.unwrap_or_default(),
+            worker_pod_defaults: self.worker_pod_defaults.map(|spec| *spec).unwrap_or_default(),
             destinations: Arc::new(self.destinations.policy()?),
             worker_image: self.worker_image,
             gateway_url: self.gateway_url,
