@@ -204,9 +204,19 @@ async fn the_gateway_answers_bad_paths_and_methods_with_json_before_any_token_ch
     };
     for (request, code, expected) in [
         (
-            "GET /channels/default/orders HTTP/1.1\r\nHost: g\r\nConnection: close\r\n\r\n".to_string(),
+            "DELETE /channels/default/orders HTTP/1.1\r\nHost: g\r\nConnection: close\r\n\r\n".to_string(),
             405,
             "MethodNotAllowed",
+        ),
+        (
+            "GET /channels/default/orders HTTP/1.1\r\nHost: g\r\nConnection: close\r\n\r\n".to_string(),
+            426,
+            "UpgradeRequired",
+        ),
+        (
+            "GET /ws/default HTTP/1.1\r\nHost: g\r\nConnection: close\r\n\r\n".to_string(),
+            426,
+            "UpgradeRequired",
         ),
         (
             "GET /nope HTTP/1.1\r\nHost: g\r\nConnection: close\r\n\r\n".to_string(),

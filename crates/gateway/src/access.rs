@@ -1,6 +1,6 @@
-//! Who may publish: a Kubernetes bearer token, authenticated by a
-//! TokenReview and authorized by a SubjectAccessReview for the custom verb
-//! `publish` on the `channels.wsbridge.io` object.
+//! Who may publish or subscribe: a Kubernetes bearer token, authenticated
+//! by a TokenReview and authorized by a SubjectAccessReview for the custom
+//! verb (`publish`, `subscribe`) on the `channels.wsbridge.io` object.
 //!
 //! Both answers are cached in bounded caches, so a busy publisher costs the
 //! API server two requests per TTL, not per message. Concurrent requests
@@ -43,6 +43,18 @@ pub enum Denied {
     /// 503: the reviews themselves failed.
     #[error("could not review the token: {0}")]
     Unavailable(String),
+}
+
+impl Denied {
+    /// The HTTP status and reason that say it.
+    pub fn status_and_reason(&self) -> (http::StatusCode, &'static str) {
+        match self {
+            Denied::Unauthenticated(_) => (http::StatusCode::UNAUTHORIZED, "Unauthorized"),
+            Denied::Forbidden(_) => (http::StatusCode::FORBIDDEN, "Forbidden"),
+            Denied::Throttled => (http::StatusCode::TOO_MANY_REQUESTS, "TooManyNewTokens"),
+            Denied::Unavailable(_) => (http::StatusCode::SERVICE_UNAVAILABLE, "ReviewUnavailable"),
+        }
+    }
 }
 
 /// Cache settings.
@@ -92,7 +104,7 @@ pub struct Access {
     audiences: Vec<String>,
     accepted: Cache<TokenDigest, Arc<Identity>>,
     rejected: Cache<TokenDigest, ()>,
-    decisions: Cache<(Arc<Identity>, ChannelKey), bool>,
+    decisions: Cache<(Arc<Identity>, ChannelKey, &'static str), bool>,
     new_tokens: Arc<DefaultDirectRateLimiter>,
     metrics: AccessMetrics,
 }
@@ -112,13 +124,17 @@ impl Access {
 
     /// Allows the request when its `Authorization: Bearer` token may publish on `channel`.
     pub async fn check(&self, authorization: Option<&str>, channel: &ChannelKey) -> Result<(), Denied> {
-        let token = bearer(authorization)?;
+        self.allows("publish", bearer(authorization)?, channel).await
+    }
+
+    /// Allows `verb` on `channel` to the holder of `token`.
+    pub async fn allows(&self, verb: &'static str, token: &str, channel: &ChannelKey) -> Result<(), Denied> {
         let identity = self.authenticate(token).await?;
-        let key = (identity.clone(), channel.clone());
+        let key = (identity.clone(), channel.clone(), verb);
         let reviewed = self
             .decisions
             .try_get_with(key, async {
-                let allowed = self.review_access(&identity, channel).await;
+                let allowed = self.review_access(&identity, verb, channel).await;
                 self.metrics.reviewed(ReviewKind::Access, &allowed);
                 allowed
             })
@@ -126,7 +142,7 @@ impl Access {
         match reviewed.map_err(|e| (*e).clone()) {
             Ok(true) => Ok(()),
             Ok(false) => Err(Denied::Forbidden(format!(
-                "{} may not publish on channel {channel}: grant the verb \"publish\" on channels.{GROUP} (resourceNames: [{}]) in namespace {}",
+                "{} may not {verb} on channel {channel}: grant the verb \"{verb}\" on channels.{GROUP} (resourceNames: [{}]) in namespace {}",
                 identity.username, channel.name, channel.namespace
             ))),
             Err(e) => Err(e),
@@ -190,7 +206,12 @@ impl Access {
         }))
     }
 
-    async fn review_access(&self, identity: &Identity, channel: &ChannelKey) -> Result<bool, Denied> {
+    async fn review_access(
+        &self,
+        identity: &Identity,
+        verb: &str,
+        channel: &ChannelKey,
+    ) -> Result<bool, Denied> {
         let review = SubjectAccessReview {
             spec: SubjectAccessReviewSpec {
                 user: Some(identity.username.clone()),
@@ -199,7 +220,7 @@ impl Access {
                 extra: Some(identity.extra.iter().cloned().collect()),
                 resource_attributes: Some(ResourceAttributes {
                     namespace: Some(channel.namespace.clone()),
-                    verb: Some("publish".into()),
+                    verb: Some(verb.into()),
                     group: Some(GROUP.into()),
                     resource: Some("channels".into()),
                     name: Some(channel.name.clone()),

@@ -1,16 +1,20 @@
-//! `wsbridge gateway`: the stateless publish front door.
+//! `wsbridge gateway`: the stateless front door for publishers and remote
+//! clients.
 //!
 //! It follows Channels, Bridges and Subscriptions from the API server into a
 //! routing index (caches, not a request per publish). A publish is checked
 //! (anonymous channel, or a token allowed to `publish`), sent out through
 //! every bridge of the channel via its worker's `POST /v1/send`, then
 //! broadcast to the channel's subscribers by the gateway's own delivery
-//! engine. Several replicas can run side by side: they share nothing.
+//! engine. WebSocket clients connect at the same address, or multiplex a
+//! namespace's channels at `/ws/{namespace}` ([`remote`]). Several replicas
+//! can run side by side: they share nothing.
 #![forbid(unsafe_code)]
 
 pub mod access;
 mod metrics;
 mod publish;
+mod remote;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -32,6 +36,7 @@ use wsbridge_dataplane::delivery::{
 };
 use wsbridge_dataplane::routing::RoutingIndex;
 use wsbridge_http::ops::{self, Readiness};
+use wsbridge_http::websocket::{ClientKeepalive, Connections};
 use wsbridge_k8s::follow::{Change, follow, key_of};
 use wsbridge_translate as translate;
 
@@ -60,6 +65,10 @@ pub struct GatewayOptions {
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct ChannelFacts {
     pub max_message_bytes: usize,
+    /// `allowAnonymousPublish`.
+    pub allow_anonymous_publish: bool,
+    /// `allowAnonymousSubscribe`.
+    pub allow_anonymous_subscribe: bool,
     /// Bridges the controller counted on the Channel's status: a publish
     /// waits (503) while the gateway has seen fewer, rather than silently
     /// skipping an endpoint it has not heard of yet.
@@ -156,7 +165,16 @@ impl Gateway {
         });
         let ready = Readiness::default();
         let (stop, stopped) = tokio::sync::watch::channel(false);
-        let router = ops::router(Arc::new(registry), ready.clone()).merge(publish::router(shared.clone()));
+        let hub = Arc::new(remote::GatewayHub {
+            shared: shared.clone(),
+            connections: Connections {
+                keepalive: ClientKeepalive::default(),
+                stop: stopped.clone(),
+            },
+        });
+        let router = ops::router(Arc::new(registry), ready.clone())
+            .merge(publish::router(shared.clone()))
+            .merge(remote::router(hub));
         let mut http_stop = stopped.clone();
         let (addr, server) = ops::serve(options.listen, router, async move {
             let _ = http_stop.wait_for(|s| *s).await;
@@ -187,6 +205,8 @@ impl Gateway {
                         Ok(info) => {
                             let facts = ChannelFacts {
                                 max_message_bytes: translate::channel_max_message_bytes(&c.spec),
+                                allow_anonymous_publish: c.spec.allow_anonymous_publish,
+                                allow_anonymous_subscribe: c.spec.allow_anonymous_subscribe,
                                 bridges: c
                                     .status
                                     .as_ref()

@@ -17,7 +17,7 @@ use futures::future::join_all;
 use wsbridge_core::ChannelKey;
 use wsbridge_dataplane::delivery::{AttemptOutcome, publish_key};
 use wsbridge_dataplane::metrics::ChannelLabels;
-use wsbridge_dataplane::{Message, Origin, PayloadKind};
+use wsbridge_dataplane::{Message, Origin, Payload, PayloadKind};
 use wsbridge_http::connection;
 use wsbridge_http::publish::{self, SentOut};
 use wsbridge_translate as translate;
@@ -72,45 +72,24 @@ async fn publish_on(shared: &GatewayState, channel: ChannelKey, headers: &Header
     };
     if !info.allow_anonymous_publish {
         let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-        match shared.access.check(authorization, &channel).await {
-            Ok(()) => {}
-            Err(e @ Denied::Unauthenticated(_)) => {
-                return refused(StatusCode::UNAUTHORIZED, "Unauthorized", e.to_string());
+        if let Err(e) = shared.access.check(authorization, &channel).await {
+            if let Denied::Unavailable(_) = e {
+                tracing::warn!(%channel, error = %e, "access review failed");
             }
-            Err(e @ Denied::Forbidden(_)) => {
-                return refused(StatusCode::FORBIDDEN, "Forbidden", e.to_string());
-            }
-            Err(e @ Denied::Throttled) => {
-                let mut response = refused(StatusCode::TOO_MANY_REQUESTS, "TooManyNewTokens", e.to_string());
+            let (status, reason) = e.status_and_reason();
+            let mut response = refused(status, reason, e.to_string());
+            if let Denied::Throttled = e {
                 response
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-                return response;
             }
-            Err(e @ Denied::Unavailable(_)) => {
-                tracing::warn!(%channel, error = %e, "access review failed");
-                return refused(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "ReviewUnavailable",
-                    e.to_string(),
-                );
-            }
+            return response;
         }
     }
     let facts = shared.channels.read().ok().and_then(|c| c.get(&channel).copied());
     let max = facts.map_or(translate::channel_max_message_bytes(&Default::default()), |f| {
         f.max_message_bytes
     });
-    if let Some(expected) = facts.map(|f| f.bridges).filter(|n| *n > routes.bridges.len()) {
-        return refused(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "NoPathToEndpoint",
-            format!(
-                "channel {channel} has {expected} bridges and this gateway has seen {} of them so far; retry shortly",
-                routes.bridges.len()
-            ),
-        );
-    }
     let key = match publish_key(headers) {
         Ok(key) => key,
         Err(e) => return refused(StatusCode::BAD_REQUEST, "InvalidIdempotencyKey", e.to_string()),
@@ -119,6 +98,61 @@ async fn publish_on(shared: &GatewayState, channel: ChannelKey, headers: &Header
         Ok(p) => p,
         Err(rejection) => return tagged(rejection, "BadMessage"),
     };
+    match publish_payload(shared, &channel, payload, key).await {
+        Ok(published) => publish::accepted(
+            &published.id,
+            &channel,
+            published.subscribers,
+            SentOut::Bridges(published.bridges),
+        ),
+        Err(refusal) => refused(refusal.status, refusal.reason, refusal.message),
+    }
+}
+
+/// A published message, as the 202 tells it.
+pub(crate) struct Published {
+    pub id: String,
+    pub subscribers: usize,
+    pub bridges: usize,
+}
+
+/// Why a read message was not published.
+pub(crate) struct Refused {
+    pub status: StatusCode,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+fn unpublished(status: StatusCode, reason: &'static str, message: impl Into<String>) -> Refused {
+    Refused {
+        status,
+        reason,
+        message: message.into(),
+    }
+}
+
+/// Publishes a message that passed its checks and was read (an HTTP body,
+/// a remote client's frame): out through every bridge of the channel, then
+/// to its subscribers. With `key`, a retry is sent only where the first
+/// attempt did not reach.
+pub(crate) async fn publish_payload(
+    shared: &GatewayState,
+    channel: &ChannelKey,
+    payload: Payload,
+    key: Option<String>,
+) -> Result<Published, Refused> {
+    let routes = shared.index.routes(channel);
+    let facts = shared.channels.read().ok().and_then(|c| c.get(channel).copied());
+    if let Some(expected) = facts.map(|f| f.bridges).filter(|n| *n > routes.bridges.len()) {
+        return Err(unpublished(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "NoPathToEndpoint",
+            format!(
+                "channel {channel} has {expected} bridges and this gateway has seen {} of them so far; retry shortly",
+                routes.bridges.len()
+            ),
+        ));
+    }
     // Every bridge must be able to take it before anyone gets it.
     let mut targets = Vec::with_capacity(routes.bridges.len());
     {
@@ -132,21 +166,21 @@ async fn publish_on(shared: &GatewayState, channel: ChannelKey, headers: &Header
                     targets.push((route.bridge.clone(), address.clone()));
                 }
                 _ => {
-                    return refused(
+                    return Err(unpublished(
                         StatusCode::SERVICE_UNAVAILABLE,
                         "NoPathToEndpoint",
                         format!(
                             "bridge {} is not connected to endpoint {}; retry later",
                             route.bridge, route.endpoint.name
                         ),
-                    );
+                    ));
                 }
             }
         }
     }
     // A retried publish (same key) waits for the first and picks up where it ended.
     let mut record = match &key {
-        Some(key) => Some(shared.recent.lock(&channel, key).await),
+        Some(key) => Some(shared.recent.lock(channel, key).await),
         None => None,
     };
     let mut message = Message::new(
@@ -160,6 +194,15 @@ async fn publish_on(shared: &GatewayState, channel: ChannelKey, headers: &Header
     let message = Arc::new(message);
     if let Some(record) = record.as_mut() {
         record.id.get_or_insert_with(|| message.id().to_owned());
+    }
+    // Charged before any queue takes it: refused rather than grown past
+    // the budget (subscribers are behind; the publisher retries).
+    if let Err(e) = shared.engine.admit(&message) {
+        return Err(unpublished(
+            StatusCode::SERVICE_UNAVAILABLE,
+            publish::MEMORY_BUDGET_EXHAUSTED,
+            format!("{e}; retry later"),
+        ));
     }
     // To every bridge at once; one that took it already (a retry) is skipped.
     let pending: Vec<_> = targets
@@ -190,11 +233,11 @@ async fn publish_on(shared: &GatewayState, channel: ChannelKey, headers: &Header
         }
     }
     if let Some((bridge, reason)) = failed {
-        return refused(
+        return Err(unpublished(
             StatusCode::SERVICE_UNAVAILABLE,
             "NoPathToEndpoint",
             format!("bridge {bridge} could not take the message: {reason}; retry later"),
-        );
+        ));
     }
     let subscribers = match record.as_mut() {
         Some(record) if record.dispatched => {
@@ -202,7 +245,7 @@ async fn publish_on(shared: &GatewayState, channel: ChannelKey, headers: &Header
             0
         }
         _ => {
-            let report = shared.engine.dispatch(&channel, message.clone());
+            let report = shared.engine.dispatch(channel, message.clone());
             shared
                 .dataplane
                 .published
@@ -216,12 +259,11 @@ async fn publish_on(shared: &GatewayState, channel: ChannelKey, headers: &Header
             report.subscribers
         }
     };
-    publish::accepted(
-        message.id(),
-        &channel,
+    Ok(Published {
+        id: message.id().to_owned(),
         subscribers,
-        SentOut::Bridges(targets.len()),
-    )
+        bridges: targets.len(),
+    })
 }
 
 /// The worker's `/v1/send`, with the message's identity in CloudEvents headers.

@@ -68,7 +68,7 @@ impl ChannelHub for Runtime {
             .map_err(|e| Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "TooManyClients", e.to_string()))
     }
 
-    fn publish(&self, channel: &ChannelKey, payload: Payload) -> Result<String, Refusal> {
+    async fn publish(&self, channel: &ChannelKey, payload: Payload) -> Result<String, Refusal> {
         Runtime::publish(self, channel, payload)
             .map(|published| published.id)
             .map_err(refusal)

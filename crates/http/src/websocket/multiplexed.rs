@@ -186,7 +186,7 @@ impl<H: ChannelHub> Session<H> {
             }
             Command::Publish { channel, payload } => {
                 hub.authorize(Verb::Publish, &key, token).await?;
-                let id = hub.publish(&key, payload)?;
+                let id = hub.publish(&key, payload).await?;
                 Ok(json!({"channel": channel, "id": id}))
             }
         }

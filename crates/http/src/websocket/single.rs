@@ -121,7 +121,7 @@ async fn publish<H: ChannelHub>(
     payload: Payload,
 ) -> Option<CloseFrame> {
     let outcome = match hub.authorize(Verb::Publish, channel, token).await {
-        Ok(()) => hub.publish(channel, payload).map(drop),
+        Ok(()) => hub.publish(channel, payload).await.map(drop),
         Err(refusal) => Err(refusal),
     };
     outcome

@@ -1,0 +1,146 @@
+//! Remote clients at the gateway: `GET /channels/{ns}/{name}` with a
+//! WebSocket upgrade and `GET /ws/{ns}` (the shared routes of
+//! `wsbridge_http::websocket`), on the gateway's caches and access checks.
+//!
+//! Who may: a channel with `allowAnonymousSubscribe` (`allowAnonymousPublish`)
+//! takes anonymous subscribers (publishers); otherwise the client's token
+//! must pass a TokenReview and a SubjectAccessReview for the verb
+//! `subscribe` (`publish`) on the channel, as an HTTP publish does.
+//!
+//! What they receive: a `memory` channel lives in its worker's and each
+//! gateway replica's memory, so no replica sees all of its messages, and a
+//! subscription is refused (409 `ChannelNotShared`) with what to do about
+//! it. Frames and `Publish` commands are publishes on any channel.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, Request, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use wsbridge_core::{ChannelKey, SecretString};
+use wsbridge_dataplane::Payload;
+use wsbridge_dataplane::clients::ClientFeed;
+use wsbridge_http::publish;
+use wsbridge_http::websocket::{self, ChannelHub, Connections, Refusal, Verb};
+
+use super::GatewayState;
+use super::access::Denied;
+
+/// The largest frame of a multiplexed connection: the schema's largest
+/// `maxMessageBytes`. Each publish is held to its channel's own limit.
+const LARGEST_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// The gateway's channels as remote clients reach them.
+pub(crate) struct GatewayHub {
+    pub shared: Arc<GatewayState>,
+    pub connections: Connections,
+}
+
+/// The remote client routes, to merge with the publish route.
+pub(crate) fn router(hub: Arc<GatewayHub>) -> axum::Router {
+    axum::Router::new()
+        .route(publish::CHANNEL_ROUTE, axum::routing::get(subscribe))
+        .route(websocket::MULTIPLEX_ROUTE, axum::routing::get(multiplex))
+        .with_state(hub)
+}
+
+/// `GET /channels/{namespace}/{name}`: a WebSocket subscription.
+pub(crate) async fn subscribe(
+    State(hub): State<Arc<GatewayHub>>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    request: Request,
+) -> Response {
+    match publish::channel_key(path) {
+        Ok(channel) => {
+            let connections = hub.connections.clone();
+            websocket::subscribe(hub, connections, channel, request).await
+        }
+        Err(rejection) => rejection,
+    }
+}
+
+/// `GET /ws/{namespace}`: a multiplexed connection.
+pub(crate) async fn multiplex(
+    State(hub): State<Arc<GatewayHub>>,
+    Path(namespace): Path<String>,
+    request: Request,
+) -> Response {
+    let connections = hub.connections.clone();
+    websocket::multiplex(hub, connections, namespace, request).await
+}
+
+impl ChannelHub for GatewayHub {
+    fn max_message_bytes(&self, channel: &ChannelKey) -> Option<usize> {
+        let channels = self.shared.channels.read().ok()?;
+        channels.get(channel).map(|facts| facts.max_message_bytes)
+    }
+
+    fn max_message_bytes_in(&self, _namespace: &str) -> usize {
+        LARGEST_MESSAGE_BYTES
+    }
+
+    async fn authorize(
+        &self,
+        verb: Verb,
+        channel: &ChannelKey,
+        token: Option<&SecretString>,
+    ) -> Result<(), Refusal> {
+        let facts = self
+            .shared
+            .channels
+            .read()
+            .ok()
+            .and_then(|c| c.get(channel).copied())
+            .ok_or_else(|| Refusal::channel_not_found(channel))?;
+        let anonymous = match verb {
+            Verb::Subscribe => facts.allow_anonymous_subscribe,
+            Verb::Publish => facts.allow_anonymous_publish,
+        };
+        if anonymous {
+            return Ok(());
+        }
+        let Some(token) = token else {
+            return Err(Refusal::new(
+                StatusCode::UNAUTHORIZED,
+                "Unauthorized",
+                format!(
+                    "channel {channel} needs a Kubernetes token to {}: Authorization: Bearer, or from a browser the subprotocol base64url.bearer.authorization.k8s.io.<token> beside \"wsbridge\"",
+                    verb.as_str()
+                ),
+            ));
+        };
+        self.shared
+            .access
+            .allows(verb.as_str(), token.expose(), channel)
+            .await
+            .map_err(refusal)
+    }
+
+    fn join(&self, channel: ChannelKey) -> Result<ClientFeed, Refusal> {
+        Err(Refusal::new(
+            StatusCode::CONFLICT,
+            "ChannelNotShared",
+            format!(
+                "channel {channel} keeps its messages in memory (backend: memory), which gateway replicas do not share; remote subscribers need spec.backend: rabbitmq"
+            ),
+        ))
+    }
+
+    async fn publish(&self, channel: &ChannelKey, payload: Payload) -> Result<String, Refusal> {
+        super::publish::publish_payload(&self.shared, channel, payload, None)
+            .await
+            .map(|published| published.id)
+            .map_err(|refused| Refusal::new(refused.status, refused.reason, refused.message))
+    }
+
+    fn count_unresponsive(&self, _channel: &ChannelKey) {
+        // No gateway client is ever joined to a channel (see `join`).
+    }
+}
+
+/// An access check's refusal as a remote client hears it.
+fn refusal(denied: Denied) -> Refusal {
+    let (status, reason) = denied.status_and_reason();
+    Refusal::new(status, reason, denied.to_string())
+}
