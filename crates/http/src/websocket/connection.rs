@@ -22,6 +22,12 @@ pub(super) type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 /// How long a close handshake may take before the connection is dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How much tungstenite reads from the socket at a time. Its default,
+/// 128 KiB, is zero-filled at the first read and stays resident: 128 KiB
+/// per idle connection. A larger frame still arrives whole (the buffer
+/// grows to the frame it is reading).
+const READ_BUFFER_BYTES: usize = 4 * 1024;
+
 /// Runs `serve` on the request's socket once the `101` answer is out;
 /// frames larger than `max_frame_bytes` end the connection (1009).
 pub(super) fn spawn_on_upgrade<F, Fut>(request: &mut Request, max_frame_bytes: usize, serve: F)
@@ -33,6 +39,7 @@ where
     tokio::spawn(async move {
         let Ok(upgraded) = upgrade.await else { return };
         let config = WebSocketConfig::default()
+            .read_buffer_size(READ_BUFFER_BYTES)
             .max_message_size(Some(max_frame_bytes))
             .max_frame_size(Some(max_frame_bytes));
         let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
