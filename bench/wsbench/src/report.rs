@@ -51,6 +51,8 @@ fn pct(a: Option<f64>, b: Option<f64>) -> String {
 fn zero_loss_cell(r: &RelayResult) -> String {
     match r.zero_loss {
         None => "n/a".into(),
+        // Every probe passed: the relay sustains at least this much.
+        Some(z) if z.rate > 0.0 && z.failed_at.is_none() => format!("≥ {}", fmt_rate(z.rate)),
         Some(z) if z.rate > 0.0 => fmt_rate(z.rate),
         Some(z) => z.failed_at.map_or("n/a".into(), |f| format!("< {}", fmt_rate(f))),
     }
@@ -89,7 +91,7 @@ pub fn render(o: &Opts, s: &Sizes, results: &BTreeMap<String, RelayResult>, ceil
          CPU per delivery is the relay process's user + system time over the throughput run ÷ deliveries \
          (less sensitive to a noisy neighbour than a rate). \
          The zero-loss sustained rate is the highest paced 1→1 rate at which every message arrived within {} ms \
-         of being sent, found by bisection ({} probes of {} s each, between 0 and 1.2× the relay's unpaced rate); \
+         of being sent, found by bisection ({} probes of {} s each, between 0 and 2× the relay's unpaced rate; ≥ when even the top probe passed); \
          the unpaced throughput counts what arrived, so a relay that sheds load scores higher there than its zero-loss rate. \
          The machine is shared and noisy (load average {} before, {} after): these are figures, not assertions. \
          {}\n",
