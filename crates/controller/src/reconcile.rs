@@ -24,7 +24,7 @@ use super::metrics::Metrics;
 use super::status::{self, BridgeFacts, ConfigLookup, Keys};
 use super::status_write::write_status;
 use super::worker_objects::{self, FIELD_MANAGER, Source, drift};
-use wsbridge_api::conditions::{self, CONNECTED, Decided, READY};
+use wsbridge_api::conditions::{self, CONNECTED};
 use wsbridge_api::{
     Addressable, Bridge, BridgeStatus, Channel, ChannelStatus, Endpoint, EndpointStatus, Subscription,
     SubscriptionStatus,
@@ -401,7 +401,7 @@ pub async fn reconcile_channel(channel: Arc<Channel>, ctx: Arc<Context>) -> Resu
         .filter(|s| s.metadata.namespace.as_deref() == Some(&ns) && s.spec.channel == name)
         .count();
     let url = format!("{}/channels/{ns}/{name}", ctx.gateway_url.trim_end_matches('/'));
-    let decided = Decided::ok(READY, "Addressable", format!("publish with POST {url}"));
+    let decided = status::channel_ready(&channel.spec, &url);
     write_status(&ctx, &*channel, &decided, |conditions, generation| {
         ChannelStatus {
             address: Some(Addressable { url }),

@@ -7,7 +7,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
 
 use wsbridge_api::conditions::{Decided, READY};
-use wsbridge_api::{Destination, Endpoint, KeySelector};
+use wsbridge_api::{ChannelBackend, ChannelSpec, Destination, Endpoint, KeySelector};
 use wsbridge_dataplane::DestinationPolicy;
 
 /// The keys a Secret or ConfigMap holds (values are never needed to decide).
@@ -123,6 +123,19 @@ pub fn endpoint_destination_problem(ep: &Endpoint, policy: &DestinationPolicy) -
 pub fn endpoint_ready(ep: &Endpoint, refs: &dyn ConfigLookup) -> Decided {
     endpoint_problem(ep, refs)
         .unwrap_or_else(|| Decided::ok(READY, "Ready", "credentials and CA are present"))
+}
+
+/// The Channel's `Ready`: addressable at `url`. A memory channel that asks
+/// for anonymous remote subscribers is told that in a cluster it has none:
+/// its messages live in one process, which gateway replicas do not share.
+pub fn channel_ready(spec: &ChannelSpec, url: &str) -> Decided {
+    let mut message = format!("publish with POST {url}");
+    if spec.allow_anonymous_subscribe && spec.backend() == ChannelBackend::Memory {
+        message.push_str(
+            "; allowAnonymousSubscribe has no effect on a memory channel: remote (WebSocket, MQTT, AMQP) subscribers need spec.backend: rabbitmq",
+        );
+    }
+    Decided::ok(READY, "Addressable", message)
 }
 
 /// A Deployment is available when its `Available` condition is `True`.

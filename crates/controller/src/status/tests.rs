@@ -247,3 +247,16 @@ fn denied_destinations_make_the_subscription_not_ready() {
     let d = decide(&sub, Some(&ch), &|_| Some(service(&[])));
     assert!(d.ready.status);
 }
+
+#[test]
+fn a_memory_channel_says_it_has_no_remote_subscribers() {
+    let spec = |yaml: &str| serde_norway::from_str::<wsbridge_api::ChannelSpec>(yaml).unwrap();
+    let url = "http://gw/channels/ns/c";
+    let plain = channel_ready(&spec("{}"), url);
+    assert!(plain.status && plain.message == format!("publish with POST {url}"));
+    let anonymous = channel_ready(&spec("{allowAnonymousSubscribe: true}"), url);
+    assert!(anonymous.status, "HTTP publishing and subscribing still work");
+    assert!(anonymous.message.contains("backend: rabbitmq"), "{}", anonymous.message);
+    let durable = channel_ready(&spec("{allowAnonymousSubscribe: true, backend: rabbitmq}"), url);
+    assert!(!durable.message.contains("no effect"), "{}", durable.message);
+}
