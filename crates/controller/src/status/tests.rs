@@ -256,7 +256,11 @@ fn a_memory_channel_says_it_has_no_remote_subscribers() {
     assert!(plain.status && plain.message == format!("publish with POST {url}"));
     let anonymous = channel_ready(&spec("{allowAnonymousSubscribe: true}"), url);
     assert!(anonymous.status, "HTTP publishing and subscribing still work");
-    assert!(anonymous.message.contains("backend: rabbitmq"), "{}", anonymous.message);
+    assert!(
+        anonymous.message.contains("backend: rabbitmq"),
+        "{}",
+        anonymous.message
+    );
     let durable = channel_ready(&spec("{allowAnonymousSubscribe: true, backend: rabbitmq}"), url);
     assert!(!durable.message.contains("no effect"), "{}", durable.message);
 }

@@ -129,7 +129,11 @@ pub trait ChannelHub: Send + Sync + 'static {
     fn join(&self, channel: ChannelKey) -> Result<ClientFeed, Refusal>;
 
     /// Publishes what a client sent; the message id.
-    fn publish(&self, channel: &ChannelKey, payload: Payload) -> impl Future<Output = Result<String, Refusal>> + Send;
+    fn publish(
+        &self,
+        channel: &ChannelKey,
+        payload: Payload,
+    ) -> impl Future<Output = Result<String, Refusal>> + Send;
 
     /// Counts a client of `channel` dropped for not answering pings.
     fn count_unresponsive(&self, channel: &ChannelKey);
