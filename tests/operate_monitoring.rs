@@ -8,6 +8,7 @@
 //! `tests/tools/build.sh`). That the queries name real metrics is
 //! `operate_metrics`.
 
+#[allow(dead_code)] // shared with deploy_manifests, which uses all of it
 mod deploy_support;
 mod operate_support;
 mod support;

@@ -3,6 +3,7 @@
 //! by `tests/tools/build.sh`), pull requests run `.ci/run`, and a tag
 //! publishes the image and the chart under one version.
 
+#[allow(dead_code)] // shared with deploy_manifests, which uses all of it
 mod deploy_support;
 mod operate_support;
 mod support;
