@@ -43,6 +43,16 @@ struct Durable {
 
 impl Durable {
     fn start(url: &str, name: &str, subscriber: SocketAddr, ordering: Ordering) -> Self {
+        Self::with_backlog(url, name, subscriber, ordering, Backlog::default())
+    }
+
+    fn with_backlog(
+        url: &str,
+        name: &str,
+        subscriber: SocketAddr,
+        ordering: Ordering,
+        backlog: Backlog,
+    ) -> Self {
         let broker = Broker::connect(
             BrokerUrl::parse(url).expect("the test broker's URL"),
             BrokerOptions::default(),
@@ -79,7 +89,7 @@ impl Durable {
             ConsumerSpec {
                 channel: channel.clone(),
                 subscription,
-                backlog: Backlog::default(),
+                backlog,
                 prefetch,
                 single_active_consumer: ordering == Ordering::Ordered,
             },
@@ -238,6 +248,47 @@ async fn a_broker_restart_loses_nothing_confirmed_and_refuses_publishes_while_do
         got.len(),
         got.len() - unique.len()
     );
+}
+
+#[tokio::test]
+async fn a_full_backlog_dead_letters_its_oldest_messages_and_never_refuses_a_publish() {
+    let rabbit = support::rabbitmq::shared().await;
+    let nobody = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap()
+    };
+    let backlog = Backlog {
+        max_bytes: 1 << 20,
+        max_messages: 5,
+    };
+    let durable = Durable::with_backlog(&rabbit.amqp_url(), "overflow", nobody, Ordering::Ordered, backlog);
+    durable.wait_consuming().await;
+    for i in 0..20 {
+        durable
+            .publish(&format!("message {i}"))
+            .await
+            .expect("a full backlog never refuses a publish");
+    }
+    let subscription = ObjectKey::new("durable", "overflow-sub");
+    let queue = wsbridge_broker::topology::subscription_queue(&subscription);
+    let dead = wsbridge_broker::topology::dead_letter_queue(&subscription);
+    // One message is held by the consumer (its subscriber is down); of the
+    // other 19, the backlog keeps the newest 5 and the 14 others overflow to
+    // the dead-letter queue, which is bounded the same way: it keeps the
+    // newest 5 of them.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let backlog = durable.broker.queue_depth(&queue).await.unwrap();
+        let overflowed = durable.broker.queue_depth(&dead).await.unwrap();
+        if backlog == 5 && overflowed == 5 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "backlog {backlog}, dead-letter queue {overflowed} (both bounded to 5)"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test]
