@@ -80,21 +80,8 @@ async fn a_bridges_resources_and_scheduling_reach_its_worker_and_defaults_fill_t
     let client = cp.client();
     install_crds(&client).await?;
     let ns = support::create_namespace(&client, "ctl-sizing").await?;
-    let controller = ControllerProcess::start(
-        cp,
-        &ns,
-        &[
-            "--namespace",
-            &ns,
-            "--leader-election=false",
-            "--worker-image",
-            "wsbridge:test",
-            "--worker-pod-defaults",
-            DEFAULTS,
-        ],
-    )
-    .await?;
-    controller.wait_ready().await?;
+    let _controller =
+        ControllerProcess::for_namespace_with(cp, &ns, &["--worker-pod-defaults", DEFAULTS]).await?;
     support::apply_yaml(&client, OBJECTS, Some(&ns)).await?;
     let api: Api<Deployment> = Api::namespaced(client.clone(), &ns);
 

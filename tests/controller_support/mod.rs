@@ -121,18 +121,20 @@ impl ControllerProcess {
     /// Starts a controller for one namespace, without leader election, and
     /// waits until its caches are synced.
     pub async fn for_namespace(cp: &ControlPlane, ns: &str) -> Result<Self> {
-        let p = Self::start(
-            cp,
+        Self::for_namespace_with(cp, ns, &[]).await
+    }
+
+    /// [`ControllerProcess::for_namespace`] with more flags.
+    pub async fn for_namespace_with(cp: &ControlPlane, ns: &str, extra: &[&str]) -> Result<Self> {
+        let mut args = vec![
+            "--namespace",
             ns,
-            &[
-                "--namespace",
-                ns,
-                "--leader-election=false",
-                "--worker-image",
-                "wsbridge:test",
-            ],
-        )
-        .await?;
+            "--leader-election=false",
+            "--worker-image",
+            "wsbridge:test",
+        ];
+        args.extend_from_slice(extra);
+        let p = Self::start(cp, ns, &args).await?;
         p.wait_ready().await?;
         Ok(p)
     }

@@ -2,7 +2,6 @@
 //! Unset fields take the defaults the controller was given for every worker
 //! (the chart's `worker` values).
 
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Affinity, Toleration};
@@ -20,27 +19,9 @@ pub const QUANTITY: &str = r"^(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numk
 pub const MIN_WORKER_MEMORY: &str = "64Mi";
 
 /// A quantity as Kubernetes writes it: `500m`, `2`, `256Mi`.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(transparent)]
-pub struct Quantity(pub String);
-
-impl JsonSchema for Quantity {
-    fn schema_name() -> Cow<'static, str> {
-        "Quantity".into()
-    }
-
-    fn inline_schema() -> bool {
-        true
-    }
-
-    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-        schemars::json_schema!({
-            "type": "string",
-            "maxLength": 32,
-            "pattern": QUANTITY,
-        })
-    }
-}
+pub struct Quantity(#[schemars(length(max = 32), regex(pattern = QUANTITY))] pub String);
 
 /// CPU and memory of the worker container.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
