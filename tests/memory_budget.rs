@@ -268,3 +268,43 @@ async fn a_message_shared_by_a_thousand_subscribers_is_counted_once() -> Result<
     assert!(held < budget.limit());
     Ok(())
 }
+
+#[tokio::test]
+async fn a_publish_the_budget_cannot_hold_gets_503_with_a_reason() -> Result<()> {
+    // Four unanswered requests of 900 KB fill a 4 MiB budget (half of 8Mi):
+    // in flight, nothing can give way, so the next publish is refused.
+    let hung = CountingSubscriber::start(|_| Answer::Hang).await?;
+    let dir = TempDir::new("memory-budget-publish");
+    let yaml = format!(
+        r#"apiVersion: wsbridge.io/v1alpha1
+kind: Channel
+metadata: {{name: ticker}}
+spec: {{allowAnonymousPublish: true}}
+---
+apiVersion: wsbridge.io/v1alpha1
+kind: Subscription
+metadata: {{name: hung}}
+spec:
+  channel: ticker
+  subscriber: {{uri: "{}"}}
+  delivery: {{timeout: 10m, retry: 0, ordering: unordered, maxInFlight: 64}}
+"#,
+        hung.uri
+    );
+    let path = dir.write("config.yaml", &yaml);
+    let standalone = Standalone::start_with(&[&path], &dir.0, &["--memory-limit", "8Mi"]).await;
+    let body = "x".repeat(900 * 1024);
+    let mut accepted = 0;
+    let refusal = loop {
+        let (status, json) = standalone.publish("default/ticker", body.clone()).await;
+        match status {
+            202 => accepted += 1,
+            503 => break json,
+            other => panic!("publish answered {other}: {json}"),
+        }
+        assert!(accepted <= 5, "a 4 MiB budget took {accepted} messages of 900 KB");
+    };
+    assert_eq!(refusal["reason"], "MemoryBudgetExhausted", "{refusal}");
+    assert!(accepted >= 3, "only {accepted} accepted before the refusal");
+    Ok(())
+}
