@@ -14,19 +14,9 @@ use super::{binaries, reaper};
 
 impl ControlPlane {
     pub(super) fn spawn(&self, name: &'static str, args: &[String]) -> Result<()> {
-        use std::os::unix::process::CommandExt;
         let log_path = self.log_dir.join(format!("{name}.log"));
         let log = File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
-        let child = Command::new(self.bin_dir.join(name))
-            .args(args)
-            .current_dir(&self.dir)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .process_group(0)
-            .spawn()
-            .with_context(|| format!("starting {name}"))?;
-        let registered = reaper::watch_process_group(child.id());
+        let child = reaper::spawn_in_group(Command::new(self.bin_dir.join(name)).args(args), &self.dir, log)?;
         self.children
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -34,7 +24,7 @@ impl ControlPlane {
         let mut all_args = self.args.lock().unwrap_or_else(|e| e.into_inner());
         all_args.retain(|(n, _)| *n != name);
         all_args.push((name, args.to_vec()));
-        registered
+        Ok(())
     }
 
     /// Stops the control-plane process `name` (e.g. `kube-apiserver`) with
@@ -77,17 +67,9 @@ impl ControlPlane {
         let log_path = self.log_dir.join(format!("{name}.log"));
         let log = fs::OpenOptions::new().append(true).create(true).open(&log_path)?;
         {
-            use std::os::unix::process::CommandExt;
-            let child = Command::new(self.bin_dir.join(name))
-                .args(&args)
-                .current_dir(&self.dir)
-                .stdin(Stdio::null())
-                .stdout(log.try_clone()?)
-                .stderr(log)
-                .process_group(0)
-                .spawn()
-                .with_context(|| format!("restarting {name}"))?;
-            reaper::watch_process_group(child.id())?;
+            let child =
+                reaper::spawn_in_group(Command::new(self.bin_dir.join(name)).args(&args), &self.dir, log)
+                    .with_context(|| format!("restarting {name}"))?;
             self.children
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())

@@ -14,7 +14,6 @@ use std::fs;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
@@ -219,17 +218,11 @@ impl RabbitMq {
             .append(true)
             .open(&self.log_path)
             .with_context(|| format!("opening {}", self.log_path.display()))?;
-        let child = command
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .current_dir(&self.dir)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .process_group(0)
-            .spawn()
-            .with_context(|| format!("starting {command:?}"))?;
-        reaper::watch_process_group(child.id())?;
-        Ok(child)
+        reaper::spawn_in_group(
+            command.envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str()))),
+            &self.dir,
+            log,
+        )
     }
 
     /// `amqp://user:password@127.0.0.1:port/%2f` (the default vhost).

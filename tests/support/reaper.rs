@@ -10,9 +10,10 @@
 //! process group and ignores INT/TERM/HUP, so a Ctrl-C that hits the test
 //! process's group does not take the reaper down before it has cleaned up.
 
+use std::fs::File;
 use std::io::Write;
 use std::path::Path;
-use std::process::{ChildStdin, Command, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 
 use anyhow::{Context, Result, anyhow};
@@ -88,4 +89,24 @@ pub fn remove_dir_at_exit(dir: &Path) -> Result<()> {
         anyhow::bail!("temp dir contains a newline");
     }
     send(format!("dir {dir}\n"))
+}
+
+/// Starts `command` in `dir` in a process group of its own, its output in
+/// `log`, and has the group killed when this process exits.
+pub fn spawn_in_group(command: &mut Command, dir: &Path, log: File) -> Result<Child> {
+    use std::os::unix::process::CommandExt;
+    let mut child = command
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("starting {command:?}"))?;
+    if let Err(e) = watch_process_group(child.id()) {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(e);
+    }
+    Ok(child)
 }
