@@ -70,12 +70,7 @@ async fn bad_tokens_get_401_as_json_and_never_reach_the_log() -> Result<()> {
     let client = cp.client();
     let gateway = support::install::installed().await.gateway_addr;
     let ns = support::create_namespace(&client, "badinput-tokens").await?;
-    let role = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/examples/publisher-role.yaml"
-    ))?
-    .replace("channel-name", "orders")
-    .replace("namespace: default", &format!("namespace: {ns}"));
+    let role = support::example_role("publisher-role.yaml", "orders", &ns)?;
     let yaml = format!(
         "apiVersion: wsbridge.io/v1alpha1\nkind: Channel\nmetadata: {{name: orders, namespace: {ns}}}\nspec: {{allowAnonymousPublish: false}}\n---\n{role}"
     );

@@ -120,6 +120,12 @@ impl Durable {
     }
 }
 
+/// A loopback address nothing listens on (connections are refused).
+fn refusing_addr() -> SocketAddr {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    probe.local_addr().unwrap()
+}
+
 /// An HTTP subscriber on a given address: every request's `ce-id`, in
 /// arrival order, answered 200.
 async fn serve_subscriber(listener: TcpListener) -> mpsc::UnboundedReceiver<String> {
@@ -161,10 +167,7 @@ async fn a_subscriber_that_was_down_gets_its_backlog_in_order() {
     let rabbit = support::rabbitmq::shared().await;
     // The subscriber's address, with nothing listening yet: connections
     // are refused until it comes up.
-    let addr = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        probe.local_addr().unwrap()
-    };
+    let addr = refusing_addr();
     let durable = Durable::start(&rabbit.amqp_url(), "backlog", addr, Ordering::Ordered);
     durable.wait_consuming().await;
 
@@ -253,10 +256,7 @@ async fn a_broker_restart_loses_nothing_confirmed_and_refuses_publishes_while_do
 #[tokio::test]
 async fn a_full_backlog_dead_letters_its_oldest_messages_and_never_refuses_a_publish() {
     let rabbit = support::rabbitmq::shared().await;
-    let nobody = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        probe.local_addr().unwrap()
-    };
+    let nobody = refusing_addr();
     let backlog = Backlog {
         max_bytes: 1 << 20,
         max_messages: 5,
@@ -293,10 +293,7 @@ async fn a_full_backlog_dead_letters_its_oldest_messages_and_never_refuses_a_pub
 
 #[tokio::test]
 async fn publishing_without_a_broker_is_unavailable_at_once() {
-    let closed = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        probe.local_addr().unwrap()
-    };
+    let closed = refusing_addr();
     let broker = Broker::connect(
         BrokerUrl::parse(&format!("amqp://user:s3cret@{closed}/%2f")).unwrap(),
         BrokerOptions::default(),

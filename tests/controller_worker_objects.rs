@@ -191,8 +191,10 @@ async fn each_worker_gets_a_network_policy_owned_by_its_bridge_admitting_only_th
         },
         scraper: None,
     };
+    // As the controller builds them: the Bridge with the (default) worker pod defaults.
+    let sized = worker_objects::with_pod_defaults(&bridge, &Default::default());
     let desired = worker_objects::worker_objects(
-        &bridge,
+        &sized,
         &endpoint,
         "wsbridge:test",
         &worker_objects::config_hash(&[]),

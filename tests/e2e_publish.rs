@@ -103,28 +103,14 @@ async fn only_publishers_allowed_to_publish_reach_the_endpoint_and_subscribers()
         ));
     }
     // The Role from examples/, granting `publish` on this one channel.
-    let role = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/examples/publisher-role.yaml"
-    ))?
-    .replace("channel-name", "orders")
-    .replace("namespace: default", &format!("namespace: {ns}"));
+    let role = support::example_role("publisher-role.yaml", "orders", &ns)?;
     yaml.push_str("---\n");
     yaml.push_str(&role);
     support::apply_yaml(&client, &yaml, Some(&ns)).await?;
     support::ensure_service_account(&client, &ns, "stranger").await?;
     let token = |sa: &'static str| {
         let (client, ns) = (client.clone(), ns.clone());
-        async move {
-            support::mint_service_account_token(
-                &client,
-                &ns,
-                sa,
-                &[support::API_AUDIENCE],
-                Duration::from_secs(600),
-            )
-            .await
-        }
+        async move { support::service_account_token(&client, &ns, sa).await }
     };
     let (publisher, stranger) = (token("publisher").await?, token("stranger").await?);
     let _worker = support::pods::start_bridge_worker(&ns, "exchange").await?;
@@ -288,18 +274,11 @@ async fn wsbridge_publish_sends_the_kubeconfig_users_token() -> Result<()> {
     let mut sub = Subscriber::ok().await;
     let mut yaml = endpoint_and_channel(&ns, "alerts", false, &[]);
     yaml.push_str(&subscription(&ns, "alerts", "sub", &sub.uri.to_string()));
-    let role = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/examples/publisher-role.yaml"
-    ))?
-    .replace("channel-name", "alerts")
-    .replace("namespace: default", &format!("namespace: {ns}"));
+    let role = support::example_role("publisher-role.yaml", "alerts", &ns)?;
     yaml.push_str("---\n");
     yaml.push_str(&role);
     support::apply_yaml(&client, &yaml, Some(&ns)).await?;
-    let token =
-        support::mint_service_account_token(&client, &ns, "publisher", &[support::API_AUDIENCE], WAIT * 10)
-            .await?;
+    let token = support::service_account_token(&client, &ns, "publisher").await?;
     let dir = tempfile_dir(&ns)?;
     let kubeconfig = dir.join("kubeconfig");
     std::fs::write(

@@ -121,28 +121,14 @@ async fn remote_clients_are_let_in_by_rbac_or_the_anonymous_flags_and_memory_cha
     let ns = support::create_namespace(&client, "e2e-remote").await?;
     let mut lobby_http = Subscriber::ok().await;
     let mut yaml = channels(&ns, &lobby_http.uri.to_string());
-    let role = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/examples/subscriber-role.yaml"
-    ))?
-    .replace("channel-name", "quotes")
-    .replace("namespace: default", &format!("namespace: {ns}"));
+    let role = support::example_role("subscriber-role.yaml", "quotes", &ns)?;
     yaml.push_str("---\n");
     yaml.push_str(&role);
     support::apply_yaml(&client, &yaml, Some(&ns)).await?;
     support::ensure_service_account(&client, &ns, "stranger").await?;
     let mint = |sa: &'static str| {
         let (client, ns) = (client.clone(), ns.clone());
-        async move {
-            support::mint_service_account_token(
-                &client,
-                &ns,
-                sa,
-                &[support::API_AUDIENCE],
-                Duration::from_secs(600),
-            )
-            .await
-        }
+        async move { support::service_account_token(&client, &ns, sa).await }
     };
     let (subscriber, stranger) = (mint("subscriber").await?, mint("stranger").await?);
     let quotes = format!("/channels/{ns}/quotes");

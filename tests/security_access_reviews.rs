@@ -63,24 +63,12 @@ async fn reviews(gateway: SocketAddr) -> Result<Reviews> {
 async fn channel_and_publisher(prefix: &str) -> Result<(String, String)> {
     let client = support::shared().await.client();
     let ns = support::create_namespace(&client, prefix).await?;
-    let role = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/examples/publisher-role.yaml"
-    ))?
-    .replace("channel-name", "orders")
-    .replace("namespace: default", &format!("namespace: {ns}"));
+    let role = support::example_role("publisher-role.yaml", "orders", &ns)?;
     let yaml = format!(
         "apiVersion: wsbridge.io/v1alpha1\nkind: Channel\nmetadata: {{name: orders, namespace: {ns}}}\nspec: {{allowAnonymousPublish: false}}\n---\n{role}"
     );
     support::apply_yaml(&client, &yaml, Some(&ns)).await?;
-    let token = support::mint_service_account_token(
-        &client,
-        &ns,
-        "publisher",
-        &[support::API_AUDIENCE],
-        Duration::from_secs(600),
-    )
-    .await?;
+    let token = support::service_account_token(&client, &ns, "publisher").await?;
     Ok((format!("{ns}/orders"), token))
 }
 

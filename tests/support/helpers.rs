@@ -159,6 +159,24 @@ pub async fn mint_service_account_token(
         .ok_or_else(|| anyhow!("TokenRequest for {namespace}/{name} returned no token"))
 }
 
+/// A Role from `examples/` (`publisher-role.yaml`, `subscriber-role.yaml`)
+/// for `channel` in namespace `ns`, as the example tells users to edit it.
+pub fn example_role(file: &str, channel: &str, ns: &str) -> Result<String> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples")
+        .join(file);
+    let yaml = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(yaml
+        .replace("channel-name", channel)
+        .replace("namespace: default", &format!("namespace: {ns}")))
+}
+
+/// A token of ServiceAccount `ns/name` for the API server's audience,
+/// valid for ten minutes.
+pub async fn service_account_token(client: &Client, ns: &str, name: &str) -> Result<String> {
+    mint_service_account_token(client, ns, name, &[super::API_AUDIENCE], Duration::from_secs(600)).await
+}
+
 /// Creates ServiceAccount `namespace/name` (no-op if it exists).
 pub async fn ensure_service_account(client: &Client, namespace: &str, name: &str) -> Result<()> {
     let sa = ServiceAccount {

@@ -38,6 +38,6 @@ pub use controlplane::{API_AUDIENCE, ControlPlane, Options, shared, shared_with_
 pub use crds::install_crds;
 pub use helpers::{
     FIELD_MANAGER, apply_yaml, apply_yaml_file, create_namespace, ensure_service_account, eventually,
-    mint_service_account_token, wait_crds_established,
+    example_role, mint_service_account_token, service_account_token, wait_crds_established,
 };
 pub use local::{metric_sum, wait_until, yaml_files};
