@@ -172,9 +172,7 @@ impl Gateway {
                 stop: stopped.clone(),
             },
         });
-        let router = ops::router(Arc::new(registry), ready.clone())
-            .merge(publish::router(shared.clone()))
-            .merge(remote::router(hub));
+        let router = ops::router(Arc::new(registry), ready.clone()).merge(remote::router(hub));
         let mut http_stop = stopped.clone();
         let (addr, server) = ops::serve(options.listen, router, async move {
             let _ = http_stop.wait_for(|s| *s).await;

@@ -3,13 +3,11 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::Router;
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
-use axum::routing::post;
 
 use super::GatewayState;
 use super::access::Denied;
@@ -18,18 +16,12 @@ use wsbridge_core::ChannelKey;
 use wsbridge_dataplane::delivery::{AttemptOutcome, publish_key};
 use wsbridge_dataplane::metrics::ChannelLabels;
 use wsbridge_dataplane::{Message, Origin, Payload, PayloadKind};
-use wsbridge_http::connection;
 use wsbridge_http::publish::{self, SentOut};
 use wsbridge_translate as translate;
 
-pub fn router(shared: Arc<GatewayState>) -> Router {
-    Router::new()
-        .route(publish::CHANNEL_ROUTE, post(handle))
-        .layer(axum::middleware::from_fn(connection::close_unless_body_read))
-        .with_state(shared)
-}
-
-async fn handle(
+/// `POST /channels/{namespace}/{name}`: a publish (routed beside the
+/// WebSocket upgrade on the same path, in [`crate::remote::router`]).
+pub(crate) async fn handle(
     State(shared): State<Arc<GatewayState>>,
     path: Result<Path<(String, String)>, PathRejection>,
     headers: HeaderMap,

@@ -37,12 +37,22 @@ pub(crate) struct GatewayHub {
     pub connections: Connections,
 }
 
-/// The remote client routes, to merge with the publish route.
+/// The channel routes: on one path a POST publishes and a GET upgrades to a
+/// WebSocket subscription (one method router, so that neither answers the
+/// other's method with 405), and `GET /ws/{ns}` multiplexes.
 pub(crate) fn router(hub: Arc<GatewayHub>) -> axum::Router {
+    let publish_or_subscribe = axum::routing::post(crate::publish::handle)
+        .with_state(hub.shared.clone())
+        .merge(axum::routing::get(subscribe).with_state(hub.clone()));
     axum::Router::new()
-        .route(publish::CHANNEL_ROUTE, axum::routing::get(subscribe))
-        .route(websocket::MULTIPLEX_ROUTE, axum::routing::get(multiplex))
-        .with_state(hub)
+        .route(publish::CHANNEL_ROUTE, publish_or_subscribe)
+        .route(
+            websocket::MULTIPLEX_ROUTE,
+            axum::routing::get(multiplex).with_state(hub),
+        )
+        .layer(axum::middleware::from_fn(
+            wsbridge_http::connection::close_unless_body_read,
+        ))
 }
 
 /// `GET /channels/{namespace}/{name}`: a WebSocket subscription.
