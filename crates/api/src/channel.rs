@@ -42,8 +42,10 @@ pub struct ChannelSpec {
     /// publishers need RBAC permission for the verb `publish` on this channel.
     #[serde(default)]
     pub allow_anonymous_publish: bool,
-    /// Accept remote subscribers without a token (reserved for remote
-    /// subscriptions). Default false.
+    /// Accept remote subscribers (WebSocket clients of the gateway; MQTT and
+    /// AMQP clients of RabbitMQ) without a token. Default false: they need
+    /// RBAC permission for the verb `subscribe` on this channel. In a
+    /// cluster, remote subscribers need `backend: rabbitmq`.
     #[serde(default)]
     pub allow_anonymous_subscribe: bool,
     /// Delivery defaults for this channel's Subscriptions.
