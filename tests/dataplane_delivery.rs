@@ -474,3 +474,69 @@ async fn the_engine_follows_the_routing_index() {
     wait_until("subscriber removed", || engine.subscribers(&channel()).is_empty()).await;
     follower.abort();
 }
+
+#[tokio::test]
+async fn a_subscriber_dropping_for_memory_is_announced_once_until_its_counts_are_taken() {
+    let (notices_tx, mut notices) = tokio::sync::mpsc::unbounded_channel();
+    let metrics = Arc::new(DataplaneMetrics::unregistered());
+    let engine = DeliveryEngine::new(
+        EngineConfig {
+            drop_notices: Some(notices_tx),
+            ..EngineConfig::default()
+        },
+        metrics.clone(),
+    );
+    let hung = Subscriber::start(|_| Reply::Hang).await;
+    let full = Subscriber::start(|_| Reply::Hang).await;
+    let size = text("m00").held_bytes();
+    let newest = DeliveryPolicy {
+        queue_bytes: 2 * size,
+        timeout: Duration::from_secs(120),
+        ..fast_policy()
+    };
+    let oldest = DeliveryPolicy {
+        overflow: wsbridge_dataplane::delivery::Overflow::DropOldest,
+        ..newest.clone()
+    };
+    // A full queue in messages is not about memory: no notice.
+    let by_count = DeliveryPolicy {
+        queue_capacity: 1,
+        ..newest.clone()
+    };
+    engine.set_subscribers(
+        &channel(),
+        vec![
+            spec("default/full", &full.uri, by_count),
+            spec("default/hung", &hung.uri, newest),
+            spec("default/oldest", &hung.uri, oldest),
+        ],
+    );
+    engine.dispatch(&channel(), text("m00"));
+    wait_until("first in flight", || hung.requests() == 2 && full.requests() == 1).await;
+    for i in 1..=12 {
+        engine.dispatch(&channel(), text(&format!("m{i:02}")));
+    }
+    let mut announced = Vec::new();
+    while let Ok(n) = notices.try_recv() {
+        announced.push((n.subscriber.to_string(), n.drops.take()));
+    }
+    announced.sort_by(|a, b| a.0.cmp(&b.0));
+    let counts = |n| wsbridge_dataplane::delivery::MemoryDropCounts {
+        queue_bytes: n,
+        memory_budget: 0,
+    };
+    assert_eq!(
+        announced,
+        [
+            ("default/hung".to_string(), counts(10)),
+            ("default/oldest".to_string(), counts(10))
+        ]
+    );
+    assert_eq!(metrics.dropped_total("queue_bytes"), 20);
+    assert_eq!(metrics.dropped_total("queue_full"), 11);
+    // Taken: the next drop is announced again.
+    engine.dispatch(&channel(), text("m13"));
+    let again: Vec<_> = std::iter::from_fn(|| notices.try_recv().ok()).collect();
+    assert_eq!(again.len(), 2);
+    assert!(again.iter().all(|n| n.drops.take() == counts(1)));
+}

@@ -16,6 +16,7 @@ use tracing::{debug, warn};
 
 use super::dead_letter::run_dead_letters;
 use super::http::HttpSender;
+use super::notices::DropNoticeSender;
 use super::policy::DeliveryPolicy;
 use super::queue::MEMORY_BUDGET;
 use super::signing::SigningKey;
@@ -61,6 +62,10 @@ pub struct EngineConfig {
     /// What queued messages may hold in the process, each message counted
     /// once (shared with the roles' publish paths).
     pub budget: Arc<MemoryBudget>,
+    /// Told when a subscriber starts dropping messages for memory (reasons
+    /// `queue_bytes` and `memory_budget`); `None` counts them in the
+    /// metrics only.
+    pub drop_notices: Option<DropNoticeSender>,
 }
 
 impl Default for EngineConfig {
@@ -72,6 +77,7 @@ impl Default for EngineConfig {
             removal_grace: Duration::from_secs(30),
             destinations: Arc::default(),
             budget: MemoryBudget::unlimited(),
+            drop_notices: None,
         }
     }
 }
@@ -164,6 +170,7 @@ impl DeliveryEngine {
             dead_letters: dl_tx,
             dead_letters_pending: AtomicU64::new(0),
             budget: config.budget.clone(),
+            drop_notices: config.drop_notices.clone(),
         });
         let task = tokio::spawn(run_dead_letters(
             Arc::downgrade(&shared),

@@ -5,6 +5,7 @@ mod dedup;
 mod engine;
 mod h1;
 mod http;
+mod notices;
 mod policy;
 mod pool;
 mod queue;
@@ -25,6 +26,7 @@ pub use engine::{
 };
 pub use h1::{HeaderLines, is_header_value};
 pub use http::{DEFAULT_CONNECTIONS_PER_ORIGIN, HttpSender, OriginRoute};
+pub use notices::{DropNotice, DropNoticeSender, DropNotifier, MemoryDropCounts, MemoryDrops};
 pub use policy::{
     AttemptOutcome, BackoffPolicy, DeliveryPolicy, MAX_RETRY_DELAY, Ordering, Verdict, classify,
     parse_retry_after,

@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 use super::dead_letter::DeadLetter;
 use super::engine::DeliveryStats;
 use super::http::HttpSender;
+use super::notices::DropNoticeSender;
 use crate::budget::MemoryBudget;
 use crate::metrics::{DataplaneMetrics, ReasonLabels};
 
@@ -42,6 +43,8 @@ pub(super) struct EngineState {
     pub(super) dead_letters_pending: AtomicU64,
     /// What queued messages may hold in this process.
     pub(super) budget: Arc<MemoryBudget>,
+    /// Told when a subscriber starts dropping for memory.
+    pub(super) drop_notices: Option<DropNoticeSender>,
 }
 
 impl EngineState {

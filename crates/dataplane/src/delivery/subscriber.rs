@@ -18,6 +18,7 @@ use tracing::{debug, warn};
 use super::dead_letter::DeadLetter;
 use super::engine::SubscriberSpec;
 use super::http::{HttpSender, OriginRoute};
+use super::notices::DropNotifier;
 use super::policy::{AttemptOutcome, DeliveryPolicy, Verdict, classify};
 use super::queue::{MEMORY_BUDGET, Queued, SubscriberQueue};
 use super::settle::Settlement;
@@ -52,6 +53,8 @@ pub(super) struct WorkerCtx {
     /// family once per reason, not per dropped message (a busy channel
     /// drops tens of thousands for `queue_full`).
     drops: Mutex<Vec<(&'static str, Counter)>>,
+    /// Counts and announces drops for memory.
+    memory_drops: DropNotifier,
     /// Queued plus in flight.
     pub(super) pending: AtomicU64,
     /// Bounded in messages and bytes.
@@ -85,9 +88,14 @@ impl Worker {
         let retried = shared.metrics.retried.get_or_create(&labels).clone();
         let latency = shared.metrics.delivery_latency.get_or_create(&labels).clone();
         let queued_bytes = shared.metrics.queued_bytes.get_or_create(&labels).clone();
+        let channel: Arc<str> = Arc::from(labels.channel.as_str());
+        let subscriber: Arc<str> = Arc::from(labels.subscriber.as_str());
+        let memory_drops =
+            DropNotifier::new(channel.clone(), subscriber.clone(), shared.drop_notices.clone());
         let ctx = Arc::new(WorkerCtx {
-            channel: Arc::from(labels.channel.as_str()),
-            subscriber: Arc::from(labels.subscriber.as_str()),
+            channel,
+            subscriber,
+            memory_drops,
             delivered,
             retried,
             latency,
@@ -358,6 +366,7 @@ impl WorkerCtx {
     /// Counts one message of this subscriber dropped for `reason`.
     fn count_drop(&self, reason: &'static str) {
         self.shared.stats.dropped.fetch_add(1, AtomicOrdering::Relaxed);
+        self.memory_drops.dropped(reason);
         let mut drops = self.drops.lock().unwrap_or_else(|p| p.into_inner());
         match drops.iter().find(|(r, _)| *r == reason) {
             Some((_, counter)) => {
