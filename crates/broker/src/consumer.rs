@@ -34,7 +34,7 @@ use wsbridge_dataplane::endpoint::ReconnectBackoff;
 
 use crate::codec::decode;
 use crate::connection::{Broker, BrokerState, Link};
-use crate::topology::{self, Backlog, subscription_queue};
+use crate::topology::{self, Backlog, bridge_queue, subscription_queue};
 
 /// Hands a message to the delivery engine for one subscriber; false when
 /// it could not be queued (the message is then returned to the broker).
@@ -57,6 +57,68 @@ pub struct ConsumerSpec {
     /// One active consumer across every process (ordered Subscriptions):
     /// the others wait as standbys.
     pub single_active_consumer: bool,
+}
+
+/// What a Bridge's consumer consumes: the channel's published messages,
+/// on their way out to the Bridge's endpoint, one at a time and in order
+/// (one active consumer).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BridgeConsumerSpec {
+    /// The Bridge's channel.
+    pub channel: ChannelKey,
+    /// The Bridge.
+    pub bridge: ObjectKey,
+    /// Its queue's bound.
+    pub backlog: Backlog,
+}
+
+/// The queue a consumer consumes, and how it is declared.
+#[derive(Debug, Clone)]
+enum Source {
+    Subscription(ConsumerSpec),
+    Bridge(BridgeConsumerSpec),
+}
+
+impl Source {
+    /// The owner, for logs and the consumer tag.
+    fn owner(&self) -> &ObjectKey {
+        match self {
+            Source::Subscription(spec) => &spec.subscription,
+            Source::Bridge(spec) => &spec.bridge,
+        }
+    }
+
+    fn queue(&self) -> String {
+        match self {
+            Source::Subscription(spec) => subscription_queue(&spec.subscription),
+            Source::Bridge(spec) => bridge_queue(&spec.bridge),
+        }
+    }
+
+    fn prefetch(&self) -> u16 {
+        match self {
+            Source::Subscription(spec) => spec.prefetch.max(1),
+            Source::Bridge(_) => 1,
+        }
+    }
+
+    async fn declare(&self, ch: &lapin::Channel) -> lapin::Result<()> {
+        match self {
+            Source::Subscription(spec) => {
+                topology::declare_subscription(
+                    ch,
+                    &spec.channel,
+                    &spec.subscription,
+                    spec.backlog,
+                    spec.single_active_consumer,
+                )
+                .await
+            }
+            Source::Bridge(spec) => {
+                topology::declare_bridge(ch, &spec.channel, &spec.bridge, spec.backlog).await
+            }
+        }
+    }
 }
 
 /// Where a consumer is.
@@ -87,8 +149,18 @@ impl Drop for ConsumerHandle {
 impl ConsumerHandle {
     /// Starts consuming `spec`'s queue on `broker` into `deliver`.
     pub fn spawn(broker: Broker, spec: ConsumerSpec, deliver: Deliver) -> Self {
+        Self::start(broker, Source::Subscription(spec), deliver)
+    }
+
+    /// Starts consuming the queue of the Bridge of `spec` on `broker` into
+    /// `deliver`, which sends each message out to the endpoint.
+    pub fn spawn_bridge(broker: Broker, spec: BridgeConsumerSpec, deliver: Deliver) -> Self {
+        Self::start(broker, Source::Bridge(spec), deliver)
+    }
+
+    fn start(broker: Broker, source: Source, deliver: Deliver) -> Self {
         let (tx, rx) = watch::channel(ConsumerState::Waiting("starting".into()));
-        let task = tokio::spawn(run(broker, spec, deliver, tx));
+        let task = tokio::spawn(run(broker, source, deliver, tx));
         Self { state: rx, task }
     }
 
@@ -106,8 +178,8 @@ impl ConsumerHandle {
     }
 }
 
-async fn run(broker: Broker, spec: ConsumerSpec, deliver: Deliver, state: watch::Sender<ConsumerState>) {
-    let queue = subscription_queue(&spec.subscription);
+async fn run(broker: Broker, spec: Source, deliver: Deliver, state: watch::Sender<ConsumerState>) {
+    let queue = spec.queue();
     let mut backoff = ReconnectBackoff::new(Duration::from_millis(200), Duration::from_secs(10));
     loop {
         let Some((connection, generation)) = broker.connected().await else {
@@ -120,7 +192,7 @@ async fn run(broker: Broker, spec: ConsumerSpec, deliver: Deliver, state: watch:
             }
             Err(e) => e,
         };
-        warn!(subscription = %spec.subscription, queue, %reason, "stopped consuming; resuming");
+        warn!(owner = %spec.owner(), queue, %reason, "stopped consuming; resuming");
         state.send_replace(ConsumerState::Waiting(reason));
         tokio::time::sleep(backoff.next_delay()).await;
     }
@@ -136,7 +208,7 @@ async fn consume(
     broker: &Broker,
     connection: &lapin::Connection,
     generation: u64,
-    spec: &ConsumerSpec,
+    spec: &Source,
     queue: &str,
     deliver: &Deliver,
     state: &watch::Sender<ConsumerState>,
@@ -144,23 +216,12 @@ async fn consume(
     let mut link = broker.link();
     let declared = async {
         let ch = connection.create_channel().await?;
-        ch.basic_qos(spec.prefetch.max(1), BasicQosOptions::default())
-            .await?;
-        topology::declare_subscription(
-            &ch,
-            &spec.channel,
-            &spec.subscription,
-            spec.backlog,
-            spec.single_active_consumer,
-        )
-        .await?;
+        ch.basic_qos(spec.prefetch(), BasicQosOptions::default()).await?;
+        spec.declare(&ch).await?;
+        let owner = spec.owner();
         ch.basic_consume(
             queue.into(),
-            format!(
-                "wsbridge-{}-{}",
-                spec.subscription.namespace, spec.subscription.name
-            )
-            .into(),
+            format!("wsbridge-{}-{}", owner.namespace, owner.name).into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
         )
@@ -175,7 +236,7 @@ async fn consume(
         },
         () = lost(&mut link, generation) => return Err(LOST.into()),
     };
-    info!(subscription = %spec.subscription, queue, generation, "consuming");
+    info!(owner = %spec.owner(), queue, generation, "consuming");
     state.send_replace(ConsumerState::Consuming { generation });
 
     let mut settling: FuturesUnordered<Handing> = FuturesUnordered::new();

@@ -12,7 +12,8 @@
 //! - [`Publisher`]: publishing with confirms: `Ok` only once the broker
 //!   persisted the message;
 //! - [`consumer`]: a subscription's queue consumed into the delivery engine,
-//!   each message acknowledged only once its delivery ended.
+//!   each message acknowledged only once its delivery ended; a bridge's
+//!   queue consumed out to its endpoint the same way.
 //!
 //! No Kubernetes client, no command line: the roles adapt this crate.
 #![forbid(unsafe_code)]
@@ -20,12 +21,14 @@
 mod codec;
 mod connection;
 pub mod consumer;
+pub mod metrics;
 mod publisher;
 pub mod topology;
 mod url;
 
 pub use codec::{decode, encode};
 pub use connection::{Broker, BrokerOptions, BrokerState};
-pub use consumer::{ConsumerHandle, ConsumerSpec};
+pub use consumer::{BridgeConsumerSpec, ConsumerHandle, ConsumerSpec};
+pub use metrics::BrokerMetrics;
 pub use publisher::{PublishError, Publisher};
 pub use url::{BrokerUrl, InvalidBrokerUrl};

@@ -11,7 +11,11 @@
 //!   is dead-lettered, so it never slows the publisher or other subscribers;
 //! - the installation's dead-letter exchange `wsbridge.dead-letter` and,
 //!   per Subscription, `wsbridge.dead-letter.{ns}.{name}` (bounded the same
-//!   way) holding what overflowed, for an operator to look at or shovel back.
+//!   way) holding what overflowed, for an operator to look at or shovel back;
+//! - a quorum queue per Bridge, `wsbridge.bridge.{ns}.{name}`, bound with
+//!   `published` only (endpoint messages never go back out to an endpoint):
+//!   what is published on the channel, on its way out to the endpoint, with
+//!   its overflow in `wsbridge.bridge-dead-letter.{ns}.{name}`.
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
@@ -44,6 +48,16 @@ pub fn dead_letter_queue(subscription: &ObjectKey) -> String {
         "wsbridge.dead-letter.{}.{}",
         subscription.namespace, subscription.name
     )
+}
+
+/// A Bridge's queue of published messages for its endpoint.
+pub fn bridge_queue(bridge: &ObjectKey) -> String {
+    format!("wsbridge.bridge.{}.{}", bridge.namespace, bridge.name)
+}
+
+/// Where a Bridge's overflow goes.
+pub fn bridge_dead_letter_queue(bridge: &ObjectKey) -> String {
+    format!("wsbridge.bridge-dead-letter.{}.{}", bridge.namespace, bridge.name)
 }
 
 /// The routing key of a message of `origin`.
@@ -97,6 +111,50 @@ pub async fn declare_subscription(
     backlog: Backlog,
     single_active_consumer: bool,
 ) -> lapin::Result<()> {
+    let queue = BacklogQueue {
+        queue: subscription_queue(subscription),
+        dead_letter: dead_letter_queue(subscription),
+        binding: EVERY_MESSAGE,
+    };
+    declare_backlog(ch, channel, &queue, backlog, single_active_consumer).await
+}
+
+/// Declares the exchange of `channel`, the queue of `bridge` (one active
+/// consumer: its endpoint gets published messages in order), its
+/// dead-letter queue, and the binding of published messages only.
+pub async fn declare_bridge(
+    ch: &Channel,
+    channel: &ChannelKey,
+    bridge: &ObjectKey,
+    backlog: Backlog,
+) -> lapin::Result<()> {
+    let queue = BacklogQueue {
+        queue: bridge_queue(bridge),
+        dead_letter: bridge_dead_letter_queue(bridge),
+        binding: routing_key(Origin::Published),
+    };
+    declare_backlog(ch, channel, &queue, backlog, true).await
+}
+
+/// A bounded queue of a channel's messages and where its overflow goes.
+struct BacklogQueue {
+    queue: String,
+    dead_letter: String,
+    /// Which of the channel's messages it holds.
+    binding: &'static str,
+}
+
+async fn declare_backlog(
+    ch: &Channel,
+    channel: &ChannelKey,
+    BacklogQueue {
+        queue,
+        dead_letter: dead,
+        binding,
+    }: &BacklogQueue,
+    backlog: Backlog,
+    single_active_consumer: bool,
+) -> lapin::Result<()> {
     declare_channel(ch, channel).await?;
     ch.exchange_declare(
         DEAD_LETTER_EXCHANGE.into(),
@@ -105,8 +163,6 @@ pub async fn declare_subscription(
         FieldTable::default(),
     )
     .await?;
-    let queue = subscription_queue(subscription);
-    let dead = dead_letter_queue(subscription);
     let mut dead_args = quorum(backlog);
     dead_args.insert("x-overflow".into(), text("drop-head"));
     ch.queue_declare(dead.as_str().into(), durable_queue(), dead_args)
@@ -123,7 +179,7 @@ pub async fn declare_subscription(
     let mut args = quorum(backlog);
     args.insert("x-overflow".into(), text("drop-head"));
     args.insert("x-dead-letter-exchange".into(), text(DEAD_LETTER_EXCHANGE));
-    args.insert("x-dead-letter-routing-key".into(), text(&queue));
+    args.insert("x-dead-letter-routing-key".into(), text(queue));
     if single_active_consumer {
         args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
     }
@@ -132,7 +188,7 @@ pub async fn declare_subscription(
     ch.queue_bind(
         queue.as_str().into(),
         channel_exchange(channel).into(),
-        EVERY_MESSAGE.into(),
+        (*binding).into(),
         QueueBindOptions::default(),
         FieldTable::default(),
     )
@@ -182,5 +238,10 @@ mod tests {
         assert_eq!(channel_exchange(&channel), "wsbridge.channel.team-a.ticker");
         assert_eq!(subscription_queue(&sub), "wsbridge.subscription.team-a.audit");
         assert_eq!(dead_letter_queue(&sub), "wsbridge.dead-letter.team-a.audit");
+        assert_eq!(bridge_queue(&sub), "wsbridge.bridge.team-a.audit");
+        assert_eq!(
+            bridge_dead_letter_queue(&sub),
+            "wsbridge.bridge-dead-letter.team-a.audit"
+        );
     }
 }

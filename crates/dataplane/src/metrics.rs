@@ -184,7 +184,8 @@ impl DataplaneMetrics {
         )
     }
 
-    pub(crate) fn drop_endpoint(&self, endpoint: &str, reason: &str) {
+    /// Counts a message of `endpoint` dropped for `reason`.
+    pub fn drop_endpoint(&self, endpoint: &str, reason: &str) {
         self.dropped
             .get_or_create(&ReasonLabels {
                 channel: String::new(),
