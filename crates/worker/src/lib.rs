@@ -8,6 +8,7 @@
 //! restart. Endpoint changes reconfigure the live connection.
 #![forbid(unsafe_code)]
 
+pub mod drop_events;
 pub mod env;
 mod send;
 pub mod status;
@@ -16,8 +17,10 @@ use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::runtime::events::Reporter;
 use kube::runtime::watcher;
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, Client, Resource, ResourceExt};
 use prometheus_client::registry::Registry;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
@@ -66,6 +69,8 @@ pub async fn run(options: WorkerOptions, client: Client) -> anyhow::Result<()> {
 /// A running worker (the library form, used by tests and `run`).
 pub struct Worker {
     engine: Arc<DeliveryEngine>,
+    /// Publishes the Events about subscribers dropping for memory.
+    drop_events: tokio::task::JoinHandle<()>,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
     sessions: tokio::task::JoinHandle<()>,
     stop: watch::Sender<bool>,
@@ -81,10 +86,26 @@ impl Worker {
         let metrics = Arc::new(DataplaneMetrics::new(&mut registry));
         let budget = metrics.memory_budget(queue_budget(options.memory_limit));
         tracing::info!(bytes = budget.limit(), "memory budget for queued messages");
+        // Subscribers dropping for memory → Warning Events on the Bridge.
+        let (drop_notices, notices) = mpsc::unbounded_channel();
+        let (bridge_ref, bridge) = watch::channel(None);
+        let drop_events = tokio::spawn(drop_events::report(
+            drop_events::BridgeEvents {
+                client: client.clone(),
+                reporter: Reporter {
+                    controller: status::FIELD_MANAGER.into(),
+                    instance: std::env::var(wsbridge_api::worker_env::POD_NAME).ok(),
+                },
+                bridge,
+            },
+            notices,
+            drop_events::MIN_EVENT_INTERVAL,
+        ));
         let engine = Arc::new(DeliveryEngine::new(
             EngineConfig {
                 destinations: options.destinations.clone(),
                 budget: budget.clone(),
+                drop_notices: Some(drop_notices),
                 ..EngineConfig::default()
             },
             metrics.clone(),
@@ -109,10 +130,12 @@ impl Worker {
             metrics,
             ready,
             slot,
+            bridge_ref: Arc::new(bridge_ref),
         };
         let sessions = tokio::spawn(sessions.run(stopped));
         Ok(Self {
             engine,
+            drop_events,
             server,
             sessions,
             stop,
@@ -133,6 +156,9 @@ impl Worker {
         }
         let report = self.engine.shutdown(self.drain).await;
         tracing::info!(?report, "deliveries drained");
+        // A report still waiting for its interval is not made: the metrics
+        // have its drops.
+        self.drop_events.abort();
     }
 }
 
@@ -143,6 +169,8 @@ struct Sessions {
     metrics: Arc<DataplaneMetrics>,
     ready: Readiness,
     slot: SendSlot,
+    /// The Bridge (with its UID) that Events are about.
+    bridge_ref: Arc<watch::Sender<Option<ObjectReference>>>,
 }
 
 impl Sessions {
@@ -153,11 +181,20 @@ impl Sessions {
         let bridges: Api<Bridge> = Api::namespaced(self.client.clone(), &ns);
         let (spec_tx, mut spec_rx) = watch::channel::<Option<(BridgeSpec, Option<i64>)>>(None);
         let by_name = watcher::Config::default().fields(&format!("metadata.name={name}"));
+        let bridge_ref = self.bridge_ref.clone();
         let follower = tokio::spawn(follow(
             bridges.clone(),
             by_name,
             move |change| match change {
                 Change::Applied(b) => {
+                    let reference = Some(b.object_ref(&()));
+                    bridge_ref.send_if_modified(|cur| {
+                        let changed = *cur != reference;
+                        if changed {
+                            cur.clone_from(&reference);
+                        }
+                        changed
+                    });
                     let next = Some((b.spec.clone(), b.metadata.generation));
                     spec_tx.send_if_modified(|cur| {
                         let changed = cur.as_ref().map(|c| &c.0) != next.as_ref().map(|n| &n.0);
@@ -168,6 +205,7 @@ impl Sessions {
                     });
                 }
                 Change::Deleted(_) => {
+                    bridge_ref.send_replace(None);
                     spec_tx.send_replace(None);
                 }
             },
