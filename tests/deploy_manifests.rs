@@ -631,6 +631,9 @@ rules:
   resources: [bridges/status]
   resourceNames: [feed]
   verbs: [patch, update]
+- apiGroups: [events.k8s.io]
+  resources: [events]
+  verbs: [create]
 ---
 apiVersion: rbac.authorization.k8s.io/v1
 kind: RoleBinding

@@ -184,9 +184,18 @@ async fn every_installed_and_generated_role_is_least_privilege() -> Result<()> {
     // The worker's Role: no Secrets at all; named verbs scoped to its own
     // Bridge, Channel and Endpoint; only Subscriptions are listed unnamed
     // (the worker follows the channel's Subscriptions, whose names it cannot
-    // know in advance).
+    // know in advance), and Events are only created (their names are
+    // generated, and the worker never changes one).
     for rule in worker_role.rules.iter().flatten() {
         let resources = rule.resources.clone().unwrap_or_default();
+        if rule.api_groups.iter().flatten().any(|g| g == "events.k8s.io") {
+            ensure!(
+                resources == ["events"] && rule.verbs == ["create"],
+                "worker may only create Events: {}",
+                show(rule)
+            );
+            continue;
+        }
         ensure!(
             rule.api_groups.iter().flatten().all(|g| g == "wsbridge.io"),
             "worker rule outside wsbridge.io: {}",
@@ -264,6 +273,11 @@ async fn every_installed_and_generated_role_is_least_privilege() -> Result<()> {
     for line in can_i_lines(&worker_list, "bridges.wsbridge.io") {
         ensure!(line.contains("[feed]"), "worker on Bridges is named: {line}");
     }
+    let worker_events = can_i_lines(&worker_list, "events.events.k8s.io");
+    ensure!(
+        worker_events.iter().any(|l| l.contains("[create]")),
+        "worker creates Events: {worker_events:?}"
+    );
     Ok(())
 }
 

@@ -1,6 +1,7 @@
 //! The worker's identity and permissions: a ServiceAccount, and a Role
 //! bound to it that reads only its own Bridge, Channel and Endpoint, lists
-//! Subscriptions, and writes only its Bridge's status.
+//! Subscriptions, writes only its Bridge's status, and creates Events (that
+//! a subscriber is dropping messages for memory).
 
 use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
@@ -42,6 +43,14 @@ pub(super) fn rbac_objects(bridge: &Bridge, meta: &ObjectMeta) -> (ServiceAccoun
             ),
             rule(&["subscriptions"], &["list", "watch"], None),
             rule(&["bridges/status"], &["patch", "update"], Some(vec![b.clone()])),
+            // Events have generated names, so they cannot be named here; the
+            // worker creates each one and never changes it (no `patch`).
+            PolicyRule {
+                api_groups: Some(vec!["events.k8s.io".into()]),
+                resources: Some(vec!["events".into()]),
+                verbs: vec!["create".into()],
+                ..Default::default()
+            },
         ]),
     };
     let role_binding = RoleBinding {
@@ -67,7 +76,7 @@ mod tests {
     use wsbridge_dataplane::DestinationPolicy;
 
     #[test]
-    fn the_worker_may_read_only_its_own_objects_and_write_only_its_status() {
+    fn the_worker_may_read_only_its_own_objects_and_write_only_its_status_and_events() {
         let (b, e) = fixture();
         let w = worker_objects(&b, &e, "img:1", "abc", &DestinationPolicy::default(), None);
         let rules: Vec<_> = w
@@ -77,7 +86,11 @@ mod tests {
             .into_iter()
             .map(|r| {
                 (
-                    r.resources.unwrap().join(","),
+                    format!(
+                        "{}:{}",
+                        r.api_groups.unwrap().join(","),
+                        r.resources.unwrap().join(",")
+                    ),
                     r.verbs.join(","),
                     r.resource_names,
                 )
@@ -87,11 +100,28 @@ mod tests {
         assert_eq!(
             rules,
             [
-                ("bridges".into(), "get,list,watch".into(), only("feed")),
-                ("channels".into(), "get,list,watch".into(), only("ticker")),
-                ("endpoints".into(), "get,list,watch".into(), only("market")),
-                ("subscriptions".into(), "list,watch".into(), None),
-                ("bridges/status".into(), "patch,update".into(), only("feed")),
+                (
+                    "wsbridge.io:bridges".into(),
+                    "get,list,watch".into(),
+                    only("feed")
+                ),
+                (
+                    "wsbridge.io:channels".into(),
+                    "get,list,watch".into(),
+                    only("ticker")
+                ),
+                (
+                    "wsbridge.io:endpoints".into(),
+                    "get,list,watch".into(),
+                    only("market")
+                ),
+                ("wsbridge.io:subscriptions".into(), "list,watch".into(), None),
+                (
+                    "wsbridge.io:bridges/status".into(),
+                    "patch,update".into(),
+                    only("feed")
+                ),
+                ("events.k8s.io:events".into(), "create".into(), None),
             ]
         );
         let subject = &w.role_binding.subjects.unwrap()[0];
