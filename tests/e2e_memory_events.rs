@@ -12,6 +12,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, ensure};
 use k8s_openapi::api::events::v1::Event;
 use kube::Api;
+use kube::api::ListParams;
 use support::peers::{Reply, ServerOpts, Subscriber, WsServer};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use wsbridge_api::Bridge;
@@ -127,6 +128,19 @@ async fn a_subscriber_dropping_for_memory_is_a_warning_event_on_the_bridge() -> 
     ensure!(
         (related.kind.as_deref(), related.name.as_deref()) == (Some("Subscription"), Some("slow")),
         "{related:?}"
+    );
+
+    // The runbook's query finds it (core/v1 view, field selector on reason).
+    let core: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), &ns);
+    let by_reason = core
+        .list(&ListParams::default().fields(&format!("reason={REASON}")))
+        .await?;
+    ensure!(
+        by_reason
+            .items
+            .iter()
+            .any(|e| e.involved_object.name.as_deref() == Some("feed")),
+        "{by_reason:#?}"
     );
 
     // More drops within the minute: no second Event yet.
