@@ -149,6 +149,8 @@ pub enum Command {
         destinations: DestinationArgs,
         #[command(flatten)]
         memory: MemoryArgs,
+        #[command(flatten)]
+        broker: BrokerArgs,
     },
     /// Validates configuration texts given as JSON on stdin and prints the
     /// verdict as JSON: the child process `standalone` validates reloads in.
@@ -212,6 +214,54 @@ pub struct ServerArgs {
     /// kubeconfig's current user's token, if it has one.
     #[arg(long, env = "WSBRIDGE_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+}
+
+/// The RabbitMQ broker of `backend: rabbitmq` channels. The URL carries
+/// credentials: give it in the environment or in a file (a mounted Secret),
+/// not on a command line that process listings and shell histories show.
+#[derive(clap::Args, Clone, Default, PartialEq, Eq)]
+pub struct BrokerArgs {
+    /// `amqp://` or `amqps://` URL of the broker, with user and password.
+    /// Prefer the environment variable or --rabbitmq-url-file.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "WSBRIDGE_RABBITMQ_URL",
+        hide_env_values = true
+    )]
+    pub rabbitmq_url: Option<String>,
+    /// A file holding the broker's URL (surrounding whitespace ignored).
+    #[arg(long, value_name = "PATH", env = "WSBRIDGE_RABBITMQ_URL_FILE")]
+    pub rabbitmq_url_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for BrokerArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrokerArgs")
+            .field("rabbitmq_url", &self.rabbitmq_url.as_ref().map(|_| "(redacted)"))
+            .field("rabbitmq_url_file", &self.rabbitmq_url_file)
+            .finish()
+    }
+}
+
+impl BrokerArgs {
+    /// The broker's URL, when one is given (errors never show it).
+    pub fn url(&self) -> anyhow::Result<Option<wsbridge_broker::BrokerUrl>> {
+        let text = match (&self.rabbitmq_url, &self.rabbitmq_url_file) {
+            (Some(_), Some(_)) => {
+                anyhow::bail!(
+                    "give the RabbitMQ URL once: --rabbitmq-url (WSBRIDGE_RABBITMQ_URL) or --rabbitmq-url-file"
+                )
+            }
+            (Some(url), None) => url.trim().to_string(),
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("cannot read the RabbitMQ URL from {}: {e}", path.display()))?
+                .trim()
+                .to_string(),
+            (None, None) => return Ok(None),
+        };
+        Ok(Some(wsbridge_broker::BrokerUrl::parse(&text)?))
+    }
 }
 
 /// The memory a data plane role may use.
@@ -504,9 +554,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             client_ping_interval,
             client_pong_timeout,
             memory,
+            broker,
         } => {
+            let broker = broker.url()?;
             if check {
-                return Ok(match wsbridge_standalone::check(&files) {
+                return Ok(match wsbridge_standalone::check(&files, broker.is_some()) {
                     Ok(plan) => {
                         println!("configuration is valid: {}", plan.summary());
                         ExitCode::SUCCESS
@@ -521,6 +573,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             options.listen = listen;
             options.drain_timeout = drain_timeout;
             options.memory_limit = memory.memory_limit;
+            options.broker = broker;
             options.client_limits = ClientLimits {
                 buffer_bytes: client_buffer_bytes,
                 per_channel: max_clients_per_channel,

@@ -3,12 +3,17 @@
 //! process; the files are validated against the CRDs' schema and CEL rules,
 //! and followed: valid edits apply live, invalid ones are logged and ignored.
 //!
+//! Channels with `backend: rabbitmq` go through a RabbitMQ broker when one
+//! is configured ([`Options::broker`], see [`durable`]); without one such a
+//! Channel is refused at load, as an invalid object is.
+//!
 //! Publishing is not authenticated in standalone mode (there is no
 //! Kubernetes API to review tokens against): anyone who can reach the
 //! listener can publish on any channel. The default listener is loopback.
 #![forbid(unsafe_code)]
 
 pub mod demo;
+pub mod durable;
 pub mod load;
 pub mod publish;
 pub mod runtime;
@@ -31,6 +36,8 @@ pub use load::{ConfigError, ConfigErrors, Plan, load};
 pub use runtime::Runtime;
 pub use validator::Validation;
 
+use durable::Durable;
+use wsbridge_broker::{BrokerMetrics, BrokerUrl};
 use wsbridge_dataplane::DataplaneMetrics;
 use wsbridge_dataplane::budget::queue_budget;
 use wsbridge_dataplane::clients::{ClientLimits, RemoteClients};
@@ -59,6 +66,9 @@ pub struct Options {
     /// The memory the process may use; queued messages take half of it
     /// (default: the cgroup's limit, see `wsbridge_dataplane::budget`).
     pub memory_limit: Option<u64>,
+    /// The RabbitMQ broker of `backend: rabbitmq` channels; without one,
+    /// such channels are refused.
+    pub broker: Option<BrokerUrl>,
 }
 
 impl Options {
@@ -75,6 +85,7 @@ impl Options {
             client_limits: ClientLimits::default(),
             client_keepalive: publish::ClientKeepalive::default(),
             memory_limit: None,
+            broker: None,
         }
     }
 }
@@ -100,9 +111,12 @@ struct ReloadLabels {
     result: String,
 }
 
-/// Validates the files and returns the configuration (`--check`).
-pub fn check(files: &[PathBuf]) -> Result<Plan, ConfigErrors> {
-    load(files)
+/// Validates the files and returns the configuration (`--check`);
+/// `backend: rabbitmq` Channels are refused unless `broker` (one is configured).
+pub fn check(files: &[PathBuf], broker: bool) -> Result<Plan, ConfigErrors> {
+    let plan = load(files)?;
+    plan.require_broker(broker)?;
+    Ok(plan)
 }
 
 /// A started standalone process (see [`start`]).
@@ -113,6 +127,7 @@ pub struct Standalone {
     stop: watch::Sender<bool>,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
     reloader: tokio::task::JoinHandle<()>,
+    readiness: tokio::task::JoinHandle<()>,
     drain_timeout: Duration,
 }
 
@@ -121,6 +136,7 @@ pub struct Standalone {
 /// the configuration is invalid.
 pub async fn start(options: Options) -> Result<Standalone, Error> {
     let plan = validator::load(&options.files, &options.validation).await?;
+    plan.require_broker(options.broker.is_some())?;
     info!(files = ?options.files, "configuration loaded: {}", plan.summary());
 
     let mut registry = Registry::default();
@@ -134,15 +150,18 @@ pub async fn start(options: Options) -> Result<Standalone, Error> {
     let clients = RemoteClients::registered(options.client_limits, &mut registry);
     let budget = metrics.memory_budget(queue_budget(options.memory_limit));
     info!(bytes = budget.limit(), "memory budget for queued messages");
-    let runtime = Arc::new(
-        Runtime::with_budget(metrics, options.destinations.clone(), budget)
-            .with_remote_clients(clients)
-            .with_recent_publishes(RecentPublishes::new(
-                DEFAULT_DEDUP_WINDOW,
-                DEFAULT_DEDUP_BYTES,
-                &mut registry,
-            )),
-    );
+    let mut runtime = Runtime::with_budget(metrics, options.destinations.clone(), budget)
+        .with_remote_clients(clients)
+        .with_recent_publishes(RecentPublishes::new(
+            DEFAULT_DEDUP_WINDOW,
+            DEFAULT_DEDUP_BYTES,
+            &mut registry,
+        ));
+    if let Some(url) = options.broker.clone() {
+        info!(broker = %url, "rabbitmq channels go through the broker");
+        runtime = runtime.with_broker(Durable::connect(url, BrokerMetrics::registered(&mut registry)));
+    }
+    let runtime = Arc::new(runtime);
     runtime.apply(plan);
 
     let ready = Readiness::default();
@@ -165,12 +184,13 @@ pub async fn start(options: Options) -> Result<Standalone, Error> {
     if !addr.ip().is_loopback() {
         warn!(%addr, "publishing and subscribing are not authenticated in standalone mode; anyone who can reach this address can publish and subscribe");
     }
-    ready.set(true);
+    let readiness = tokio::spawn(follow_readiness(runtime.clone(), ready, stop_rx.clone()));
     info!(%addr, "listening: POST /channels/{{namespace}}/{{name}} to publish, GET (WebSocket) to subscribe; /healthz /readyz /metrics");
 
     let reloader = tokio::spawn(follow_files(
         options.files.clone(),
         options.validation.clone(),
+        options.broker.is_some(),
         options.poll_interval,
         runtime.clone(),
         reloads,
@@ -182,6 +202,7 @@ pub async fn start(options: Options) -> Result<Standalone, Error> {
         stop,
         server,
         reloader,
+        readiness,
         drain_timeout: options.drain_timeout,
     })
 }
@@ -198,6 +219,7 @@ impl Standalone {
         info!("shutting down: draining deliveries");
         let _ = self.stop.send(true);
         let _ = self.reloader.await;
+        self.readiness.abort();
         ops::join_or_abort(&mut self.server, Duration::from_secs(5)).await;
         let report = self.runtime.shutdown(self.drain_timeout).await;
         // Totals since start: the drain's own counts alone read as "nothing
@@ -223,9 +245,42 @@ pub async fn run(options: Options) -> Result<(), Error> {
     Ok(())
 }
 
+/// Keeps `/readyz` in step with the broker: ready while listening, and,
+/// with a broker configured, while it is connected and every backlog is
+/// consumed. Updates the broker metrics (backlogs every few seconds).
+async fn follow_readiness(runtime: Arc<Runtime>, ready: Readiness, mut stop: watch::Receiver<bool>) {
+    let mut last: Option<Result<(), String>> = None;
+    let mut tick = 0u32;
+    loop {
+        let now = runtime.broker_ready();
+        ready.set(now.is_ok());
+        if last.as_ref() != Some(&now) {
+            match &now {
+                Ok(()) if runtime.broker().is_some() => {
+                    info!("ready: the broker is connected and every backlog is consumed")
+                }
+                Ok(()) => {}
+                Err(why) => warn!(reason = %why, "not ready"),
+            }
+            last = Some(now);
+        }
+        if tick.is_multiple_of(20)
+            && let Some(durable) = runtime.broker()
+        {
+            durable.observe_backlogs(runtime.broker_queues()).await;
+        }
+        tick = tick.wrapping_add(1);
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+        }
+    }
+}
+
 async fn follow_files(
     files: Vec<PathBuf>,
     validation: Validation,
+    broker: bool,
     interval: Duration,
     runtime: Arc<Runtime>,
     reloads: Family<ReloadLabels, Counter>,
@@ -242,7 +297,10 @@ async fn follow_files(
             continue;
         }
         last = now;
-        match validator::load(&files, &validation).await {
+        let loaded = validator::load(&files, &validation)
+            .await
+            .and_then(|plan| plan.require_broker(broker).map(|()| plan));
+        match loaded {
             Ok(plan) => {
                 info!("configuration changed; applying: {}", plan.summary());
                 runtime.apply(plan);

@@ -16,7 +16,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::{get, post};
 
-use wsbridge_dataplane::delivery::publish_key;
+use wsbridge_dataplane::delivery::{Publication, publish_key};
 use wsbridge_http::connection;
 use wsbridge_http::publish::{self, SentOut};
 
@@ -44,7 +44,10 @@ pub use wsbridge_http::websocket::ClientKeepalive;
 pub fn router(routes: ChannelRoutes) -> Router {
     Router::new()
         .route(publish::CHANNEL_ROUTE, post(handle).get(websocket::subscribe))
-        .route(wsbridge_http::websocket::MULTIPLEX_ROUTE, get(websocket::multiplex))
+        .route(
+            wsbridge_http::websocket::MULTIPLEX_ROUTE,
+            get(websocket::multiplex),
+        )
         .layer(axum::middleware::from_fn(connection::close_unless_body_read))
         .with_state(routes)
 }
@@ -74,9 +77,13 @@ async fn handle(
     let published = match &key {
         Some(key) => {
             let mut record = runtime.recent_publishes().lock(&channel, key).await;
-            runtime.publish_recorded(&channel, payload, &mut record)
+            runtime.publish_any(&channel, payload, &mut record).await
         }
-        None => runtime.publish(&channel, payload),
+        None => {
+            runtime
+                .publish_any(&channel, payload, &mut Publication::default())
+                .await
+        }
     };
     match published {
         Ok(published) => publish::accepted(
@@ -98,5 +105,12 @@ async fn handle(
             publish::MEMORY_BUDGET_EXHAUSTED,
             e.to_string(),
         ),
+        Err(e @ PublishError::Broker(_)) => {
+            publish::error(StatusCode::SERVICE_UNAVAILABLE, BROKER_UNAVAILABLE, e.to_string())
+        }
     }
 }
+
+/// The reason of a `503` for a message of a `rabbitmq` channel that the
+/// broker did not confirm.
+pub const BROKER_UNAVAILABLE: &str = "BrokerUnavailable";

@@ -3,16 +3,17 @@
 //! the configuration by [`Runtime::apply`].
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use tracing::info;
+use tracing::{debug, info};
 
+use super::durable::{Durable, DurableConsumer};
 use super::load::{BridgePlan, ChannelPlan, Plan};
 use prometheus_client::registry::Registry;
-use wsbridge_core::{ChannelKey, ObjectKey};
+use wsbridge_core::{ChannelKey, ObjectKey, SecretString};
 use wsbridge_dataplane::DestinationPolicy;
 use wsbridge_dataplane::budget::{MemoryBudget, OverBudget, queue_budget};
 use wsbridge_dataplane::clients::{ClientLimits, RemoteClients};
@@ -20,7 +21,7 @@ use wsbridge_dataplane::delivery::{DEFAULT_DEDUP_BYTES, DEFAULT_DEDUP_WINDOW, Pu
 use wsbridge_dataplane::delivery::{DeliveryEngine, DeliveryStats, EngineConfig, ShutdownReport};
 use wsbridge_dataplane::endpoint::{EndpointConfig, EndpointHandle, EndpointOptions, SendError};
 use wsbridge_dataplane::metrics::ChannelLabels;
-use wsbridge_dataplane::routing::RoutingIndex;
+use wsbridge_dataplane::routing::{ChannelRoutes, RoutingIndex};
 use wsbridge_dataplane::{DataplaneMetrics, Message, Origin, Payload};
 use wsbridge_translate as translate;
 
@@ -32,13 +33,19 @@ struct RunningBridge {
     config: watch::Sender<EndpointConfig>,
     handle: Arc<EndpointHandle>,
     forward: JoinHandle<()>,
+    /// On a `rabbitmq` channel: the consumer of its queue of published
+    /// messages (endpoint messages go to the broker too).
+    outbound: Option<DurableConsumer>,
 }
 
 #[derive(Default)]
 struct State {
     plan: Plan,
     bridges: HashMap<ObjectKey, RunningBridge>,
+    /// Delivery followers of `memory` channels.
     followed: HashMap<ChannelKey, JoinHandle<()>>,
+    /// Consumers of the backlogs of Subscriptions of `rabbitmq` channels.
+    backlogs: HashMap<ObjectKey, DurableConsumer>,
 }
 
 /// Why a publish was refused.
@@ -68,6 +75,10 @@ pub enum PublishError {
     /// The process's memory budget cannot hold the message now (503).
     #[error("{0}; retry later")]
     OverBudget(#[from] OverBudget),
+    /// The broker did not confirm the message of a `rabbitmq` channel (503):
+    /// it was not accepted.
+    #[error("{0}; the message was not accepted, retry later")]
+    Broker(#[from] wsbridge_broker::PublishError),
 }
 
 /// What a publish did.
@@ -90,6 +101,11 @@ pub struct Runtime {
     clients: Arc<RemoteClients>,
     /// Keys of recent publishes, so that a retried one is not sent twice.
     recent: RecentPublishes,
+    /// The broker of `rabbitmq` channels, when one is configured.
+    durable: Option<Arc<Durable>>,
+    /// Each Bridge's token by the source of its messages: stamped again on
+    /// endpoint messages that come back from the broker (which never holds it).
+    tokens: Arc<RwLock<HashMap<String, SecretString>>>,
     state: Mutex<State>,
 }
 
@@ -131,8 +147,21 @@ impl Runtime {
                 DEFAULT_DEDUP_BYTES,
                 &mut Registry::default(),
             ),
+            durable: None,
+            tokens: Arc::default(),
             state: Mutex::new(State::default()),
         }
+    }
+
+    /// The same runtime, with `rabbitmq` channels on `durable`'s broker.
+    pub fn with_broker(mut self, durable: Arc<Durable>) -> Self {
+        self.durable = Some(durable);
+        self
+    }
+
+    /// The broker of `rabbitmq` channels, when one is configured.
+    pub fn broker(&self) -> Option<&Arc<Durable>> {
+        self.durable.as_ref()
     }
 
     /// The same runtime, remembering publish keys in `recent` (whose
@@ -194,9 +223,10 @@ impl Runtime {
             .bridges
             .iter()
             .filter(|(k, running)| {
-                plan.bridges
-                    .get(*k)
-                    .is_none_or(|p| p.channel != running.plan.channel)
+                plan.bridges.get(*k).is_none_or(|p| {
+                    p.channel != running.plan.channel
+                        || plan.durable(&p.channel) != running.outbound.is_some()
+                })
             })
             .map(|(k, _)| k.clone())
             .collect();
@@ -217,20 +247,32 @@ impl Runtime {
                     }
                 }
                 None => {
-                    let running = self.start_bridge(key, bridge);
+                    let running = self.start_bridge(key, bridge, plan.durable(&bridge.channel));
                     state.bridges.insert(key.clone(), running);
                 }
             }
         }
+        self.set_tokens(&plan);
 
-        // Every channel that is mentioned gets a delivery follower.
+        // Every memory channel that is mentioned gets a delivery follower;
+        // a rabbitmq channel's Subscriptions are fed by their backlogs.
         let mentioned: HashSet<ChannelKey> = plan
             .channels
             .keys()
             .cloned()
             .chain(plan.subscriptions.iter().map(|(k, s)| k.sibling(&s.channel)))
             .chain(plan.bridges.values().map(|b| b.channel.clone()))
+            .filter(|channel| !plan.durable(channel))
             .collect();
+        state.followed.retain(|channel, task| {
+            let keep = mentioned.contains(channel);
+            if !keep {
+                task.abort();
+                self.engine.set_subscribers(channel, Vec::new());
+            }
+            keep
+        });
+        self.sync_backlogs(&mut state, &plan);
         for channel in mentioned {
             state
                 .followed
@@ -240,7 +282,92 @@ impl Runtime {
         state.plan = plan;
     }
 
-    fn start_bridge(&self, key: &ObjectKey, bridge: &BridgePlan) -> RunningBridge {
+    /// Starts, keeps or stops the consumer of each backlog of a `rabbitmq`
+    /// channel's Subscription, as `plan` says.
+    fn sync_backlogs(&self, state: &mut State, plan: &Plan) {
+        let mut running = std::mem::take(&mut state.backlogs);
+        if let Some(durable) = &self.durable {
+            for (key, info) in &plan.subscriptions {
+                let channel = key.sibling(&info.channel);
+                if !plan.durable(&channel) {
+                    continue;
+                }
+                let routes = self.index.routes(&channel);
+                let id = key.to_string();
+                let Some(subscriber) = routes.subscribers.iter().find(|s| s.id == id) else {
+                    continue;
+                };
+                let backlog = plan.backlogs.get(key).copied().unwrap_or_default();
+                let consumer = match running.remove(key) {
+                    Some(consumer) if consumer.matches(&channel, subscriber, backlog) => {
+                        if let Some(engine_key) = consumer.engine_key() {
+                            self.engine.set_subscribers(&engine_key, vec![subscriber.clone()]);
+                        }
+                        consumer
+                    }
+                    old => {
+                        if let Some(old) = old {
+                            self.stop_backlog(&old);
+                        }
+                        info!(subscription = %key, channel = %channel, "consuming the subscription's backlog from the broker");
+                        durable.consume_subscription(
+                            &channel,
+                            key,
+                            subscriber,
+                            backlog,
+                            &self.engine,
+                            self.stamp(),
+                        )
+                    }
+                };
+                state.backlogs.insert(key.clone(), consumer);
+            }
+        }
+        for (key, old) in running {
+            info!(subscription = %key, "subscription removed; no longer consuming its backlog");
+            self.stop_backlog(&old);
+        }
+    }
+
+    /// Stops delivering what `consumer` handed in (it stops when dropped).
+    fn stop_backlog(&self, consumer: &DurableConsumer) {
+        if let Some(engine_key) = consumer.engine_key() {
+            self.engine.set_subscribers(&engine_key, Vec::new());
+        }
+        if let Some(durable) = &self.durable {
+            durable.metrics().remove_queue(consumer.queue());
+        }
+    }
+
+    /// Adds the Bridge's token to an endpoint message that came back from
+    /// the broker.
+    fn stamp(&self) -> impl Fn(Arc<Message>) -> Arc<Message> + Send + Sync + 'static {
+        let tokens = self.tokens.clone();
+        move |msg: Arc<Message>| {
+            if msg.origin() != Origin::Endpoint {
+                return msg;
+            }
+            let tokens = tokens.read().unwrap_or_else(|p| p.into_inner());
+            match tokens.get(msg.source()) {
+                Some(token) => Arc::new((*msg).clone().with_subscriber_token(Some(token))),
+                None => msg,
+            }
+        }
+    }
+
+    fn set_tokens(&self, plan: &Plan) {
+        let tokens = plan
+            .bridges
+            .values()
+            .filter_map(|b| {
+                let token = b.config.subscriber_token.clone()?;
+                Some((b.config.inbound_source.clone(), token))
+            })
+            .collect();
+        *self.tokens.write().unwrap_or_else(|p| p.into_inner()) = tokens;
+    }
+
+    fn start_bridge(&self, key: &ObjectKey, bridge: &BridgePlan, durable: bool) -> RunningBridge {
         info!(bridge = %key, endpoint = %bridge.endpoint, channel = %bridge.channel, url = %bridge.config.display_url(), "starting bridge");
         let (config_tx, config_rx) = watch::channel(bridge.config.clone());
         let (inbound_tx, mut inbound_rx) = mpsc::channel::<Arc<Message>>(INBOUND_CAPACITY);
@@ -253,23 +380,76 @@ impl Runtime {
             inbound_tx,
             self.metrics.clone(),
         );
+        let handle = Arc::new(handle);
         let engine = self.engine.clone();
         let clients = self.clients.clone();
         let channel = bridge.channel.clone();
-        // Endpoint messages go to the channel's subscribers and remote
-        // clients only, never back out to an endpoint.
-        let forward = tokio::spawn(async move {
-            while let Some(msg) = inbound_rx.recv().await {
-                clients.broadcast(&channel, &msg);
-                engine.dispatch(&channel, msg);
-            }
+        let broker = self.durable.clone().filter(|_| durable);
+        let outbound = broker.as_ref().map(|broker| {
+            broker.consume_bridge(&channel, key, Arc::downgrade(&handle), self.metrics.clone())
         });
+        // Endpoint messages go to the channel's subscribers and remote
+        // clients only, never back out to an endpoint: on a rabbitmq channel
+        // through the broker, each confirmed before the next.
+        let forward = match broker {
+            Some(broker) => {
+                let metrics = self.metrics.clone();
+                let name = key.to_string();
+                tokio::spawn(async move {
+                    while let Some(msg) = inbound_rx.recv().await {
+                        match broker.publish(&channel, &msg).await {
+                            Ok(()) => {
+                                clients.broadcast(&channel, &msg);
+                            }
+                            Err(e) => {
+                                metrics.drop_endpoint(&name, "broker_unavailable");
+                                debug!(bridge = %name, error = %e, "endpoint message not confirmed by the broker; dropped");
+                            }
+                        }
+                    }
+                })
+            }
+            None => tokio::spawn(async move {
+                while let Some(msg) = inbound_rx.recv().await {
+                    clients.broadcast(&channel, &msg);
+                    engine.dispatch(&channel, msg);
+                }
+            }),
+        };
         RunningBridge {
             plan: bridge.clone(),
             config: config_tx,
-            handle: Arc::new(handle),
+            handle,
             forward,
+            outbound,
         }
+    }
+
+    /// Whether the broker and every consumer of it are up, when `rabbitmq`
+    /// channels are configured (`Err` says why not); updates the broker
+    /// metrics.
+    pub fn broker_ready(&self) -> Result<(), String> {
+        let Some(durable) = &self.durable else {
+            return Ok(());
+        };
+        let state = self.lock();
+        durable.ready(
+            state
+                .backlogs
+                .values()
+                .chain(state.bridges.values().filter_map(|b| b.outbound.as_ref())),
+        )
+    }
+
+    /// The queues consumed from the broker (for backlog metrics).
+    pub fn broker_queues(&self) -> Vec<String> {
+        let state = self.lock();
+        state
+            .backlogs
+            .values()
+            .chain(state.bridges.values().filter_map(|b| b.outbound.as_ref()))
+            .map(|c| c.queue().to_string())
+            .collect()
     }
 
     /// Whether every bridge's endpoint is connected now.
@@ -323,17 +503,7 @@ impl Runtime {
         payload: Payload,
         record: &mut Publication,
     ) -> Result<Published, PublishError> {
-        let routes = self.index.routes(channel);
-        let max = self
-            .max_message_bytes(channel)
-            .filter(|_| routes.channel.is_some())
-            .ok_or_else(|| PublishError::NotFound(channel.clone()))?;
-        if payload.len() > max {
-            return Err(PublishError::TooLarge {
-                size: payload.len(),
-                max,
-            });
-        }
+        let routes = self.routes_for(channel, &payload)?;
         let handles: Vec<(ObjectKey, ObjectKey, Option<Arc<EndpointHandle>>)> = {
             let state = self.lock();
             routes
@@ -354,16 +524,7 @@ impl Runtime {
                 });
             }
         }
-        let mut msg = Message::new(
-            payload,
-            Origin::Published,
-            translate::channel_source(&channel.namespace, &channel.name),
-        );
-        if let Some(id) = &record.id {
-            msg = msg.with_id(id.clone());
-        }
-        let msg = Arc::new(msg);
-        record.id.get_or_insert_with(|| msg.id().to_owned());
+        let msg = published_message(channel, payload, record);
         // Charged before any queue takes it: refused (503) rather than
         // grown past the budget.
         self.engine.admit(&msg)?;
@@ -400,17 +561,76 @@ impl Runtime {
         self.clients.broadcast(channel, &msg);
         let report = self.engine.dispatch(channel, msg.clone());
         record.dispatched = true;
+        self.count_published(channel);
+        Ok(Published {
+            id: msg.id().to_string(),
+            subscribers: report.subscribers,
+            endpoints: handles.len(),
+        })
+    }
+
+    /// Publishes on `channel` whatever its backend: [`Runtime::publish_recorded`]
+    /// on a `memory` channel; on a `rabbitmq` channel, to the broker, accepted
+    /// only once it confirmed the message (its Subscriptions' backlogs and
+    /// Bridges' queues then hold it), refused when it did not.
+    pub async fn publish_any(
+        &self,
+        channel: &ChannelKey,
+        payload: Payload,
+        record: &mut Publication,
+    ) -> Result<Published, PublishError> {
+        let durable = self.durable.clone().filter(|_| self.lock().plan.durable(channel));
+        let Some(durable) = durable else {
+            return self.publish_recorded(channel, payload, record);
+        };
+        let routes = self.routes_for(channel, &payload)?;
+        let msg = published_message(channel, payload, record);
+        if record.dispatched {
+            self.recent.skipped_subscribers();
+            return Ok(Published {
+                id: msg.id().to_string(),
+                subscribers: 0,
+                endpoints: 0,
+            });
+        }
+        durable.publish(channel, &msg).await?;
+        record.dispatched = true;
+        self.clients.broadcast(channel, &msg);
+        self.count_published(channel);
+        Ok(Published {
+            id: msg.id().to_string(),
+            subscribers: routes.subscribers.len(),
+            endpoints: routes.bridges.len(),
+        })
+    }
+
+    /// The routes of `channel`, when it exists and takes `payload`.
+    fn routes_for(
+        &self,
+        channel: &ChannelKey,
+        payload: &Payload,
+    ) -> Result<Arc<ChannelRoutes>, PublishError> {
+        let routes = self.index.routes(channel);
+        let max = self
+            .max_message_bytes(channel)
+            .filter(|_| routes.channel.is_some())
+            .ok_or_else(|| PublishError::NotFound(channel.clone()))?;
+        if payload.len() > max {
+            return Err(PublishError::TooLarge {
+                size: payload.len(),
+                max,
+            });
+        }
+        Ok(routes)
+    }
+
+    fn count_published(&self, channel: &ChannelKey) {
         self.metrics
             .published
             .get_or_create(&ChannelLabels {
                 channel: channel.to_string(),
             })
             .inc();
-        Ok(Published {
-            id: msg.id().to_string(),
-            subscribers: report.subscribers,
-            endpoints: handles.len(),
-        })
     }
 
     /// Delivery counts since start.
@@ -421,9 +641,19 @@ impl Runtime {
     /// Stops every endpoint connection, then lets queued deliveries finish
     /// within `drain` (what is left is counted as dropped).
     pub async fn shutdown(&self, drain: Duration) -> ShutdownReport {
+        // Consumers first: what they hold unacknowledged goes back to the
+        // broker's queues (delivered again, at least once, after a restart).
+        let backlogs: Vec<DurableConsumer> = self.lock().backlogs.drain().map(|(_, c)| c).collect();
+        drop(backlogs);
         let bridges: Vec<(ObjectKey, RunningBridge)> = self.lock().bridges.drain().collect();
         for (key, running) in bridges {
-            let RunningBridge { handle, forward, .. } = running;
+            let RunningBridge {
+                handle,
+                forward,
+                outbound,
+                ..
+            } = running;
+            drop(outbound);
             if let Ok(handle) = Arc::try_unwrap(handle) {
                 let _ = tokio::time::timeout(Duration::from_secs(3), handle.shutdown()).await;
             }
@@ -437,6 +667,22 @@ impl Runtime {
         }
         report
     }
+}
+
+/// The message of a publish on `channel`, with the id of its first attempt
+/// (`record`) when it is a retry.
+fn published_message(channel: &ChannelKey, payload: Payload, record: &mut Publication) -> Arc<Message> {
+    let mut msg = Message::new(
+        payload,
+        Origin::Published,
+        translate::channel_source(&channel.namespace, &channel.name),
+    );
+    if let Some(id) = &record.id {
+        msg = msg.with_id(id.clone());
+    }
+    let msg = Arc::new(msg);
+    record.id.get_or_insert_with(|| msg.id().to_owned());
+    msg
 }
 
 /// Calls `apply` for what is new or changed in `new`, `delete` for what is gone.

@@ -13,6 +13,7 @@ use axum::response::Response;
 use wsbridge_core::{ChannelKey, SecretString};
 use wsbridge_dataplane::Payload;
 use wsbridge_dataplane::clients::ClientFeed;
+use wsbridge_dataplane::delivery::Publication;
 use wsbridge_http::publish;
 use wsbridge_http::websocket::{self, ChannelHub, Connections, Refusal, Verb};
 
@@ -69,7 +70,8 @@ impl ChannelHub for Runtime {
     }
 
     async fn publish(&self, channel: &ChannelKey, payload: Payload) -> Result<String, Refusal> {
-        Runtime::publish(self, channel, payload)
+        self.publish_any(channel, payload, &mut Publication::default())
+            .await
             .map(|published| published.id)
             .map_err(refusal)
     }
@@ -93,6 +95,11 @@ fn refusal(e: PublishError) -> Refusal {
         PublishError::OverBudget(_) => Refusal::new(
             StatusCode::SERVICE_UNAVAILABLE,
             publish::MEMORY_BUDGET_EXHAUSTED,
+            message,
+        ),
+        PublishError::Broker(_) => Refusal::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            super::publish::BROKER_UNAVAILABLE,
             message,
         ),
     }

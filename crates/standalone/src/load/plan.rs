@@ -3,13 +3,14 @@
 
 use std::collections::BTreeMap;
 
-use wsbridge_api::{BridgeSpec, SubscriptionSpec};
+use wsbridge_api::{BacklogSpec, BridgeSpec, ChannelBackend, SubscriptionSpec};
+use wsbridge_broker::topology::Backlog;
 use wsbridge_core::{ObjectKey, SecretString};
 use wsbridge_dataplane::endpoint::EndpointConfig;
 use wsbridge_dataplane::routing::{BridgeInfo, ChannelInfo, SubscriptionInfo};
 use wsbridge_translate::{self as translate, SecretLookupError, SecretSource};
 
-use super::errors::ConfigError;
+use super::errors::{ConfigError, ConfigErrors};
 use super::objects::{FileOrigin, Objects};
 
 /// A Bridge, ready to run: its channel and its endpoint connection.
@@ -32,6 +33,17 @@ pub struct ChannelPlan {
     pub info: ChannelInfo,
     /// Largest message accepted on the publish path.
     pub max_message_bytes: usize,
+    /// Where its messages live: in this process, or in the broker.
+    pub backend: ChannelBackend,
+    /// The file it is defined in (for errors found after loading).
+    pub file: String,
+}
+
+impl ChannelPlan {
+    /// Whether its messages go through the broker (`backend: rabbitmq`).
+    pub fn durable(&self) -> bool {
+        self.backend == ChannelBackend::Rabbitmq
+    }
 }
 
 /// A valid configuration, translated into data plane values.
@@ -41,6 +53,9 @@ pub struct Plan {
     pub channels: BTreeMap<ObjectKey, ChannelPlan>,
     /// Subscriptions by key.
     pub subscriptions: BTreeMap<ObjectKey, SubscriptionInfo>,
+    /// The bound of each Subscription's durable backlog (used on
+    /// `rabbitmq` channels only).
+    pub backlogs: BTreeMap<ObjectKey, Backlog>,
     /// Bridges by key.
     pub bridges: BTreeMap<ObjectKey, BridgePlan>,
     /// Endpoints read (counted in summaries).
@@ -61,6 +76,38 @@ impl Plan {
             self.secrets
         )
     }
+
+    /// Whether `channel` is defined with `backend: rabbitmq`.
+    pub fn durable(&self, channel: &ObjectKey) -> bool {
+        self.channels.get(channel).is_some_and(ChannelPlan::durable)
+    }
+
+    /// Refuses every `backend: rabbitmq` Channel when no broker is
+    /// configured (`broker` false): its messages would have nowhere to go.
+    pub fn require_broker(&self, broker: bool) -> Result<(), ConfigErrors> {
+        if broker {
+            return Ok(());
+        }
+        let errors: Vec<ConfigError> = self
+            .channels
+            .iter()
+            .filter(|(_, c)| c.durable())
+            .map(|(key, c)| ConfigError {
+                file: c.file.clone(),
+                object: Some(format!("Channel {key}")),
+                field: Some("spec.backend".into()),
+                message: "backend rabbitmq needs a RabbitMQ broker and none is configured: \
+                          start standalone with --rabbitmq-url-file PATH or WSBRIDGE_RABBITMQ_URL \
+                          (or --rabbitmq-url), or use backend: memory"
+                    .into(),
+            })
+            .collect();
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigErrors(errors))
+        }
+    }
 }
 
 /// The plan of `objects`; what cannot be translated goes to `errors`.
@@ -79,6 +126,8 @@ pub(super) fn plan(objects: &Objects, errors: &mut Vec<ConfigError>) -> Plan {
                     ChannelPlan {
                         info,
                         max_message_bytes,
+                        backend: spec.backend(),
+                        file: origin.file.clone(),
                     },
                 );
             }
@@ -89,6 +138,14 @@ pub(super) fn plan(objects: &Objects, errors: &mut Vec<ConfigError>) -> Plan {
         match subscription(objects, key, spec, origin) {
             Ok(info) => {
                 plan.subscriptions.insert(key.clone(), info);
+                let backlog = spec.backlog.as_ref();
+                plan.backlogs.insert(
+                    key.clone(),
+                    Backlog {
+                        max_bytes: BacklogSpec::max_bytes(backlog),
+                        max_messages: BacklogSpec::max_messages(backlog),
+                    },
+                );
             }
             Err(e) => errors.push(e),
         }

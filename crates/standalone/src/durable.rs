@@ -1,0 +1,232 @@
+//! Durable channels (`backend: rabbitmq`) in standalone mode, on the broker
+//! crate: endpoint messages and publishes go to the channel's exchange with
+//! publisher confirms (a publish is accepted only once confirmed); each
+//! Subscription's backlog queue is consumed into the delivery engine and
+//! acknowledged only once its delivery ended; each Bridge's queue of
+//! published messages is consumed out to its endpoint.
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use wsbridge_broker::topology::{Backlog, bridge_queue, subscription_queue};
+use wsbridge_broker::{
+    BridgeConsumerSpec, Broker, BrokerMetrics, BrokerOptions, BrokerUrl, ConsumerHandle, ConsumerSpec,
+    PublishError,
+};
+use wsbridge_core::{ChannelKey, ObjectKey};
+use wsbridge_dataplane::delivery::{DeliveryEngine, Ordering, Settlement, SubscriberSpec};
+use wsbridge_dataplane::endpoint::{EndpointHandle, SendError};
+use wsbridge_dataplane::{DataplaneMetrics, Message};
+
+/// How long a publish waits for the broker's confirm before it is refused.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The broker connection of a standalone process, its publisher and metrics.
+pub struct Durable {
+    broker: Broker,
+    publisher: wsbridge_broker::Publisher,
+    metrics: BrokerMetrics,
+}
+
+impl Durable {
+    /// Starts connecting to `url` (in the background, reconnecting forever).
+    pub fn connect(url: BrokerUrl, metrics: BrokerMetrics) -> Arc<Self> {
+        let broker = Broker::connect(
+            url,
+            BrokerOptions {
+                connection_name: "wsbridge-standalone".into(),
+                ..BrokerOptions::default()
+            },
+        );
+        let publisher = wsbridge_broker::Publisher::new(broker.clone(), CONFIRM_TIMEOUT);
+        Arc::new(Self {
+            broker,
+            publisher,
+            metrics,
+        })
+    }
+
+    /// The connection.
+    pub fn broker(&self) -> &Broker {
+        &self.broker
+    }
+
+    /// Its metrics.
+    pub fn metrics(&self) -> &BrokerMetrics {
+        &self.metrics
+    }
+
+    /// Publishes `msg` on `channel`'s exchange; `Ok` once the broker confirmed it.
+    pub async fn publish(&self, channel: &ChannelKey, msg: &Message) -> Result<(), PublishError> {
+        let result = self.publisher.publish(channel, msg).await;
+        self.metrics.published(&channel.to_string(), &result);
+        result
+    }
+
+    /// Starts consuming `subscription`'s backlog into `engine`, where
+    /// `subscriber` is the only subscriber under [`backlog_key`].
+    /// `stamp` adds what the broker does not carry (the Bridge's token).
+    pub fn consume_subscription(
+        &self,
+        channel: &ChannelKey,
+        subscription: &ObjectKey,
+        subscriber: &SubscriberSpec,
+        backlog: Backlog,
+        engine: &DeliveryEngine,
+        stamp: impl Fn(Arc<Message>) -> Arc<Message> + Send + Sync + 'static,
+    ) -> DurableConsumer {
+        let key = backlog_key(channel, subscription);
+        engine.set_subscribers(&key, vec![subscriber.clone()]);
+        let ordered = subscriber.policy.ordering == Ordering::Ordered;
+        let spec = ConsumerSpec {
+            channel: channel.clone(),
+            subscription: subscription.clone(),
+            backlog,
+            // An ordered subscriber takes one message at a time (a message
+            // it could not take yet must not be overtaken).
+            prefetch: u16::try_from(subscriber.policy.max_in_flight())
+                .unwrap_or(u16::MAX)
+                .max(1),
+            single_active_consumer: ordered,
+        };
+        let engine = engine.clone();
+        let handle = ConsumerHandle::spawn(
+            self.broker.clone(),
+            spec.clone(),
+            Arc::new(move |msg| {
+                let report = engine.dispatch(&key, stamp(msg));
+                report.subscribers == 1 && report.overflowed == 0
+            }),
+        );
+        DurableConsumer {
+            queue: subscription_queue(subscription),
+            spec: Some(spec),
+            handle,
+        }
+    }
+
+    /// Starts consuming `bridge`'s queue of published messages out to its
+    /// endpoint: a message leaves the queue once the endpoint connection
+    /// took it, and waits there while the endpoint is not connected.
+    pub fn consume_bridge(
+        &self,
+        channel: &ChannelKey,
+        bridge: &ObjectKey,
+        endpoint: Weak<EndpointHandle>,
+        metrics: Arc<DataplaneMetrics>,
+    ) -> DurableConsumer {
+        let name = bridge.to_string();
+        let handle = ConsumerHandle::spawn_bridge(
+            self.broker.clone(),
+            BridgeConsumerSpec {
+                channel: channel.clone(),
+                bridge: bridge.clone(),
+                backlog: Backlog::default(),
+            },
+            Arc::new(move |msg: Arc<Message>| {
+                // The bridge stopped: the message goes back to the queue.
+                let Some(endpoint) = endpoint.upgrade() else {
+                    return false;
+                };
+                let outcome = match endpoint.try_send(msg.clone()) {
+                    Ok(()) => Settlement::Delivered,
+                    // Never sendable: counted and taken out of the queue.
+                    Err(SendError::TooLarge { .. }) => {
+                        metrics.drop_endpoint(&name, "too_large");
+                        Settlement::Dropped("rejected")
+                    }
+                    // Not connected, or its buffer full: tried again.
+                    Err(_) => Settlement::Dropped("endpoint_unavailable"),
+                };
+                msg.settle(outcome);
+                true
+            }),
+        );
+        DurableConsumer {
+            queue: bridge_queue(bridge),
+            spec: None,
+            handle,
+        }
+    }
+
+    /// Updates the broker metrics and says whether the broker and every
+    /// consumer in `consumers` are up (`Err` says why not).
+    pub fn ready<'a>(&self, consumers: impl Iterator<Item = &'a DurableConsumer>) -> Result<(), String> {
+        self.metrics.observe(&self.broker);
+        let mut waiting = Vec::new();
+        for c in consumers {
+            let consuming = c.is_consuming();
+            self.metrics.set_consuming(&c.queue, consuming);
+            if !consuming {
+                waiting.push(c.queue.clone());
+            }
+        }
+        if !self.broker.is_connected() {
+            return Err(format!("not connected to the broker {}", self.broker.url()));
+        }
+        if !waiting.is_empty() {
+            return Err(format!("not consuming yet: {}", waiting.join(", ")));
+        }
+        Ok(())
+    }
+
+    /// Asks the broker how deep each queue of `queues` is, into the metrics.
+    pub async fn observe_backlogs(&self, queues: Vec<String>) {
+        for queue in queues {
+            if let Ok(depth) = self.broker.queue_depth(&queue).await {
+                self.metrics.set_backlog(&queue, depth);
+            }
+        }
+    }
+}
+
+/// A running consumer of a Subscription's or a Bridge's queue; stops when
+/// dropped (its unacknowledged messages go back to the queue).
+pub struct DurableConsumer {
+    queue: String,
+    /// A Subscription's consumer spec (to tell when it changed).
+    spec: Option<ConsumerSpec>,
+    handle: ConsumerHandle,
+}
+
+impl DurableConsumer {
+    /// The queue it consumes.
+    pub fn queue(&self) -> &str {
+        &self.queue
+    }
+
+    /// Whether it consumes now.
+    pub fn is_consuming(&self) -> bool {
+        matches!(
+            self.handle.state(),
+            wsbridge_broker::consumer::ConsumerState::Consuming { .. }
+        )
+    }
+
+    /// The delivery engine's key of a Subscription's consumer.
+    pub fn engine_key(&self) -> Option<ChannelKey> {
+        self.spec
+            .as_ref()
+            .map(|s| backlog_key(&s.channel, &s.subscription))
+    }
+
+    /// Whether it consumes `channel` as `subscriber` with `backlog` asks.
+    pub fn matches(&self, channel: &ChannelKey, subscriber: &SubscriberSpec, backlog: Backlog) -> bool {
+        self.spec.as_ref().is_some_and(|s| {
+            s.channel == *channel
+                && s.backlog == backlog
+                && s.single_active_consumer == (subscriber.policy.ordering == Ordering::Ordered)
+                && usize::from(s.prefetch)
+                    == subscriber.policy.max_in_flight().clamp(1, usize::from(u16::MAX))
+        })
+    }
+}
+
+/// The delivery engine's key for one Subscription of a durable channel: its
+/// consumer hands in only what the Subscription's own backlog holds.
+pub fn backlog_key(channel: &ChannelKey, subscription: &ObjectKey) -> ChannelKey {
+    ChannelKey::new(
+        channel.namespace.clone(),
+        format!("{}/{}", channel.name, subscription.name),
+    )
+}
