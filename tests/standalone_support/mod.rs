@@ -233,6 +233,12 @@ pub struct Subscriber {
 
 impl Subscriber {
     pub async fn start(delay: Duration) -> Self {
+        Self::start_on(TcpListener::bind("127.0.0.1:0").await.unwrap(), delay)
+    }
+
+    /// [`Subscriber::start`] on a given listener (a subscriber that comes
+    /// back on the address it had).
+    pub fn start_on(listener: TcpListener, delay: Duration) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let app = Router::new().fallback(move |uri: Uri, headers: HeaderMap, body: Bytes| {
             let tx = tx.clone();
@@ -246,7 +252,6 @@ impl Subscriber {
                 "ok"
             }
         });
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await });
         Self { addr, rx }
@@ -360,6 +365,12 @@ pub fn repo() -> &'static Path {
 /// `channel` open to anonymous publishers and its Bridge `{channel}-feed`,
 /// as standalone YAML; append Subscriptions with [`subscription_yaml`].
 pub fn bridged_channel_yaml(endpoint_url: &str, channel: &str) -> String {
+    bridged_channel_yaml_with(endpoint_url, channel, "{allowAnonymousPublish: true}")
+}
+
+/// [`bridged_channel_yaml`] with the Channel's `spec` given (YAML flow
+/// mapping, e.g. `{backend: rabbitmq, allowAnonymousPublish: true}`).
+pub fn bridged_channel_yaml_with(endpoint_url: &str, channel: &str, channel_spec: &str) -> String {
     format!(
         r#"
 apiVersion: wsbridge.io/v1alpha1
@@ -372,7 +383,7 @@ spec:
 apiVersion: wsbridge.io/v1alpha1
 kind: Channel
 metadata: {{name: {channel}}}
-spec: {{allowAnonymousPublish: true}}
+spec: {channel_spec}
 ---
 apiVersion: wsbridge.io/v1alpha1
 kind: Bridge

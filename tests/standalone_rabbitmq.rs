@@ -1,0 +1,308 @@
+//! `wsbridge standalone` with a broker (`--rabbitmq-url-file`): the real
+//! binary as a child process, a real RabbitMQ (tests/support/rabbitmq.rs),
+//! a WebSocket endpoint and HTTP subscribers on loopback. A `backend:
+//! rabbitmq` Channel's publishes are accepted only once confirmed, each
+//! Subscription has a durable backlog, and bridged endpoints get publishes
+//! through the broker; without a broker such a Channel is refused.
+
+mod standalone_support;
+mod support;
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use standalone_support::{Delivery, Endpoint, Standalone, Subscriber, TempDir, free_addr, http_get};
+use support::rabbitmq::RabbitMq;
+use tokio::net::TcpListener;
+
+/// How long anything here may take on a loaded machine.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+/// A name no other test (or earlier run on the same broker) uses.
+fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
+}
+
+/// An Endpoint at `endpoint_url`, a `rabbitmq` Channel `channel` bridged to
+/// it, and one ordered Subscription per `(name, uri)` that retries fast.
+fn durable_config(endpoint_url: &str, channel: &str, subscribers: &[(&str, String)]) -> String {
+    let mut yaml = standalone_support::bridged_channel_yaml_with(
+        endpoint_url,
+        channel,
+        "{backend: rabbitmq, allowAnonymousPublish: true, \
+         delivery: {retry: 1, backoffPolicy: linear, backoffDelay: 20ms, timeout: 2s}}",
+    );
+    for (name, uri) in subscribers {
+        yaml.push_str(&standalone_support::subscription_yaml(
+            name,
+            channel,
+            uri,
+            "  delivery: {ordering: ordered}\n",
+        ));
+    }
+    yaml
+}
+
+/// The broker's URL in a file of `dir` (never on a command line).
+fn url_file(dir: &TempDir, rabbit: &RabbitMq) -> PathBuf {
+    dir.write("rabbitmq-url", &format!("{}\n", rabbit.amqp_url()))
+}
+
+async fn start(config: &Path, dir: &TempDir, url: &Path) -> Standalone {
+    let url = url.to_str().unwrap();
+    Standalone::start_with(&[config], &dir.0, &["--rabbitmq-url-file", url]).await
+}
+
+/// A loopback address nothing listens on yet (connections are refused).
+fn refusing_addr() -> SocketAddr {
+    free_addr()
+}
+
+/// Receives until a delivery of every body in `expected` arrived; returns
+/// the bodies in arrival order with duplicates (at least once) removed.
+async fn receive_all(subscriber: &mut Subscriber, expected: &[String]) -> Vec<String> {
+    let mut missing: HashSet<&String> = expected.iter().collect();
+    let mut got: Vec<String> = Vec::new();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !missing.is_empty() {
+        let Ok(Some(Delivery { body, .. })) = tokio::time::timeout_at(deadline, subscriber.rx.recv()).await
+        else {
+            panic!(
+                "{} of {} messages never arrived, e.g. {:?}",
+                missing.len(),
+                expected.len(),
+                missing.iter().next()
+            );
+        };
+        missing.remove(&body);
+        if !got.contains(&body) {
+            got.push(body);
+        }
+    }
+    got
+}
+
+async fn publish_confirmed(standalone: &Standalone, channel: &str, body: &str) -> serde_json::Value {
+    let (status, json) = standalone
+        .publish(&format!("default/{channel}"), body.to_string())
+        .await;
+    assert_eq!(status, 202, "{json}\n{}", standalone.logs());
+    json
+}
+
+#[tokio::test]
+async fn a_subscriber_that_was_down_gets_every_message_in_order_and_the_endpoint_gets_publishes() {
+    let rabbit = support::rabbitmq::shared().await;
+    let dir = TempDir::new("standalone-rabbitmq-down");
+    let mut endpoint = Endpoint::start().await;
+    let mut live = Subscriber::start(Duration::ZERO).await;
+    let late_addr = refusing_addr();
+    let channel = unique("ticker");
+    let config = dir.write(
+        "config.yaml",
+        &durable_config(
+            &endpoint.url(),
+            &channel,
+            &[
+                ("live", live.uri("/live")),
+                ("late", format!("http://{late_addr}/late")),
+            ],
+        ),
+    );
+    let url = url_file(&dir, rabbit);
+    let standalone = start(&config, &dir, &url).await;
+
+    // Endpoint messages, each published to the broker with confirms.
+    let mut sent = Vec::new();
+    for i in 0..10 {
+        let text = format!("{{\"endpoint\":{i}}}");
+        endpoint.send(&text).await;
+        sent.push(text);
+    }
+    assert_eq!(
+        receive_all(&mut live, &sent).await,
+        sent,
+        "endpoint messages, in order"
+    );
+
+    // Publishes: 202 only once confirmed, for both Subscriptions.
+    let mut published = Vec::new();
+    for i in 0..20 {
+        let text = format!("{{\"published\":{i}}}");
+        let json = publish_confirmed(&standalone, &channel, &text).await;
+        assert_eq!(json["subscribers"], 2, "{json}");
+        published.push(text);
+    }
+    assert_eq!(receive_all(&mut live, &published).await, published);
+    // Publishes reach the bridged endpoint through the broker, in order;
+    // endpoint messages never go back out to it.
+    for text in &published {
+        let got = endpoint
+            .next(PATIENCE)
+            .await
+            .expect("the endpoint gets every publish");
+        assert_eq!(&got, text);
+    }
+
+    // The subscriber that was down all along comes back on its address.
+    let mut late = Subscriber::start_on(TcpListener::bind(late_addr).await.unwrap(), Duration::ZERO);
+    let everything: Vec<String> = sent.iter().chain(&published).cloned().collect();
+    assert_eq!(
+        receive_all(&mut late, &everything).await,
+        everything,
+        "every message the subscriber missed, once each, in order"
+    );
+
+    let (_, metrics) = http_get(&standalone.url("/metrics")).await.unwrap();
+    let metrics = String::from_utf8_lossy(&metrics);
+    assert!(metrics.contains("wsbridge_broker_connected 1"), "{metrics}");
+    assert!(
+        metrics.contains(&format!(
+            "wsbridge_broker_publishes_total{{channel=\"default/{channel}\",result=\"confirmed\"}} 30"
+        )),
+        "{metrics}"
+    );
+    assert!(
+        !standalone.logs().contains(rabbit.password()),
+        "the password is never logged"
+    );
+}
+
+#[tokio::test]
+async fn a_restart_loses_nothing_that_was_confirmed() {
+    let rabbit = support::rabbitmq::shared().await;
+    let dir = TempDir::new("standalone-rabbitmq-restart");
+    let endpoint = Endpoint::start().await;
+    let addr = refusing_addr();
+    let channel = unique("orders");
+    let config = dir.write(
+        "config.yaml",
+        &durable_config(
+            &endpoint.url(),
+            &channel,
+            &[("audit", format!("http://{addr}/audit"))],
+        ),
+    );
+    let url = url_file(&dir, rabbit);
+
+    let mut first = start(&config, &dir, &url).await;
+    let mut confirmed = Vec::new();
+    for i in 0..30 {
+        let text = format!("{{\"order\":{i}}}");
+        publish_confirmed(&first, &channel, &text).await;
+        confirmed.push(text);
+    }
+    // Killed outright: nothing is drained or flushed by the process.
+    first.child.kill().unwrap();
+    first.wait_exit(PATIENCE).await;
+
+    let second = start(&config, &dir, &url).await;
+    for i in 30..40 {
+        let text = format!("{{\"order\":{i}}}");
+        publish_confirmed(&second, &channel, &text).await;
+        confirmed.push(text);
+    }
+    let mut subscriber = Subscriber::start_on(TcpListener::bind(addr).await.unwrap(), Duration::ZERO);
+    assert_eq!(
+        receive_all(&mut subscriber, &confirmed).await,
+        confirmed,
+        "every confirmed message, from before and after the restart, in order"
+    );
+}
+
+#[tokio::test]
+async fn a_publish_while_the_broker_is_stopped_gets_503() {
+    let rabbit = RabbitMq::start().await.expect("a broker of this test's own");
+    let dir = TempDir::new("standalone-rabbitmq-outage");
+    let endpoint = Endpoint::start().await;
+    let mut subscriber = Subscriber::start(Duration::ZERO).await;
+    let channel = unique("alerts");
+    let config = dir.write(
+        "config.yaml",
+        &durable_config(&endpoint.url(), &channel, &[("pager", subscriber.uri("/pager"))]),
+    );
+    let url = url_file(&dir, &rabbit);
+    let standalone = start(&config, &dir, &url).await;
+
+    let mut confirmed = vec!["{\"alert\":\"before\"}".to_string()];
+    publish_confirmed(&standalone, &channel, &confirmed[0]).await;
+
+    rabbit.stop().unwrap();
+    wait_ready(&standalone, 503).await;
+    for i in 0..3 {
+        let (status, json) = standalone
+            .publish(
+                &format!("default/{channel}"),
+                format!("{{\"alert\":\"during {i}\"}}"),
+            )
+            .await;
+        assert_eq!(status, 503, "{json}");
+        assert_eq!(json["reason"], "BrokerUnavailable", "{json}");
+        assert!(json["error"].as_str().unwrap().contains("not accepted"), "{json}");
+    }
+    let (_, metrics) = http_get(&standalone.url("/metrics")).await.unwrap();
+    let metrics = String::from_utf8_lossy(&metrics);
+    assert!(metrics.contains("wsbridge_broker_connected 0"), "{metrics}");
+
+    rabbit.start_again().await.unwrap();
+    wait_ready(&standalone, 200).await;
+    confirmed.push("{\"alert\":\"after\"}".to_string());
+    publish_confirmed(&standalone, &channel, &confirmed[1]).await;
+    assert_eq!(receive_all(&mut subscriber, &confirmed).await, confirmed);
+    let extra = subscriber.drain(Duration::from_millis(500)).await;
+    assert!(
+        extra.iter().all(|d| !d.body.contains("during")),
+        "a refused publish is never delivered: {extra:?}"
+    );
+}
+
+/// Waits until `/readyz` answers `status` (it follows the broker).
+async fn wait_ready(standalone: &Standalone, status: u16) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        if http_get(&standalone.url("/readyz"))
+            .await
+            .is_ok_and(|(s, _)| s == status)
+        {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/readyz never answered {status}:\n{}",
+            standalone.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[test]
+fn a_rabbitmq_channel_without_a_broker_is_refused_naming_the_file_object_and_field() {
+    let dir = TempDir::new("standalone-rabbitmq-none");
+    let config = dir.write(
+        "config.yaml",
+        &durable_config("ws://127.0.0.1:9/feed", "durable", &[]),
+    );
+    for args in [vec!["--check"], vec!["--listen", "127.0.0.1:0"]] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_wsbridge"))
+            .arg("standalone")
+            .arg("-f")
+            .arg(&config)
+            .args(&args)
+            .env_remove("WSBRIDGE_RABBITMQ_URL")
+            .env_remove("WSBRIDGE_RABBITMQ_URL_FILE")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}: {stderr}");
+        for part in [
+            config.to_str().unwrap(),
+            "Channel default/durable",
+            "spec.backend",
+            "--rabbitmq-url",
+        ] {
+            assert!(stderr.contains(part), "{args:?}: {part:?} missing in {stderr}");
+        }
+    }
+}
