@@ -63,12 +63,20 @@ fn refusing_addr() -> SocketAddr {
 /// Receives until a delivery of every body in `expected` arrived; returns
 /// the bodies in arrival order with duplicates (at least once) removed.
 async fn receive_all(subscriber: &mut Subscriber, expected: &[String]) -> Vec<String> {
+    receive_deliveries(subscriber, expected)
+        .await
+        .into_iter()
+        .map(|d| d.body)
+        .collect()
+}
+
+/// [`receive_all`], with each body's first delivery.
+async fn receive_deliveries(subscriber: &mut Subscriber, expected: &[String]) -> Vec<Delivery> {
     let mut missing: HashSet<&String> = expected.iter().collect();
-    let mut got: Vec<String> = Vec::new();
+    let mut got: Vec<Delivery> = Vec::new();
     let deadline = tokio::time::Instant::now() + PATIENCE;
     while !missing.is_empty() {
-        let Ok(Some(Delivery { body, .. })) = tokio::time::timeout_at(deadline, subscriber.rx.recv()).await
-        else {
+        let Ok(Some(delivery)) = tokio::time::timeout_at(deadline, subscriber.rx.recv()).await else {
             panic!(
                 "{} of {} messages never arrived, e.g. {:?}",
                 missing.len(),
@@ -76,9 +84,9 @@ async fn receive_all(subscriber: &mut Subscriber, expected: &[String]) -> Vec<St
                 missing.iter().next()
             );
         };
-        missing.remove(&body);
-        if !got.contains(&body) {
-            got.push(body);
+        missing.remove(&delivery.body);
+        if !got.iter().any(|d| d.body == delivery.body) {
+            got.push(delivery);
         }
     }
     got
@@ -100,17 +108,21 @@ async fn a_subscriber_that_was_down_gets_every_message_in_order_and_the_endpoint
     let mut live = Subscriber::start(Duration::ZERO).await;
     let late_addr = refusing_addr();
     let channel = unique("ticker");
-    let config = dir.write(
-        "config.yaml",
-        &durable_config(
-            &endpoint.url(),
-            &channel,
-            &[
-                ("live", live.uri("/live")),
-                ("late", format!("http://{late_addr}/late")),
-            ],
-        ),
-    );
+    // The Bridge presents a token to subscribers: the broker never holds
+    // it, so it is stamped again on what comes back.
+    let config = durable_config(
+        &endpoint.url(),
+        &channel,
+        &[
+            ("live", live.uri("/live")),
+            ("late", format!("http://{late_addr}/late")),
+        ],
+    )
+    .replace(
+        "endpoint: feed}",
+        "endpoint: feed, tokenSecretRef: {name: bridge-token, key: token}}",
+    ) + "---\napiVersion: v1\nkind: Secret\nmetadata: {name: bridge-token}\nstringData: {token: s3cret-token}\n";
+    let config = dir.write("config.yaml", &config);
     let url = url_file(&dir, rabbit);
     let standalone = start(&config, &dir, &url).await;
 
@@ -121,11 +133,16 @@ async fn a_subscriber_that_was_down_gets_every_message_in_order_and_the_endpoint
         endpoint.send(&text).await;
         sent.push(text);
     }
+    let deliveries = receive_deliveries(&mut live, &sent).await;
+    let bodies: Vec<&String> = deliveries.iter().map(|d| &d.body).collect();
     assert_eq!(
-        receive_all(&mut live, &sent).await,
-        sent,
+        bodies,
+        sent.iter().collect::<Vec<_>>(),
         "endpoint messages, in order"
     );
+    for d in &deliveries {
+        assert_eq!(d.headers["authorization"], "Bearer s3cret-token", "{d:?}");
+    }
 
     // Publishes: 202 only once confirmed, for both Subscriptions.
     let mut published = Vec::new();
@@ -135,7 +152,15 @@ async fn a_subscriber_that_was_down_gets_every_message_in_order_and_the_endpoint
         assert_eq!(json["subscribers"], 2, "{json}");
         published.push(text);
     }
-    assert_eq!(receive_all(&mut live, &published).await, published);
+    let deliveries = receive_deliveries(&mut live, &published).await;
+    let bodies: Vec<&String> = deliveries.iter().map(|d| &d.body).collect();
+    assert_eq!(bodies, published.iter().collect::<Vec<_>>());
+    assert!(
+        deliveries
+            .iter()
+            .all(|d| !d.headers.contains_key("authorization")),
+        "publishes carry no Bridge token"
+    );
     // Publishes reach the bridged endpoint through the broker, in order;
     // endpoint messages never go back out to it.
     for text in &published {

@@ -251,6 +251,7 @@ pub async fn run(options: Options) -> Result<(), Error> {
 async fn follow_readiness(runtime: Arc<Runtime>, ready: Readiness, mut stop: watch::Receiver<bool>) {
     let mut last: Option<Result<(), String>> = None;
     let mut tick = 0u32;
+    let mut backlogs: Option<tokio::task::JoinHandle<()>> = None;
     loop {
         let now = runtime.broker_ready();
         ready.set(now.is_ok());
@@ -264,14 +265,24 @@ async fn follow_readiness(runtime: Arc<Runtime>, ready: Readiness, mut stop: wat
             }
             last = Some(now);
         }
+        // Asked on the side: a broker slow to answer never holds up /readyz.
         if tick.is_multiple_of(20)
-            && let Some(durable) = runtime.broker()
+            && backlogs.as_ref().is_none_or(|t| t.is_finished())
+            && let Some(durable) = runtime.broker().cloned()
         {
-            durable.observe_backlogs(runtime.broker_queues()).await;
+            let queues = runtime.broker_queues();
+            backlogs = Some(tokio::spawn(
+                async move { durable.observe_backlogs(queues).await },
+            ));
         }
         tick = tick.wrapping_add(1);
         tokio::select! {
-            _ = stop.wait_for(|s| *s) => return,
+            _ = stop.wait_for(|s| *s) => {
+                if let Some(task) = backlogs {
+                    task.abort();
+                }
+                return;
+            }
             _ = tokio::time::sleep(Duration::from_millis(250)) => {}
         }
     }
