@@ -114,6 +114,9 @@ fn chart_renders_the_documented_defaults() -> Result<()> {
             "http://wsbridge-gateway.wsbridge-system.svc",
             "--worker-image",
             "ghcr.io/wsbridge/wsbridge:0.1.0",
+            // controller.workerPod: every worker's default size.
+            "--worker-pod-defaults",
+            r#"{"resources":{"limits":{"cpu":"1","memory":"256Mi"},"requests":{"cpu":"50m","memory":"32Mi"}}}"#,
             "--gateway-pod-labels",
             "app.kubernetes.io/name=wsbridge,app.kubernetes.io/instance=wsbridge,app.kubernetes.io/component=gateway",
         ]
