@@ -132,7 +132,10 @@ fn delivery_fields_translate_and_max_in_flight_implies_unordered() {
     assert_eq!(o.ordering, Some(Ordering::Unordered { max_in_flight: 4 }));
     assert_eq!(o.queue_capacity, Some(10));
     assert_eq!(o.queue_bytes, Some(1 << 20));
-    assert_eq!(o.overflow, Some(wsbridge_dataplane::delivery::Overflow::DropOldest));
+    assert_eq!(
+        o.overflow,
+        Some(wsbridge_dataplane::delivery::Overflow::DropOldest)
+    );
     assert_eq!(o.dead_letter_sink.unwrap(), "http://dlq:8080/");
     assert_eq!(
         delivery_options("ns", &DeliverySpec::default(), "spec.delivery").unwrap(),

@@ -44,7 +44,11 @@ pub fn router(slot: SendSlot, budget: Arc<MemoryBudget>) -> Router {
         .with_state(SendState { slot, budget })
 }
 
-async fn send(State(SendState { slot, budget }): State<SendState>, headers: HeaderMap, body: Body) -> Response {
+async fn send(
+    State(SendState { slot, budget }): State<SendState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let target = slot.read().map(|s| s.clone()).unwrap_or_default();
     let Some(target) = target else {
         return publish::error(
