@@ -128,7 +128,7 @@ async fn a_subscriber_that_was_down_gets_every_message_in_order_and_the_endpoint
 
     // Endpoint messages, each published to the broker with confirms.
     let mut sent = Vec::new();
-    for i in 0..10 {
+    for i in 0..50 {
         let text = format!("{{\"endpoint\":{i}}}");
         endpoint.send(&text).await;
         sent.push(text);
@@ -185,7 +185,7 @@ async fn a_subscriber_that_was_down_gets_every_message_in_order_and_the_endpoint
     assert!(metrics.contains("wsbridge_broker_connected 1"), "{metrics}");
     assert!(
         metrics.contains(&format!(
-            "wsbridge_broker_publishes_total{{channel=\"default/{channel}\",result=\"confirmed\"}} 30"
+            "wsbridge_broker_publishes_total{{channel=\"default/{channel}\",result=\"confirmed\"}} 70"
         )),
         "{metrics}"
     );

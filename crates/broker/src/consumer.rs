@@ -281,6 +281,10 @@ async fn lost(link: &mut watch::Receiver<Link>, generation: u64) {
         .await;
 }
 
+/// How long writing an acknowledgement (or a requeue) may take before the
+/// consumer moves on (the broker redelivers what it never heard of).
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// How long a message whose delivery did not end waits before it is handed
 /// to the engine again: a subscriber that is down is not hammered.
 const REDELIVERY_PAUSE: Duration = Duration::from_secs(1);
@@ -312,9 +316,13 @@ impl Held {
     }
 
     async fn ack(self) {
-        if let Err(e) = self.acker.ack(BasicAckOptions::default()).await {
+        // Bounded: on a connection that just died the write may never
+        // complete, and the consuming loop waits for it.
+        match tokio::time::timeout(SETTLE_TIMEOUT, self.acker.ack(BasicAckOptions::default())).await {
+            Ok(Ok(_)) => {}
             // The channel is gone: the broker delivers the message again.
-            debug!(id = self.msg.id(), error = %e, "acknowledgement not sent");
+            Ok(Err(e)) => debug!(id = self.msg.id(), error = %e, "acknowledgement not sent"),
+            Err(_) => debug!(id = self.msg.id(), "acknowledgement not written in time"),
         }
     }
 
@@ -323,8 +331,10 @@ impl Held {
             requeue: true,
             ..BasicNackOptions::default()
         };
-        if let Err(e) = self.acker.nack(requeue).await {
-            debug!(id = self.msg.id(), error = %e, "requeue not sent");
+        match tokio::time::timeout(SETTLE_TIMEOUT, self.acker.nack(requeue)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => debug!(id = self.msg.id(), error = %e, "requeue not sent"),
+            Err(_) => debug!(id = self.msg.id(), "requeue not written in time"),
         }
     }
 }

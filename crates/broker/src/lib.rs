@@ -30,5 +30,5 @@ pub use codec::{decode, encode};
 pub use connection::{Broker, BrokerOptions, BrokerState};
 pub use consumer::{BridgeConsumerSpec, ConsumerHandle, ConsumerSpec};
 pub use metrics::BrokerMetrics;
-pub use publisher::{PublishError, Publisher};
+pub use publisher::{PublishError, Publisher, Unconfirmed};
 pub use url::{BrokerUrl, InvalidBrokerUrl};

@@ -7,8 +7,9 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
+use lapin::Channel;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::{Channel, Confirmation};
+use lapin::{Confirmation, PublisherConfirm};
 use tokio::sync::Mutex;
 use wsbridge_core::ChannelKey;
 use wsbridge_dataplane::Message;
@@ -63,12 +64,21 @@ impl Publisher {
     /// Publishes `msg` on `channel`'s exchange and waits for the broker's
     /// confirm. Fails at once when the broker is not connected.
     pub async fn publish(&self, channel: &ChannelKey, msg: &Message) -> Result<(), PublishError> {
+        self.send(channel, msg).await?.confirmed().await
+    }
+
+    /// Writes `msg` to `channel`'s exchange without waiting for the
+    /// confirm, which the returned [`Unconfirmed`] waits for: messages sent
+    /// one after the other reach the exchange in that order while their
+    /// confirms are awaited together. The confirm deadline starts now.
+    pub async fn send(&self, channel: &ChannelKey, msg: &Message) -> Result<Unconfirmed<'_>, PublishError> {
+        let deadline = tokio::time::Instant::now() + self.confirm_timeout;
         let (body, properties) = encode(msg);
         // Inside the deadline: opening a channel on a connection that just
         // died can hang.
-        let confirm = async {
+        let sent = async {
             let ch = self.channel_for(channel).await.map_err(|e| (None, e))?;
-            let confirmation = ch
+            match ch
                 .basic_publish(
                     channel_exchange(channel).into(),
                     routing_key(msg.origin()).into(),
@@ -76,30 +86,32 @@ impl Publisher {
                     &body,
                     properties,
                 )
-                .await;
-            let confirmation = match confirmation {
-                Ok(confirm) => confirm.await,
-                Err(e) => Err(e),
-            };
-            confirmation.map_err(|e| (Some(ch), PublishError::Unavailable(e.to_string())))
+                .await
+            {
+                Ok(confirm) => Ok((ch, confirm)),
+                Err(e) => Err((Some(ch), PublishError::Unavailable(e.to_string()))),
+            }
         };
-        match tokio::time::timeout(self.confirm_timeout, confirm).await {
-            Ok(Ok(Confirmation::Ack(_))) => Ok(()),
-            Ok(Ok(Confirmation::Nack(_))) => Err(PublishError::Refused),
-            Ok(Ok(Confirmation::NotRequested)) => Err(PublishError::Unavailable(
-                "the channel is not in confirm mode".into(),
-            )),
+        match tokio::time::timeout_at(deadline, sent).await {
+            Ok(Ok((channel, confirm))) => Ok(Unconfirmed {
+                publisher: self,
+                channel,
+                confirm,
+                deadline,
+            }),
             Ok(Err((ch, e))) => {
                 if let Some(ch) = ch {
                     self.forget(&ch).await;
                 }
                 Err(e)
             }
-            Err(_) => {
-                *self.open.lock().await = None;
-                Err(PublishError::Timeout(self.confirm_timeout))
-            }
+            Err(_) => Err(self.timed_out().await),
         }
+    }
+
+    async fn timed_out(&self) -> PublishError {
+        *self.open.lock().await = None;
+        PublishError::Timeout(self.confirm_timeout)
     }
 
     /// The open channel of the current connection, with `channel`'s exchange
@@ -147,6 +159,34 @@ impl Publisher {
         let mut open = self.open.lock().await;
         if open.as_ref().is_some_and(|o| o.channel.id() == ch.id()) {
             *open = None;
+        }
+    }
+}
+
+/// A message written to the broker whose confirm is still to come (see
+/// [`Publisher::send`]).
+pub struct Unconfirmed<'a> {
+    publisher: &'a Publisher,
+    channel: Channel,
+    confirm: PublisherConfirm,
+    deadline: tokio::time::Instant,
+}
+
+impl Unconfirmed<'_> {
+    /// Waits for the broker's confirm: `Ok` once it took responsibility for
+    /// the message.
+    pub async fn confirmed(self) -> Result<(), PublishError> {
+        match tokio::time::timeout_at(self.deadline, self.confirm).await {
+            Ok(Ok(Confirmation::Ack(_))) => Ok(()),
+            Ok(Ok(Confirmation::Nack(_))) => Err(PublishError::Refused),
+            Ok(Ok(Confirmation::NotRequested)) => Err(PublishError::Unavailable(
+                "the channel is not in confirm mode".into(),
+            )),
+            Ok(Err(e)) => {
+                self.publisher.forget(&self.channel).await;
+                Err(PublishError::Unavailable(e.to_string()))
+            }
+            Err(_) => Err(self.publisher.timed_out().await),
         }
     }
 }

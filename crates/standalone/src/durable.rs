@@ -8,6 +8,9 @@
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use futures::StreamExt;
+use futures::stream::FuturesOrdered;
+use tokio::sync::mpsc;
 use wsbridge_broker::topology::{Backlog, bridge_queue, subscription_queue};
 use wsbridge_broker::{
     BridgeConsumerSpec, Broker, BrokerMetrics, BrokerOptions, BrokerUrl, ConsumerHandle, ConsumerSpec,
@@ -20,6 +23,10 @@ use wsbridge_dataplane::{DataplaneMetrics, Message};
 
 /// How long a publish waits for the broker's confirm before it is refused.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Endpoint messages of one Bridge written to the broker and awaiting their
+/// confirm at once.
+pub const MAX_UNCONFIRMED: usize = 256;
 
 /// The broker connection of a standalone process, its publisher and metrics.
 pub struct Durable {
@@ -61,6 +68,38 @@ impl Durable {
         let result = self.publisher.publish(channel, msg).await;
         self.metrics.published(&channel.to_string(), &result);
         result
+    }
+
+    /// Publishes every message of `messages` on `channel` until it closes:
+    /// written in order, up to [`MAX_UNCONFIRMED`] awaiting their confirm at
+    /// once; `done` hears how each ended, in order.
+    pub async fn publish_all(
+        &self,
+        channel: &ChannelKey,
+        mut messages: mpsc::Receiver<Arc<Message>>,
+        done: impl Fn(&Arc<Message>, Result<(), PublishError>),
+    ) {
+        let label = channel.to_string();
+        let finish = |msg: &Arc<Message>, result: Result<(), PublishError>| {
+            self.metrics.published(&label, &result);
+            done(msg, result);
+        };
+        let mut unconfirmed = FuturesOrdered::new();
+        loop {
+            tokio::select! {
+                Some((msg, result)) = unconfirmed.next(), if !unconfirmed.is_empty() => finish(&msg, result),
+                msg = messages.recv(), if unconfirmed.len() < MAX_UNCONFIRMED => {
+                    let Some(msg) = msg else { break };
+                    match self.publisher.send(channel, &msg).await {
+                        Ok(sent) => unconfirmed.push_back(async move { (msg, sent.confirmed().await) }),
+                        Err(e) => finish(&msg, Err(e)),
+                    }
+                }
+            }
+        }
+        while let Some((msg, result)) = unconfirmed.next().await {
+            finish(&msg, result);
+        }
     }
 
     /// Starts consuming `subscription`'s backlog into `engine`, where

@@ -396,17 +396,16 @@ impl Runtime {
                 let metrics = self.metrics.clone();
                 let name = key.to_string();
                 tokio::spawn(async move {
-                    while let Some(msg) = inbound_rx.recv().await {
-                        match broker.publish(&channel, &msg).await {
-                            Ok(()) => {
-                                clients.broadcast(&channel, &msg);
-                            }
-                            Err(e) => {
-                                metrics.drop_endpoint(&name, "broker_unavailable");
-                                debug!(bridge = %name, error = %e, "endpoint message not confirmed by the broker; dropped");
-                            }
+                    let done = |msg: &Arc<Message>, result| match result {
+                        Ok(()) => {
+                            clients.broadcast(&channel, msg);
                         }
-                    }
+                        Err(e) => {
+                            metrics.drop_endpoint(&name, "broker_unavailable");
+                            debug!(bridge = %name, error = %e, "endpoint message not confirmed by the broker; dropped");
+                        }
+                    };
+                    broker.publish_all(&channel, inbound_rx, done).await;
                 })
             }
             None => tokio::spawn(async move {
