@@ -331,3 +331,106 @@ fn a_rabbitmq_channel_without_a_broker_is_refused_naming_the_file_object_and_fie
         }
     }
 }
+
+/// Waits until the metrics say the consumer of `queue` consumes.
+async fn wait_consuming(standalone: &Standalone, queue: &str) {
+    let line = format!("wsbridge_broker_consuming{{queue=\"{queue}\"}} 1");
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let (_, metrics) = http_get(&standalone.url("/metrics")).await.unwrap();
+        if String::from_utf8_lossy(&metrics).contains(&line) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{queue} never consumed:\n{}",
+            standalone.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_reload_moves_a_memory_channel_to_the_broker_and_a_new_subscription_gets_its_backlog() {
+    let rabbit = support::rabbitmq::shared().await;
+    let dir = TempDir::new("standalone-rabbitmq-reload");
+    let endpoint = Endpoint::start().await;
+    let mut first = Subscriber::start(Duration::ZERO).await;
+    let channel = unique("prices");
+    let memory = standalone_support::bridged_channel_yaml(&endpoint.url(), &channel)
+        + &standalone_support::subscription_yaml("first", &channel, &first.uri("/first"), "");
+    let config = dir.write("config.yaml", &memory);
+    let url = url_file(&dir, rabbit);
+    let standalone = start(&config, &dir, &url).await;
+    let before = "{\"memory\":true}".to_string();
+    standalone
+        .publish_accepted(&format!("default/{channel}"), &before)
+        .await;
+    assert_eq!(
+        receive_all(&mut first, std::slice::from_ref(&before)).await,
+        [before.clone()]
+    );
+
+    // The same channel on the broker, with a second Subscription that is down.
+    let second_addr = refusing_addr();
+    dir.write(
+        "config.yaml",
+        &durable_config(
+            &endpoint.url(),
+            &channel,
+            &[
+                ("first", first.uri("/first")),
+                ("second", format!("http://{second_addr}/second")),
+            ],
+        ),
+    );
+    standalone
+        .wait_log("configuration changed; applying", PATIENCE)
+        .await;
+    for subscription in ["first", "second"] {
+        wait_consuming(
+            &standalone,
+            &format!("wsbridge.subscription.default.{subscription}"),
+        )
+        .await;
+    }
+    let mut after = Vec::new();
+    for i in 0..5 {
+        let text = format!("{{\"durable\":{i}}}");
+        publish_confirmed(&standalone, &channel, &text).await;
+        after.push(text);
+    }
+    assert_eq!(receive_all(&mut first, &after).await, after);
+    let mut second = Subscriber::start_on(TcpListener::bind(second_addr).await.unwrap(), Duration::ZERO);
+    assert_eq!(
+        receive_all(&mut second, &after).await,
+        after,
+        "what was published since it was added, in order"
+    );
+    assert!(
+        second
+            .drain(Duration::from_millis(300))
+            .await
+            .iter()
+            .all(|d| d.body != before),
+        "nothing from before the channel moved to the broker"
+    );
+}
+
+#[tokio::test]
+async fn a_reload_to_a_rabbitmq_channel_without_a_broker_is_rejected_and_the_running_one_kept() {
+    let dir = TempDir::new("standalone-rabbitmq-reject");
+    let endpoint = Endpoint::start().await;
+    let mut subscriber = Subscriber::start(Duration::ZERO).await;
+    let yaml = standalone_support::bridged_channel_yaml(&endpoint.url(), "kept")
+        + &standalone_support::subscription_yaml("sub", "kept", &subscriber.uri("/"), "");
+    let config = dir.write("config.yaml", &yaml);
+    let standalone = Standalone::start(&[&config], &dir.0).await;
+    dir.write("config.yaml", &durable_config(&endpoint.url(), "kept", &[]));
+    let logs = standalone
+        .wait_log("configuration change rejected", PATIENCE)
+        .await;
+    assert!(logs.contains("spec.backend"), "{logs}");
+    standalone.publish_accepted("default/kept", "still memory").await;
+    subscriber.next_containing("still memory", PATIENCE).await;
+}
