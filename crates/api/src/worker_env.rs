@@ -31,3 +31,30 @@ pub const POD_NAMESPACE: &str = "POD_NAMESPACE";
 pub fn header_var(index: usize) -> String {
     format!("{ENDPOINT_HEADER_PREFIX}{index}")
 }
+
+/// Prefix of a signed Subscription's signing secret (its `signingSecretRef`,
+/// through `secretKeyRef`), followed by the Subscription's name. Only
+/// Subscriptions of the Bridge's channel whose Secret holds a valid
+/// `whsec_` secret get one.
+pub const SIGNING_SECRET_PREFIX: &str = "WSBRIDGE_SIGNING_SECRET_";
+/// Prefix of the reference that signing secret was read from (a plain
+/// `SECRET/KEY`), followed by the Subscription's name: a Subscription that
+/// names another reference than the pod was started with is not delivered
+/// to until the worker rolls, rather than signed with a stale key.
+pub const SIGNING_REF_PREFIX: &str = "WSBRIDGE_SIGNING_REF_";
+
+/// The variable holding the signing secret of Subscription `subscription`
+/// (DNS-1123 names are valid in environment variable names).
+pub fn signing_secret_var(subscription: &str) -> String {
+    format!("{SIGNING_SECRET_PREFIX}{subscription}")
+}
+
+/// The variable naming where [`signing_secret_var`] was read from.
+pub fn signing_ref_var(subscription: &str) -> String {
+    format!("{SIGNING_REF_PREFIX}{subscription}")
+}
+
+/// The value of [`signing_ref_var`] for the key `key` of Secret `secret`.
+pub fn signing_ref_value(secret: &str, key: &str) -> String {
+    format!("{secret}/{key}")
+}

@@ -337,7 +337,18 @@ impl Sessions {
             move |change| match change {
                 Change::Applied(s) => {
                     let key = wsbridge_k8s::follow::key_of(s);
-                    match translate::subscription_info(&namespace, &s.spec) {
+                    let info = translate::subscription_info(&namespace, &s.spec)
+                        .map_err(|e| e.to_string())
+                        .and_then(|mut info| {
+                            // A signed Subscription is never delivered to unsigned.
+                            if let Some(reference) = &s.spec.signing_secret_ref {
+                                let name = s.name_any();
+                                info.signing =
+                                    Some(env::signing_key(&name, reference, |k| std::env::var(k).ok())?);
+                            }
+                            Ok(info)
+                        });
+                    match info {
                         Ok(info) => idx.apply_subscription(key, info),
                         Err(e) => {
                             tracing::warn!(subscription = %key, error = %e, "ignoring an unusable Subscription");
