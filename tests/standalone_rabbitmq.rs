@@ -193,6 +193,15 @@ async fn a_subscriber_that_was_down_gets_every_message_in_order_and_the_endpoint
         !standalone.logs().contains(rabbit.password()),
         "the password is never logged"
     );
+
+    // SIGTERM: consumers stop, deliveries drain, exit 0.
+    let mut standalone = standalone;
+    standalone.terminate();
+    assert!(
+        standalone.wait_exit(PATIENCE).await.success(),
+        "{}",
+        standalone.logs()
+    );
 }
 
 #[tokio::test]
