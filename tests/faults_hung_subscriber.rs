@@ -72,9 +72,11 @@ async fn a_hung_subscriber_neither_slows_the_others_nor_grows_the_workers_memory
     let feed = Feed::start().await?;
     let (a, b) = (CountingSubscriber::ok().await?, CountingSubscriber::ok().await?);
     let hung = CountingSubscriber::start(|_| Answer::Hang).await?;
-    // The healthy subscribers' queues take a whole burst: the endpoint sends
-    // faster than they answer, and a full queue drops (by design).
-    let roomy = "{queueCapacity: 4096}";
+    // The healthy subscribers' queues take a whole burst, in messages and
+    // in bytes (a flood chunk is 1,000 x 16 KiB, the default byte bound
+    // 16 MiB): the endpoint sends faster than they answer, and a full queue
+    // drops (by design).
+    let roomy = "{queueCapacity: 4096, queueCapacityBytes: 67108864}";
     let yaml = objects(
         &ns,
         &feed.url(),
