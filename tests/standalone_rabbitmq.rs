@@ -238,6 +238,21 @@ async fn a_restart_loses_nothing_that_was_confirmed() {
         publish_confirmed(&second, &channel, &text).await;
         confirmed.push(text);
     }
+    // The backlog is in the metrics (asked every few seconds; the message
+    // the consumer holds is not counted as ready).
+    let gauge = "wsbridge_broker_backlog_messages{queue=\"wsbridge.subscription.default.audit\"} ";
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let (_, metrics) = http_get(&second.url("/metrics")).await.unwrap();
+        let depth = String::from_utf8_lossy(&metrics)
+            .lines()
+            .find_map(|l| l.strip_prefix(gauge).and_then(|n| n.trim().parse::<u64>().ok()));
+        if depth.is_some_and(|n| n >= 35) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "backlog gauge {depth:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let mut subscriber = Subscriber::start_on(TcpListener::bind(addr).await.unwrap(), Duration::ZERO);
     assert_eq!(
         receive_all(&mut subscriber, &confirmed).await,
