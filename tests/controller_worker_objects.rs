@@ -200,6 +200,7 @@ async fn each_worker_gets_a_network_policy_owned_by_its_bridge_admitting_only_th
         &worker_objects::config_hash(&[]),
         &DestinationPolicy::default(),
         Some(&ingress),
+        &[],
     );
     let pairs = [
         (

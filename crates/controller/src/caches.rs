@@ -242,8 +242,12 @@ fn salted_digest(uid: &str, value: &[u8]) -> ByteString {
 
 /// Keeps a Secret's keys, replaces each value by its salted digest, and
 /// drops annotations (`last-applied-configuration` may hold the values):
-/// secret values never stay in the controller's memory.
+/// secret values never stay in the controller's memory. The one annotation
+/// left is ours: which values are not signing secrets (never the values).
 fn digest_secret(s: &mut Secret) {
+    s.metadata.annotations = None;
+    // Decided on the values, kept as an annotation of the cached copy.
+    worker_objects::signing::mark_signing_keys(s);
     let uid = s.metadata.uid.clone().unwrap_or_default();
     if let Some(data) = s.data.as_mut() {
         for v in data.values_mut() {
@@ -251,7 +255,6 @@ fn digest_secret(s: &mut Secret) {
         }
     }
     s.string_data = None;
-    s.metadata.annotations = None;
 }
 
 /// Like [`digest_secret`]: keys and digests, all under `binaryData`.

@@ -72,8 +72,9 @@ pub(crate) async fn run(
     anyhow::bail!("controllers stopped unexpectedly")
 }
 
-/// Bridges: their worker objects, their Channel and Endpoint, and the
-/// Secrets and ConfigMaps those read.
+/// Bridges: their worker objects, their Channel and Endpoint, the
+/// Subscriptions their workers deliver to, and the Secrets and ConfigMaps
+/// those read.
 fn bridge_controller(
     c: &Caches,
     ctx: Arc<Context>,
@@ -91,6 +92,10 @@ fn bridge_controller(
         .watches_shared_stream(c.endpoints.triggers(), over(s, triggers::bridges_of_endpoint))
         .watches_shared_stream(c.secrets.triggers(), over(s, triggers::bridges_using_secret))
         .watches_shared_stream(
+            c.subscriptions.triggers(),
+            over(s, triggers::bridges_of_subscription),
+        )
+        .watches_shared_stream(
             c.config_maps.triggers(),
             over(s, triggers::bridges_using_config_map),
         )
@@ -98,7 +103,8 @@ fn bridge_controller(
         .for_each(|_| futures::future::ready(()))
 }
 
-/// Subscriptions: their Channel and the Services they deliver to.
+/// Subscriptions: their Channel, the Services they deliver to and their
+/// signing Secret.
 fn subscription_controller(
     c: &Caches,
     ctx: Arc<Context>,
@@ -109,6 +115,10 @@ fn subscription_controller(
         .with_config(config)
         .watches_shared_stream(c.channels.triggers(), over(s, triggers::subscriptions_of_channel))
         .watches_shared_stream(c.services.triggers(), over(s, triggers::subscriptions_of_service))
+        .watches_shared_stream(
+            c.secrets.triggers(),
+            over(s, triggers::subscriptions_using_secret),
+        )
         .run(reconcile::reconcile_subscription, error_policy, ctx.clone())
         .for_each(|_| futures::future::ready(()))
 }

@@ -324,7 +324,12 @@ pub async fn reconcile_bridge(bridge: Arc<Bridge>, ctx: Arc<Context>) -> Result<
     if let (Some(_), Some(endpoint), Some(None), None) =
         (&channel, &endpoint, &endpoint_problem, &token_problem)
     {
-        let entries: Vec<_> = worker_objects::referenced_keys(&bridge, endpoint)
+        let signed = worker_objects::signing::signed_subscriptions(&ctx.stores, &ns, &bridge.spec.channel);
+        let mut keys = worker_objects::referenced_keys(&bridge, endpoint);
+        keys.extend(worker_objects::signing::referenced_keys(&signed));
+        keys.sort();
+        keys.dedup();
+        let entries: Vec<_> = keys
             .into_iter()
             .map(|s| {
                 let d = refs.digest(&s);
@@ -339,6 +344,7 @@ pub async fn reconcile_bridge(bridge: Arc<Bridge>, ctx: Arc<Context>) -> Result<
             &worker_objects::config_hash(&entries),
             &ctx.destinations,
             ctx.worker_ingress.as_ref(),
+            &signed,
         );
         let uid = bridge.uid().unwrap_or_default();
         let foreign = ensure_worker(&ctx, &ns, &uid, &objs).await?;
@@ -454,13 +460,12 @@ pub async fn reconcile_subscription(sub: Arc<Subscription>, ctx: Arc<Context>) -
         &move |svc: &str| get(&services, &lookup_ns, svc),
         &ctx.destinations,
     );
-    write_status(&ctx, &*sub, &decision.ready, |conditions, generation| {
-        SubscriptionStatus {
-            subscriber_uri: decision.subscriber_uri,
-            dead_letter_sink_uri: decision.dead_letter_sink_uri,
-            conditions,
-            observed_generation: generation,
-        }
+    let ready = worker_objects::signing::subscription_ready(&ctx.stores, &ns, &sub, decision.ready);
+    write_status(&ctx, &*sub, &ready, |conditions, generation| SubscriptionStatus {
+        subscriber_uri: decision.subscriber_uri,
+        dead_letter_sink_uri: decision.dead_letter_sink_uri,
+        conditions,
+        observed_generation: generation,
     })
     .await?;
     Ok(Action::requeue(RESYNC))

@@ -35,14 +35,40 @@ pub(crate) fn bridges_of_endpoint(s: &Stores, e: &Endpoint) -> Vec<ObjectRef<Bri
     refs_where(&s.bridges, &ns, |b| b.spec.endpoint == name)
 }
 
-/// Bridges whose token or whose Endpoint's credentials or CA are in `sec`.
+/// Bridges whose token or whose Endpoint's credentials or CA are in `sec`,
+/// or that sign deliveries to a Subscription with its signing secret there.
 pub(crate) fn bridges_using_secret(s: &Stores, sec: &Secret) -> Vec<ObjectRef<Bridge>> {
     let (ns, name) = key(sec);
+    let signing_channels: Vec<String> = s
+        .subscriptions
+        .state()
+        .iter()
+        .filter(|x| x.metadata.namespace.as_deref() == Some(&ns) && subscription_uses_secret(x, &name))
+        .map(|x| x.spec.channel.clone())
+        .collect();
     refs_where(&s.bridges, &ns, |b| {
         b.spec.token_secret_ref.as_ref().is_some_and(|t| t.name == name)
+            || signing_channels.contains(&b.spec.channel)
             || reconcile::get(&s.endpoints, &ns, &b.spec.endpoint)
                 .is_some_and(|e| endpoint_uses_secret(&e, &name))
     })
+}
+
+/// The Bridges of a Subscription's Channel: their workers deliver to it,
+/// and sign what they deliver when it names a signing secret.
+pub(crate) fn bridges_of_subscription(s: &Stores, x: &Subscription) -> Vec<ObjectRef<Bridge>> {
+    let (ns, _) = key(x);
+    refs_where(&s.bridges, &ns, |b| b.spec.channel == x.spec.channel)
+}
+
+/// Subscriptions whose signing secret is in `sec`.
+pub(crate) fn subscriptions_using_secret(s: &Stores, sec: &Secret) -> Vec<ObjectRef<Subscription>> {
+    let (ns, name) = key(sec);
+    refs_where(&s.subscriptions, &ns, |x| subscription_uses_secret(x, &name))
+}
+
+fn subscription_uses_secret(x: &Subscription, name: &str) -> bool {
+    x.spec.signing_secret_ref.as_ref().is_some_and(|r| r.name == name)
 }
 
 /// Bridges whose Endpoint's CA is in `cm`.

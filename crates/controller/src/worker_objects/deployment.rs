@@ -181,6 +181,7 @@ pub(super) fn deployment(
     image: &str,
     config_hash: &str,
     destinations: &DestinationPolicy,
+    signed: &[super::SignedSubscription],
     meta: ObjectMeta,
 ) -> Deployment {
     let ns = bridge.namespace().unwrap_or_default();
@@ -204,7 +205,13 @@ pub(super) fn deployment(
             protocol: Some("TCP".into()),
             ..Default::default()
         }]),
-        env: Some(worker_env(bridge, endpoint, destinations)),
+        env: Some(
+            [
+                worker_env(bridge, endpoint, destinations),
+                super::signing::signing_env(signed),
+            ]
+            .concat(),
+        ),
         liveness_probe: Some(probe("/healthz")),
         readiness_probe: Some(probe("/readyz")),
         resources: Some(resources(pod.resources.as_ref())),
@@ -297,7 +304,7 @@ mod tests {
     #[test]
     fn deployment_is_restricted_and_owned() {
         let (b, e) = fixture();
-        let w = worker_objects(&b, &e, "img:1", "abc", &DestinationPolicy::default(), None);
+        let w = worker_objects(&b, &e, "img:1", "abc", &DestinationPolicy::default(), None, &[]);
         let d = &w.deployment;
         assert_eq!(d.metadata.name.as_deref(), Some("wsbridge-worker-feed"));
         let owner = &d.metadata.owner_references.as_ref().unwrap()[0];

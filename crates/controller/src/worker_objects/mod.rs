@@ -7,6 +7,7 @@ mod deployment;
 pub mod drift;
 mod network_policy;
 mod rbac;
+pub mod signing;
 
 use std::collections::BTreeMap;
 
@@ -20,6 +21,7 @@ use sha2::{Digest, Sha256};
 
 pub use deployment::{builtin_pod_defaults, with_pod_defaults, worker_env};
 pub use network_policy::{PodsIn, WorkerIngress};
+pub use signing::SignedSubscription;
 use wsbridge_api::{Bridge, Endpoint};
 use wsbridge_dataplane::DestinationPolicy;
 
@@ -143,7 +145,7 @@ fn labels(bridge: &str) -> BTreeMap<String, String> {
 }
 
 /// Builds the worker objects. The Deployment carries [`APPLIED_HASH`] over
-/// all of them.
+/// all of them; `signed` are the Subscriptions whose deliveries it signs.
 pub fn worker_objects(
     bridge: &Bridge,
     endpoint: &Endpoint,
@@ -151,6 +153,7 @@ pub fn worker_objects(
     config_hash: &str,
     destinations: &DestinationPolicy,
     ingress: Option<&WorkerIngress>,
+    signed: &[SignedSubscription],
 ) -> WorkerObjects {
     let b = bridge.name_any();
     let owner = bridge.controller_owner_ref(&()).into_iter().collect::<Vec<_>>();
@@ -165,7 +168,8 @@ pub fn worker_objects(
     let network_policy = ingress.map(|i| {
         network_policy::network_policy(meta.clone(), deployment::pod_selector(&b), deployment::PORT, i)
     });
-    let mut deployment = deployment::deployment(bridge, endpoint, image, config_hash, destinations, meta);
+    let mut deployment =
+        deployment::deployment(bridge, endpoint, image, config_hash, destinations, signed, meta);
     let mut h = Sha256::new();
     for part in [
         serde_json::to_vec(&service_account),
@@ -231,7 +235,7 @@ mod tests {
         assert_eq!(value("WSBRIDGE_ALLOW_LINK_LOCAL").as_deref(), Some("true"));
         assert!(value("WSBRIDGE_DESTINATION_ALLOW").is_none());
         let hash = |p: &DestinationPolicy| {
-            worker_objects(&b, &e, "img:1", "abc", p, None)
+            worker_objects(&b, &e, "img:1", "abc", p, None, &[])
                 .deployment
                 .metadata
                 .annotations
@@ -261,7 +265,15 @@ mod tests {
     fn applied_hash_changes_with_the_spec_only() {
         let (b, e) = fixture();
         let hash = |image: &str, config_hash: &str| {
-            let w = worker_objects(&b, &e, image, config_hash, &DestinationPolicy::default(), None);
+            let w = worker_objects(
+                &b,
+                &e,
+                image,
+                config_hash,
+                &DestinationPolicy::default(),
+                None,
+                &[],
+            );
             w.deployment.metadata.annotations.unwrap()[APPLIED_HASH].clone()
         };
         assert_eq!(hash("img:1", "abc"), hash("img:1", "abc"));

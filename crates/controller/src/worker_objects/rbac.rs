@@ -78,7 +78,7 @@ mod tests {
     #[test]
     fn the_worker_may_read_only_its_own_objects_and_write_only_its_status_and_events() {
         let (b, e) = fixture();
-        let w = worker_objects(&b, &e, "img:1", "abc", &DestinationPolicy::default(), None);
+        let w = worker_objects(&b, &e, "img:1", "abc", &DestinationPolicy::default(), None, &[]);
         let rules: Vec<_> = w
             .role
             .rules

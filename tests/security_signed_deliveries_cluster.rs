@@ -1,0 +1,337 @@
+//! Signed deliveries in a cluster, on the real API server: the controller
+//! (running from the `deploy/` manifests) points the worker's pod template
+//! at each signed Subscription's Secret key; the worker runs from that
+//! template (its `secretKeyRef`s resolved as the kubelet would) and signs
+//! what it delivers. The `standardwebhooks` package from PyPI verifies the
+//! deliveries; a subscriber holding another secret refuses them; a Secret
+//! whose value is not a `whsec_` secret, or that does not exist, is a
+//! `Ready=False` Subscription naming `spec.signingSecretRef` (never the
+//! value) that gets nothing; a rotated secret rolls the worker.
+
+mod support;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use base64::Engine as _;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Container, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::Api;
+use kube::api::{Patch, PatchParams};
+use serde_json::json;
+use support::peers::{ServerOpts, Subscriber, WsServer};
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdout, Command};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use wsbridge_api::{Bridge, Subscription, conditions};
+
+const WAIT: Duration = Duration::from_secs(60);
+const WORKER: &str = "wsbridge-worker-ticker-feed";
+const NOT_A_SECRET: &str = "not-a-whsec-secret-5e1f";
+
+/// A Python subscriber verifying with `secret`; killed on drop.
+struct Verifier {
+    _child: Child,
+    lines: Lines<BufReader<ChildStdout>>,
+    port: u16,
+}
+
+impl Verifier {
+    async fn start(secret: &str) -> Self {
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/webhook_verifier.py");
+        let mut child = Command::new("python3")
+            .arg(script)
+            .arg(secret)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("python3");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = tokio::time::timeout(WAIT, lines.next_line())
+            .await
+            .expect("the verifier starts")
+            .unwrap()
+            .unwrap_or_else(|| {
+                panic!("the verifier exited: is the `standardwebhooks` package installed? (tests/run.sh installs it)")
+            });
+        let port = first
+            .strip_prefix("listening ")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected first line {first:?}"));
+        Self {
+            _child: child,
+            lines,
+            port,
+        }
+    }
+
+    fn uri(&self) -> String {
+        format!("http://127.0.0.1:{}/hook", self.port)
+    }
+
+    /// The next line the verifier printed.
+    async fn next(&mut self) -> String {
+        tokio::time::timeout(WAIT, self.lines.next_line())
+            .await
+            .expect("a verdict in time")
+            .unwrap()
+            .expect("the verifier is running")
+    }
+}
+
+/// `whsec_` + base64 of 32 random bytes.
+fn new_secret() -> String {
+    let key: Vec<u8> = (0..32).map(|_| rand::random::<u8>()).collect();
+    format!("whsec_{}", base64::engine::general_purpose::STANDARD.encode(key))
+}
+
+fn objects(ns: &str, endpoint_url: &str, secret: &str) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Secret
+metadata: {{name: hook-signing, namespace: {ns}}}
+stringData: {{secret: '{secret}'}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: plain-password, namespace: {ns}}}
+stringData: {{secret: {NOT_A_SECRET}}}
+---
+apiVersion: wsbridge.io/v1alpha1
+kind: Endpoint
+metadata: {{name: market-feed, namespace: {ns}}}
+spec:
+  url: {endpoint_url}
+  reconnect: {{initialDelay: 50ms, maxDelay: 500ms}}
+---
+apiVersion: wsbridge.io/v1alpha1
+kind: Channel
+metadata: {{name: ticker, namespace: {ns}}}
+spec: {{delivery: {{retry: 0, timeout: 2s}}}}
+---
+apiVersion: wsbridge.io/v1alpha1
+kind: Bridge
+metadata: {{name: ticker-feed, namespace: {ns}}}
+spec: {{channel: ticker, endpoint: market-feed}}
+"#
+    )
+}
+
+fn subscription(ns: &str, name: &str, uri: &str, secret: &str) -> String {
+    format!(
+        "---\napiVersion: wsbridge.io/v1alpha1\nkind: Subscription\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  channel: ticker\n  subscriber: {{uri: '{uri}'}}\n  signingSecretRef: {{name: {secret}, key: secret}}\n"
+    )
+}
+
+fn worker_container(d: &Deployment) -> Option<&Container> {
+    d.spec.as_ref()?.template.spec.as_ref()?.containers.first()
+}
+
+fn env_names(d: &Deployment) -> Vec<String> {
+    worker_container(d)
+        .and_then(|c| c.env.as_ref())
+        .map(|env| env.iter().map(|v| v.name.clone()).collect())
+        .unwrap_or_default()
+}
+
+fn config_hash(d: &Deployment) -> Option<String> {
+    d.spec
+        .as_ref()?
+        .template
+        .metadata
+        .as_ref()?
+        .annotations
+        .as_ref()?
+        .get("wsbridge.io/config-hash")
+        .cloned()
+}
+
+/// The worker Deployment once its environment names exactly the signed
+/// Subscriptions `want` (and `other` than `hash` when one is given).
+async fn worker_deployment(
+    client: &kube::Client,
+    ns: &str,
+    want: &[&str],
+    hash: Option<&str>,
+) -> Result<Deployment> {
+    let api: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    let mut want: Vec<String> = want
+        .iter()
+        .map(|s| wsbridge_api::worker_env::signing_secret_var(s))
+        .collect();
+    want.sort();
+    support::eventually(WAIT, &format!("worker env signing {want:?}"), || {
+        let (api, want) = (api.clone(), want.clone());
+        async move {
+            let Some(d) = api.get_opt(WORKER).await? else {
+                return Ok(None);
+            };
+            let mut signing: Vec<String> = env_names(&d)
+                .into_iter()
+                .filter(|n| n.starts_with(wsbridge_api::worker_env::SIGNING_SECRET_PREFIX))
+                .collect();
+            signing.sort();
+            let rolled = hash.is_none_or(|h| config_hash(&d).as_deref() != Some(h));
+            Ok((signing == want && rolled).then_some(d))
+        }
+    })
+    .await
+}
+
+async fn subscription_ready(client: &kube::Client, ns: &str, name: &str, want: bool) -> Result<Condition> {
+    let api: Api<Subscription> = Api::namespaced(client.clone(), ns);
+    support::eventually(WAIT, &format!("Subscription {name} Ready={want}"), || {
+        let api = api.clone();
+        async move {
+            let s = api.get(name).await?;
+            let conds = s.status.map(|s| s.conditions).unwrap_or_default();
+            Ok(conditions::find(&conds, conditions::READY)
+                .filter(|c| (c.status == "True") == want)
+                .cloned())
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn worker_deliveries_verify_with_the_standardwebhooks_package_and_bad_secrets_are_conditions()
+-> Result<()> {
+    support::install::installed().await;
+    let client = support::shared().await.client();
+    let ns = support::create_namespace(&client, "signed").await?;
+    let secret = new_secret();
+    let mut trusting = Verifier::start(&secret).await;
+    let mut doubting = Verifier::start(&new_secret()).await;
+    let mut unsigned = Subscriber::ok().await;
+    let mut endpoint = WsServer::start(ServerOpts::default()).await;
+    let mut yaml = objects(&ns, &endpoint.url(), &secret);
+    yaml.push_str(&subscription(&ns, "trusting", &trusting.uri(), "hook-signing"));
+    yaml.push_str(&subscription(&ns, "doubting", &doubting.uri(), "hook-signing"));
+    yaml.push_str(&subscription(
+        &ns,
+        "plain",
+        &unsigned.uri.to_string(),
+        "plain-password",
+    ));
+    yaml.push_str(&subscription(
+        &ns,
+        "absent",
+        &unsigned.uri.to_string(),
+        "no-such-secret",
+    ));
+    support::apply_yaml(&client, &yaml, Some(&ns)).await?;
+
+    // A value that is not a Standard Webhooks secret, and a Secret that does
+    // not exist: Ready=False naming the field, never the value.
+    let plain = subscription_ready(&client, &ns, "plain", false).await?;
+    assert_eq!(plain.reason, "SigningSecretInvalid", "{plain:?}");
+    assert!(
+        plain.message.contains("spec.signingSecretRef"),
+        "{}",
+        plain.message
+    );
+    assert!(plain.message.contains("whsec_"), "{}", plain.message);
+    assert!(
+        !plain.message.contains(NOT_A_SECRET),
+        "the value is in the condition"
+    );
+    let absent = subscription_ready(&client, &ns, "absent", false).await?;
+    assert_eq!(absent.reason, "SecretNotFound", "{absent:?}");
+    assert!(
+        absent.message.contains("spec.signingSecretRef"),
+        "{}",
+        absent.message
+    );
+    let ready = subscription_ready(&client, &ns, "trusting", true).await?;
+    assert!(ready.message.contains("signed"), "{}", ready.message);
+
+    // Only the usable signing secrets reach the worker, by reference.
+    let d = worker_deployment(&client, &ns, &["doubting", "trusting"], None).await?;
+    let text = serde_json::to_string(&d)?;
+    assert!(
+        !text.contains(&secret[6..]),
+        "a signing secret is in the Deployment"
+    );
+    let hash = config_hash(&d).context("config hash")?;
+
+    let mut worker = support::pods::start_bridge_worker(&ns, "ticker-feed").await?;
+    endpoint.next_connected().await;
+    let api: Api<Bridge> = Api::namespaced(client.clone(), &ns);
+    support::eventually(WAIT, "Bridge Connected", || {
+        let api = api.clone();
+        async move {
+            let b = api.get("ticker-feed").await?;
+            let conds = b.status.map(|s| s.conditions).unwrap_or_default();
+            Ok(conditions::is_true(&conds, conditions::CONNECTED).then_some(()))
+        }
+    })
+    .await
+    .with_context(|| format!("worker log:\n{}", worker.logs()))?;
+
+    // The worker connects once it knows its subscribers: what the endpoint
+    // sends now is delivered, signed.
+    endpoint.send(WsMessage::Text(r#"{"price":101.5}"#.into()));
+    let verdict = trusting.next().await;
+    assert!(
+        verdict.starts_with("verified ") && verdict.ends_with(r#" {"price":101.5}"#),
+        "{verdict}; worker log:\n{}",
+        worker.logs()
+    );
+    let refused = doubting.next().await;
+    assert!(refused.starts_with("refused No matching signature"), "{refused}");
+    // The Subscriptions without a usable secret get nothing, not even unsigned.
+    unsigned.assert_quiet(Duration::from_secs(1)).await;
+
+    // A rotated secret rolls the worker (its config hash changes), and the
+    // new pod signs with the new secret.
+    let rotated = new_secret();
+    Api::<Secret>::namespaced(client.clone(), &ns)
+        .patch(
+            "hook-signing",
+            &PatchParams::apply("test").force(),
+            &Patch::Apply(json!({
+                "apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": "hook-signing"},
+                "stringData": {"secret": rotated}
+            })),
+        )
+        .await?;
+    worker_deployment(&client, &ns, &["doubting", "trusting"], Some(&hash)).await?;
+    assert_eq!(
+        worker.terminate(Duration::from_secs(20)).await,
+        Some(0),
+        "log:\n{}",
+        worker.logs()
+    );
+    let logs = worker.logs();
+    assert!(
+        !logs.contains(&secret[6..]),
+        "the signing secret is in the worker's log"
+    );
+    let mut renewed = Verifier::start(&rotated).await;
+    let mut yaml = String::new();
+    yaml.push_str(&subscription(&ns, "trusting", &renewed.uri(), "hook-signing"));
+    support::apply_yaml(&client, &yaml, Some(&ns)).await?;
+    let _worker = support::pods::start_bridge_worker(&ns, "ticker-feed").await?;
+    endpoint.next_connected().await;
+    // Sent until one arrives: the new worker may still be listing its subscribers.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        endpoint.send(WsMessage::Text("after rotation".into()));
+        match tokio::time::timeout(Duration::from_millis(500), renewed.next()).await {
+            Ok(verdict) => {
+                assert!(verdict.starts_with("verified "), "{verdict}");
+                break;
+            }
+            Err(_) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "nothing verified after the rotation"
+            ),
+        }
+    }
+    Ok(())
+}
