@@ -2,18 +2,54 @@
 //! both ways.
 
 mod standalone_support;
+mod support;
 
 use std::process::Command;
+use std::sync::Mutex;
 
 use standalone_support::{free_addr, repo};
 
+/// The quickstart's demo peers listen on fixed ports: one run at a time.
+static PORTS: Mutex<()> = Mutex::new(());
+
 #[test]
 fn quickstart_runs_to_completion_showing_messages_both_ways() {
+    quickstart(&[], &[]);
+}
+
+/// The same YAML with `backend: rabbitmq` on the Channel, through a real
+/// broker given in the environment: the same messages flow both ways.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_quickstart_yaml_works_unchanged_with_backend_rabbitmq() {
+    let rabbit = support::rabbitmq::shared().await;
+    let url = rabbit.amqp_url();
+    let stdout = tokio::task::spawn_blocking(move || {
+        quickstart(
+            &["--backend", "rabbitmq"],
+            &[("WSBRIDGE_RABBITMQ_URL", url.as_str())],
+        )
+    })
+    .await
+    .unwrap();
+    assert!(stdout.contains("backend rabbitmq"), "{stdout}");
+    assert!(
+        stdout.contains("consuming the subscription's backlog from the broker"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains(rabbit.password()), "the password is never shown");
+}
+
+/// Runs the quickstart with `args` and `env`, checks what it shows and
+/// returns its output.
+fn quickstart(args: &[&str], env: &[(&str, &str)]) -> String {
+    let _one_at_a_time = PORTS.lock().unwrap_or_else(|p| p.into_inner());
     let out = Command::new("bash")
         .arg("examples/quickstart/run.sh")
         .args(["--duration", "8"])
+        .args(args)
         .env("WSBRIDGE_BIN", env!("CARGO_BIN_EXE_wsbridge"))
         .env("WSBRIDGE_LISTEN", free_addr().to_string())
+        .envs(env.iter().copied())
         .current_dir(repo())
         .output()
         .unwrap();
@@ -46,4 +82,5 @@ fn quickstart_runs_to_completion_showing_messages_both_ways() {
     for noise in [" WARN ", " ERROR ", "reset"] {
         assert!(!ending.contains(noise), "{noise:?} in the ending:\n{ending}");
     }
+    stdout.into_owned()
 }

@@ -5,23 +5,28 @@
 # flow both ways: feed -> wsbridge -> subscribers, and
 # publisher -> wsbridge -> feed (which echoes it back) and subscribers.
 #
-# usage: examples/quickstart/run.sh [--duration SECONDS] [--release]
+# usage: examples/quickstart/run.sh [--duration SECONDS] [--release] [--backend rabbitmq]
 #   --duration SECONDS  stop by itself after SECONDS (default: run until Ctrl-C)
 #   --release           build with --release
+#   --backend rabbitmq  the same YAML with backend: rabbitmq on the Channel,
+#                       through the broker named in the environment
 # environment:
 #   WSBRIDGE_BIN     use this wsbridge binary instead of building one
 #   WSBRIDGE_LISTEN  wsbridge's listener (default 127.0.0.1:8080)
+#   WSBRIDGE_RABBITMQ_URL or WSBRIDGE_RABBITMQ_URL_FILE  the broker (--backend rabbitmq)
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
 duration=""
 profile="debug"
+backend="memory"
 while [ $# -gt 0 ]; do
   case "$1" in
     --duration) duration="${2:?--duration needs a number of seconds}"; shift 2 ;;
     --release) profile="release"; shift ;;
-    -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --backend) backend="${2:?--backend needs memory or rabbitmq}"; shift 2 ;;
+    -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown option: $1 (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -29,6 +34,23 @@ if [ -n "${WSBRIDGE_BIN:-}" ]; then
   WSBRIDGE_BIN="$(cd "$(dirname "$WSBRIDGE_BIN")" && pwd)/$(basename "$WSBRIDGE_BIN")"
 fi
 cd "$repo"
+config=examples/quickstart/wsbridge.yaml
+tmp=""
+case "$backend" in
+  memory) ;;
+  rabbitmq)
+    if [ -z "${WSBRIDGE_RABBITMQ_URL:-}${WSBRIDGE_RABBITMQ_URL_FILE:-}" ]; then
+      echo "--backend rabbitmq needs WSBRIDGE_RABBITMQ_URL or WSBRIDGE_RABBITMQ_URL_FILE (amqp://user:password@host:5672/%2f)" >&2
+      exit 2
+    fi
+    # The quickstart's YAML unchanged but for the Channel's backend.
+    tmp="$(mktemp -d)"
+    config="$tmp/wsbridge.yaml"
+    awk '{ print } /^kind: Channel$/ { channel = 1 } channel && /^spec:$/ { print "  backend: rabbitmq"; channel = 0 }' \
+      examples/quickstart/wsbridge.yaml > "$config"
+    ;;
+  *) echo "unknown backend: $backend (memory or rabbitmq)" >&2; exit 2 ;;
+esac
 listen="${WSBRIDGE_LISTEN:-127.0.0.1:8080}"
 export WSBRIDGE_LISTEN="$listen"
 
@@ -57,6 +79,7 @@ cleanup() {
       wait "${pids[i]}" 2>/dev/null || true
     done
   fi
+  [ -n "$tmp" ] && rm -rf "$tmp"
   echo "==> done"
 }
 trap cleanup EXIT
@@ -67,8 +90,8 @@ echo "==> starting the demo feed (ws://127.0.0.1:9001/feed) and the demo subscri
 pids+=($!)
 "$bin" demo-subscriber --listen 127.0.0.1:9002 --expect-token demo-token &
 pids+=($!)
-echo "==> starting: wsbridge standalone -f examples/quickstart/wsbridge.yaml (listening on $listen)"
-NO_COLOR=1 RUST_LOG="${RUST_LOG:-info}" "$bin" standalone -f examples/quickstart/wsbridge.yaml \
+echo "==> starting: wsbridge standalone -f $config (backend $backend, listening on $listen)"
+NO_COLOR=1 RUST_LOG="${RUST_LOG:-info}" "$bin" standalone -f "$config" \
   > >(sed -u 's/^/[wsbridge]   /') 2>&1 &
 pids+=($!)
 
