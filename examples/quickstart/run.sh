@@ -26,7 +26,7 @@ while [ $# -gt 0 ]; do
     --duration) duration="${2:?--duration needs a number of seconds}"; shift 2 ;;
     --release) profile="release"; shift ;;
     --backend) backend="${2:?--backend needs memory or rabbitmq}"; shift 2 ;;
-    -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown option: $1 (try --help)" >&2; exit 2 ;;
   esac
 done
