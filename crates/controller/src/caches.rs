@@ -243,7 +243,7 @@ fn salted_digest(uid: &str, value: &[u8]) -> ByteString {
 /// Keeps a Secret's keys, replaces each value by its salted digest, and
 /// drops annotations (`last-applied-configuration` may hold the values):
 /// secret values never stay in the controller's memory. The one annotation
-/// left is ours: which values are not signing secrets (never the values).
+/// left is ours: which values are signing secrets (never the values).
 fn digest_secret(s: &mut Secret) {
     s.metadata.annotations = None;
     // Decided on the values, kept as an annotation of the cached copy.

@@ -22,34 +22,39 @@ use crate::status::check_secret_key;
 use wsbridge_api::conditions::{Decided, READY};
 use wsbridge_api::worker_env as contract;
 use wsbridge_api::{KeySelector, Subscription};
-use wsbridge_dataplane::delivery::SigningKey;
+use wsbridge_dataplane::delivery::{InvalidSigningSecret, SECRET_PREFIX, SigningKey};
 
-/// Annotation of a *cached* Secret (never written to the API): the keys
-/// whose value is not a Standard Webhooks secret, with why (a JSON object;
-/// the reasons never contain the value).
-pub const NOT_SIGNING_SECRETS: &str = "wsbridge.io/not-signing-secrets";
+/// Annotation of a *cached* Secret (never written to the API): its keys
+/// whose value starts with `whsec_`, each with why it cannot sign (empty
+/// when it can), as a JSON object; the reasons never contain the value. A
+/// key it does not list does not hold a `whsec_` secret at all, so most
+/// Secrets (certificates, tokens) carry nothing.
+pub const SIGNING_SECRETS: &str = "wsbridge.io/signing-secrets";
 
-/// Records, on a Secret about to be cached, which of its values are not
-/// usable signing secrets. Runs on the values, before they are digested.
+/// Records, on a Secret about to be cached, which of its values are signing
+/// secrets. Runs on the values, before they are digested.
 pub fn mark_signing_keys(secret: &mut Secret) {
-    let problems: BTreeMap<&String, String> = secret
+    let marks: BTreeMap<&String, String> = secret
         .data
         .iter()
         .flatten()
         .filter_map(|(key, value)| {
-            let problem = match std::str::from_utf8(&value.0) {
-                Ok(text) => SigningKey::from_whsec(text).err()?.to_string(),
-                Err(_) => "the value is not text".to_string(),
-            };
-            Some((key, problem))
+            let text = std::str::from_utf8(&value.0).ok()?;
+            text.trim().starts_with(SECRET_PREFIX).then(|| {
+                let problem = SigningKey::from_whsec(text).err();
+                (key, problem.map(|e| e.to_string()).unwrap_or_default())
+            })
         })
         .collect();
-    let json = serde_json::to_string(&problems).expect("a map of strings serializes");
+    if marks.is_empty() {
+        return;
+    }
+    let json = serde_json::to_string(&marks).expect("a map of strings serializes");
     secret
         .metadata
         .annotations
         .get_or_insert_with(Default::default)
-        .insert(NOT_SIGNING_SECRETS.into(), json);
+        .insert(SIGNING_SECRETS.into(), json);
 }
 
 /// Why `reference` cannot sign a Subscription's deliveries, or `None`.
@@ -59,12 +64,15 @@ pub fn signing_secret_problem(stores: &Stores, ns: &str, reference: &KeySelector
         return Some(problem);
     }
     let secret = get(&stores.secrets, ns, &reference.name)?;
-    let problems: BTreeMap<String, String> = secret
+    let mut marks: BTreeMap<String, String> = secret
         .annotations()
-        .get(NOT_SIGNING_SECRETS)
+        .get(SIGNING_SECRETS)
         .and_then(|json| serde_json::from_str(json).ok())
         .unwrap_or_default();
-    problems.get(&reference.key).map(|problem| {
+    let problem = marks
+        .remove(&reference.key)
+        .unwrap_or_else(|| InvalidSigningSecret::NoPrefix.to_string());
+    (!problem.is_empty()).then(|| {
         Decided::failed(
             READY,
             "SigningSecretInvalid",
@@ -177,23 +185,40 @@ mod tests {
     use k8s_openapi::ByteString;
 
     #[test]
-    fn cached_secrets_say_which_values_are_not_signing_secrets_without_the_values() {
+    fn cached_secrets_say_which_values_are_signing_secrets_without_the_values() {
         let mut s = Secret {
             data: Some(BTreeMap::from([
                 (
                     "good".to_string(),
                     ByteString(b"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".to_vec()),
                 ),
+                ("short".to_string(), ByteString(b"whsec_c2hvcnQ=".to_vec())),
                 ("plain".to_string(), ByteString(b"hunter2-hunter2".to_vec())),
             ])),
             ..Default::default()
         };
         mark_signing_keys(&mut s);
-        let json = &s.annotations()[NOT_SIGNING_SECRETS];
-        let problems: BTreeMap<String, String> = serde_json::from_str(json).unwrap();
-        assert_eq!(problems.keys().collect::<Vec<_>>(), ["plain"]);
-        assert!(problems["plain"].contains("whsec_"));
-        assert!(!json.contains("hunter2"));
+        let json = &s.annotations()[SIGNING_SECRETS];
+        let marks: BTreeMap<String, String> = serde_json::from_str(json).unwrap();
+        assert_eq!(marks.keys().collect::<Vec<_>>(), ["good", "short"]);
+        assert_eq!(marks["good"], "", "a valid secret has no problem");
+        assert!(marks["short"].contains("bytes"), "{}", marks["short"]);
+        assert!(
+            !json.contains("MfKQ") && !json.contains("c2hvcnQ"),
+            "never the values"
+        );
+        let mut plain = Secret {
+            data: Some(BTreeMap::from([(
+                "tls.crt".to_string(),
+                ByteString(b"---".to_vec()),
+            )])),
+            ..Default::default()
+        };
+        mark_signing_keys(&mut plain);
+        assert!(
+            plain.metadata.annotations.is_none(),
+            "nothing kept for other Secrets"
+        );
     }
 
     #[test]
