@@ -458,3 +458,47 @@ async fn a_reload_to_a_rabbitmq_channel_without_a_broker_is_rejected_and_the_run
     standalone.publish_accepted("default/kept", "still memory").await;
     subscriber.next_containing("still memory", PATIENCE).await;
 }
+
+#[tokio::test]
+async fn websocket_clients_publish_through_the_broker_and_get_confirmed_messages() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message as Frame;
+
+    let rabbit = support::rabbitmq::shared().await;
+    let dir = TempDir::new("standalone-rabbitmq-websocket");
+    let mut endpoint = Endpoint::start().await;
+    let mut subscriber = Subscriber::start(Duration::ZERO).await;
+    let channel = unique("chat");
+    let config = dir.write(
+        "config.yaml",
+        &durable_config(&endpoint.url(), &channel, &[("log", subscriber.uri("/log"))]),
+    );
+    let url = url_file(&dir, rabbit);
+    let standalone = start(&config, &dir, &url).await;
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(format!("ws://{}/channels/default/{channel}", standalone.addr))
+            .await
+            .expect("WebSocket upgrade");
+
+    // A frame the client sends is a publish: through the broker to the
+    // Subscription and out to the bridged endpoint.
+    ws.send(Frame::text("{\"from\":\"ws\"}")).await.unwrap();
+    subscriber.next_containing("\"from\":\"ws\"", PATIENCE).await;
+    assert_eq!(
+        endpoint.next(PATIENCE).await.as_deref(),
+        Some("{\"from\":\"ws\"}")
+    );
+
+    // Endpoint messages reach the client once the broker confirmed them.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        endpoint.send("{\"from\":\"endpoint\"}").await;
+        match tokio::time::timeout(Duration::from_secs(1), ws.next()).await {
+            Ok(Some(Ok(Frame::Text(text)))) if text.contains("endpoint") => break,
+            _ => assert!(
+                tokio::time::Instant::now() < deadline,
+                "no frame from the endpoint"
+            ),
+        }
+    }
+}
