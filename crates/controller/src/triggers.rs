@@ -316,6 +316,36 @@ mod tests {
     }
 
     #[test]
+    fn a_signing_secret_triggers_its_subscriptions_and_the_bridges_of_their_channel() {
+        let mut s = stores();
+        s.subscriptions = store(vec![
+            named::<Subscription>(
+                "ns",
+                "signed",
+                "{channel: ticks, subscriber: {uri: 'http://x/'}, signingSecretRef: {name: hook, key: secret}}",
+            ),
+            named::<Subscription>(
+                "other",
+                "signed",
+                "{channel: elsewhere, subscriber: {uri: 'http://x/'}, signingSecretRef: {name: hook, key: secret}}",
+            ),
+        ]);
+        let hook = in_ns::<Secret>("ns", "hook");
+        assert_eq!(names(subscriptions_using_secret(&s, &hook)), set(&["ns/signed"]));
+        assert_eq!(names(bridges_using_secret(&s, &hook)), set(&["ns/a", "ns/b"]));
+        let elsewhere = in_ns::<Secret>("other", "hook");
+        assert!(
+            bridges_using_secret(&s, &elsewhere).is_empty(),
+            "no Bridge on that channel"
+        );
+        let signed: Subscription = named("ns", "signed", "{channel: ticks, subscriber: {uri: 'http://x/'}}");
+        assert_eq!(
+            names(bridges_of_subscription(&s, &signed)),
+            set(&["ns/a", "ns/b"])
+        );
+    }
+
+    #[test]
     fn an_endpoint_triggers_the_bridges_that_use_it() {
         let s = stores();
         let secured: Endpoint = named("ns", "secured", "{url: 'wss://x/'}");
