@@ -241,18 +241,13 @@ async fn a_restart_loses_nothing_that_was_confirmed() {
     // The backlog is in the metrics (asked every few seconds; the message
     // the consumer holds is not counted as ready).
     let gauge = "wsbridge_broker_backlog_messages{queue=\"wsbridge.subscription.default.audit\"} ";
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let (_, metrics) = http_get(&second.url("/metrics")).await.unwrap();
-        let depth = String::from_utf8_lossy(&metrics)
+    wait_for(&second, "/metrics", "a backlog of 35 or more", |_, metrics| {
+        metrics
             .lines()
-            .find_map(|l| l.strip_prefix(gauge).and_then(|n| n.trim().parse::<u64>().ok()));
-        if depth.is_some_and(|n| n >= 35) {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "backlog gauge {depth:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+            .find_map(|l| l.strip_prefix(gauge).and_then(|n| n.trim().parse::<u64>().ok()))
+            .is_some_and(|n| n >= 35)
+    })
+    .await;
     let mut subscriber = Subscriber::start_on(TcpListener::bind(addr).await.unwrap(), Duration::ZERO);
     assert_eq!(
         receive_all(&mut subscriber, &confirmed).await,
@@ -309,17 +304,22 @@ async fn a_publish_while_the_broker_is_stopped_gets_503() {
 
 /// Waits until `/readyz` answers `status` (it follows the broker).
 async fn wait_ready(standalone: &Standalone, status: u16) {
+    let what = format!("/readyz answering {status}");
+    wait_for(standalone, "/readyz", &what, |s, _| s == status).await;
+}
+
+/// Polls `path` until `done` holds for its status and body.
+async fn wait_for(standalone: &Standalone, path: &str, what: &str, done: impl Fn(u16, &str) -> bool) {
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
-        if http_get(&standalone.url("/readyz"))
-            .await
-            .is_ok_and(|(s, _)| s == status)
+        if let Ok((status, body)) = http_get(&standalone.url(path)).await
+            && done(status, &String::from_utf8_lossy(&body))
         {
             return;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "/readyz never answered {status}:\n{}",
+            "never saw {what}:\n{}",
             standalone.logs()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -359,19 +359,10 @@ fn a_rabbitmq_channel_without_a_broker_is_refused_naming_the_file_object_and_fie
 /// Waits until the metrics say the consumer of `queue` consumes.
 async fn wait_consuming(standalone: &Standalone, queue: &str) {
     let line = format!("wsbridge_broker_consuming{{queue=\"{queue}\"}} 1");
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let (_, metrics) = http_get(&standalone.url("/metrics")).await.unwrap();
-        if String::from_utf8_lossy(&metrics).contains(&line) {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{queue} never consumed:\n{}",
-            standalone.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for(standalone, "/metrics", &line, |_, metrics| {
+        metrics.contains(&line)
+    })
+    .await;
 }
 
 #[tokio::test]
