@@ -381,10 +381,8 @@ async fn a_reload_moves_a_memory_channel_to_the_broker_and_a_new_subscription_ge
     standalone
         .publish_accepted(&format!("default/{channel}"), &before)
         .await;
-    assert_eq!(
-        receive_all(&mut first, std::slice::from_ref(&before)).await,
-        [before.clone()]
-    );
+    let expected = std::slice::from_ref(&before);
+    assert_eq!(receive_all(&mut first, expected).await, expected);
 
     // The same channel on the broker, with a second Subscription that is down.
     let second_addr = refusing_addr();
