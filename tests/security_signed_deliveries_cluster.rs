@@ -6,7 +6,9 @@
 //! deliveries; a subscriber holding another secret refuses them; a Secret
 //! whose value is not a `whsec_` secret, or that does not exist, is a
 //! `Ready=False` Subscription naming `spec.signingSecretRef` (never the
-//! value) that gets nothing; a rotated secret rolls the worker.
+//! value) that gets nothing; a rotated secret rolls the worker. Messages
+//! published through the gateway are delivered by the gateway, which holds
+//! no signing secrets: they arrive unsigned, and the Subscription says so.
 
 mod support;
 
@@ -117,13 +119,22 @@ apiVersion: wsbridge.io/v1alpha1
 kind: Bridge
 metadata: {{name: ticker-feed, namespace: {ns}}}
 spec: {{channel: ticker, endpoint: market-feed}}
+---
+apiVersion: wsbridge.io/v1alpha1
+kind: Channel
+metadata: {{name: notices, namespace: {ns}}}
+spec: {{allowAnonymousPublish: true, delivery: {{retry: 0, timeout: 2s}}}}
 "#
     )
 }
 
 fn subscription(ns: &str, name: &str, uri: &str, secret: &str) -> String {
+    subscription_to(ns, "ticker", name, uri, secret)
+}
+
+fn subscription_to(ns: &str, channel: &str, name: &str, uri: &str, secret: &str) -> String {
     format!(
-        "---\napiVersion: wsbridge.io/v1alpha1\nkind: Subscription\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  channel: ticker\n  subscriber: {{uri: '{uri}'}}\n  signingSecretRef: {{name: {secret}, key: secret}}\n"
+        "---\napiVersion: wsbridge.io/v1alpha1\nkind: Subscription\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  channel: {channel}\n  subscriber: {{uri: '{uri}'}}\n  signingSecretRef: {{name: {secret}, key: secret}}\n"
     )
 }
 
@@ -247,7 +258,14 @@ async fn worker_deliveries_verify_with_the_standardwebhooks_package_and_bad_secr
         absent.message
     );
     let ready = subscription_ready(&client, &ns, "trusting", true).await?;
-    assert!(ready.message.contains("signed"), "{}", ready.message);
+    assert!(
+        ready.message.contains("endpoint messages are delivered signed")
+            && ready
+                .message
+                .contains("published through the gateway are delivered unsigned"),
+        "{}",
+        ready.message
+    );
 
     // Only the usable signing secrets reach the worker, by reference.
     let d = worker_deployment(&client, &ns, &["doubting", "trusting"], None).await?;
@@ -285,6 +303,33 @@ async fn worker_deliveries_verify_with_the_standardwebhooks_package_and_bad_secr
     assert!(refused.starts_with("refused No matching signature"), "{refused}");
     // The Subscriptions without a usable secret get nothing, not even unsigned.
     unsigned.assert_quiet(Duration::from_secs(1)).await;
+
+    // A publish is delivered by the gateway, unsigned, as the Subscription's
+    // Ready says: a verifying subscriber refuses it.
+    let mut noticed = Verifier::start(&secret).await;
+    let yaml = subscription_to(&ns, "notices", "noticed", &noticed.uri(), "hook-signing");
+    support::apply_yaml(&client, &yaml, Some(&ns)).await?;
+    let gateway = support::install::installed().await.gateway_addr;
+    let path = format!("/channels/{ns}/notices");
+    support::eventually(WAIT, "the gateway delivers a publish on notices", || {
+        let path = path.clone();
+        async move {
+            let (code, body) = support::http::request(gateway, "POST", &path, &[], b"published").await?;
+            let reached = serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["subscribers"].as_u64());
+            Ok((code == 202 && reached == Some(1)).then_some(()))
+        }
+    })
+    .await?;
+    let mut verdict = noticed.next().await;
+    // Probes before the gateway knew the subscriber reached nobody; any that
+    // reached it was refused the same way.
+    assert!(verdict.starts_with("refused "), "{verdict}");
+    while let Ok(next) = tokio::time::timeout(Duration::from_millis(300), noticed.next()).await {
+        verdict = next;
+        assert!(verdict.starts_with("refused "), "{verdict}");
+    }
 
     // A rotated secret rolls the worker (its config hash changes), and the
     // new pod signs with the new secret.
