@@ -108,6 +108,12 @@ pub enum Command {
         destinations: DestinationArgs,
         #[command(flatten)]
         memory: MemoryArgs,
+        /// File holding the installation key that each Bridge's send
+        /// credential is derived from (the controller's send key Secret,
+        /// mounted); read again when it changes. Without it, workers refuse
+        /// the gateway's sends.
+        #[arg(long, value_name = "PATH", env = "WSBRIDGE_SEND_KEY_FILE")]
+        send_key_file: Option<PathBuf>,
     },
     /// Run bridges, the publish gateway and delivery in one process, from
     /// YAML files of Endpoints, Channels, Bridges, Subscriptions and Secrets.
@@ -368,6 +374,25 @@ pub struct ControllerArgs {
     /// a Bridge's own fields win. Unset resources: 50m/32Mi requests, 1/256Mi limits.
     #[arg(long, value_name = "JSON", env = "WSBRIDGE_WORKER_POD_DEFAULTS", value_parser = parse_worker_pod)]
     pub worker_pod_defaults: Option<Box<wsbridge_api::WorkerPodSpec>>,
+    /// The installation key of the workers' send path (boxed: it would
+    /// make every subcommand as large).
+    #[command(flatten)]
+    pub send_key: Box<SendKeyArgs>,
+}
+
+/// Where the controller keeps the installation key of the workers' send
+/// path (docs/security.md, "Worker send path").
+#[derive(clap::Args, Clone, Debug)]
+pub struct SendKeyArgs {
+    /// Secret holding the installation key that each Bridge's send
+    /// credential is derived from (key `key`); created with a random key
+    /// when absent. The gateway mounts the same Secret.
+    #[arg(long, env = "WSBRIDGE_SEND_KEY_SECRET", default_value = "wsbridge-send-key")]
+    pub send_key_secret: String,
+    /// Namespace of the send key Secret: the controller's own (like the
+    /// Lease's).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub send_key_namespace: String,
 }
 
 /// Boxed: the spec (affinity above all) would make every subcommand as large.
@@ -447,6 +472,10 @@ impl ControllerArgs {
             worker_ingress: self.worker_ingress.ingress()?,
             worker_pod_defaults: self.worker_pod_defaults.map(|spec| *spec).unwrap_or_default(),
             destinations: Arc::new(self.destinations.policy()?),
+            send_key: wsbridge_controller::send_key::SendKeySecret {
+                namespace: self.send_key.send_key_namespace,
+                name: self.send_key.send_key_secret,
+            },
             worker_image: self.worker_image,
             gateway_url: self.gateway_url,
             cluster_domain: self.cluster_domain,
@@ -526,6 +555,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             token_audiences,
             destinations,
             memory,
+            send_key_file,
         } => {
             let options = wsbridge_gateway::GatewayOptions {
                 listen,
@@ -539,6 +569,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 drain: std::time::Duration::from_secs(10),
                 destinations: std::sync::Arc::new(destinations.policy()?),
                 memory_limit: memory.memory_limit,
+                send_key_file,
             };
             wsbridge_gateway::run(options, kube::Client::try_default().await?).await?;
         }

@@ -191,13 +191,25 @@ async fn each_worker_gets_a_network_policy_owned_by_its_bridge_admitting_only_th
         },
         scraper: None,
     };
-    // As the controller builds them: the Bridge with the (default) worker pod defaults.
+    // As the controller builds them: the Bridge with the (default) worker
+    // pod defaults, its config hash over its send credential (derived from
+    // the send key the controller created in its namespace).
     let sized = worker_objects::with_pod_defaults(&bridge, &Default::default());
+    let key = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), "default")
+        .get("wsbridge-send-key")
+        .await?
+        .data
+        .and_then(|d| d.get("key").cloned())
+        .expect("the send key");
+    let credential = wsbridge_dataplane::send_auth::credential(&key.0, &bridge.uid().unwrap());
     let desired = worker_objects::worker_objects(
         &sized,
         &endpoint,
         "wsbridge:test",
-        &worker_objects::config_hash(&[]),
+        &worker_objects::config_hash(&[worker_objects::send_credential::config_entry(
+            &bridge.name_any(),
+            &credential,
+        )]),
         &DestinationPolicy::default(),
         Some(&ingress),
         &[],

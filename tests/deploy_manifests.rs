@@ -114,6 +114,9 @@ fn chart_renders_the_documented_defaults() -> Result<()> {
             "http://wsbridge-gateway.wsbridge-system.svc",
             "--worker-image",
             "ghcr.io/wsbridge/wsbridge:0.1.0",
+            // sendKey: the installation key of the workers' send path.
+            "--send-key-secret",
+            "wsbridge-send-key",
             // controller.workerPod: every worker's default size.
             "--worker-pod-defaults",
             r#"{"resources":{"limits":{"cpu":"1","memory":"256Mi"},"requests":{"cpu":"50m","memory":"32Mi"}}}"#,
@@ -128,6 +131,50 @@ fn chart_renders_the_documented_defaults() -> Result<()> {
         strings(&gateway["spec"]["template"]["spec"]["containers"][0]["args"]),
         ["gateway"]
     );
+    // The gateway reads the send key from the controller's Secret, mounted
+    // (it has no Secret access through the API).
+    let pod = &gateway["spec"]["template"]["spec"];
+    let env = pod["containers"][0]["env"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let file = env
+        .iter()
+        .find(|e| e["name"] == "WSBRIDGE_SEND_KEY_FILE")
+        .ok_or_else(|| anyhow!("no WSBRIDGE_SEND_KEY_FILE"))?;
+    assert_eq!(file["value"], "/var/run/secrets/wsbridge/send-key/key");
+    let mounts = pod["containers"][0]["volumeMounts"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let mount = mounts
+        .iter()
+        .find(|m| m["name"] == "send-key")
+        .ok_or_else(|| anyhow!("no send-key mount: {mounts:?}"))?;
+    assert_eq!(
+        (&mount["mountPath"], &mount["readOnly"]),
+        (
+            &serde_json::json!("/var/run/secrets/wsbridge/send-key"),
+            &serde_json::json!(true)
+        )
+    );
+    let volume = pod["volumes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|v| v["name"] == "send-key")
+        .ok_or_else(|| anyhow!("no send-key volume"))?;
+    assert_eq!(volume["secret"]["secretName"], "wsbridge-send-key");
+    let named = documents(&render(
+        "wsbridge",
+        "wsbridge-system",
+        &["sendKey.secretName=my-key"],
+    )?)?;
+    let args = of_kind(&named, "Deployment")
+        .find(|d| name(d) == "wsbridge-controller")
+        .map(|d| strings(&d["spec"]["template"]["spec"]["containers"][0]["args"]).join(" "))
+        .unwrap_or_default();
+    assert!(args.contains("--send-key-secret my-key"), "{args}");
     let service = of_kind(&docs, "Service")
         .find(|d| name(d) == "wsbridge-gateway")
         .ok_or_else(|| anyhow!("no gateway Service"))?;
@@ -313,12 +360,26 @@ fn chart_rbac_is_least_privilege() -> Result<()> {
                 );
             }
             if secrets {
+                // Only the controller writes Secrets (the send path's
+                // credentials), with server-side apply: create and patch, in
+                // a rule of their own; never update or delete.
+                let controller = (kind(role), name(role)) == ("ClusterRole", "wsbridge-controller");
+                let writes: &[&str] = if controller {
+                    &["update", "delete", "deletecollection"]
+                } else {
+                    &["create", "update", "patch", "delete", "deletecollection"]
+                };
                 assert!(
-                    !["create", "update", "patch", "delete"]
-                        .iter()
-                        .any(|v| verbs.contains(v)),
+                    !writes.iter().any(|v| verbs.contains(v)),
                     "{who}: writes Secrets: {rule}"
                 );
+                if verbs.contains(&"create") || verbs.contains(&"patch") {
+                    assert_eq!(
+                        resources,
+                        ["secrets"],
+                        "{who}: Secret writes share a rule: {rule}"
+                    );
+                }
             }
         }
     }
@@ -558,7 +619,11 @@ async fn helm_install_creates_the_expected_objects() -> Result<()> {
     assert!(can("controller", &["create", "deployments.apps"])?);
     assert!(can("controller", &["watch", "secrets"])?);
     assert!(can("controller", &["update", "leases.coordination.k8s.io"])?);
-    assert!(!can("controller", &["create", "secrets"])?);
+    // The send path's credentials: created and patched, never updated or deleted.
+    assert!(can("controller", &["create", "secrets"])?);
+    assert!(can("controller", &["patch", "secrets"])?);
+    assert!(!can("controller", &["update", "secrets"])?);
+    assert!(!can("controller", &["delete", "secrets"])?);
     assert!(!can(
         "controller",
         &["create", "clusterroles.rbac.authorization.k8s.io"]
@@ -665,7 +730,7 @@ subjects:
     // A Role granting more than the controller holds is refused: no escalate.
     let greedy = format!(
         "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {{name: greedy, namespace: {tenant}}}\n\
-         rules:\n- apiGroups: ['']\n  resources: [secrets]\n  verbs: [create]\n"
+         rules:\n- apiGroups: ['']\n  resources: [secrets]\n  verbs: [delete]\n"
     );
     let mut apply = kubectl(cp);
     apply

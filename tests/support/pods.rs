@@ -4,12 +4,17 @@
 //! are resolved the way the kubelet would (Secret and ConfigMap keys,
 //! downward API with `POD_IP=127.0.0.1`), and the process authenticates as
 //! the pod's ServiceAccount with a token from the TokenRequest API, so the
-//! worker's Role is exercised for real. Only the listen address is
-//! overridden, since local processes share one network namespace.
+//! worker's Role is exercised for real. Secret volumes are written to a
+//! local folder (and kept in sync with their Secret, as the kubelet does),
+//! and their mount paths in the args and environment point there. Only the
+//! listen address is overridden, since local processes share one network
+//! namespace.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
@@ -31,6 +36,8 @@ pub struct LocalPod {
     /// The environment it was started with (resolved secrets included).
     pub env: BTreeMap<String, String>,
     pub args: Vec<String>,
+    /// Set on drop: stops keeping the pod's Secret volumes in sync.
+    volume_sync: Option<Arc<AtomicBool>>,
 }
 
 impl LocalPod {
@@ -64,6 +71,9 @@ impl LocalPod {
 
 impl Drop for LocalPod {
     fn drop(&mut self) {
+        if let Some(stop) = self.volume_sync.take() {
+            stop.store(true, Ordering::Relaxed);
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = super::reaper::forget_process_group(self.child.id());
@@ -73,7 +83,7 @@ impl Drop for LocalPod {
 /// Starts the first container of `deployment`'s pod template with
 /// `overrides` applied on top of its environment.
 pub async fn run_pod_template(
-    cp: &ControlPlane,
+    cp: &'static ControlPlane,
     client: &Client,
     deployment: &Deployment,
     overrides: &[(&str, &str)],
@@ -97,6 +107,20 @@ pub async fn run_pod_template(
             env.insert(var.name.clone(), value);
         }
     }
+    let dir = cp.temp_dir().join(&pod_name);
+    std::fs::create_dir_all(&dir)?;
+    let (mounts, volume_sync) = secret_volumes(cp, client, &ns, pod, container, &dir).await?;
+    let local_path = |value: &str| {
+        mounts.iter().fold(value.to_string(), |v, (mount, local)| {
+            match v.strip_prefix(mount.as_str()) {
+                Some(rest) if rest.is_empty() || rest.starts_with('/') => format!("{local}{rest}"),
+                _ => v,
+            }
+        })
+    };
+    for value in env.values_mut() {
+        *value = local_path(value);
+    }
     for (k, v) in overrides {
         env.insert(k.to_string(), v.to_string());
     }
@@ -113,8 +137,6 @@ pub async fn run_pod_template(
         Duration::from_secs(3600),
     )
     .await?;
-    let dir = cp.temp_dir().join(&pod_name);
-    std::fs::create_dir_all(&dir)?;
     let ca = std::fs::read_to_string(cp.ca_path())?;
     let kubeconfig = dir.join("kubeconfig");
     std::fs::write(
@@ -122,7 +144,7 @@ pub async fn run_pod_template(
         super::controlplane::kubeconfig_yaml(cp.server_url(), &ca, &service_account, &token),
     )?;
 
-    let args: Vec<String> = container.args.clone().unwrap_or_default();
+    let args: Vec<String> = container.args.iter().flatten().map(|a| local_path(a)).collect();
     let log = dir.join("output.log");
     let out = std::fs::File::create(&log)?;
     use std::os::unix::process::CommandExt;
@@ -147,7 +169,94 @@ pub async fn run_pod_template(
         log,
         env,
         args,
+        volume_sync,
     })
+}
+
+/// Writes the container's Secret volumes under `dir` (waiting for a
+/// Secret that is not optional, as the kubelet does) and keeps them in
+/// sync on a thread of its own (the pod may outlive this test's runtime)
+/// until the returned flag is set; returns each mount path with its local
+/// folder.
+async fn secret_volumes(
+    cp: &'static ControlPlane,
+    client: &Client,
+    ns: &str,
+    pod: &k8s_openapi::api::core::v1::PodSpec,
+    container: &Container,
+    dir: &std::path::Path,
+) -> Result<(Vec<(String, String)>, Option<Arc<AtomicBool>>)> {
+    let mut mounts = Vec::new();
+    let mut synced = Vec::new();
+    for mount in container.volume_mounts.iter().flatten() {
+        let Some(source) = pod
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == mount.name)
+            .and_then(|v| v.secret.as_ref())
+        else {
+            continue;
+        };
+        let name = source
+            .secret_name
+            .clone()
+            .context("secret volume without secretName")?;
+        let local = dir.join("volumes").join(&mount.name);
+        std::fs::create_dir_all(&local)?;
+        let api = Api::<Secret>::namespaced(client.clone(), ns);
+        if source.optional != Some(true) {
+            super::eventually(
+                Duration::from_secs(60),
+                &format!("Secret {ns}/{name} of volume {}", mount.name),
+                || {
+                    let api = api.clone();
+                    let name = name.clone();
+                    async move { Ok(api.get_opt(&name).await?) }
+                },
+            )
+            .await?;
+        }
+        write_secret_files(&api, &name, &local).await?;
+        mounts.push((mount.mount_path.clone(), local.display().to_string()));
+        synced.push((name, local));
+    }
+    if synced.is_empty() {
+        return Ok((mounts, None));
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopped = stop.clone();
+    let ns = ns.to_string();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime for the volume sync");
+        runtime.block_on(async move {
+            let api = Api::<Secret>::namespaced(cp.client(), &ns);
+            while !stopped.load(Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                for (name, local) in &synced {
+                    let _ = write_secret_files(&api, name, local).await;
+                }
+            }
+        });
+    });
+    Ok((mounts, Some(stop)))
+}
+
+/// The Secret's keys as files in `local` (unchanged files are not rewritten).
+async fn write_secret_files(api: &Api<Secret>, name: &str, local: &std::path::Path) -> Result<()> {
+    let data = api.get_opt(name).await?.and_then(|s| s.data).unwrap_or_default();
+    for (key, value) in data {
+        let path = local.join(&key);
+        if std::fs::read(&path).ok().as_deref() != Some(value.0.as_slice()) {
+            let temp = local.join(format!(".{key}.tmp"));
+            std::fs::write(&temp, &value.0)?;
+            std::fs::rename(&temp, &path)?;
+        }
+    }
+    Ok(())
 }
 
 async fn resolve_env(

@@ -18,6 +18,9 @@ pub const ENDPOINT_HEADER_PREFIX: &str = "WSBRIDGE_ENDPOINT_HEADER_";
 pub const ENDPOINT_CA: &str = "WSBRIDGE_ENDPOINT_CA";
 /// The Bridge's token for subscribers (`tokenSecretRef`).
 pub const BRIDGE_TOKEN: &str = "WSBRIDGE_BRIDGE_TOKEN";
+/// The credential the gateway presents on the worker's `POST /v1/send`
+/// (from the Bridge's own Secret, written by the controller).
+pub const SEND_CREDENTIAL: &str = "WSBRIDGE_SEND_CREDENTIAL";
 /// The worker's HTTP listener.
 pub const LISTEN: &str = "WSBRIDGE_LISTEN";
 /// The pod's IP, from the downward API: the worker's publish address.

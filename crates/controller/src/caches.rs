@@ -232,7 +232,7 @@ fn digest(bytes: &[u8]) -> ByteString {
 /// hashing guesses. The UID is as private as the value (reading a Secret's
 /// metadata needs the same permission as reading its data) and stays the
 /// same across updates, so only a changed value rolls the worker.
-fn salted_digest(uid: &str, value: &[u8]) -> ByteString {
+pub(crate) fn salted_digest(uid: &str, value: &[u8]) -> ByteString {
     let mut h = Sha256::new();
     h.update(uid.as_bytes());
     h.update([0]);

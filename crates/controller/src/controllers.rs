@@ -16,7 +16,7 @@ use super::caches::{self, Caches};
 use super::metrics::Metrics;
 use super::reconcile::{self, Context, error_policy};
 use super::triggers::{self, over};
-use super::{Options, worker_objects};
+use super::{Options, send_key, worker_objects};
 use wsbridge_http::ops::Readiness;
 
 /// Starts the watches and the four controllers; returns only if they end.
@@ -28,6 +28,19 @@ pub(crate) async fn run(
     readiness: &Readiness,
     identity: &str,
 ) -> anyhow::Result<()> {
+    // Every Bridge's send credential is derived from it: read (or created)
+    // before anything is reconciled, then followed.
+    let key = loop {
+        match send_key::ensure(client, &args.send_key).await {
+            Ok(key) => break key,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the send key; retrying");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        }
+    };
+    let (key_tx, key_rx) = tokio::sync::watch::channel(Some(key));
+    let follow_key = send_key::follow(client.clone(), args.send_key.clone(), key_tx);
     let caches = Caches::new();
     let stores = caches.stores();
     let reporter = Reporter {
@@ -45,12 +58,13 @@ pub(crate) async fn run(
         destinations: args.destinations.clone(),
         worker_ingress: args.worker_ingress.clone(),
         worker_pod_defaults: args.worker_pod_defaults.clone(),
+        send_key: key_rx.clone(),
     });
     let config = Config::default()
         .concurrency(args.concurrency)
         .debounce(Duration::from_millis(50));
     // Subscribed before the watches start, so no change is missed.
-    let bridges = bridge_controller(&caches, ctx.clone(), config.clone());
+    let bridges = bridge_controller(&caches, ctx.clone(), config.clone(), send_key::changes(key_rx));
     let subscriptions = subscription_controller(&caches, ctx.clone(), config.clone());
     let channels = channel_controller(&caches, ctx.clone(), config.clone());
     let endpoints = endpoint_controller(&caches, ctx, config);
@@ -63,6 +77,7 @@ pub(crate) async fn run(
     };
     tokio::select! {
         _ = watches => {},
+        _ = follow_key => {},
         _ = bridges => {},
         _ = subscriptions => {},
         _ = channels => {},
@@ -74,12 +89,17 @@ pub(crate) async fn run(
 
 /// Bridges: their worker objects, their Channel and Endpoint, the
 /// Subscriptions their workers deliver to, and the Secrets and ConfigMaps
-/// those read.
-fn bridge_controller(
+/// those read; their send credential's Secret; and every Bridge when the
+/// send key changes.
+fn bridge_controller<S>(
     c: &Caches,
     ctx: Arc<Context>,
     config: Config,
-) -> impl Future<Output = ()> + Send + use<> {
+    key_changes: S,
+) -> impl Future<Output = ()> + Send + use<S>
+where
+    S: futures::Stream<Item = ()> + Send + 'static,
+{
     let s = &ctx.stores;
     Controller::for_shared_stream(c.bridges.primary(), s.bridges.clone())
         .with_config(config)
@@ -88,6 +108,8 @@ fn bridge_controller(
         .owns_shared_stream(c.roles.triggers())
         .owns_shared_stream(c.role_bindings.triggers())
         .owns_shared_stream(c.network_policies.triggers())
+        .owns_shared_stream(c.secrets.triggers())
+        .reconcile_all_on(key_changes)
         .watches_shared_stream(c.channels.triggers(), over(s, triggers::bridges_of_channel))
         .watches_shared_stream(c.endpoints.triggers(), over(s, triggers::bridges_of_endpoint))
         .watches_shared_stream(c.secrets.triggers(), over(s, triggers::bridges_using_secret))

@@ -25,6 +25,7 @@ mod controllers;
 mod leader;
 pub mod metrics;
 pub mod reconcile;
+pub mod send_key;
 pub mod status;
 mod status_write;
 mod triggers;
@@ -81,6 +82,9 @@ pub struct Options {
     /// Resources and scheduling of every worker pod whose Bridge leaves
     /// them unset (the chart's `controller.workerPod`).
     pub worker_pod_defaults: wsbridge_api::WorkerPodSpec,
+    /// The Secret holding the installation key of the workers' send
+    /// credentials (created when absent).
+    pub send_key: send_key::SendKeySecret,
 }
 
 /// Runs the controller until SIGINT/SIGTERM.

@@ -141,6 +141,8 @@ pub struct Context {
     pub worker_ingress: Option<worker_objects::WorkerIngress>,
     /// Worker pod resources and scheduling where a Bridge leaves them unset.
     pub worker_pod_defaults: wsbridge_api::WorkerPodSpec,
+    /// The installation key every Bridge's send credential is derived from.
+    pub send_key: tokio::sync::watch::Receiver<super::send_key::KeyBytes>,
 }
 
 pub(crate) fn namespace<K: Resource>(obj: &K) -> Result<String, Error> {
@@ -242,6 +244,51 @@ async fn apply<K: WorkerKind>(ctx: &Context, ns: &str, obj: &K) -> Result<(), Er
     Ok(())
 }
 
+/// Where the Bridge's send credential Secret stands. The cache holds
+/// salted digests of Secret values, so the value is compared by digest.
+async fn send_secret_verdict(
+    ctx: &Context,
+    ns: &str,
+    bridge_uid: &str,
+    desired: &Secret,
+    credential: &wsbridge_core::SecretString,
+) -> Result<Verdict, Error> {
+    let name = desired.name_any();
+    let key = worker_objects::send_credential::KEY;
+    if let Some(cached) = get(&ctx.stores.secrets, ns, &name) {
+        if !controlled_by(&*cached, bridge_uid) {
+            return Ok(Verdict::Foreign);
+        }
+        let uid = cached.metadata.uid.as_deref().unwrap_or_default();
+        let want = super::caches::salted_digest(uid, credential.expose().as_bytes());
+        let have = cached.data.as_ref().and_then(|d| d.get(key));
+        let labelled = desired
+            .metadata
+            .labels
+            .iter()
+            .flatten()
+            .all(|(k, v)| cached.metadata.labels.as_ref().and_then(|l| l.get(k)) == Some(v));
+        return Ok(if have == Some(&want) && labelled {
+            Verdict::UpToDate
+        } else {
+            Verdict::Apply
+        });
+    }
+    // Not cached (yet): a Secret of that name that is not the Bridge's is
+    // never overwritten.
+    let observed = Api::<Secret>::namespaced(ctx.client.clone(), ns)
+        .get_metadata_opt(&name)
+        .await
+        .map_err(|source| Error::ApplyWorker {
+            kind: Secret::KIND,
+            source,
+        })?;
+    Ok(match observed {
+        Some(o) if !controlled_by(&o, bridge_uid) => Verdict::Foreign,
+        _ => Verdict::Apply,
+    })
+}
+
 /// Applies the worker objects that are missing or differ from `objs` (a
 /// hand edit is reverted on the watch event it causes). When an object of
 /// a worker name exists that this Bridge does not control, nothing is
@@ -251,6 +298,7 @@ async fn ensure_worker(
     ns: &str,
     bridge_uid: &str,
     objs: &worker_objects::WorkerObjects,
+    send: (&Secret, &wsbridge_core::SecretString),
 ) -> Result<Vec<&'static str>, Error> {
     let s = &ctx.stores;
     let sa = verdict(ctx, &s.service_accounts, ns, bridge_uid, &objs.service_account).await?;
@@ -261,12 +309,14 @@ async fn ensure_worker(
         Some(p) => verdict(ctx, &s.network_policies, ns, bridge_uid, p).await?,
         None => Verdict::UpToDate,
     };
+    let secret = send_secret_verdict(ctx, ns, bridge_uid, send.0, send.1).await?;
     let foreign: Vec<&'static str> = [
         (sa, ServiceAccount::KIND),
         (role, Role::KIND),
         (binding, RoleBinding::KIND),
         (deployment, Deployment::KIND),
         (policy, NetworkPolicy::KIND),
+        (secret, Secret::KIND),
     ]
     .into_iter()
     .filter(|(v, _)| *v == Verdict::Foreign)
@@ -287,6 +337,10 @@ async fn ensure_worker(
     }
     if let (Some(p), Verdict::Apply) = (&objs.network_policy, policy) {
         apply(ctx, ns, p).await?;
+    }
+    // The credential before the pod that reads it.
+    if secret == Verdict::Apply {
+        apply(ctx, ns, send.0).await?;
     }
     if deployment == Verdict::Apply {
         apply(ctx, ns, &objs.deployment).await?;
@@ -329,13 +383,20 @@ pub async fn reconcile_bridge(bridge: Arc<Bridge>, ctx: Arc<Context>) -> Result<
         keys.extend(worker_objects::signing::referenced_keys(&signed));
         keys.sort();
         keys.dedup();
-        let entries: Vec<_> = keys
+        let mut entries: Vec<_> = keys
             .into_iter()
             .map(|s| {
                 let d = refs.digest(&s);
                 (s, d)
             })
             .collect();
+        // A new credential (the send key rotated) rolls the worker.
+        let uid = bridge.uid().unwrap_or_default();
+        let key = ctx.send_key.borrow().clone();
+        let key = key.expect("the send key is read before any reconcile");
+        let credential = wsbridge_dataplane::send_auth::credential(&key, &uid);
+        let send_secret = worker_objects::send_credential_secret(&bridge, &credential);
+        entries.push(worker_objects::send_credential::config_entry(&name, &credential));
         let sized = worker_objects::with_pod_defaults(&bridge, &ctx.worker_pod_defaults);
         let objs = worker_objects::worker_objects(
             &sized,
@@ -346,8 +407,7 @@ pub async fn reconcile_bridge(bridge: Arc<Bridge>, ctx: Arc<Context>) -> Result<
             ctx.worker_ingress.as_ref(),
             &signed,
         );
-        let uid = bridge.uid().unwrap_or_default();
-        let foreign = ensure_worker(&ctx, &ns, &uid, &objs).await?;
+        let foreign = ensure_worker(&ctx, &ns, &uid, &objs, (&send_secret, &credential)).await?;
         if !foreign.is_empty() {
             worker_conflict = Some(format!(
                 "{} {worker_name} already exists and is not owned by this Bridge; \

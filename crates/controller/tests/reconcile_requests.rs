@@ -7,8 +7,9 @@
 use std::sync::Arc;
 
 use http::{Method, Request, Response};
+use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentCondition, DeploymentStatus};
-use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -32,6 +33,23 @@ use wsbridge_dataplane::DestinationPolicy;
 
 const NS: &str = "ns";
 const APPLY: &str = "?&force=true&fieldManager=wsbridge-controller";
+/// The installation key of the send path's credentials.
+const SEND_KEY: &[u8] = b"test-installation-key";
+
+/// A Secret as the controller's watch caches it (`digest_secret`): each
+/// value replaced by SHA-256 over the Secret's UID, a zero byte and the value.
+fn cached_secret(mut secret: Secret, uid: &str) -> Secret {
+    use sha2::{Digest, Sha256};
+    secret.metadata.uid = Some(uid.into());
+    for v in secret.data.iter_mut().flat_map(|d| d.values_mut()) {
+        let mut h = Sha256::new();
+        h.update(uid.as_bytes());
+        h.update([0]);
+        h.update(&v.0);
+        *v = ByteString(h.finalize().to_vec());
+    }
+    secret
+}
 
 /// One request as the API server received it.
 #[derive(Debug)]
@@ -121,6 +139,8 @@ struct Cluster {
     role_bindings: Vec<RoleBinding>,
     deployments: Vec<Deployment>,
     network_policies: Vec<NetworkPolicy>,
+    /// As the controller's watch caches them: values salted-digested.
+    secrets: Vec<Secret>,
 }
 
 fn stores(c: Cluster) -> Stores {
@@ -134,7 +154,7 @@ fn stores(c: Cluster) -> Stores {
         channels: store([channel]),
         endpoints: store([endpoint]),
         subscriptions: store([]),
-        secrets: store([]),
+        secrets: store(c.secrets),
         config_maps: store([]),
         services: store([]),
         deployments: store(c.deployments),
@@ -204,6 +224,7 @@ where
         destinations: Arc::new(DestinationPolicy::default()),
         worker_ingress,
         worker_pod_defaults: Default::default(),
+        send_key: tokio::sync::watch::channel(Some(Arc::from(SEND_KEY))).1,
     });
     reconcile(Arc::new(obj), ctx).await.expect("reconcile succeeds");
     // The reconcile's clients are gone: the server sees its channel close.
@@ -235,13 +256,14 @@ async fn first_reconcile() -> Vec<Sent> {
 /// the Bridge with the status written.
 fn after_first_reconcile(sent: &[Sent]) -> (Bridge, Cluster) {
     let mut b = bridge();
-    b.status = Some(serde_json::from_value(sent[4].body["status"].clone()).unwrap());
+    b.status = Some(serde_json::from_value(sent[5].body["status"].clone()).unwrap());
     let cluster = Cluster {
         bridges: vec![b.clone()],
         service_accounts: vec![parse(&sent[0])],
         roles: vec![parse(&sent[1])],
         role_bindings: vec![parse(&sent[2])],
-        deployments: vec![parse(&sent[3])],
+        secrets: vec![cached_secret(parse(&sent[3]), "secret-uid")],
+        deployments: vec![parse(&sent[4])],
         network_policies: Vec::new(),
     };
     (b, cluster)
@@ -268,6 +290,10 @@ async fn a_new_bridge_gets_its_worker_objects_applied_then_its_status_and_an_eve
             ),
             (
                 Method::PATCH,
+                &format!("/api/v1/namespaces/{NS}/secrets/{worker}{APPLY}")
+            ),
+            (
+                Method::PATCH,
                 &format!("/apis/apps/v1/namespaces/{NS}/deployments/{worker}{APPLY}")
             ),
             (
@@ -280,17 +306,21 @@ async fn a_new_bridge_gets_its_worker_objects_applied_then_its_status_and_an_eve
             ),
         ]
     );
-    for (s, kind) in sent[..5]
-        .iter()
-        .zip(["ServiceAccount", "Role", "RoleBinding", "Deployment", "Bridge"])
-    {
+    for (s, kind) in sent[..6].iter().zip([
+        "ServiceAccount",
+        "Role",
+        "RoleBinding",
+        "Secret",
+        "Deployment",
+        "Bridge",
+    ]) {
         assert_eq!(
             s.content_type, "application/apply-patch+yaml",
             "{kind}: server-side apply"
         );
         assert_eq!(s.body["kind"], kind);
     }
-    for s in &sent[..4] {
+    for s in &sent[..5] {
         let meta = &s.body["metadata"];
         assert_eq!(meta["name"], worker);
         assert_eq!(meta["namespace"], NS);
@@ -307,7 +337,34 @@ async fn a_new_bridge_gets_its_worker_objects_applied_then_its_status_and_an_eve
             "owned by the Bridge, so the garbage collector removes it"
         );
     }
-    let deployment: Deployment = parse(&sent[3]);
+    // The send credential: HMAC of the installation key and the Bridge's
+    // UID, in the Bridge's own Secret, which the worker reads by reference.
+    let secret: Secret = parse(&sent[3]);
+    let credential = wsbridge_dataplane::send_auth::credential(SEND_KEY, "5f0e-uid");
+    assert_eq!(
+        secret.data.unwrap()["send-credential"].0,
+        credential.expose().as_bytes()
+    );
+    let deployment: Deployment = parse(&sent[4]);
+    let env = deployment
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+        .containers[0]
+        .env
+        .clone()
+        .unwrap();
+    let send = env.iter().find(|v| v.name == "WSBRIDGE_SEND_CREDENTIAL").unwrap();
+    assert!(send.value.is_none());
+    let reference = send.value_from.as_ref().unwrap().secret_key_ref.as_ref().unwrap();
+    assert_eq!(
+        (reference.name.as_str(), reference.key.as_str()),
+        (worker, "send-credential")
+    );
     assert!(
         deployment.metadata.annotations.unwrap()["wsbridge.io/applied-hash"].len() == 32,
         "the hash that makes the next reconcile skip the apply"
@@ -321,7 +378,7 @@ async fn a_new_bridge_gets_its_worker_objects_applied_then_its_status_and_an_eve
 
     // The status: only what the controller owns (`Ready`, not the worker's
     // `Connected`), for generation 1, naming the worker.
-    let status = &sent[4].body["status"];
+    let status = &sent[5].body["status"];
     let keys: Vec<&String> = status.as_object().unwrap().keys().collect();
     assert_eq!(keys, ["conditions", "observedGeneration", "worker"]);
     assert_eq!(status["observedGeneration"], 1);
@@ -335,7 +392,7 @@ async fn a_new_bridge_gets_its_worker_objects_applied_then_its_status_and_an_eve
     );
     assert_eq!(ready.observed_generation, Some(1));
 
-    let event = &sent[5].body;
+    let event = &sent[6].body;
     assert_eq!(event["type"], "Warning");
     assert_eq!(event["reason"], "WorkerUnavailable");
     assert_eq!(event["note"], "the worker Deployment is not available yet");
@@ -468,7 +525,71 @@ async fn worker_objects_missing_from_the_caches_are_looked_up_before_they_are_ap
         None,
     )
     .await;
-    assert_eq!(looked_up, WORKER_PATHS);
+    let mut expected = WORKER_PATHS.to_vec();
+    expected.push(SECRET_PATH);
+    assert_eq!(looked_up, expected);
+}
+
+/// The Bridge's send credential Secret.
+const SECRET_PATH: &str = "/api/v1/namespaces/ns/secrets/wsbridge-worker-feed";
+
+#[tokio::test]
+async fn a_hand_edited_send_credential_is_applied_again_and_alone() {
+    let first = first_reconcile().await;
+    let (b, mut cluster) = after_first_reconcile(&first);
+    let mut edited: Secret = parse(&first[3]);
+    edited
+        .data
+        .as_mut()
+        .unwrap()
+        .insert("send-credential".into(), ByteString(b"guessed".to_vec()));
+    cluster.secrets = vec![cached_secret(edited, "secret-uid")];
+    let sent = reconcile_once(b, stores(cluster), reconcile::reconcile_bridge).await;
+    assert_eq!(
+        requests(&sent),
+        [(Method::PATCH, &*format!("{SECRET_PATH}{APPLY}"))]
+    );
+    let credential = wsbridge_dataplane::send_auth::credential(SEND_KEY, "5f0e-uid");
+    let applied: Secret = parse(&sent[0]);
+    assert_eq!(
+        applied.data.unwrap()["send-credential"].0,
+        credential.expose().as_bytes()
+    );
+}
+
+#[tokio::test]
+async fn a_foreign_secret_with_the_worker_name_is_never_overwritten() {
+    let foreign = json!({
+        "apiVersion": "v1", "kind": "PartialObjectMetadata",
+        "metadata": {"name": "wsbridge-worker-feed", "namespace": NS, "uid": "someone-else"}
+    });
+    let (_, sent) = reconcile_in(
+        bridge(),
+        stores(Cluster {
+            bridges: vec![bridge()],
+            ..Default::default()
+        }),
+        reconcile::reconcile_bridge,
+        vec![(SECRET_PATH.to_owned(), foreign)],
+        None,
+    )
+    .await;
+    assert!(
+        !sent
+            .iter()
+            .any(|s| s.uri.contains("/secrets/") || s.uri.contains("/deployments/")),
+        "neither the Secret nor the worker is applied: {:?}",
+        requests(&sent)
+    );
+    let ready = &sent[0].body["status"]["conditions"][0];
+    assert_eq!(ready["reason"], "WorkerObjectConflict");
+    assert!(
+        ready["message"]
+            .as_str()
+            .unwrap()
+            .contains("Secret wsbridge-worker-feed"),
+        "{ready}"
+    );
 }
 
 #[tokio::test]

@@ -14,6 +14,7 @@ pub mod endpoint;
 pub mod message;
 pub mod metrics;
 pub mod routing;
+pub mod send_auth;
 
 pub use destination::{DestinationDenied, DestinationPolicy};
 pub use message::{Message, Origin, Payload, PayloadKind};

@@ -15,6 +15,7 @@ pub mod access;
 mod metrics;
 mod publish;
 mod remote;
+mod send_key;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -59,6 +60,10 @@ pub struct GatewayOptions {
     /// The memory the gateway may use; queued messages take half of it
     /// (default: the pod's limit, read from its cgroup).
     pub memory_limit: Option<u64>,
+    /// The installation key each Bridge's send credential is derived from
+    /// (the controller's Secret, mounted); read again when it changes.
+    /// `None`: sends carry no credential and every worker refuses them.
+    pub send_key_file: Option<std::path::PathBuf>,
 }
 
 /// What a publish needs of a Channel besides its routes.
@@ -80,6 +85,8 @@ pub(crate) struct ChannelFacts {
 pub(crate) struct BridgePath {
     pub address: Option<http::Uri>,
     pub connected: bool,
+    /// The Bridge's UID, which its send credential is derived from.
+    pub uid: Option<String>,
 }
 
 /// The caches a publish reads.
@@ -91,6 +98,8 @@ pub(crate) struct GatewayState {
     pub access: Access,
     pub http: HttpSender,
     pub send_timeout: Duration,
+    /// The installation key of the workers' send credentials.
+    pub send_keys: send_key::SendKeys,
     pub dataplane: Arc<DataplaneMetrics>,
     pub metrics: metrics::GatewayMetrics,
     /// Keys of recent publishes, so that a retried one is not sent twice.
@@ -158,6 +167,7 @@ impl Gateway {
             access: Access::new(client.clone(), options.access.clone(), access_metrics),
             http: HttpSender::new(),
             send_timeout: options.send_timeout,
+            send_keys: send_key::SendKeys::new(options.send_key_file.clone()),
             dataplane,
             metrics,
             recent,
@@ -309,5 +319,6 @@ fn bridge_path(bridge: &Bridge) -> BridgePath {
             .and_then(|s| s.address.as_ref())
             .and_then(|a| a.url.parse().ok()),
         connected: status.is_some_and(|s| conditions::is_true(&s.conditions, conditions::CONNECTED)),
+        uid: bridge.metadata.uid.clone(),
     }
 }

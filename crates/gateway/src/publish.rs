@@ -9,13 +9,13 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 
-use super::GatewayState;
 use super::access::Denied;
+use super::{GatewayState, send_key};
 use futures::future::join_all;
 use wsbridge_core::ChannelKey;
 use wsbridge_dataplane::delivery::{AttemptOutcome, publish_key};
 use wsbridge_dataplane::metrics::ChannelLabels;
-use wsbridge_dataplane::{Message, Origin, Payload, PayloadKind};
+use wsbridge_dataplane::{Message, Origin, Payload, PayloadKind, send_auth};
 use wsbridge_http::publish::{self, SentOut};
 use wsbridge_translate as translate;
 
@@ -154,8 +154,9 @@ pub(crate) async fn publish_payload(
                 Some(super::BridgePath {
                     address: Some(address),
                     connected: true,
+                    uid,
                 }) => {
-                    targets.push((route.bridge.clone(), address.clone()));
+                    targets.push((route.bridge.clone(), address.clone(), uid.clone()));
                 }
                 _ => {
                     return Err(unpublished(
@@ -199,7 +200,7 @@ pub(crate) async fn publish_payload(
     // To every bridge at once; one that took it already (a retry) is skipped.
     let pending: Vec<_> = targets
         .iter()
-        .filter(|(bridge, _)| {
+        .filter(|(bridge, _, _)| {
             let sent = record.as_ref().is_some_and(|r| r.bridges.contains(bridge));
             if sent {
                 shared.recent.skipped_endpoint();
@@ -207,9 +208,14 @@ pub(crate) async fn publish_payload(
             !sent
         })
         .collect();
-    let sends = pending.iter().map(|(bridge, address)| {
+    let sends = pending.iter().map(|(bridge, address, uid)| {
         let message = &message;
-        async move { (bridge, send_to_worker(shared, address, message).await) }
+        async move {
+            (
+                bridge,
+                send_to_worker(shared, address, uid.as_deref(), message).await,
+            )
+        }
     });
     let mut failed = None;
     for (bridge, sent) in join_all(sends).await {
@@ -258,8 +264,17 @@ pub(crate) async fn publish_payload(
     })
 }
 
-/// The worker's `/v1/send`, with the message's identity in CloudEvents headers.
-async fn send_to_worker(shared: &GatewayState, address: &http::Uri, message: &Message) -> Result<(), String> {
+/// The worker's `/v1/send`, with the message's identity in CloudEvents
+/// headers and the Bridge's send credential (derived from the installation
+/// key and the Bridge's UID). A worker that refuses the credential (`401`:
+/// the key rotated and one side has not caught up) is tried with the key
+/// read again, then with the key before it.
+async fn send_to_worker(
+    shared: &GatewayState,
+    address: &http::Uri,
+    uid: Option<&str>,
+    message: &Message,
+) -> Result<(), String> {
     let uri: http::Uri = format!("{}/v1/send", address.to_string().trim_end_matches('/'))
         .parse()
         .map_err(|e| format!("bad worker address: {e}"))?;
@@ -270,14 +285,39 @@ async fn send_to_worker(shared: &GatewayState, address: &http::Uri, message: &Me
             HeaderValue::from_static("application/octet-stream"),
         );
     }
-    match shared
-        .http
-        .post(&uri, &headers, message.payload().bytes(), shared.send_timeout)
-        .await
-    {
-        AttemptOutcome::Response { status, .. } if status.is_success() => Ok(()),
-        AttemptOutcome::Response { status, .. } => Err(format!("the worker answered {status}")),
-        AttemptOutcome::Timeout => Err("the worker did not answer in time".into()),
-        AttemptOutcome::Network(e) | AttemptOutcome::Denied(e) => Err(e),
+    let Some(uid) = uid else {
+        return Err("the gateway has not seen the Bridge's UID yet".into());
+    };
+    let mut tried: Vec<send_key::Key> = Vec::new();
+    for reload in [false, true] {
+        for key in shared.send_keys.keys(reload) {
+            if tried.contains(&key) {
+                continue;
+            }
+            tried.push(key.clone());
+            let credential = send_auth::credential(&key, uid);
+            let mut value = HeaderValue::try_from(send_auth::authorization(&credential))
+                .map_err(|_| "the send credential is not a header value".to_string())?;
+            value.set_sensitive(true);
+            headers.insert(header::AUTHORIZATION, value);
+            match shared
+                .http
+                .post(&uri, &headers, message.payload().bytes(), shared.send_timeout)
+                .await
+            {
+                AttemptOutcome::Response { status, .. } if status.is_success() => return Ok(()),
+                AttemptOutcome::Response { status, .. } if status == StatusCode::UNAUTHORIZED => {}
+                AttemptOutcome::Response { status, .. } => {
+                    return Err(format!("the worker answered {status}"));
+                }
+                AttemptOutcome::Timeout => return Err("the worker did not answer in time".into()),
+                AttemptOutcome::Network(e) | AttemptOutcome::Denied(e) => return Err(e),
+            }
+        }
     }
+    Err(if tried.is_empty() {
+        "the gateway holds no send key (--send-key-file), and workers take no sends without it".into()
+    } else {
+        "the worker refused the gateway's send credential (401): the send key is rotating or differs from the controller's".into()
+    })
 }

@@ -114,7 +114,18 @@ impl Worker {
         let slot: SendSlot = Arc::new(RwLock::new(None));
         let (stop, stopped) = watch::channel(false);
 
-        let router = ops::router(Arc::new(registry), ready.clone()).merge(send::router(slot.clone(), budget));
+        let credential = send::credential_from_env(|k| std::env::var(k).ok());
+        if credential.is_none() {
+            tracing::warn!(
+                variable = wsbridge_api::worker_env::SEND_CREDENTIAL,
+                "no send credential in the environment: every send is refused with 401"
+            );
+        }
+        let router = ops::router(Arc::new(registry), ready.clone()).merge(send::router(
+            slot.clone(),
+            budget,
+            credential,
+        ));
         let mut http_stop = stopped.clone();
         let (addr, server) = ops::serve(options.listen, router, async move {
             let _ = http_stop.wait_for(|s| *s).await;

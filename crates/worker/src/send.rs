@@ -1,20 +1,26 @@
 //! `POST /v1/send`: the publish path's last hop. The gateway has already
 //! authorized the publisher and delivers to subscribers itself; the worker
 //! only sends the message out to its endpoint (so nothing is delivered twice).
+//!
+//! Only the gateway may send: each request presents the Bridge's send
+//! credential (`Authorization: Bearer`, see
+//! [`wsbridge_dataplane::send_auth`]), which the worker holds from its
+//! environment; anything else gets `401` and sends nothing.
 
 use std::sync::{Arc, RwLock};
 
 use axum::Router;
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde_json::json;
 
+use wsbridge_core::SecretString;
 use wsbridge_dataplane::budget::MemoryBudget;
 use wsbridge_dataplane::endpoint::{EndpointHandle, SendError};
-use wsbridge_dataplane::{Message, Origin};
+use wsbridge_dataplane::{Message, Origin, send_auth};
 use wsbridge_http::publish;
 
 /// Where sends go right now: the live connection of the current session.
@@ -35,20 +41,57 @@ struct SendState {
     /// The worker's memory budget: the endpoint's send queue holds messages
     /// within it, like the subscriber queues.
     budget: Arc<MemoryBudget>,
+    /// What a sender must present; `None` (no credential in the pod)
+    /// refuses every send.
+    credential: Option<SecretString>,
+}
+
+/// The send credential from the pod's environment (an empty value counts
+/// as none).
+pub fn credential_from_env(lookup: impl Fn(&str) -> Option<String>) -> Option<SecretString> {
+    lookup(wsbridge_api::worker_env::SEND_CREDENTIAL)
+        .filter(|v| !v.is_empty())
+        .map(SecretString::new)
 }
 
 /// The send route.
-pub fn router(slot: SendSlot, budget: Arc<MemoryBudget>) -> Router {
-    Router::new()
-        .route("/v1/send", post(send))
-        .with_state(SendState { slot, budget })
+pub fn router(slot: SendSlot, budget: Arc<MemoryBudget>, credential: Option<SecretString>) -> Router {
+    Router::new().route("/v1/send", post(send)).with_state(SendState {
+        slot,
+        budget,
+        credential,
+    })
+}
+
+/// `401` with a JSON reason (never the credential).
+fn unauthorized(message: &str) -> Response {
+    let mut response = publish::error(StatusCode::UNAUTHORIZED, "Unauthorized", message);
+    response
+        .headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    response
 }
 
 async fn send(
-    State(SendState { slot, budget }): State<SendState>,
+    State(SendState {
+        slot,
+        budget,
+        credential,
+    }): State<SendState>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    let Some(credential) = credential else {
+        return unauthorized("this worker holds no send credential, so it takes no sends");
+    };
+    let authorization = headers.get(header::AUTHORIZATION).map(HeaderValue::as_bytes);
+    if !send_auth::presented(authorization, &credential) {
+        return unauthorized(if authorization.is_none() {
+            "a send needs the Bridge's send credential (Authorization: Bearer); only the gateway holds it"
+        } else {
+            "the send credential is not this Bridge's"
+        });
+    }
     let target = slot.read().map(|s| s.clone()).unwrap_or_default();
     let Some(target) = target else {
         return publish::error(

@@ -106,6 +106,13 @@ pub fn worker_env(bridge: &Bridge, endpoint: &Endpoint, destinations: &Destinati
     if let Some(t) = &bridge.spec.token_secret_ref {
         env.push(secret_env(contract::BRIDGE_TOKEN, &t.name, &t.key, false));
     }
+    // What the gateway presents on `POST /v1/send`: the Bridge's own Secret.
+    env.push(secret_env(
+        contract::SEND_CREDENTIAL,
+        &super::worker_name(&bridge.name_any()),
+        super::send_credential::KEY,
+        false,
+    ));
     env
 }
 /// Requests and limits of a worker when neither its Bridge nor the
@@ -355,5 +362,14 @@ mod tests {
             "ca"
         );
         assert_eq!(secret("WSBRIDGE_BRIDGE_TOKEN").name, "sub-token");
+        let send = secret("WSBRIDGE_SEND_CREDENTIAL");
+        assert_eq!(
+            (send.name.as_str(), send.key.as_str(), send.optional),
+            ("wsbridge-worker-feed", "send-credential", None)
+        );
+        assert!(
+            env.iter()
+                .all(|v| v.name != "WSBRIDGE_SEND_CREDENTIAL" || v.value.is_none())
+        );
     }
 }

@@ -7,6 +7,7 @@ mod deployment;
 pub mod drift;
 mod network_policy;
 mod rbac;
+pub mod send_credential;
 pub mod signing;
 
 use std::collections::BTreeMap;
@@ -142,6 +143,23 @@ fn labels(bridge: &str) -> BTreeMap<String, String> {
         (MANAGED_BY.into(), FIELD_MANAGER.into()),
         (BRIDGE_LABEL.into(), bridge_label(bridge)),
     ])
+}
+
+/// The Secret with the Bridge's send credential: the worker's name,
+/// labels and owner, like the other worker objects.
+pub fn send_credential_secret(
+    bridge: &Bridge,
+    credential: &wsbridge_core::SecretString,
+) -> k8s_openapi::api::core::v1::Secret {
+    let b = bridge.name_any();
+    let meta = ObjectMeta {
+        name: Some(worker_name(&b)),
+        namespace: Some(bridge.namespace().unwrap_or_default()),
+        labels: Some(labels(&b)),
+        owner_references: Some(bridge.controller_owner_ref(&()).into_iter().collect()),
+        ..Default::default()
+    };
+    send_credential::secret(meta, credential)
 }
 
 /// Builds the worker objects. The Deployment carries [`APPLIED_HASH`] over
