@@ -48,7 +48,9 @@ pub struct SubscriptionSpec {
     /// Signs every delivery as the Standard Webhooks specification defines
     /// it (`webhook-id`, `webhook-timestamp`, `webhook-signature`: HMAC-SHA256
     /// of `id.timestamp.body`) with the secret in this key of a Secret in the
-    /// same namespace, written `whsec_` + base64 of 24 to 64 random bytes.
+    /// same namespace, written `whsec_` + base64 of 24 to 64 random bytes. In
+    /// a cluster the bridge workers sign endpoint messages; messages
+    /// published through the gateway are delivered unsigned.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signing_secret_ref: Option<KeySelector>,
     /// The bound of this Subscription's durable backlog, on a Channel with
