@@ -85,6 +85,9 @@ pub enum Command {
         /// environment).
         #[command(flatten)]
         destinations: DestinationArgs,
+        /// Destinations that would loop through wsbridge itself.
+        #[command(flatten)]
+        loops: SelfLoopArgs,
         #[command(flatten)]
         memory: MemoryArgs,
     },
@@ -106,6 +109,9 @@ pub enum Command {
         /// dead-letter sinks.
         #[command(flatten)]
         destinations: DestinationArgs,
+        /// Destinations that would loop through wsbridge itself.
+        #[command(flatten)]
+        loops: SelfLoopArgs,
         #[command(flatten)]
         memory: MemoryArgs,
         /// File holding the installation key that each Bridge's send
@@ -366,6 +372,9 @@ pub struct ControllerArgs {
     /// endpoints); passed on to every worker.
     #[command(flatten)]
     pub destinations: DestinationArgs,
+    /// Destinations that would loop through wsbridge itself.
+    #[command(flatten)]
+    pub loops: SelfLoopArgs,
     /// Who may reach the workers' port (a NetworkPolicy with each worker).
     #[command(flatten)]
     pub worker_ingress: WorkerIngressArgs,
@@ -471,7 +480,7 @@ impl ControllerArgs {
         Ok(wsbridge_controller::Options {
             worker_ingress: self.worker_ingress.ingress()?,
             worker_pod_defaults: self.worker_pod_defaults.map(|spec| *spec).unwrap_or_default(),
-            destinations: Arc::new(self.destinations.policy()?),
+            destinations: Arc::new(self.loops.policy(&self.destinations, &self.cluster_domain)?),
             send_key: wsbridge_controller::send_key::SendKeySecret {
                 namespace: self.send_key.send_key_namespace,
                 name: self.send_key.send_key_secret,
@@ -510,6 +519,81 @@ pub struct DestinationArgs {
     pub allow_link_local: bool,
 }
 
+/// Destinations that would send wsbridge's traffic back through itself: a
+/// subscriber at `http://127.0.0.1:8080/v1/send` makes a worker echo its
+/// endpoint's messages back out, one at the gateway's publish path loops on
+/// anonymous channels. Denied by default in the cluster roles (controller,
+/// gateway, worker); standalone has no such flags and allows loopback.
+#[derive(clap::Args, Clone, Debug, Default, PartialEq, Eq)]
+pub struct SelfLoopArgs {
+    /// Allow loopback addresses (and `localhost`) and this pod's own address
+    /// as destinations: for development and tests, where every process runs
+    /// on one host.
+    #[arg(long, env = "WSBRIDGE_ALLOW_LOOPBACK", default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub allow_loopback: bool,
+    /// This pod's address (the downward API's `status.podIP`), denied as a
+    /// destination.
+    #[arg(long = "own-address", value_name = "IP", env = "POD_IP")]
+    pub own_address: Option<std::net::IpAddr>,
+    /// wsbridge's own Services, as NAME.NAMESPACE (the gateway's), denied as
+    /// destinations by their cluster DNS names. Repeatable.
+    #[arg(
+        long = "own-service",
+        value_name = "NAME.NAMESPACE",
+        env = "WSBRIDGE_OWN_SERVICES",
+        value_delimiter = ','
+    )]
+    pub own_services: Vec<String>,
+}
+
+/// Loopback in every form a connection reaches this host by (`0.0.0.0` and
+/// `::` connect to the local host too).
+const LOOPBACK: [&str; 6] = [
+    "127.0.0.0/8",
+    "::1/128",
+    "0.0.0.0/8",
+    "::/128",
+    "localhost",
+    ".localhost",
+];
+
+/// Cluster DNS domain of the gateway's and the worker's own Service names.
+const CLUSTER_DOMAIN: &str = "cluster.local";
+
+impl SelfLoopArgs {
+    /// The deny rules these flags add, before the operator's own.
+    pub fn denials(&self, cluster_domain: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        if !self.allow_loopback {
+            out.extend(LOOPBACK.iter().map(|r| r.to_string()));
+            out.extend(self.own_address.map(|ip| ip.to_string()));
+        }
+        for service in &self.own_services {
+            let service = service.trim_end_matches('.');
+            out.push(service.to_owned());
+            out.push(format!("{service}.svc"));
+            out.push(format!("{service}.svc.{}", cluster_domain.trim_matches('.')));
+        }
+        out
+    }
+
+    /// `destinations` with the self-loop denials in front of its deny list
+    /// (a deny rule wins over every allow rule).
+    pub fn policy(
+        &self,
+        destinations: &DestinationArgs,
+        cluster_domain: &str,
+    ) -> anyhow::Result<DestinationPolicy> {
+        let mut deny = self.denials(cluster_domain);
+        deny.extend(destinations.deny.iter().cloned());
+        DestinationArgs {
+            deny,
+            ..destinations.clone()
+        }
+        .policy()
+    }
+}
+
 impl DestinationArgs {
     /// The policy these flags describe.
     pub fn policy(&self) -> anyhow::Result<DestinationPolicy> {
@@ -535,6 +619,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             listen,
             pod_ip,
             destinations,
+            loops,
             memory,
         } => {
             let advertise = pod_ip.map(|ip| format!("http://{}", SocketAddr::new(ip, listen.port())));
@@ -543,7 +628,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 listen,
                 advertise,
                 drain: std::time::Duration::from_secs(10),
-                destinations: std::sync::Arc::new(destinations.policy()?),
+                destinations: std::sync::Arc::new(loops.policy(&destinations, CLUSTER_DOMAIN)?),
                 memory_limit: memory.memory_limit,
             };
             wsbridge_worker::run(options, kube::Client::try_default().await?).await?;
@@ -554,6 +639,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             auth_cache_ttl,
             token_audiences,
             destinations,
+            loops,
             memory,
             send_key_file,
         } => {
@@ -567,7 +653,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 },
                 send_timeout: std::time::Duration::from_secs(5),
                 drain: std::time::Duration::from_secs(10),
-                destinations: std::sync::Arc::new(destinations.policy()?),
+                destinations: std::sync::Arc::new(loops.policy(&destinations, CLUSTER_DOMAIN)?),
                 memory_limit: memory.memory_limit,
                 send_key_file,
             };
@@ -691,6 +777,54 @@ mod tests {
             DestinationPolicy::default()
         );
     }
+    #[test]
+    fn cluster_roles_deny_loopback_their_own_address_and_services_unless_loopback_is_allowed() {
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        let loops = SelfLoopArgs {
+            allow_loopback: false,
+            own_address: Some(ip("10.1.2.3")),
+            own_services: vec!["wsbridge-gateway.wsbridge-system".into()],
+        };
+        // An operator's allow list does not lift them: deny rules come first.
+        let operator = DestinationArgs {
+            allow: vec!["0.0.0.0/0".into(), "::/0".into()],
+            ..Default::default()
+        };
+        let p = loops.policy(&operator, "cluster.local").unwrap();
+        for denied in [
+            "127.0.0.1",
+            "127.9.9.9",
+            "::1",
+            "0.0.0.0",
+            "::",
+            "10.1.2.3",
+            "::ffff:127.0.0.1",
+        ] {
+            assert!(p.check_ip(ip(denied)).is_err(), "{denied}");
+        }
+        assert!(p.check_ip(ip("10.1.2.4")).is_ok());
+        for denied in [
+            "localhost",
+            "api.localhost",
+            "wsbridge-gateway.wsbridge-system",
+            "wsbridge-gateway.wsbridge-system.svc",
+            "wsbridge-gateway.wsbridge-system.svc.cluster.local",
+        ] {
+            assert!(p.check_host(denied).is_err(), "{denied}");
+        }
+        assert!(p.check_host("pricing.apps.svc.cluster.local").is_ok());
+
+        let local = SelfLoopArgs {
+            allow_loopback: true,
+            ..loops
+        };
+        let p = local
+            .policy(&DestinationArgs::default(), "cluster.local")
+            .unwrap();
+        assert!(p.check_ip(ip("127.0.0.1")).is_ok() && p.check_ip(ip("10.1.2.3")).is_ok());
+        assert!(p.check_host("wsbridge-gateway.wsbridge-system.svc").is_err());
+    }
+
     #[test]
     fn memory_limits_are_bytes_or_kubernetes_binary_quantities() {
         assert_eq!(parse_bytes("268435456"), Ok(256 << 20));

@@ -120,6 +120,8 @@ fn chart_renders_the_documented_defaults() -> Result<()> {
             // controller.workerPod: every worker's default size.
             "--worker-pod-defaults",
             r#"{"resources":{"limits":{"cpu":"1","memory":"256Mi"},"requests":{"cpu":"50m","memory":"32Mi"}}}"#,
+            "--own-service",
+            "wsbridge-gateway.wsbridge-system",
             "--gateway-pod-labels",
             "app.kubernetes.io/name=wsbridge,app.kubernetes.io/instance=wsbridge,app.kubernetes.io/component=gateway",
         ]
@@ -129,7 +131,7 @@ fn chart_renders_the_documented_defaults() -> Result<()> {
         .ok_or_else(|| anyhow!("no gateway Deployment"))?;
     assert_eq!(
         strings(&gateway["spec"]["template"]["spec"]["containers"][0]["args"]),
-        ["gateway"]
+        ["gateway", "--own-service", "wsbridge-gateway.wsbridge-system"]
     );
     // The gateway reads the send key from the controller's Secret, mounted
     // (it has no Secret access through the API).

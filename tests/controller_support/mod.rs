@@ -109,6 +109,10 @@ impl ControllerProcess {
             .env("KUBECONFIG", cp.kubeconfig_path())
             .env("POD_NAME", name)
             .env("RUST_LOG", "info,kube_lease_manager=warn")
+            // Every peer of these tests listens on loopback, which the
+            // cluster roles deny by default (tests/security_self_loops.rs
+            // turns it back off with --allow-loopback=false).
+            .env("WSBRIDGE_ALLOW_LOOPBACK", "true")
             .env_remove("POD_NAMESPACE")
             .stdout(Stdio::null())
             .stderr(file)

@@ -121,6 +121,10 @@ pub async fn run_pod_template(
     for value in env.values_mut() {
         *value = local_path(value);
     }
+    // A local pod's network is this host's loopback (its POD_IP is
+    // 127.0.0.1, its peers listen on 127.0.0.1): the explicit allow that the
+    // cluster roles' denial of loopback destinations needs.
+    env.insert("WSBRIDGE_ALLOW_LOOPBACK".into(), "true".into());
     for (k, v) in overrides {
         env.insert(k.to_string(), v.to_string());
     }

@@ -123,6 +123,11 @@ seccompProfile:
   valueFrom:
     fieldRef:
       fieldPath: metadata.namespace
+# The pod's own address, denied as a destination (no loops through itself).
+- name: POD_IP
+  valueFrom:
+    fieldRef:
+      fieldPath: status.podIP
 {{- end }}
 
 {{/* Ports, probes and volume mounts shared by every role's container. */}}
@@ -155,6 +160,9 @@ volumeMounts:
 
 {{/* Command-line flags of the outbound destination policy (controller, gateway). */}}
 {{- define "wsbridge.destinationArgs" -}}
+{{- /* The gateway's Service is a destination that would loop through wsbridge. */}}
+- --own-service
+- {{ printf "%s-gateway.%s" (include "wsbridge.fullname" .) .Release.Namespace | quote }}
 {{- range .Values.destinations.deny }}
 - --destination-deny
 - {{ . | quote }}

@@ -25,6 +25,7 @@ mod controllers;
 mod leader;
 pub mod metrics;
 pub mod reconcile;
+mod resolution;
 pub mod send_key;
 pub mod status;
 mod status_write;

@@ -21,6 +21,7 @@ use serde_json::json;
 use tracing::{instrument, warn};
 
 use super::metrics::Metrics;
+use super::resolution;
 use super::status::{self, BridgeFacts, ConfigLookup, Keys};
 use super::status_write::write_status;
 use super::worker_objects::{self, FIELD_MANAGER, Source, drift};
@@ -491,8 +492,19 @@ pub async fn reconcile_endpoint(endpoint: Arc<Endpoint>, ctx: Arc<Context>) -> R
         stores: &ctx.stores,
         ns: &ns,
     };
-    let decided = status::endpoint_destination_problem(&endpoint, &ctx.destinations)
+    let mut decided = status::endpoint_destination_problem(&endpoint, &ctx.destinations)
         .unwrap_or_else(|| status::endpoint_ready(&endpoint, &refs));
+    if decided.status
+        && let Some(denied) = resolution::denied_by_resolution(
+            &endpoint.spec.url,
+            &ctx.destinations,
+            "url",
+            &ctx.cluster_domain,
+        )
+        .await
+    {
+        decided = denied;
+    }
     write_status(&ctx, &*endpoint, &decided, |conditions, generation| {
         EndpointStatus {
             conditions,
@@ -512,7 +524,7 @@ pub async fn reconcile_subscription(sub: Arc<Subscription>, ctx: Arc<Context>) -
     let channel = get(&ctx.stores.channels, &ns, &sub.spec.channel);
     let services = ctx.stores.services.clone();
     let lookup_ns = ns.clone();
-    let decision = status::subscription_status(
+    let mut decision = status::subscription_status(
         &sub,
         channel.as_deref(),
         &ns,
@@ -520,6 +532,21 @@ pub async fn reconcile_subscription(sub: Arc<Subscription>, ctx: Arc<Context>) -
         &move |svc: &str| get(&services, &lookup_ns, svc),
         &ctx.destinations,
     );
+    if decision.ready.status {
+        let uris = [
+            (decision.subscriber_uri.clone(), "subscriber"),
+            (decision.dead_letter_sink_uri.clone(), "dead-letter sink"),
+        ];
+        for (uri, what) in uris {
+            let Some(uri) = uri else { continue };
+            let denied =
+                resolution::denied_by_resolution(&uri, &ctx.destinations, what, &ctx.cluster_domain).await;
+            if let Some(denied) = denied {
+                decision.ready = denied;
+                break;
+            }
+        }
+    }
     let ready = worker_objects::signing::subscription_ready(&ctx.stores, &ns, &sub, decision.ready);
     write_status(&ctx, &*sub, &ready, |conditions, generation| SubscriptionStatus {
         subscriber_uri: decision.subscriber_uri,
