@@ -5,73 +5,11 @@
 //! them. The package is installed by tests/run.sh; without it this test fails.
 
 mod standalone_support;
-
-use std::process::Stdio;
-use std::time::Duration;
+mod webhook_support;
 
 use base64::Engine as _;
 use standalone_support::{Endpoint, Standalone, TempDir};
-use tokio::io::{AsyncBufReadExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdout, Command};
-
-const WAIT: Duration = Duration::from_secs(20);
-
-/// A Python subscriber verifying with `secret`; killed on drop.
-struct Verifier {
-    _child: Child,
-    lines: Lines<BufReader<ChildStdout>>,
-    port: u16,
-}
-
-impl Verifier {
-    async fn start(secret: &str) -> Self {
-        let script = standalone_support::repo().join("tests/peers/webhook_verifier.py");
-        let mut child = Command::new("python3")
-            .arg(script)
-            .arg(secret)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("python3");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let first = tokio::time::timeout(WAIT, lines.next_line())
-            .await
-            .expect("the verifier starts")
-            .unwrap()
-            .unwrap_or_else(|| {
-                panic!("the verifier exited: is the `standardwebhooks` package installed? (tests/run.sh installs it)")
-            });
-        let port = first
-            .strip_prefix("listening ")
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("unexpected first line {first:?}"));
-        Self {
-            _child: child,
-            lines,
-            port,
-        }
-    }
-
-    fn uri(&self) -> String {
-        format!("http://127.0.0.1:{}/hook", self.port)
-    }
-
-    /// The next line the verifier printed.
-    async fn next(&mut self) -> String {
-        tokio::time::timeout(WAIT, self.lines.next_line())
-            .await
-            .expect("a verdict in time")
-            .unwrap()
-            .expect("the verifier is running")
-    }
-}
-
-/// `whsec_` + base64 of `bytes` random bytes.
-fn new_secret(bytes: usize) -> String {
-    let key: Vec<u8> = (0..bytes).map(|_| rand::random::<u8>()).collect();
-    format!("whsec_{}", base64::engine::general_purpose::STANDARD.encode(key))
-}
+use webhook_support::{Verifier, new_secret};
 
 fn config(endpoint_url: &str, secret: &str, trusting: &str, doubting: &str) -> String {
     let encoded = base64::engine::general_purpose::STANDARD.encode(secret);

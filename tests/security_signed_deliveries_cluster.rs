@@ -11,12 +11,11 @@
 //! no signing secrets: they arrive unsigned, and the Subscription says so.
 
 mod support;
+mod webhook_support;
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use base64::Engine as _;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Container, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
@@ -24,71 +23,13 @@ use kube::Api;
 use kube::api::{Patch, PatchParams};
 use serde_json::json;
 use support::peers::{ServerOpts, Subscriber, WsServer};
-use tokio::io::{AsyncBufReadExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdout, Command};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
+use webhook_support::{Verifier, new_secret};
 use wsbridge_api::{Bridge, Subscription, conditions};
 
 const WAIT: Duration = Duration::from_secs(60);
 const WORKER: &str = "wsbridge-worker-ticker-feed";
 const NOT_A_SECRET: &str = "not-a-whsec-secret-5e1f";
-
-/// A Python subscriber verifying with `secret`; killed on drop.
-struct Verifier {
-    _child: Child,
-    lines: Lines<BufReader<ChildStdout>>,
-    port: u16,
-}
-
-impl Verifier {
-    async fn start(secret: &str) -> Self {
-        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/webhook_verifier.py");
-        let mut child = Command::new("python3")
-            .arg(script)
-            .arg(secret)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("python3");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let first = tokio::time::timeout(WAIT, lines.next_line())
-            .await
-            .expect("the verifier starts")
-            .unwrap()
-            .unwrap_or_else(|| {
-                panic!("the verifier exited: is the `standardwebhooks` package installed? (tests/run.sh installs it)")
-            });
-        let port = first
-            .strip_prefix("listening ")
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("unexpected first line {first:?}"));
-        Self {
-            _child: child,
-            lines,
-            port,
-        }
-    }
-
-    fn uri(&self) -> String {
-        format!("http://127.0.0.1:{}/hook", self.port)
-    }
-
-    /// The next line the verifier printed.
-    async fn next(&mut self) -> String {
-        tokio::time::timeout(WAIT, self.lines.next_line())
-            .await
-            .expect("a verdict in time")
-            .unwrap()
-            .expect("the verifier is running")
-    }
-}
-
-/// `whsec_` + base64 of 32 random bytes.
-fn new_secret() -> String {
-    let key: Vec<u8> = (0..32).map(|_| rand::random::<u8>()).collect();
-    format!("whsec_{}", base64::engine::general_purpose::STANDARD.encode(key))
-}
 
 fn objects(ns: &str, endpoint_url: &str, secret: &str) -> String {
     format!(
@@ -214,9 +155,9 @@ async fn worker_deliveries_verify_with_the_standardwebhooks_package_and_bad_secr
     support::install::installed().await;
     let client = support::shared().await.client();
     let ns = support::create_namespace(&client, "signed").await?;
-    let secret = new_secret();
+    let secret = new_secret(32);
     let mut trusting = Verifier::start(&secret).await;
-    let mut doubting = Verifier::start(&new_secret()).await;
+    let mut doubting = Verifier::start(&new_secret(32)).await;
     let mut unsigned = Subscriber::ok().await;
     let mut endpoint = WsServer::start(ServerOpts::default()).await;
     let mut yaml = objects(&ns, &endpoint.url(), &secret);
@@ -333,7 +274,7 @@ async fn worker_deliveries_verify_with_the_standardwebhooks_package_and_bad_secr
 
     // A rotated secret rolls the worker (its config hash changes), and the
     // new pod signs with the new secret.
-    let rotated = new_secret();
+    let rotated = new_secret(32);
     Api::<Secret>::namespaced(client.clone(), &ns)
         .patch(
             "hook-signing",
