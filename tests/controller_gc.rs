@@ -8,7 +8,7 @@ mod support;
 use anyhow::Result;
 use controller_support::*;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::DeleteParams;
 use kube::{Api, ResourceExt};
@@ -36,14 +36,18 @@ async fn deleting_a_bridge_removes_its_worker_objects() -> Result<()> {
     let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns);
     let roles: Api<Role> = Api::namespaced(client.clone(), &ns);
     let bindings: Api<RoleBinding> = Api::namespaced(client.clone(), &ns);
+    // The Bridge's send credential.
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     let name = "wsbridge-worker-feed";
     support::eventually(WAIT, "worker objects", || {
         let (d, s, r, b) = (deployments.clone(), sas.clone(), roles.clone(), bindings.clone());
+        let c = secrets.clone();
         async move {
             let all = d.get_opt(name).await?.is_some()
                 && s.get_opt(name).await?.is_some()
                 && r.get_opt(name).await?.is_some()
-                && b.get_opt(name).await?.is_some();
+                && b.get_opt(name).await?.is_some()
+                && c.get_opt(name).await?.is_some();
             Ok(all.then_some(()))
         }
     })
@@ -58,11 +62,13 @@ async fn deleting_a_bridge_removes_its_worker_objects() -> Result<()> {
         "worker objects deleted",
         || {
             let (d, s, r, b) = (deployments.clone(), sas.clone(), roles.clone(), bindings.clone());
+            let c = secrets.clone();
             async move {
                 let none = d.get_opt(name).await?.is_none()
                     && s.get_opt(name).await?.is_none()
                     && r.get_opt(name).await?.is_none()
-                    && b.get_opt(name).await?.is_none();
+                    && b.get_opt(name).await?.is_none()
+                    && c.get_opt(name).await?.is_none();
                 Ok(none.then_some(()))
             }
         },

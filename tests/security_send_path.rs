@@ -26,6 +26,10 @@ use wsbridge_dataplane::send_auth;
 const WAIT: Duration = Duration::from_secs(60);
 const SEND_KEY: &str = "wsbridge-send-key";
 
+/// The rotation test changes the installation's key, which every Bridge's
+/// credential depends on: it runs alone.
+static KEY_IN_USE: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
 fn objects(ns: &str, bridge: &str, url: &str) -> String {
     format!(
         "apiVersion: wsbridge.io/v1alpha1\nkind: Channel\nmetadata: {{name: orders, namespace: {ns}}}\nspec: {{allowAnonymousPublish: true}}\n\
@@ -109,6 +113,7 @@ async fn wait_credential(client: &Client, ns: &str, bridge: &str, expected: &Sec
 
 #[tokio::test]
 async fn only_the_gateway_can_make_a_worker_send_to_its_endpoint() -> Result<()> {
+    let _key = KEY_IN_USE.read().await;
     support::install::installed().await;
     let client = support::shared().await.client();
     let ns = support::create_namespace(&client, "sec-send").await?;
@@ -210,11 +215,22 @@ async fn only_the_gateway_can_make_a_worker_send_to_its_endpoint() -> Result<()>
     .await?;
     assert_eq!(code, 202, "{body}");
     assert_eq!(next_text(&mut endpoint).await, "with-the-credential");
+
+    // A hand edit of the credential Secret is put back.
+    Api::<Secret>::namespaced(client.clone(), &ns)
+        .patch(
+            "wsbridge-worker-exchange",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"stringData": {"send-credential": "guessed"}})),
+        )
+        .await?;
+    wait_credential(&client, &ns, "exchange", &credential).await?;
     Ok(())
 }
 
 #[tokio::test]
 async fn a_new_send_key_rotates_every_credential_and_rolls_the_worker() -> Result<()> {
+    let _key = KEY_IN_USE.write().await;
     support::install::installed().await;
     let client = support::shared().await.client();
     let ns = support::create_namespace(&client, "sec-rotate").await?;
