@@ -301,5 +301,23 @@ async fn a_new_send_key_rotates_every_credential_and_rolls_the_worker() -> Resul
     let (code, body) = direct_send(worker_addr, Some(&send_auth::authorization(&old)), b"stale").await?;
     assert_eq!(code, 401, "{body}");
     assert_endpoint_quiet(&mut endpoint, Duration::from_millis(500)).await;
+
+    // Deleting the key Secret is a rotation too: the controller creates a
+    // new random key and every credential follows.
+    let keys: Api<Secret> = Api::namespaced(client.clone(), SYSTEM_NAMESPACE);
+    keys.delete(SEND_KEY, &Default::default()).await?;
+    let recreated = support::eventually(WAIT, "a new send key", || {
+        let client = client.clone();
+        let new_key = new_key.clone();
+        async move {
+            Ok(installation_key(&client)
+                .await
+                .ok()
+                .filter(|k| k.as_slice() != new_key.as_bytes()))
+        }
+    })
+    .await?;
+    assert_eq!(recreated.len(), 64, "32 random bytes, hex");
+    wait_credential(&client, &ns, "feed", &send_auth::credential(&recreated, &bridge)).await?;
     Ok(())
 }
