@@ -9,6 +9,9 @@
 //! let url = broker.amqp_url();            // amqp://user:pass@127.0.0.1:port/%2f
 //! broker.restart(Duration::from_secs(2)).await?; // same ports, same data
 //! ```
+//!
+//! [`RabbitMq::start_with_mqtt`] also enables the MQTT plugin on a free
+//! port, anonymous clients connecting as the test user.
 
 use std::fs;
 use std::io::{Read, Write};
@@ -41,6 +44,8 @@ pub struct RabbitMq {
     ports: Ports,
     user: String,
     password: String,
+    /// Whether the MQTT plugin listens on `ports.mqtt`.
+    mqtt: bool,
     env: Vec<(String, String)>,
     epmd: Mutex<Option<Child>>,
     server: Mutex<Option<Child>>,
@@ -51,6 +56,7 @@ struct Ports {
     amqp: u16,
     dist: u16,
     epmd: u16,
+    mqtt: u16,
 }
 
 impl std::fmt::Debug for RabbitMq {
@@ -81,12 +87,23 @@ impl RabbitMq {
     /// free loopback ports and waits until it speaks AMQP. Retries with
     /// fresh ports when one was taken between choosing and binding it.
     pub async fn start() -> Result<RabbitMq> {
+        Self::start_plugins(false).await
+    }
+
+    /// [`RabbitMq::start`] with the MQTT plugin (`rabbitmq_mqtt`) listening
+    /// on [`RabbitMq::mqtt_addr`]; an anonymous MQTT client connects as the
+    /// test user (vhost `/`, exchange `amq.topic`).
+    pub async fn start_with_mqtt() -> Result<RabbitMq> {
+        Self::start_plugins(true).await
+    }
+
+    async fn start_plugins(mqtt: bool) -> Result<RabbitMq> {
         tokio::task::spawn_blocking(ensure_installed)
             .await
             .context("installing RabbitMQ panicked")??;
         let mut last = None;
         for _ in 0..3 {
-            let broker = Self::prepare()?;
+            let broker = Self::prepare(mqtt)?;
             match broker.boot().await {
                 Ok(()) => return Ok(broker),
                 Err(e) => last = Some(e),
@@ -95,7 +112,7 @@ impl RabbitMq {
         Err(last.unwrap_or_else(|| anyhow!("RabbitMQ did not start")))
     }
 
-    fn prepare() -> Result<RabbitMq> {
+    fn prepare(mqtt: bool) -> Result<RabbitMq> {
         let id = format!("{}-{}", std::process::id(), random_hex(4));
         let dir = std::env::temp_dir().join(format!("wsbridge-rabbitmq-{id}"));
         let log_dir = target_dir().join("rabbitmq").join("logs");
@@ -129,6 +146,22 @@ impl RabbitMq {
                 amqp = ports.amqp
             ),
         )?;
+        if mqtt {
+            let mut conf = fs::OpenOptions::new()
+                .append(true)
+                .open(dir.join("rabbitmq.conf"))?;
+            write!(
+                conf,
+                "mqtt.listeners.tcp.default = 127.0.0.1:{port}\n\
+                 mqtt.allow_anonymous = true\n\
+                 mqtt.default_user = {user}\n\
+                 mqtt.default_pass = {password}\n\
+                 mqtt.vhost = /\n\
+                 mqtt.exchange = amq.topic\n",
+                port = ports.mqtt
+            )?;
+            fs::write(dir.join("enabled_plugins"), "[rabbitmq_mqtt].\n")?;
+        }
         fs::write(dir.join("rabbitmq-env.conf"), "")?;
 
         let d = |name: &str| dir.join(name).display().to_string();
@@ -163,6 +196,7 @@ impl RabbitMq {
             ports,
             user,
             password,
+            mqtt,
             env,
             epmd: Mutex::new(None),
             server: Mutex::new(None),
@@ -190,7 +224,7 @@ impl RabbitMq {
         *lock(&self.server) = Some(server);
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
-            if speaks_amqp(self.ports.amqp) {
+            if speaks_amqp(self.ports.amqp) && (!self.mqtt || accepts(self.ports.mqtt)) {
                 eprintln!(
                     "test RabbitMQ ready on 127.0.0.1:{} in {:.1}s; log {}",
                     self.ports.amqp,
@@ -231,6 +265,17 @@ impl RabbitMq {
             "amqp://{}:{}@127.0.0.1:{}/%2f",
             self.user, self.password, self.ports.amqp
         )
+    }
+
+    /// The MQTT listener ([`RabbitMq::start_with_mqtt`] only).
+    pub fn mqtt_addr(&self) -> SocketAddr {
+        assert!(self.mqtt, "this broker was started without MQTT");
+        SocketAddr::from(([127, 0, 0, 1], self.ports.mqtt))
+    }
+
+    /// The test user and password (AMQP clients other than the URL's).
+    pub fn credentials(&self) -> (&str, &str) {
+        (&self.user, &self.password)
     }
 
     /// The broker's password (to look for it in logs).
@@ -343,8 +388,14 @@ fn speaks_amqp(port: u16) -> bool {
     matches!(stream.read_exact(&mut frame_type), Ok(()) if frame_type[0] == 1)
 }
 
+/// True once something accepts connections on the port.
+fn accepts(port: u16) -> bool {
+    TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_secs(1)).is_ok()
+}
+
 fn free_ports() -> Result<Ports> {
     let listeners = [
+        TcpListener::bind("127.0.0.1:0")?,
         TcpListener::bind("127.0.0.1:0")?,
         TcpListener::bind("127.0.0.1:0")?,
         TcpListener::bind("127.0.0.1:0")?,
@@ -354,6 +405,7 @@ fn free_ports() -> Result<Ports> {
         amqp: port(0)?,
         dist: port(1)?,
         epmd: port(2)?,
+        mqtt: port(3)?,
     })
 }
 

@@ -9,14 +9,15 @@ use std::time::Duration;
 
 use lapin::Channel;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::{Confirmation, PublisherConfirm};
+use lapin::types::{AMQPValue, LongString};
+use lapin::{BasicProperties, Confirmation, PublisherConfirm};
 use tokio::sync::Mutex;
 use wsbridge_core::ChannelKey;
 use wsbridge_dataplane::Message;
 
 use crate::codec::encode;
 use crate::connection::{Broker, BrokerState};
-use crate::topology::{self, channel_exchange, routing_key};
+use crate::topology::{self, channel_exchange, remote_routing_key, routing_key};
 
 /// Why a message was not confirmed. The message may or may not have
 /// reached the broker (a publisher that retries may cause a duplicate,
@@ -74,6 +75,7 @@ impl Publisher {
     pub async fn send(&self, channel: &ChannelKey, msg: &Message) -> Result<Unconfirmed<'_>, PublishError> {
         let deadline = tokio::time::Instant::now() + self.confirm_timeout;
         let (body, properties) = encode(msg);
+        let properties = with_origin_key(properties, msg);
         // Inside the deadline: opening a channel on a connection that just
         // died can hang.
         let sent = async {
@@ -81,7 +83,7 @@ impl Publisher {
             match ch
                 .basic_publish(
                     channel_exchange(channel).into(),
-                    routing_key(msg.origin()).into(),
+                    remote_routing_key(channel).into(),
                     BasicPublishOptions::default(),
                     &body,
                     properties,
@@ -189,4 +191,19 @@ impl Unconfirmed<'_> {
             Err(_) => Err(self.publisher.timed_out().await),
         }
     }
+}
+
+/// `properties` with the key of the message's origin (`endpoint` or
+/// `published`) as a `BCC` routing key, routed on as the routing key is and
+/// removed by the broker before delivery. The routing key itself is the
+/// channel's key on `amq.topic`: MQTT subscribers see it as the topic.
+fn with_origin_key(properties: BasicProperties, msg: &Message) -> BasicProperties {
+    let mut headers = properties.headers().clone().unwrap_or_default();
+    headers.insert(
+        "BCC".into(),
+        AMQPValue::FieldArray(
+            vec![AMQPValue::LongString(LongString::from(routing_key(msg.origin())))].into(),
+        ),
+    );
+    properties.with_headers(headers)
 }

@@ -4,7 +4,8 @@
 //! (re)connection:
 //!
 //! - a durable topic exchange per Channel, `wsbridge.channel.{ns}.{name}`;
-//!   routing key `endpoint` for endpoint messages, `published` for publishes;
+//!   key `endpoint` for endpoint messages, `published` for publishes (see
+//!   below for how they carry it);
 //! - a quorum queue per Subscription, `wsbridge.subscription.{ns}.{name}`,
 //!   bound with `#` (every message of its channel): its backlog, bounded in
 //!   bytes and messages; what overflows drops from the head (the oldest) and
@@ -15,9 +16,28 @@
 //! - a quorum queue per Bridge, `wsbridge.bridge.{ns}.{name}`, bound with
 //!   `published` only (endpoint messages never go back out to an endpoint):
 //!   what is published on the channel, on its way out to the endpoint, with
-//!   its overflow in `wsbridge.bridge-dead-letter.{ns}.{name}`.
+//!   its overflow in `wsbridge.bridge-dead-letter.{ns}.{name}`;
+//! - MQTT and AMQP clients, through RabbitMQ's own listeners: the channel is
+//!   routing key `{ns}.{name}` on `amq.topic` (MQTT topic `{ns}/{name}`, as
+//!   the MQTT plugin maps `/` to `.`). Every message wsbridge writes has
+//!   that routing key (the topic MQTT subscribers see), and its origin's key
+//!   (`endpoint` or `published`) as a `BCC` key (routed on like the routing
+//!   key; the broker removes the header before delivery). The channel's
+//!   exchange is bound to `amq.topic` with the channel's key: MQTT
+//!   subscribers and queues an AMQP client binds there get everything the
+//!   channel carries. Back in, `amq.topic` is bound with the key to
+//!   `wsbridge.remote.{ns}.{name}` (topic), whose only binding takes
+//!   `endpoint` messages back to the channel's exchange (where they were
+//!   already routed: RabbitMQ routes a message through each exchange once
+//!   and to each queue once). Everything else there (a message an MQTT or
+//!   AMQP client published, or a publish already routed) is unroutable, so
+//!   it goes to the exchange's alternate exchange
+//!   `wsbridge.remote-publish.{ns}.{name}` (fanout), bound to the channel's
+//!   exchange and to each Bridge's queue: a remote publish reaches every
+//!   Subscription and bridged endpoint once, an endpoint message never
+//!   goes back out to an endpoint.
 
-use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{ExchangeBindOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Channel, ExchangeKind};
 use wsbridge_core::{ChannelKey, ObjectKey};
@@ -28,6 +48,31 @@ pub const DEAD_LETTER_EXCHANGE: &str = "wsbridge.dead-letter";
 
 /// Routing key that binds every message of a channel.
 pub const EVERY_MESSAGE: &str = "#";
+
+/// The exchange where RabbitMQ's MQTT plugin publishes and binds (its
+/// default, `mqtt.exchange`), and where AMQP clients find channels.
+pub const REMOTE_EXCHANGE: &str = "amq.topic";
+
+/// A channel's routing key on [`REMOTE_EXCHANGE`], `{ns}.{name}`.
+pub fn remote_routing_key(channel: &ChannelKey) -> String {
+    format!("{}.{}", channel.namespace, channel.name)
+}
+
+/// A channel's MQTT topic, `{ns}/{name}`.
+pub fn mqtt_topic(channel: &ChannelKey) -> String {
+    format!("{}/{}", channel.namespace, channel.name)
+}
+
+/// Where messages from [`REMOTE_EXCHANGE`] enter a channel.
+pub fn remote_exchange(channel: &ChannelKey) -> String {
+    format!("wsbridge.remote.{}.{}", channel.namespace, channel.name)
+}
+
+/// The alternate exchange of [`remote_exchange`]: what MQTT and AMQP
+/// clients publish, on its way to the channel and its Bridges.
+pub fn remote_publish_exchange(channel: &ChannelKey) -> String {
+    format!("wsbridge.remote-publish.{}.{}", channel.namespace, channel.name)
+}
 
 /// A channel's exchange.
 pub fn channel_exchange(channel: &ChannelKey) -> String {
@@ -89,15 +134,49 @@ impl Default for Backlog {
     }
 }
 
-/// Declares `channel`'s exchange (durable topic).
+/// Declares `channel`'s exchange (durable topic) and its way to and from
+/// [`REMOTE_EXCHANGE`] (see the module's documentation).
 pub async fn declare_channel(ch: &Channel, channel: &ChannelKey) -> lapin::Result<()> {
+    let exchange = channel_exchange(channel);
+    let remote = remote_exchange(channel);
+    let remote_publish = remote_publish_exchange(channel);
+    let key = remote_routing_key(channel);
     ch.exchange_declare(
-        channel_exchange(channel).into(),
+        exchange.as_str().into(),
         ExchangeKind::Topic,
         durable_exchange(),
         FieldTable::default(),
     )
-    .await
+    .await?;
+    ch.exchange_declare(
+        remote_publish.as_str().into(),
+        ExchangeKind::Fanout,
+        durable_exchange(),
+        FieldTable::default(),
+    )
+    .await?;
+    let mut args = FieldTable::default();
+    args.insert("alternate-exchange".into(), text(&remote_publish));
+    ch.exchange_declare(
+        remote.as_str().into(),
+        ExchangeKind::Topic,
+        durable_exchange(),
+        args,
+    )
+    .await?;
+    let bind = |destination: &str, source: &str, key: &str| {
+        ch.exchange_bind(
+            destination.into(),
+            source.into(),
+            key.into(),
+            ExchangeBindOptions::default(),
+            FieldTable::default(),
+        )
+    };
+    bind(REMOTE_EXCHANGE, &exchange, &key).await?;
+    bind(&remote, REMOTE_EXCHANGE, &key).await?;
+    bind(&exchange, &remote, routing_key(Origin::Endpoint)).await?;
+    bind(&exchange, &remote_publish, "").await
 }
 
 /// Declares the exchange of `channel`, the backlog of `subscription`, its
@@ -133,7 +212,15 @@ pub async fn declare_bridge(
         dead_letter: bridge_dead_letter_queue(bridge),
         binding: routing_key(Origin::Published),
     };
-    declare_backlog(ch, channel, &queue, backlog, true).await
+    declare_backlog(ch, channel, &queue, backlog, true).await?;
+    ch.queue_bind(
+        queue.queue.as_str().into(),
+        remote_publish_exchange(channel).into(),
+        "".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
 }
 
 /// A bounded queue of a channel's messages and where its overflow goes.
@@ -242,6 +329,13 @@ mod tests {
         assert_eq!(
             bridge_dead_letter_queue(&sub),
             "wsbridge.bridge-dead-letter.team-a.audit"
+        );
+        assert_eq!(remote_routing_key(&channel), "team-a.ticker");
+        assert_eq!(mqtt_topic(&channel), "team-a/ticker");
+        assert_eq!(remote_exchange(&channel), "wsbridge.remote.team-a.ticker");
+        assert_eq!(
+            remote_publish_exchange(&channel),
+            "wsbridge.remote-publish.team-a.ticker"
         );
     }
 }

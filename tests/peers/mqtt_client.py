@@ -1,0 +1,94 @@
+"""An MQTT 3.1.1 client (paho-mqtt, not ours) for the broker tests.
+
+    mqtt_client.py HOST PORT subscribe TOPIC
+        connects anonymously, subscribes at QoS 1, prints `subscribed` once
+        the broker granted it, then one JSON line per message
+        ({"topic": ..., "payload": ...}) until it is killed.
+    mqtt_client.py HOST PORT publish TOPIC MESSAGE...
+        connects anonymously, publishes each MESSAGE at QoS 1, waits for every
+        PUBACK, prints `published N` and exits 0.
+
+A refused CONNECT prints `refused RC` and exits 3; a refused SUBSCRIBE prints
+`refused subscribe` and exits 4.
+"""
+
+import json
+import sys
+import threading
+
+import paho.mqtt.client as mqtt
+
+
+def client():
+    if hasattr(mqtt, "CallbackAPIVersion"):
+        return mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
+    return mqtt.Client(protocol=mqtt.MQTTv311)
+
+
+def code(rc):
+    """A CONNACK or SUBACK code as a number (paho 2 wraps it, paho 1 not)."""
+    return getattr(rc, "value", rc)
+
+
+def say(line):
+    print(line, flush=True)
+
+
+def main():
+    host, port, mode, topic = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+    c = client()
+    connected = threading.Event()
+    result = {}
+
+    def on_connect(_c, _u, _flags, rc, *_properties):
+        result["rc"] = code(rc)
+        connected.set()
+
+    c.on_connect = on_connect
+    c.connect(host, port, keepalive=30)
+    c.loop_start()
+    if not connected.wait(30):
+        say("no connack")
+        sys.exit(2)
+    if result["rc"] != 0:
+        say(f"refused {result['rc']}")
+        sys.exit(3)
+
+    if mode == "subscribe":
+        granted = threading.Event()
+
+        def on_subscribe(_c, _u, _mid, codes, *_properties):
+            result["qos"] = [code(c) for c in codes]
+            granted.set()
+
+        def on_message(_c, _u, msg):
+            say(json.dumps({"topic": msg.topic, "payload": msg.payload.decode("utf-8", "replace")}))
+
+        c.on_subscribe = on_subscribe
+        c.on_message = on_message
+        c.subscribe(topic, qos=1)
+        if not granted.wait(30):
+            say("no suback")
+            sys.exit(2)
+        if 128 in result["qos"]:
+            say("refused subscribe")
+            sys.exit(4)
+        say("subscribed")
+        threading.Event().wait()
+    elif mode == "publish":
+        messages = sys.argv[5:]
+        infos = [c.publish(topic, m, qos=1) for m in messages]
+        for info in infos:
+            info.wait_for_publish(30)
+            if not info.is_published():
+                say("not acknowledged")
+                sys.exit(2)
+        say(f"published {len(messages)}")
+        c.disconnect()
+        c.loop_stop()
+    else:
+        sys.exit(f"unknown mode {mode}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,286 @@
+//! MQTT clients of a `backend: rabbitmq` Channel in `wsbridge standalone`,
+//! through RabbitMQ's own MQTT listener (the `rabbitmq_mqtt` plugin): the
+//! channel is topic `{namespace}/{channel}`. The clients are paho-mqtt
+//! (tests/peers/mqtt_client.py), the broker a real RabbitMQ
+//! (tests/support/rabbitmq.rs), standalone the real binary; the endpoint
+//! and the HTTP subscriber are servers on loopback. Each subscriber gets
+//! each message exactly once, and an endpoint never gets its own messages
+//! back.
+
+#[path = "support/python.rs"]
+mod python;
+mod standalone_support;
+mod support;
+
+use std::collections::BTreeMap;
+use std::process::Stdio;
+use std::time::Duration;
+
+use standalone_support::{Endpoint, Standalone, Subscriber, TempDir, http_get};
+use support::rabbitmq::RabbitMq;
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdout};
+use tokio::sync::OnceCell;
+
+/// How long anything here may take on a loaded machine.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+/// How long to listen for a message delivered twice.
+const QUIET: Duration = Duration::from_secs(2);
+
+const MQTT_CLIENT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/mqtt_client.py");
+
+static BROKER: OnceCell<RabbitMq> = OnceCell::const_new();
+
+/// This binary's broker, with the MQTT plugin.
+async fn broker() -> &'static RabbitMq {
+    BROKER
+        .get_or_init(|| async {
+            RabbitMq::start_with_mqtt()
+                .await
+                .expect("test RabbitMQ with MQTT")
+        })
+        .await
+}
+
+/// A name no other test (or earlier run on the same broker) uses.
+fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
+}
+
+/// A `rabbitmq` Channel bridged to `endpoint_url` with one Subscription.
+fn config(endpoint_url: &str, channel: &str, subscriber_uri: &str) -> String {
+    standalone_support::bridged_channel_yaml_with(
+        endpoint_url,
+        channel,
+        "{backend: rabbitmq, allowAnonymousPublish: true, allowAnonymousSubscribe: true, \
+         delivery: {retry: 1, backoffPolicy: linear, backoffDelay: 20ms, timeout: 2s}}",
+    ) + &standalone_support::subscription_yaml(
+        "live",
+        channel,
+        subscriber_uri,
+        "  delivery: {ordering: ordered}\n",
+    )
+}
+
+async fn start(dir: &TempDir, config: &str, rabbit: &RabbitMq) -> Standalone {
+    let config = dir.write("config.yaml", config);
+    let url = dir.write("rabbitmq-url", &format!("{}\n", rabbit.amqp_url()));
+    let standalone = Standalone::start_with(
+        &[&config],
+        &dir.0,
+        &["--rabbitmq-url-file", url.to_str().unwrap()],
+    )
+    .await;
+    wait_ready(&standalone).await;
+    standalone
+}
+
+/// Waits until `/readyz` answers 200: the channel's topology is declared
+/// and its queues consumed.
+async fn wait_ready(standalone: &Standalone) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        if let Ok((200, _)) = http_get(&standalone.url("/readyz")).await {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never ready:\n{}",
+            standalone.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A paho-mqtt client.
+fn mqtt(rabbit: &RabbitMq, args: &[&str]) -> tokio::process::Command {
+    let addr = rabbit.mqtt_addr();
+    let mut command = python::python3_with(&["paho.mqtt.client"]);
+    command
+        .arg(MQTT_CLIENT)
+        .args([addr.ip().to_string(), addr.port().to_string()])
+        .args(args)
+        .stdout(Stdio::piped());
+    command
+}
+
+/// A paho-mqtt subscriber of `topic`, once the broker granted it.
+struct MqttSubscriber {
+    _child: Child,
+    lines: Lines<BufReader<ChildStdout>>,
+}
+
+impl MqttSubscriber {
+    async fn start(rabbit: &RabbitMq, topic: &str) -> Self {
+        let mut child = mqtt(rabbit, &["subscribe", topic]).spawn().unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = tokio::time::timeout(PATIENCE, lines.next_line()).await;
+        assert!(
+            matches!(&first, Ok(Ok(Some(line))) if line == "subscribed"),
+            "the MQTT subscriber did not subscribe: {first:?}"
+        );
+        Self { _child: child, lines }
+    }
+
+    /// The payloads of the messages on `topic` that arrive within `window`.
+    async fn receive(&mut self, topic: &str, window: Duration) -> Vec<String> {
+        let deadline = tokio::time::Instant::now() + window;
+        let mut got = Vec::new();
+        while let Ok(line) = tokio::time::timeout_at(deadline, self.lines.next_line()).await {
+            let line = line.unwrap().expect("the MQTT subscriber stays up");
+            let json: serde_json::Value = serde_json::from_str(&line).unwrap();
+            assert_eq!(json["topic"], topic, "{json}");
+            got.push(json["payload"].as_str().unwrap().to_string());
+        }
+        got
+    }
+}
+
+/// Publishes `messages` with a paho-mqtt client on `topic` (QoS 1).
+async fn mqtt_publish(rabbit: &RabbitMq, topic: &str, messages: &[String]) {
+    let mut args = vec!["publish", topic];
+    args.extend(messages.iter().map(String::as_str));
+    let out = mqtt(rabbit, &args).output().await.unwrap();
+    assert!(
+        out.status.success(),
+        "the MQTT publisher failed: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+/// How many times each body occurs.
+fn counts<'a>(bodies: impl IntoIterator<Item = &'a String>) -> BTreeMap<&'a str, usize> {
+    let mut counts = BTreeMap::new();
+    for body in bodies {
+        *counts.entry(body.as_str()).or_default() += 1;
+    }
+    counts
+}
+
+fn once_each(expected: &[String]) -> BTreeMap<&str, usize> {
+    counts(expected)
+}
+
+/// Every message the HTTP subscriber gets until it has `expected` and
+/// [`QUIET`] passed.
+async fn http_received(subscriber: &mut Subscriber, expected: &[String]) -> Vec<String> {
+    let mut got: Vec<String> = Vec::new();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !expected.iter().all(|e| got.contains(e)) {
+        let Ok(Some(d)) = tokio::time::timeout_at(deadline, subscriber.rx.recv()).await else {
+            panic!("the HTTP subscriber got only {got:?} of {expected:?}");
+        };
+        got.push(d.body);
+    }
+    got.extend(subscriber.drain(QUIET).await.into_iter().map(|d| d.body));
+    got
+}
+
+/// Every message the endpoint gets until it has `expected` and [`QUIET`]
+/// passed.
+async fn endpoint_received(endpoint: &mut Endpoint, expected: &[String]) -> Vec<String> {
+    let mut got: Vec<String> = Vec::new();
+    while !expected.iter().all(|e| got.contains(e)) {
+        let Some(text) = endpoint.next(PATIENCE).await else {
+            panic!("the endpoint got only {got:?} of {expected:?}");
+        };
+        got.push(text);
+    }
+    while let Some(text) = endpoint.next(QUIET).await {
+        got.push(text);
+    }
+    got
+}
+
+#[tokio::test]
+async fn an_mqtt_subscriber_gets_the_whole_channel_and_an_mqtt_publish_reaches_everyone_once() {
+    let rabbit = broker().await;
+    let dir = TempDir::new("standalone-mqtt");
+    let mut endpoint = Endpoint::start().await;
+    let mut http = Subscriber::start(Duration::ZERO).await;
+    let channel = unique("ticker");
+    let topic = format!("default/{channel}");
+    let standalone = start(
+        &dir,
+        &config(&endpoint.url(), &channel, &http.uri("/live")),
+        rabbit,
+    )
+    .await;
+    let mut mqtt_sub = MqttSubscriber::start(rabbit, &topic).await;
+
+    // Endpoint messages and HTTP publishes reach the MQTT subscriber once
+    // each (and the HTTP subscriber, as before).
+    let from_endpoint: Vec<String> = (0..5).map(|i| format!("{{\"endpoint\":{i}}}")).collect();
+    for text in &from_endpoint {
+        endpoint.send(text).await;
+    }
+    let from_http: Vec<String> = (0..5).map(|i| format!("{{\"http\":{i}}}")).collect();
+    for text in &from_http {
+        let (status, json) = standalone.publish(&topic, text.clone()).await;
+        assert_eq!(status, 202, "{json}\n{}", standalone.logs());
+    }
+    let first: Vec<String> = from_endpoint.iter().chain(&from_http).cloned().collect();
+    let got = mqtt_until(&mut mqtt_sub, &topic, &first).await;
+    assert_eq!(counts(&got), once_each(&first), "the MQTT subscriber, once each");
+    assert_eq!(
+        counts(&http_received(&mut http, &first).await),
+        once_each(&first),
+        "the HTTP subscriber, once each"
+    );
+    assert_eq!(
+        counts(&endpoint_received(&mut endpoint, &from_http).await),
+        once_each(&from_http),
+        "the endpoint gets the publishes once each, never its own messages"
+    );
+
+    // An MQTT publish is a channel publish: the HTTP subscriber, the
+    // bridged endpoint and MQTT subscribers get it once each.
+    let from_mqtt: Vec<String> = (0..5).map(|i| format!("{{\"mqtt\":{i}}}")).collect();
+    mqtt_publish(rabbit, &topic, &from_mqtt).await;
+    assert_eq!(
+        counts(&http_received(&mut http, &from_mqtt).await),
+        once_each(&from_mqtt),
+        "the HTTP subscriber, once each"
+    );
+    assert_eq!(
+        counts(&endpoint_received(&mut endpoint, &from_mqtt).await),
+        once_each(&from_mqtt),
+        "the bridged endpoint, once each"
+    );
+    let got = mqtt_until(&mut mqtt_sub, &topic, &from_mqtt).await;
+    assert_eq!(
+        counts(&got),
+        once_each(&from_mqtt),
+        "the MQTT subscriber, once each"
+    );
+
+    // Another channel's topic carries none of it.
+    let other = unique("other");
+    let mut other_sub = MqttSubscriber::start(rabbit, &format!("default/{other}")).await;
+    endpoint.send("{\"after\":1}").await;
+    mqtt_until(&mut mqtt_sub, &topic, &["{\"after\":1}".to_string()]).await;
+    assert!(
+        other_sub
+            .receive(&format!("default/{other}"), QUIET)
+            .await
+            .is_empty()
+    );
+    drop(standalone);
+}
+
+/// Every payload the MQTT subscriber gets until it has `expected` and
+/// [`QUIET`] passed.
+async fn mqtt_until(sub: &mut MqttSubscriber, topic: &str, expected: &[String]) -> Vec<String> {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let mut got: Vec<String> = Vec::new();
+    while !expected.iter().all(|e| got.contains(e)) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the MQTT subscriber got only {got:?} of {expected:?}"
+        );
+        got.extend(sub.receive(topic, Duration::from_millis(500)).await);
+    }
+    got.extend(sub.receive(topic, QUIET).await);
+    got
+}
