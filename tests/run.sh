@@ -11,8 +11,8 @@ cd "$root"
 
 echo "== python test dependencies"
 python3 -m pip --version >/dev/null 2>&1 || python3 -m ensurepip --upgrade >/dev/null
-python3 -m pip install -q websockets aiohttp standardwebhooks paho-mqtt 2>/dev/null ||
-  python3 -m pip install -q --break-system-packages websockets aiohttp standardwebhooks paho-mqtt
+python3 -m pip install -q websockets aiohttp standardwebhooks paho-mqtt pika 2>/dev/null ||
+  python3 -m pip install -q --break-system-packages websockets aiohttp standardwebhooks paho-mqtt pika
 
 echo "== chromium, chromedriver and selenium (browser tests)"
 bash tests/tools/chromium.sh

@@ -1,7 +1,10 @@
-//! MQTT clients of a `backend: rabbitmq` Channel in `wsbridge standalone`,
-//! through RabbitMQ's own MQTT listener (the `rabbitmq_mqtt` plugin): the
-//! channel is topic `{namespace}/{channel}`. The clients are paho-mqtt
-//! (tests/peers/mqtt_client.py), the broker a real RabbitMQ
+//! MQTT and AMQP clients of a `backend: rabbitmq` Channel in `wsbridge
+//! standalone`, through RabbitMQ's own listeners (AMQP 0-9-1, and MQTT with
+//! the `rabbitmq_mqtt` plugin): the channel is MQTT topic
+//! `{namespace}/{channel}`, and routing key `{namespace}.{channel}` on
+//! `amq.topic` for AMQP clients. The clients are paho-mqtt
+//! (tests/peers/mqtt_client.py) and pika (tests/peers/amqp_client.py),
+//! the broker a real RabbitMQ
 //! (tests/support/rabbitmq.rs), standalone the real binary; the endpoint
 //! and the HTTP subscriber are servers on loopback. Each subscriber gets
 //! each message exactly once, and an endpoint never gets its own messages
@@ -29,6 +32,7 @@ const PATIENCE: Duration = Duration::from_secs(60);
 const QUIET: Duration = Duration::from_secs(2);
 
 const MQTT_CLIENT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/mqtt_client.py");
+const AMQP_CLIENT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/amqp_client.py");
 
 static BROKER: OnceCell<RabbitMq> = OnceCell::const_new();
 
@@ -48,7 +52,9 @@ fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
 }
 
-/// A `rabbitmq` Channel bridged to `endpoint_url` with one Subscription.
+/// A `rabbitmq` Channel bridged to `endpoint_url` with one Subscription
+/// (named after the channel: queue names are the broker's, shared by the
+/// tests running at once).
 fn config(endpoint_url: &str, channel: &str, subscriber_uri: &str) -> String {
     standalone_support::bridged_channel_yaml_with(
         endpoint_url,
@@ -56,7 +62,7 @@ fn config(endpoint_url: &str, channel: &str, subscriber_uri: &str) -> String {
         "{backend: rabbitmq, allowAnonymousPublish: true, allowAnonymousSubscribe: true, \
          delivery: {retry: 1, backoffPolicy: linear, backoffDelay: 20ms, timeout: 2s}}",
     ) + &standalone_support::subscription_yaml(
-        "live",
+        &format!("{channel}-live"),
         channel,
         subscriber_uri,
         "  delivery: {ordering: ordered}\n",
@@ -105,20 +111,41 @@ fn mqtt(rabbit: &RabbitMq, args: &[&str]) -> tokio::process::Command {
     command
 }
 
-/// A paho-mqtt subscriber of `topic`, once the broker granted it.
-struct MqttSubscriber {
+/// A pika client, with the broker's URL in its environment.
+fn amqp(rabbit: &RabbitMq, args: &[&str]) -> tokio::process::Command {
+    let mut command = python::python3_with(&["pika"]);
+    command
+        .arg(AMQP_CLIENT)
+        .args(args)
+        .env("AMQP_URL", rabbit.amqp_url())
+        .stdout(Stdio::piped());
+    command
+}
+
+/// A paho-mqtt or pika subscriber, once the broker granted it.
+struct RemoteSubscriber {
     _child: Child,
     lines: Lines<BufReader<ChildStdout>>,
 }
 
-impl MqttSubscriber {
-    async fn start(rabbit: &RabbitMq, topic: &str) -> Self {
-        let mut child = mqtt(rabbit, &["subscribe", topic]).spawn().unwrap();
+impl RemoteSubscriber {
+    /// A paho-mqtt subscriber of `topic`.
+    async fn mqtt(rabbit: &RabbitMq, topic: &str) -> Self {
+        Self::start(mqtt(rabbit, &["subscribe", topic])).await
+    }
+
+    /// A pika client's queue bound to `amq.topic` with `key`.
+    async fn amqp(rabbit: &RabbitMq, key: &str) -> Self {
+        Self::start(amqp(rabbit, &["subscribe", "amq.topic", key])).await
+    }
+
+    async fn start(mut command: tokio::process::Command) -> Self {
+        let mut child = command.spawn().unwrap();
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let first = tokio::time::timeout(PATIENCE, lines.next_line()).await;
         assert!(
             matches!(&first, Ok(Ok(Some(line))) if line == "subscribed"),
-            "the MQTT subscriber did not subscribe: {first:?}"
+            "the subscriber did not subscribe: {first:?}"
         );
         Self { _child: child, lines }
     }
@@ -128,7 +155,7 @@ impl MqttSubscriber {
         let deadline = tokio::time::Instant::now() + window;
         let mut got = Vec::new();
         while let Ok(line) = tokio::time::timeout_at(deadline, self.lines.next_line()).await {
-            let line = line.unwrap().expect("the MQTT subscriber stays up");
+            let line = line.unwrap().expect("the subscriber stays up");
             let json: serde_json::Value = serde_json::from_str(&line).unwrap();
             assert_eq!(json["topic"], topic, "{json}");
             got.push(json["payload"].as_str().unwrap().to_string());
@@ -141,10 +168,22 @@ impl MqttSubscriber {
 async fn mqtt_publish(rabbit: &RabbitMq, topic: &str, messages: &[String]) {
     let mut args = vec!["publish", topic];
     args.extend(messages.iter().map(String::as_str));
-    let out = mqtt(rabbit, &args).output().await.unwrap();
+    run(mqtt(rabbit, &args)).await;
+}
+
+/// Publishes `messages` with a pika client to `amq.topic` with `key`
+/// (persistent, confirmed).
+async fn amqp_publish(rabbit: &RabbitMq, key: &str, messages: &[String]) {
+    let mut args = vec!["publish", "amq.topic", key];
+    args.extend(messages.iter().map(String::as_str));
+    run(amqp(rabbit, &args)).await;
+}
+
+async fn run(mut command: tokio::process::Command) {
+    let out = command.output().await.unwrap();
     assert!(
         out.status.success(),
-        "the MQTT publisher failed: {}",
+        "the publisher failed: {}",
         String::from_utf8_lossy(&out.stdout)
     );
 }
@@ -207,7 +246,7 @@ async fn an_mqtt_subscriber_gets_the_whole_channel_and_an_mqtt_publish_reaches_e
         rabbit,
     )
     .await;
-    let mut mqtt_sub = MqttSubscriber::start(rabbit, &topic).await;
+    let mut mqtt_sub = RemoteSubscriber::mqtt(rabbit, &topic).await;
 
     // Endpoint messages and HTTP publishes reach the MQTT subscriber once
     // each (and the HTTP subscriber, as before).
@@ -221,7 +260,7 @@ async fn an_mqtt_subscriber_gets_the_whole_channel_and_an_mqtt_publish_reaches_e
         assert_eq!(status, 202, "{json}\n{}", standalone.logs());
     }
     let first: Vec<String> = from_endpoint.iter().chain(&from_http).cloned().collect();
-    let got = mqtt_until(&mut mqtt_sub, &topic, &first).await;
+    let got = remote_until(&mut mqtt_sub, &topic, &first).await;
     assert_eq!(counts(&got), once_each(&first), "the MQTT subscriber, once each");
     assert_eq!(
         counts(&http_received(&mut http, &first).await),
@@ -248,7 +287,7 @@ async fn an_mqtt_subscriber_gets_the_whole_channel_and_an_mqtt_publish_reaches_e
         once_each(&from_mqtt),
         "the bridged endpoint, once each"
     );
-    let got = mqtt_until(&mut mqtt_sub, &topic, &from_mqtt).await;
+    let got = remote_until(&mut mqtt_sub, &topic, &from_mqtt).await;
     assert_eq!(
         counts(&got),
         once_each(&from_mqtt),
@@ -257,9 +296,9 @@ async fn an_mqtt_subscriber_gets_the_whole_channel_and_an_mqtt_publish_reaches_e
 
     // Another channel's topic carries none of it.
     let other = unique("other");
-    let mut other_sub = MqttSubscriber::start(rabbit, &format!("default/{other}")).await;
+    let mut other_sub = RemoteSubscriber::mqtt(rabbit, &format!("default/{other}")).await;
     endpoint.send("{\"after\":1}").await;
-    mqtt_until(&mut mqtt_sub, &topic, &["{\"after\":1}".to_string()]).await;
+    remote_until(&mut mqtt_sub, &topic, &["{\"after\":1}".to_string()]).await;
     assert!(
         other_sub
             .receive(&format!("default/{other}"), QUIET)
@@ -271,16 +310,90 @@ async fn an_mqtt_subscriber_gets_the_whole_channel_and_an_mqtt_publish_reaches_e
 
 /// Every payload the MQTT subscriber gets until it has `expected` and
 /// [`QUIET`] passed.
-async fn mqtt_until(sub: &mut MqttSubscriber, topic: &str, expected: &[String]) -> Vec<String> {
+async fn remote_until(sub: &mut RemoteSubscriber, topic: &str, expected: &[String]) -> Vec<String> {
     let deadline = tokio::time::Instant::now() + PATIENCE;
     let mut got: Vec<String> = Vec::new();
     while !expected.iter().all(|e| got.contains(e)) {
         assert!(
             tokio::time::Instant::now() < deadline,
-            "the MQTT subscriber got only {got:?} of {expected:?}"
+            "the subscriber got only {got:?} of {expected:?}"
         );
         got.extend(sub.receive(topic, Duration::from_millis(500)).await);
     }
     got.extend(sub.receive(topic, QUIET).await);
     got
+}
+
+#[tokio::test]
+async fn an_amqp_client_on_amq_topic_gets_the_whole_channel_and_its_publish_reaches_everyone_once() {
+    let rabbit = broker().await;
+    let dir = TempDir::new("standalone-amqp");
+    let mut endpoint = Endpoint::start().await;
+    let mut http = Subscriber::start(Duration::ZERO).await;
+    let channel = unique("orders");
+    let topic = format!("default/{channel}");
+    let key = format!("default.{channel}");
+    let standalone = start(
+        &dir,
+        &config(&endpoint.url(), &channel, &http.uri("/live")),
+        rabbit,
+    )
+    .await;
+    let mut amqp_sub = RemoteSubscriber::amqp(rabbit, &key).await;
+    let mut mqtt_sub = RemoteSubscriber::mqtt(rabbit, &topic).await;
+
+    // Endpoint messages and HTTP publishes reach the AMQP client's queue
+    // once each, under the channel's routing key.
+    let from_endpoint: Vec<String> = (0..5).map(|i| format!("{{\"endpoint\":{i}}}")).collect();
+    for text in &from_endpoint {
+        endpoint.send(text).await;
+    }
+    let from_http: Vec<String> = (0..5).map(|i| format!("{{\"http\":{i}}}")).collect();
+    for text in &from_http {
+        let (status, json) = standalone.publish(&topic, text.clone()).await;
+        assert_eq!(status, 202, "{json}\n{}", standalone.logs());
+    }
+    let first: Vec<String> = from_endpoint.iter().chain(&from_http).cloned().collect();
+    let got = remote_until(&mut amqp_sub, &key, &first).await;
+    assert_eq!(counts(&got), once_each(&first), "the AMQP subscriber, once each");
+    assert_eq!(
+        counts(&http_received(&mut http, &first).await),
+        once_each(&first),
+        "the HTTP subscriber, once each"
+    );
+    assert_eq!(
+        counts(&endpoint_received(&mut endpoint, &from_http).await),
+        once_each(&from_http),
+        "the endpoint gets the publishes once each, never its own messages"
+    );
+
+    // An AMQP publish to amq.topic is a channel publish: the HTTP
+    // subscriber, the bridged endpoint, the AMQP and the MQTT subscribers
+    // get it once each.
+    let from_amqp: Vec<String> = (0..5).map(|i| format!("{{\"amqp\":{i}}}")).collect();
+    amqp_publish(rabbit, &key, &from_amqp).await;
+    assert_eq!(
+        counts(&http_received(&mut http, &from_amqp).await),
+        once_each(&from_amqp),
+        "the HTTP subscriber, once each"
+    );
+    assert_eq!(
+        counts(&endpoint_received(&mut endpoint, &from_amqp).await),
+        once_each(&from_amqp),
+        "the bridged endpoint, once each"
+    );
+    let got = remote_until(&mut amqp_sub, &key, &from_amqp).await;
+    assert_eq!(
+        counts(&got),
+        once_each(&from_amqp),
+        "the AMQP subscriber, once each"
+    );
+    let everything: Vec<String> = first.iter().chain(&from_amqp).cloned().collect();
+    let got = remote_until(&mut mqtt_sub, &topic, &everything).await;
+    assert_eq!(
+        counts(&got),
+        once_each(&everything),
+        "the MQTT subscriber, once each"
+    );
+    drop(standalone);
 }
