@@ -397,3 +397,105 @@ async fn an_amqp_client_on_amq_topic_gets_the_whole_channel_and_its_publish_reac
     );
     drop(standalone);
 }
+
+/// Whether a paho-mqtt subscriber of `topic` is refused (a SUBACK failure
+/// or a closed connection).
+async fn mqtt_subscribe_refused(rabbit: &RabbitMq, topic: &str) -> String {
+    let out = tokio::time::timeout(PATIENCE, mqtt(rabbit, &["subscribe", topic]).output())
+        .await
+        .expect("the refused subscriber ends")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        !out.status.success() && !stdout.contains("subscribed\n"),
+        "{topic}: {stdout}"
+    );
+    stdout
+}
+
+#[tokio::test]
+async fn anonymous_mqtt_clients_get_what_the_channel_flags_allow_and_nothing_else() {
+    // Standalone serves the broker's HTTP auth backend: its address is
+    // chosen before the broker starts.
+    let addr = standalone_support::free_addr();
+    let rabbit = RabbitMq::start_with_mqtt_auth(&format!("http://{addr}"))
+        .await
+        .expect("test RabbitMQ with MQTT and the HTTP auth backend");
+    let dir = TempDir::new("standalone-mqtt-auth");
+    let mut endpoint = Endpoint::start().await;
+    let mut watched = Subscriber::start(Duration::ZERO).await;
+    let mut inbox = Subscriber::start(Duration::ZERO).await;
+    // `watched` may be subscribed to, not published to; `inbox` the reverse.
+    let yaml = standalone_support::bridged_channel_yaml_with(
+        &endpoint.url(),
+        "watched",
+        "{backend: rabbitmq, allowAnonymousSubscribe: true}",
+    ) + &standalone_support::subscription_yaml("watched-live", "watched", &watched.uri("/w"), "")
+        + "---\napiVersion: wsbridge.io/v1alpha1\nkind: Channel\nmetadata: {name: inbox}\n\
+           spec: {backend: rabbitmq, allowAnonymousPublish: true}\n"
+        + &standalone_support::subscription_yaml("inbox-live", "inbox", &inbox.uri("/i"), "")
+        + "---\napiVersion: wsbridge.io/v1alpha1\nkind: Channel\nmetadata: {name: local}\n\
+           spec: {allowAnonymousSubscribe: true, allowAnonymousPublish: true}\n";
+    let config = dir.write("config.yaml", &yaml);
+    let url = dir.write("rabbitmq-url", &format!("{}\n", rabbit.amqp_url()));
+    let standalone = Standalone::start_on(
+        addr,
+        &[&config],
+        &dir.0,
+        &["--rabbitmq-url-file", url.to_str().unwrap()],
+    )
+    .await;
+    wait_ready(&standalone).await;
+
+    // Subscribing where allowAnonymousSubscribe is true works.
+    let mut sub = RemoteSubscriber::mqtt(&rabbit, "default/watched").await;
+    endpoint.send("{\"tick\":1}").await;
+    let got = remote_until(&mut sub, "default/watched", &["{\"tick\":1}".to_string()]).await;
+    assert_eq!(got, ["{\"tick\":1}"]);
+
+    // Nowhere else: a channel without the flag, a memory channel, one that
+    // does not exist, wildcards.
+    for topic in [
+        "default/inbox",
+        "default/local",
+        "default/nothing",
+        "#",
+        "default/+",
+    ] {
+        mqtt_subscribe_refused(&rabbit, topic).await;
+    }
+
+    // Publishing where allowAnonymousPublish is true is a channel publish.
+    mqtt_publish(&rabbit, "default/inbox", &["{\"order\":1}".to_string()]).await;
+    assert_eq!(
+        counts(&http_received(&mut inbox, &["{\"order\":1}".to_string()]).await),
+        once_each(&["{\"order\":1}".to_string()])
+    );
+
+    // Not where it is false: the broker closes the connection, and nothing
+    // is delivered.
+    for topic in ["default/watched", "default/local", "default/nothing"] {
+        let out = tokio::time::timeout(
+            PATIENCE,
+            mqtt(&rabbit, &["publish", topic, "{\"forged\":1}"]).output(),
+        )
+        .await
+        .expect("the refused publisher ends")
+        .unwrap();
+        assert!(
+            !out.status.success(),
+            "{topic}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    assert!(
+        watched
+            .drain(QUIET)
+            .await
+            .iter()
+            .all(|d| !d.body.contains("forged"))
+    );
+    assert!(endpoint.next(QUIET).await.is_none(), "the endpoint gets nothing");
+    assert!(sub.receive("default/watched", QUIET).await.is_empty());
+    drop(standalone);
+}

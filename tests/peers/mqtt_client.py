@@ -9,10 +9,12 @@
         PUBACK, prints `published N` and exits 0.
 
 A refused CONNECT prints `refused RC` and exits 3; a refused SUBSCRIBE prints
-`refused subscribe` and exits 4.
+`refused subscribe` and exits 4; a connection the broker closes (how MQTT
+3.1.1 refuses a publish) prints `disconnected` and exits 5.
 """
 
 import json
+import os
 import sys
 import threading
 
@@ -45,6 +47,13 @@ def main():
         connected.set()
 
     c.on_connect = on_connect
+
+    def on_disconnect(*_args):
+        if not result.get("done"):
+            say("disconnected")
+            os._exit(5)
+
+    c.on_disconnect = on_disconnect
     c.connect(host, port, keepalive=30)
     c.loop_start()
     if not connected.wait(30):
@@ -84,6 +93,7 @@ def main():
                 say("not acknowledged")
                 sys.exit(2)
         say(f"published {len(messages)}")
+        result["done"] = True
         c.disconnect()
         c.loop_stop()
     else:

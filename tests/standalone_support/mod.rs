@@ -69,7 +69,12 @@ impl Standalone {
 
     /// [`Standalone::start`] with more command-line arguments.
     pub async fn start_with(paths: &[&Path], log_dir: &Path, args: &[&str]) -> Self {
-        let addr = free_addr();
+        Self::start_on(free_addr(), paths, log_dir, args).await
+    }
+
+    /// [`Standalone::start_with`] listening on `addr` (a free address
+    /// something else was told about before it started).
+    pub async fn start_on(addr: SocketAddr, paths: &[&Path], log_dir: &Path, args: &[&str]) -> Self {
         let log = log_dir.join(format!("standalone-{}.log", addr.port()));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_wsbridge"));
         cmd.arg("standalone");

@@ -11,7 +11,9 @@
 //! ```
 //!
 //! [`RabbitMq::start_with_mqtt`] also enables the MQTT plugin on a free
-//! port, anonymous clients connecting as the test user.
+//! port, anonymous clients connecting as the test user;
+//! [`RabbitMq::start_with_mqtt_auth`] makes them user `anonymous`, whom the
+//! HTTP auth backend at a given address decides on.
 
 use std::fs;
 use std::io::{Read, Write};
@@ -87,23 +89,34 @@ impl RabbitMq {
     /// free loopback ports and waits until it speaks AMQP. Retries with
     /// fresh ports when one was taken between choosing and binding it.
     pub async fn start() -> Result<RabbitMq> {
-        Self::start_plugins(false).await
+        Self::start_plugins(None).await
     }
 
     /// [`RabbitMq::start`] with the MQTT plugin (`rabbitmq_mqtt`) listening
     /// on [`RabbitMq::mqtt_addr`]; an anonymous MQTT client connects as the
     /// test user (vhost `/`, exchange `amq.topic`).
     pub async fn start_with_mqtt() -> Result<RabbitMq> {
-        Self::start_plugins(true).await
+        Self::start_plugins(Some(None)).await
     }
 
-    async fn start_plugins(mqtt: bool) -> Result<RabbitMq> {
+    /// [`RabbitMq::start_with_mqtt`], with anonymous MQTT clients as user
+    /// `anonymous`, authenticated and authorized by the HTTP auth backend
+    /// (`rabbitmq_auth_backend_http`, GET) at `auth_base`
+    /// (`http://host:port`: `/auth/user`, `/auth/vhost`, `/auth/resource`,
+    /// `/auth/topic`); the test user stays in the internal backend, asked
+    /// first.
+    pub async fn start_with_mqtt_auth(auth_base: &str) -> Result<RabbitMq> {
+        Self::start_plugins(Some(Some(auth_base.to_string()))).await
+    }
+
+    /// `mqtt`: none, MQTT, or MQTT with the HTTP auth backend at an address.
+    async fn start_plugins(mqtt: Option<Option<String>>) -> Result<RabbitMq> {
         tokio::task::spawn_blocking(ensure_installed)
             .await
             .context("installing RabbitMQ panicked")??;
         let mut last = None;
         for _ in 0..3 {
-            let broker = Self::prepare(mqtt)?;
+            let broker = Self::prepare(mqtt.as_ref().map(Option::as_deref))?;
             match broker.boot().await {
                 Ok(()) => return Ok(broker),
                 Err(e) => last = Some(e),
@@ -112,7 +125,7 @@ impl RabbitMq {
         Err(last.unwrap_or_else(|| anyhow!("RabbitMQ did not start")))
     }
 
-    fn prepare(mqtt: bool) -> Result<RabbitMq> {
+    fn prepare(mqtt: Option<Option<&str>>) -> Result<RabbitMq> {
         let id = format!("{}-{}", std::process::id(), random_hex(4));
         let dir = std::env::temp_dir().join(format!("wsbridge-rabbitmq-{id}"));
         let log_dir = target_dir().join("rabbitmq").join("logs");
@@ -146,21 +159,39 @@ impl RabbitMq {
                 amqp = ports.amqp
             ),
         )?;
-        if mqtt {
+        if let Some(auth) = mqtt {
             let mut conf = fs::OpenOptions::new()
                 .append(true)
                 .open(dir.join("rabbitmq.conf"))?;
+            let (anonymous, anonymous_pass) = match auth {
+                Some(_) => ("anonymous", "anonymous"),
+                None => (user.as_str(), password.as_str()),
+            };
             write!(
                 conf,
                 "mqtt.listeners.tcp.default = 127.0.0.1:{port}\n\
                  mqtt.allow_anonymous = true\n\
-                 mqtt.default_user = {user}\n\
-                 mqtt.default_pass = {password}\n\
+                 mqtt.default_user = {anonymous}\n\
+                 mqtt.default_pass = {anonymous_pass}\n\
                  mqtt.vhost = /\n\
                  mqtt.exchange = amq.topic\n",
                 port = ports.mqtt
             )?;
-            fs::write(dir.join("enabled_plugins"), "[rabbitmq_mqtt].\n")?;
+            let mut plugins = "rabbitmq_mqtt";
+            if let Some(base) = auth {
+                write!(
+                    conf,
+                    "auth_backends.1 = internal\n\
+                     auth_backends.2 = http\n\
+                     auth_http.http_method = get\n\
+                     auth_http.user_path = {base}/auth/user\n\
+                     auth_http.vhost_path = {base}/auth/vhost\n\
+                     auth_http.resource_path = {base}/auth/resource\n\
+                     auth_http.topic_path = {base}/auth/topic\n"
+                )?;
+                plugins = "rabbitmq_mqtt,rabbitmq_auth_backend_http";
+            }
+            fs::write(dir.join("enabled_plugins"), format!("[{plugins}].\n"))?;
         }
         fs::write(dir.join("rabbitmq-env.conf"), "")?;
 
@@ -196,7 +227,7 @@ impl RabbitMq {
             ports,
             user,
             password,
-            mqtt,
+            mqtt: mqtt.is_some(),
             env,
             epmd: Mutex::new(None),
             server: Mutex::new(None),

@@ -12,6 +12,7 @@
 //! listener can publish on any channel. The default listener is loopback.
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod demo;
 pub mod durable;
 pub mod load;
@@ -171,7 +172,9 @@ pub async fn start(options: Options) -> Result<Standalone, Error> {
         stop: stop_rx.clone(),
         keepalive: options.client_keepalive,
     };
-    let app = publish::router(routes).merge(ops::router(Arc::new(registry), ready.clone()));
+    let app = publish::router(routes)
+        .merge(auth::router(runtime.clone()))
+        .merge(ops::router(Arc::new(registry), ready.clone()));
     let mut server_stop = stop_rx.clone();
     let (addr, server) = ops::serve(options.listen, app, async move {
         let _ = server_stop.wait_for(|s| *s).await;

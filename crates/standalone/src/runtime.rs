@@ -187,6 +187,17 @@ impl Runtime {
         &self.clients
     }
 
+    /// What anonymous clients of the broker may do on `channel`; `None`
+    /// when it is no `rabbitmq` channel here.
+    pub fn anonymous_access(&self, channel: &ChannelKey) -> Option<crate::auth::AnonymousAccess> {
+        let state = self.lock();
+        let plan = state.plan.channels.get(channel).filter(|c| c.durable())?;
+        Some(crate::auth::AnonymousAccess {
+            subscribe: plan.allow_anonymous_subscribe,
+            publish: plan.info.allow_anonymous_publish,
+        })
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }

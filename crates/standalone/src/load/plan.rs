@@ -35,6 +35,9 @@ pub struct ChannelPlan {
     pub max_message_bytes: usize,
     /// Where its messages live: in this process, or in the broker.
     pub backend: ChannelBackend,
+    /// `allowAnonymousSubscribe` (what RabbitMQ's anonymous MQTT clients
+    /// may read; see `auth.rs`).
+    pub allow_anonymous_subscribe: bool,
     /// The file it is defined in (for errors found after loading).
     pub file: String,
 }
@@ -127,6 +130,7 @@ pub(super) fn plan(objects: &Objects, errors: &mut Vec<ConfigError>) -> Plan {
                         info,
                         max_message_bytes,
                         backend: spec.backend(),
+                        allow_anonymous_subscribe: spec.allow_anonymous_subscribe,
                         file: origin.file.clone(),
                     },
                 );
