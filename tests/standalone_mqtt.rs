@@ -19,11 +19,13 @@ use std::collections::BTreeMap;
 use std::process::Stdio;
 use std::time::Duration;
 
+use futures::StreamExt;
 use standalone_support::{Endpoint, Standalone, Subscriber, TempDir, http_get};
 use support::rabbitmq::RabbitMq;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout};
 use tokio::sync::OnceCell;
+use tokio_tungstenite::tungstenite::Message as Frame;
 
 /// How long anything here may take on a loaded machine.
 const PATIENCE: Duration = Duration::from_secs(60);
@@ -292,6 +294,41 @@ async fn an_mqtt_subscriber_gets_the_whole_channel_and_an_mqtt_publish_reaches_e
         counts(&got),
         once_each(&from_mqtt),
         "the MQTT subscriber, once each"
+    );
+
+    // Standalone's WebSocket clients of the channel get MQTT publishes
+    // too, and everything else once, as before.
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/channels/{topic}", standalone.addr))
+        .await
+        .expect("WebSocket upgrade");
+    let from_mqtt_again: Vec<String> = (0..3).map(|i| format!("{{\"mqtt-ws\":{i}}}")).collect();
+    mqtt_publish(rabbit, &topic, &from_mqtt_again).await;
+    let (status, json) = standalone.publish(&topic, "{\"http-ws\":0}".to_string()).await;
+    assert_eq!(status, 202, "{json}");
+    endpoint.send("{\"endpoint-ws\":0}").await;
+    let mut expected = from_mqtt_again.clone();
+    expected.extend(["{\"http-ws\":0}".to_string(), "{\"endpoint-ws\":0}".to_string()]);
+    let mut got: Vec<String> = Vec::new();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let done = expected.iter().all(|e| got.contains(e));
+        let until = if done {
+            tokio::time::Instant::now() + QUIET
+        } else {
+            deadline
+        };
+        match tokio::time::timeout_at(until, ws.next()).await {
+            Ok(Some(Ok(Frame::Text(text)))) => got.push(text.to_string()),
+            Ok(Some(Ok(_))) => {}
+            Ok(other) => panic!("the WebSocket client ended: {other:?}"),
+            Err(_) if done => break,
+            Err(_) => panic!("the WebSocket client got only {got:?} of {expected:?}"),
+        }
+    }
+    assert_eq!(
+        counts(&got),
+        once_each(&expected),
+        "the WebSocket client, once each"
     );
 
     // Another channel's topic carries none of it.

@@ -64,6 +64,15 @@ pub fn encode(msg: &Message) -> (Vec<u8>, BasicProperties) {
 /// The message a delivery carries. A message that was not written by
 /// [`encode`] (an AMQP or MQTT client of the channel) becomes a published
 /// message with a new id: text when its body is UTF-8, binary otherwise.
+/// Whether a message was written by wsbridge (it carries the origin
+/// header); what MQTT and AMQP clients publish does not.
+pub fn written_by_wsbridge(properties: &BasicProperties) -> bool {
+    properties
+        .headers()
+        .as_ref()
+        .is_some_and(|h| h.inner().contains_key(ORIGIN))
+}
+
 pub fn decode(body: Vec<u8>, properties: &BasicProperties) -> Message {
     let headers = properties.headers().as_ref();
     let text = |key: &str| -> Option<String> {

@@ -32,7 +32,7 @@ use wsbridge_dataplane::Message;
 use wsbridge_dataplane::delivery::{Settle, Settlement};
 use wsbridge_dataplane::endpoint::ReconnectBackoff;
 
-use crate::codec::decode;
+use crate::codec::{decode, written_by_wsbridge};
 use crate::connection::{Broker, BrokerState, Link};
 use crate::topology::{self, Backlog, bridge_queue, subscription_queue};
 
@@ -72,11 +72,22 @@ pub struct BridgeConsumerSpec {
     pub backlog: Backlog,
 }
 
+/// What a process's listener of a channel's remote publishes consumes:
+/// its own exclusive queue of what MQTT and AMQP clients publish there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteListenerSpec {
+    /// The channel.
+    pub channel: ChannelKey,
+    /// The queue's name (unique to the process).
+    pub queue: String,
+}
+
 /// The queue a consumer consumes, and how it is declared.
 #[derive(Debug, Clone)]
 enum Source {
     Subscription(ConsumerSpec),
     Bridge(BridgeConsumerSpec),
+    Remote(RemoteListenerSpec),
 }
 
 impl Source {
@@ -85,6 +96,7 @@ impl Source {
         match self {
             Source::Subscription(spec) => &spec.subscription,
             Source::Bridge(spec) => &spec.bridge,
+            Source::Remote(spec) => &spec.channel,
         }
     }
 
@@ -92,6 +104,7 @@ impl Source {
         match self {
             Source::Subscription(spec) => subscription_queue(&spec.subscription),
             Source::Bridge(spec) => bridge_queue(&spec.bridge),
+            Source::Remote(spec) => spec.queue.clone(),
         }
     }
 
@@ -99,6 +112,7 @@ impl Source {
         match self {
             Source::Subscription(spec) => spec.prefetch.max(1),
             Source::Bridge(_) => 1,
+            Source::Remote(_) => 256,
         }
     }
 
@@ -117,6 +131,7 @@ impl Source {
             Source::Bridge(spec) => {
                 topology::declare_bridge(ch, &spec.channel, &spec.bridge, spec.backlog).await
             }
+            Source::Remote(spec) => topology::declare_remote_listener(ch, &spec.channel, &spec.queue).await,
         }
     }
 }
@@ -156,6 +171,13 @@ impl ConsumerHandle {
     /// `deliver`, which sends each message out to the endpoint.
     pub fn spawn_bridge(broker: Broker, spec: BridgeConsumerSpec, deliver: Deliver) -> Self {
         Self::start(broker, Source::Bridge(spec), deliver)
+    }
+
+    /// Starts consuming what MQTT and AMQP clients publish on the channel
+    /// of `spec` into `deliver`; messages wsbridge wrote are acknowledged
+    /// and skipped (the process that wrote them handed them on already).
+    pub fn spawn_remote_listener(broker: Broker, spec: RemoteListenerSpec, deliver: Deliver) -> Self {
+        Self::start(broker, Source::Remote(spec), deliver)
     }
 
     fn start(broker: Broker, source: Source, deliver: Deliver) -> Self {
@@ -258,6 +280,14 @@ async fn consume(
                     Some(Err(e)) => return Err(e.to_string()),
                     None => return Ok(()),
                 };
+                if matches!(spec, Source::Remote(_)) && written_by_wsbridge(&delivery.properties) {
+                    let _ = tokio::time::timeout(
+                        SETTLE_TIMEOUT,
+                        delivery.acker.ack(BasicAckOptions::default()),
+                    )
+                    .await;
+                    continue;
+                }
                 let held = Held {
                     msg: decode(delivery.data, &delivery.properties),
                     acker: delivery.acker,

@@ -28,7 +28,7 @@ mod url;
 
 pub use codec::{decode, encode};
 pub use connection::{Broker, BrokerOptions, BrokerState};
-pub use consumer::{BridgeConsumerSpec, ConsumerHandle, ConsumerSpec};
+pub use consumer::{BridgeConsumerSpec, ConsumerHandle, ConsumerSpec, RemoteListenerSpec};
 pub use metrics::BrokerMetrics;
 pub use publisher::{PublishError, Publisher, Unconfirmed};
 pub use url::{BrokerUrl, InvalidBrokerUrl};

@@ -35,7 +35,11 @@
 //!   `wsbridge.remote-publish.{ns}.{name}` (fanout), bound to the channel's
 //!   exchange and to each Bridge's queue: a remote publish reaches every
 //!   Subscription and bridged endpoint once, an endpoint message never
-//!   goes back out to an endpoint.
+//!   goes back out to an endpoint;
+//! - per standalone process and channel, an exclusive queue
+//!   `wsbridge.clients.{ns}.{name}.{pid}-{nanos}` bound to
+//!   `wsbridge.remote-publish.{ns}.{name}`: remote publishes, on their way
+//!   to those clients.
 
 use lapin::options::{ExchangeBindOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
@@ -276,6 +280,33 @@ async fn declare_backlog(
         queue.as_str().into(),
         channel_exchange(channel).into(),
         (*binding).into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+}
+
+/// Declares the topology of `channel` and `queue`, a queue of this
+/// connection only (exclusive, deleted with it) bound to
+/// [`remote_publish_exchange`]: what MQTT and AMQP clients publish on the
+/// channel, and the publishes wsbridge wrote (which carry the
+/// `wsbridge-origin` header), for a process's own WebSocket clients.
+pub async fn declare_remote_listener(ch: &Channel, channel: &ChannelKey, queue: &str) -> lapin::Result<()> {
+    declare_channel(ch, channel).await?;
+    ch.queue_declare(
+        queue.into(),
+        QueueDeclareOptions {
+            exclusive: true,
+            auto_delete: true,
+            ..QueueDeclareOptions::default()
+        },
+        FieldTable::default(),
+    )
+    .await?;
+    ch.queue_bind(
+        queue.into(),
+        remote_publish_exchange(channel).into(),
+        "".into(),
         QueueBindOptions::default(),
         FieldTable::default(),
     )

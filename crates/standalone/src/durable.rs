@@ -14,9 +14,10 @@ use tokio::sync::mpsc;
 use wsbridge_broker::topology::{Backlog, bridge_queue, subscription_queue};
 use wsbridge_broker::{
     BridgeConsumerSpec, Broker, BrokerMetrics, BrokerOptions, BrokerUrl, ConsumerHandle, ConsumerSpec,
-    PublishError,
+    PublishError, RemoteListenerSpec,
 };
 use wsbridge_core::{ChannelKey, ObjectKey};
+use wsbridge_dataplane::clients::RemoteClients;
 use wsbridge_dataplane::delivery::{DeliveryEngine, Ordering, Settlement, SubscriberSpec};
 use wsbridge_dataplane::endpoint::{EndpointHandle, SendError};
 use wsbridge_dataplane::{DataplaneMetrics, Message};
@@ -186,6 +187,34 @@ impl Durable {
             spec: None,
             handle,
         }
+    }
+
+    /// Starts consuming what MQTT and AMQP clients publish on `channel`
+    /// (through an exclusive queue of this process) out to its WebSocket
+    /// `clients`; what this process published they got already.
+    pub fn listen_remote(&self, channel: &ChannelKey, clients: Arc<RemoteClients>) -> ConsumerHandle {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let spec = RemoteListenerSpec {
+            channel: channel.clone(),
+            queue: format!(
+                "wsbridge.clients.{}.{}.{}-{nanos}",
+                channel.namespace,
+                channel.name,
+                std::process::id()
+            ),
+        };
+        let key = channel.clone();
+        ConsumerHandle::spawn_remote_listener(
+            self.broker.clone(),
+            spec,
+            Arc::new(move |msg: Arc<Message>| {
+                clients.broadcast(&key, &msg);
+                msg.settle(Settlement::Delivered);
+                true
+            }),
+        )
     }
 
     /// Updates the broker metrics and says whether the broker and every

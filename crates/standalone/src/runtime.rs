@@ -46,6 +46,9 @@ struct State {
     followed: HashMap<ChannelKey, JoinHandle<()>>,
     /// Consumers of the backlogs of Subscriptions of `rabbitmq` channels.
     backlogs: HashMap<ObjectKey, DurableConsumer>,
+    /// Per `rabbitmq` channel, what MQTT and AMQP clients publish, on its
+    /// way to the WebSocket clients.
+    remote_listeners: HashMap<ChannelKey, wsbridge_broker::ConsumerHandle>,
 }
 
 /// Why a publish was refused.
@@ -284,6 +287,7 @@ impl Runtime {
             keep
         });
         self.sync_backlogs(&mut state, &plan);
+        self.sync_remote_listeners(&mut state, &plan);
         for channel in mentioned {
             state
                 .followed
@@ -291,6 +295,20 @@ impl Runtime {
                 .or_insert_with(|| self.engine.follow(self.index.watch(&channel)));
         }
         state.plan = plan;
+    }
+
+    /// Starts or stops listening to each `rabbitmq` channel's remote
+    /// publishes (MQTT, AMQP) for its WebSocket clients, as `plan` says.
+    fn sync_remote_listeners(&self, state: &mut State, plan: &Plan) {
+        let mut running = std::mem::take(&mut state.remote_listeners);
+        if let Some(durable) = &self.durable {
+            for key in plan.channels.keys().filter(|k| plan.durable(k)) {
+                let listener = running
+                    .remove(key)
+                    .unwrap_or_else(|| durable.listen_remote(key, self.clients.clone()));
+                state.remote_listeners.insert(key.clone(), listener);
+            }
+        }
     }
 
     /// Starts, keeps or stops the consumer of each backlog of a `rabbitmq`
@@ -655,6 +673,8 @@ impl Runtime {
         // broker's queues (delivered again, at least once, after a restart).
         let backlogs: Vec<DurableConsumer> = self.lock().backlogs.drain().map(|(_, c)| c).collect();
         drop(backlogs);
+        let listeners: Vec<_> = self.lock().remote_listeners.drain().collect();
+        drop(listeners);
         let bridges: Vec<(ObjectKey, RunningBridge)> = self.lock().bridges.drain().collect();
         for (key, running) in bridges {
             let RunningBridge {
