@@ -38,8 +38,8 @@
 //!   goes back out to an endpoint;
 //! - per standalone process and channel, an exclusive queue
 //!   `wsbridge.clients.{ns}.{name}.{pid}-{nanos}` bound to
-//!   `wsbridge.remote-publish.{ns}.{name}`: remote publishes, on their way
-//!   to those clients.
+//!   `wsbridge.remote-publish.{ns}.{name}`: remote publishes, on their way to
+//!   the process's WebSocket clients of the channel.
 
 use lapin::options::{ExchangeBindOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
