@@ -234,6 +234,48 @@ async fn endpoint_received(endpoint: &mut Endpoint, expected: &[String]) -> Vec<
     got
 }
 
+/// `{"tag":0}` … `{"tag":4}`: five distinct messages from one source.
+fn numbered(tag: &str) -> Vec<String> {
+    (0..5).map(|i| format!("{{\"{tag}\":{i}}}")).collect()
+}
+
+/// Sends `from_endpoint` from the bridged endpoint and publishes
+/// `from_http` over HTTP (each answered 202).
+async fn send_from_endpoint_and_http(
+    endpoint: &mut Endpoint,
+    standalone: &Standalone,
+    topic: &str,
+    from_endpoint: &[String],
+    from_http: &[String],
+) {
+    for text in from_endpoint {
+        endpoint.send(text).await;
+    }
+    for text in from_http {
+        let (status, json) = standalone.publish(topic, text.clone()).await;
+        assert_eq!(status, 202, "{json}\n{}", standalone.logs());
+    }
+}
+
+/// A remote client's publish is a channel publish: the HTTP subscriber and
+/// the bridged endpoint get each message once.
+async fn assert_http_and_endpoint_get_once_each(
+    http: &mut Subscriber,
+    endpoint: &mut Endpoint,
+    messages: &[String],
+) {
+    assert_eq!(
+        counts(&http_received(http, messages).await),
+        once_each(messages),
+        "the HTTP subscriber, once each"
+    );
+    assert_eq!(
+        counts(&endpoint_received(endpoint, messages).await),
+        once_each(messages),
+        "the bridged endpoint, once each"
+    );
+}
+
 #[tokio::test]
 async fn an_mqtt_subscriber_gets_the_whole_channel_and_an_mqtt_publish_reaches_everyone_once() {
     let rabbit = broker().await;
@@ -252,15 +294,9 @@ async fn an_mqtt_subscriber_gets_the_whole_channel_and_an_mqtt_publish_reaches_e
 
     // Endpoint messages and HTTP publishes reach the MQTT subscriber once
     // each (and the HTTP subscriber, as before).
-    let from_endpoint: Vec<String> = (0..5).map(|i| format!("{{\"endpoint\":{i}}}")).collect();
-    for text in &from_endpoint {
-        endpoint.send(text).await;
-    }
-    let from_http: Vec<String> = (0..5).map(|i| format!("{{\"http\":{i}}}")).collect();
-    for text in &from_http {
-        let (status, json) = standalone.publish(&topic, text.clone()).await;
-        assert_eq!(status, 202, "{json}\n{}", standalone.logs());
-    }
+    let from_endpoint: Vec<String> = numbered("endpoint");
+    let from_http: Vec<String> = numbered("http");
+    send_from_endpoint_and_http(&mut endpoint, &standalone, &topic, &from_endpoint, &from_http).await;
     let first: Vec<String> = from_endpoint.iter().chain(&from_http).cloned().collect();
     let got = remote_until(&mut mqtt_sub, &topic, &first).await;
     assert_eq!(counts(&got), once_each(&first), "the MQTT subscriber, once each");
@@ -277,18 +313,9 @@ async fn an_mqtt_subscriber_gets_the_whole_channel_and_an_mqtt_publish_reaches_e
 
     // An MQTT publish is a channel publish: the HTTP subscriber, the
     // bridged endpoint and MQTT subscribers get it once each.
-    let from_mqtt: Vec<String> = (0..5).map(|i| format!("{{\"mqtt\":{i}}}")).collect();
+    let from_mqtt: Vec<String> = numbered("mqtt");
     mqtt_publish(rabbit, &topic, &from_mqtt).await;
-    assert_eq!(
-        counts(&http_received(&mut http, &from_mqtt).await),
-        once_each(&from_mqtt),
-        "the HTTP subscriber, once each"
-    );
-    assert_eq!(
-        counts(&endpoint_received(&mut endpoint, &from_mqtt).await),
-        once_each(&from_mqtt),
-        "the bridged endpoint, once each"
-    );
+    assert_http_and_endpoint_get_once_each(&mut http, &mut endpoint, &from_mqtt).await;
     let got = remote_until(&mut mqtt_sub, &topic, &from_mqtt).await;
     assert_eq!(
         counts(&got),
@@ -381,15 +408,9 @@ async fn an_amqp_client_on_amq_topic_gets_the_whole_channel_and_its_publish_reac
 
     // Endpoint messages and HTTP publishes reach the AMQP client's queue
     // once each, under the channel's routing key.
-    let from_endpoint: Vec<String> = (0..5).map(|i| format!("{{\"endpoint\":{i}}}")).collect();
-    for text in &from_endpoint {
-        endpoint.send(text).await;
-    }
-    let from_http: Vec<String> = (0..5).map(|i| format!("{{\"http\":{i}}}")).collect();
-    for text in &from_http {
-        let (status, json) = standalone.publish(&topic, text.clone()).await;
-        assert_eq!(status, 202, "{json}\n{}", standalone.logs());
-    }
+    let from_endpoint: Vec<String> = numbered("endpoint");
+    let from_http: Vec<String> = numbered("http");
+    send_from_endpoint_and_http(&mut endpoint, &standalone, &topic, &from_endpoint, &from_http).await;
     let first: Vec<String> = from_endpoint.iter().chain(&from_http).cloned().collect();
     let got = remote_until(&mut amqp_sub, &key, &first).await;
     assert_eq!(counts(&got), once_each(&first), "the AMQP subscriber, once each");
@@ -407,18 +428,9 @@ async fn an_amqp_client_on_amq_topic_gets_the_whole_channel_and_its_publish_reac
     // An AMQP publish to amq.topic is a channel publish: the HTTP
     // subscriber, the bridged endpoint, the AMQP and the MQTT subscribers
     // get it once each.
-    let from_amqp: Vec<String> = (0..5).map(|i| format!("{{\"amqp\":{i}}}")).collect();
+    let from_amqp: Vec<String> = numbered("amqp");
     amqp_publish(rabbit, &key, &from_amqp).await;
-    assert_eq!(
-        counts(&http_received(&mut http, &from_amqp).await),
-        once_each(&from_amqp),
-        "the HTTP subscriber, once each"
-    );
-    assert_eq!(
-        counts(&endpoint_received(&mut endpoint, &from_amqp).await),
-        once_each(&from_amqp),
-        "the bridged endpoint, once each"
-    );
+    assert_http_and_endpoint_get_once_each(&mut http, &mut endpoint, &from_amqp).await;
     let got = remote_until(&mut amqp_sub, &key, &from_amqp).await;
     assert_eq!(
         counts(&got),
