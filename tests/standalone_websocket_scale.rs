@@ -238,6 +238,30 @@ fn message(seq: usize, size: usize) -> String {
     m
 }
 
+/// `clients` WebSocket clients of `url`, at most `concurrency` connecting
+/// at a time, each reading in order (see [`read_in_order`]).
+fn spawn_readers(
+    url: &str,
+    clients: usize,
+    concurrency: usize,
+) -> (Arc<Progress>, Vec<tokio::task::JoinHandle<()>>) {
+    let progress = Progress::new(clients);
+    let gate = Arc::new(Semaphore::new(concurrency));
+    let readers = (0..clients)
+        .map(|i| {
+            let (progress, gate, url) = (progress.clone(), gate.clone(), url.to_owned());
+            tokio::spawn(async move {
+                let ws = {
+                    let _permit = gate.acquire().await.unwrap();
+                    connect(&url).await
+                };
+                read_in_order(ws, i, progress).await;
+            })
+        })
+        .collect();
+    (progress, readers)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_client_that_never_reads_is_cut_off_while_a_thousand_others_get_every_message() {
     const CLIENTS: usize = 1_000;
@@ -283,19 +307,7 @@ async fn one_client_that_never_reads_is_cut_off_while_a_thousand_others_get_ever
         ws
     };
 
-    let progress = Progress::new(CLIENTS);
-    let gate = Arc::new(Semaphore::new(100));
-    let mut readers = Vec::new();
-    for i in 0..CLIENTS {
-        let (progress, gate, url) = (progress.clone(), gate.clone(), url.clone());
-        readers.push(tokio::spawn(async move {
-            let ws = {
-                let _permit = gate.acquire().await.unwrap();
-                connect(&url).await
-            };
-            read_in_order(ws, i, progress).await;
-        }));
-    }
+    let (progress, readers) = spawn_readers(&url, CLIENTS, 100);
     wait_connected(&standalone, CLIENTS + 1).await;
 
     // Publish, never more than WINDOW ahead of the slowest reader, until
@@ -390,19 +402,7 @@ async fn ten_thousand_idle_connections_stay_up_with_bounded_memory() {
     wait_connected(&standalone, 0).await;
     let before = rss(pid);
 
-    let progress = Progress::new(CLIENTS);
-    let gate = Arc::new(Semaphore::new(200));
-    let mut readers = Vec::new();
-    for i in 0..CLIENTS {
-        let (progress, gate, url) = (progress.clone(), gate.clone(), url.clone());
-        readers.push(tokio::spawn(async move {
-            let ws = {
-                let _permit = gate.acquire().await.unwrap();
-                connect(&url).await
-            };
-            read_in_order(ws, i, progress).await;
-        }));
-    }
+    let (progress, readers) = spawn_readers(&url, CLIENTS, 200);
     wait_connected(&standalone, CLIENTS).await;
     let connected = rss(pid);
     let per_connection = connected.saturating_sub(before) / CLIENTS as u64;
