@@ -13,7 +13,9 @@
 //!   persisted the message;
 //! - [`consumer`]: a subscription's queue consumed into the delivery engine,
 //!   each message acknowledged only once its delivery ended; a bridge's
-//!   queue consumed out to its endpoint the same way.
+//!   queue consumed out to its endpoint the same way;
+//! - [`Durable`]: what a role holds: the connection, its publisher and
+//!   metrics, and the consumers it starts.
 //!
 //! No Kubernetes client, no command line: the roles adapt this crate.
 #![forbid(unsafe_code)]
@@ -21,6 +23,7 @@
 mod codec;
 mod connection;
 pub mod consumer;
+mod durable;
 pub mod metrics;
 mod publisher;
 pub mod topology;
@@ -29,6 +32,7 @@ mod url;
 pub use codec::{decode, encode};
 pub use connection::{Broker, BrokerOptions, BrokerState};
 pub use consumer::{BridgeConsumerSpec, ConsumerHandle, ConsumerSpec, RemoteListenerSpec};
+pub use durable::{Durable, DurableConsumer, MAX_UNCONFIRMED, backlog_key};
 pub use metrics::BrokerMetrics;
 pub use publisher::{PublishError, Publisher, Unconfirmed};
 pub use url::{BrokerUrl, InvalidBrokerUrl};

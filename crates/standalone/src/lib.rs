@@ -4,7 +4,7 @@
 //! and followed: valid edits apply live, invalid ones are logged and ignored.
 //!
 //! Channels with `backend: rabbitmq` go through a RabbitMQ broker when one
-//! is configured ([`Options::broker`], see [`durable`]); without one such a
+//! is configured ([`Options::broker`], see [`wsbridge_broker::Durable`]); without one such a
 //! Channel is refused at load, as an invalid object is.
 //!
 //! Publishing is not authenticated in standalone mode (there is no
@@ -14,7 +14,6 @@
 
 pub mod auth;
 pub mod demo;
-pub mod durable;
 pub mod load;
 pub mod publish;
 pub mod runtime;
@@ -37,8 +36,7 @@ pub use load::{ConfigError, ConfigErrors, Plan, load};
 pub use runtime::Runtime;
 pub use validator::Validation;
 
-use durable::Durable;
-use wsbridge_broker::{BrokerMetrics, BrokerUrl};
+use wsbridge_broker::{BrokerMetrics, BrokerUrl, Durable};
 use wsbridge_dataplane::DataplaneMetrics;
 use wsbridge_dataplane::budget::queue_budget;
 use wsbridge_dataplane::clients::{ClientLimits, RemoteClients};
@@ -160,7 +158,11 @@ pub async fn start(options: Options) -> Result<Standalone, Error> {
         ));
     if let Some(url) = options.broker.clone() {
         info!(broker = %url, "rabbitmq channels go through the broker");
-        runtime = runtime.with_broker(Durable::connect(url, BrokerMetrics::registered(&mut registry)));
+        runtime = runtime.with_broker(Durable::connect(
+            url,
+            BrokerMetrics::registered(&mut registry),
+            "standalone",
+        ));
     }
     let runtime = Arc::new(runtime);
     runtime.apply(plan);

@@ -10,9 +10,9 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info};
 
-use super::durable::{Durable, DurableConsumer};
 use super::load::{BridgePlan, ChannelPlan, Plan};
 use prometheus_client::registry::Registry;
+use wsbridge_broker::{Durable, DurableConsumer};
 use wsbridge_core::{ChannelKey, ObjectKey, SecretString};
 use wsbridge_dataplane::DestinationPolicy;
 use wsbridge_dataplane::budget::{MemoryBudget, OverBudget, queue_budget};

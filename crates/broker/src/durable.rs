@@ -1,5 +1,6 @@
-//! Durable channels (`backend: rabbitmq`) in standalone mode, on the broker
-//! crate: endpoint messages and publishes go to the channel's exchange with
+//! A role's side of durable channels (`backend: rabbitmq`): standalone,
+//! the worker, the gateway and the dispatcher each hold one [`Durable`]:
+//! endpoint messages and publishes go to the channel's exchange with
 //! publisher confirms (a publish is accepted only once confirmed); each
 //! Subscription's backlog queue is consumed into the delivery engine and
 //! acknowledged only once its delivery ended; each Bridge's queue of
@@ -8,14 +9,14 @@
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use crate::topology::{Backlog, bridge_queue, subscription_queue};
+use crate::{
+    BridgeConsumerSpec, Broker, BrokerMetrics, BrokerOptions, BrokerUrl, ConsumerHandle, ConsumerSpec,
+    PublishError, Publisher, RemoteListenerSpec,
+};
 use futures::StreamExt;
 use futures::stream::FuturesOrdered;
 use tokio::sync::mpsc;
-use wsbridge_broker::topology::{Backlog, bridge_queue, subscription_queue};
-use wsbridge_broker::{
-    BridgeConsumerSpec, Broker, BrokerMetrics, BrokerOptions, BrokerUrl, ConsumerHandle, ConsumerSpec,
-    PublishError, RemoteListenerSpec,
-};
 use wsbridge_core::{ChannelKey, ObjectKey};
 use wsbridge_dataplane::clients::RemoteClients;
 use wsbridge_dataplane::delivery::{DeliveryEngine, Ordering, Settlement, SubscriberSpec};
@@ -29,24 +30,26 @@ const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 /// confirm at once.
 pub const MAX_UNCONFIRMED: usize = 256;
 
-/// The broker connection of a standalone process, its publisher and metrics.
+/// The broker connection of a process, its publisher and metrics.
 pub struct Durable {
     broker: Broker,
-    publisher: wsbridge_broker::Publisher,
+    publisher: Publisher,
     metrics: BrokerMetrics,
 }
 
 impl Durable {
-    /// Starts connecting to `url` (in the background, reconnecting forever).
-    pub fn connect(url: BrokerUrl, metrics: BrokerMetrics) -> Arc<Self> {
+    /// Starts connecting to `url` (in the background, reconnecting
+    /// forever); `role` names the connection in the broker's management UI
+    /// (`wsbridge-{role}`).
+    pub fn connect(url: BrokerUrl, metrics: BrokerMetrics, role: &str) -> Arc<Self> {
         let broker = Broker::connect(
             url,
             BrokerOptions {
-                connection_name: "wsbridge-standalone".into(),
+                connection_name: format!("wsbridge-{role}"),
                 ..BrokerOptions::default()
             },
         );
-        let publisher = wsbridge_broker::Publisher::new(broker.clone(), CONFIRM_TIMEOUT);
+        let publisher = Publisher::new(broker.clone(), CONFIRM_TIMEOUT);
         Arc::new(Self {
             broker,
             publisher,
@@ -267,7 +270,7 @@ impl DurableConsumer {
     pub fn is_consuming(&self) -> bool {
         matches!(
             self.handle.state(),
-            wsbridge_broker::consumer::ConsumerState::Consuming { .. }
+            crate::consumer::ConsumerState::Consuming { .. }
         )
     }
 
