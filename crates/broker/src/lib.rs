@@ -14,12 +14,15 @@
 //! - [`consumer`]: a subscription's queue consumed into the delivery engine,
 //!   each message acknowledged only once its delivery ended; a bridge's
 //!   queue consumed out to its endpoint the same way;
+//! - [`Broker::declare_subscription`] and the other declare and delete
+//!   operations: the controller's side of the topology (`admin.rs`);
 //! - [`Durable`]: what a role holds: the connection, its publisher and
 //!   metrics, and the consumers it starts.
 //!
 //! No Kubernetes client, no command line: the roles adapt this crate.
 #![forbid(unsafe_code)]
 
+mod admin;
 mod codec;
 mod connection;
 pub mod consumer;
@@ -29,6 +32,7 @@ mod publisher;
 pub mod topology;
 mod url;
 
+pub use admin::AdminError;
 pub use codec::{decode, encode};
 pub use connection::{Broker, BrokerOptions, BrokerState};
 pub use consumer::{BridgeConsumerSpec, ConsumerHandle, ConsumerSpec, RemoteListenerSpec};
