@@ -82,12 +82,25 @@ pub struct RemoteListenerSpec {
     pub queue: String,
 }
 
+/// What a gateway replica's listener of a channel consumes: its own
+/// exclusive queue of everything the channel carries (see
+/// [`topology::declare_channel_listener`]), for the replica's WebSocket
+/// clients.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelListenerSpec {
+    /// The channel.
+    pub channel: ChannelKey,
+    /// The queue's name (unique to the replica and the listener).
+    pub queue: String,
+}
+
 /// The queue a consumer consumes, and how it is declared.
 #[derive(Debug, Clone)]
 enum Source {
     Subscription(ConsumerSpec),
     Bridge(BridgeConsumerSpec),
     Remote(RemoteListenerSpec),
+    Channel(ChannelListenerSpec),
 }
 
 impl Source {
@@ -97,6 +110,7 @@ impl Source {
             Source::Subscription(spec) => &spec.subscription,
             Source::Bridge(spec) => &spec.bridge,
             Source::Remote(spec) => &spec.channel,
+            Source::Channel(spec) => &spec.channel,
         }
     }
 
@@ -105,6 +119,7 @@ impl Source {
             Source::Subscription(spec) => subscription_queue(&spec.subscription),
             Source::Bridge(spec) => bridge_queue(&spec.bridge),
             Source::Remote(spec) => spec.queue.clone(),
+            Source::Channel(spec) => spec.queue.clone(),
         }
     }
 
@@ -112,7 +127,7 @@ impl Source {
         match self {
             Source::Subscription(spec) => spec.prefetch.max(1),
             Source::Bridge(_) => 1,
-            Source::Remote(_) => 256,
+            Source::Remote(_) | Source::Channel(_) => 256,
         }
     }
 
@@ -132,6 +147,7 @@ impl Source {
                 topology::declare_bridge(ch, &spec.channel, &spec.bridge, spec.backlog).await
             }
             Source::Remote(spec) => topology::declare_remote_listener(ch, &spec.channel, &spec.queue).await,
+            Source::Channel(spec) => topology::declare_channel_listener(ch, &spec.channel, &spec.queue).await,
         }
     }
 }
@@ -178,6 +194,13 @@ impl ConsumerHandle {
     /// and skipped (the process that wrote them handed them on already).
     pub fn spawn_remote_listener(broker: Broker, spec: RemoteListenerSpec, deliver: Deliver) -> Self {
         Self::start(broker, Source::Remote(spec), deliver)
+    }
+
+    /// Starts consuming everything the channel of `spec` carries into
+    /// `deliver`, messages wsbridge wrote included (nothing else hands
+    /// them to a gateway replica's clients).
+    pub fn spawn_channel_listener(broker: Broker, spec: ChannelListenerSpec, deliver: Deliver) -> Self {
+        Self::start(broker, Source::Channel(spec), deliver)
     }
 
     fn start(broker: Broker, source: Source, deliver: Deliver) -> Self {

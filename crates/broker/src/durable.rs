@@ -9,10 +9,10 @@
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use crate::topology::{Backlog, bridge_queue, subscription_queue};
+use crate::topology::{Backlog, bridge_queue, channel_listener_queue, subscription_queue};
 use crate::{
-    BridgeConsumerSpec, Broker, BrokerMetrics, BrokerOptions, BrokerUrl, ConsumerHandle, ConsumerSpec,
-    PublishError, Publisher, RemoteListenerSpec,
+    BridgeConsumerSpec, Broker, BrokerMetrics, BrokerOptions, BrokerUrl, ChannelListenerSpec, ConsumerHandle,
+    ConsumerSpec, PublishError, Publisher, RemoteListenerSpec,
 };
 use futures::StreamExt;
 use futures::stream::FuturesOrdered;
@@ -210,6 +210,37 @@ impl Durable {
         };
         let key = channel.clone();
         ConsumerHandle::spawn_remote_listener(
+            self.broker.clone(),
+            spec,
+            Arc::new(move |msg: Arc<Message>| {
+                clients.broadcast(&key, &msg);
+                msg.settle(Settlement::Delivered);
+                true
+            }),
+        )
+    }
+
+    /// Starts consuming everything `channel` carries (endpoint messages,
+    /// publishes through any gateway replica or this one, what MQTT and
+    /// AMQP clients publish) through an exclusive queue of this process,
+    /// `wsbridge.gateway.{ns}.{name}.{replica}-{nanos}`, out to its WebSocket
+    /// `clients`: a gateway replica holds one per channel while it has
+    /// clients of it. `replica` names the replica (its pod).
+    pub fn listen_channel(
+        &self,
+        channel: &ChannelKey,
+        replica: &str,
+        clients: Arc<RemoteClients>,
+    ) -> ConsumerHandle {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let spec = ChannelListenerSpec {
+            channel: channel.clone(),
+            queue: channel_listener_queue(channel, &format!("{replica}-{nanos}")),
+        };
+        let key = channel.clone();
+        ConsumerHandle::spawn_channel_listener(
             self.broker.clone(),
             spec,
             Arc::new(move |msg: Arc<Message>| {

@@ -35,7 +35,9 @@ mod url;
 pub use admin::AdminError;
 pub use codec::{decode, encode};
 pub use connection::{Broker, BrokerOptions, BrokerState};
-pub use consumer::{BridgeConsumerSpec, ConsumerHandle, ConsumerSpec, RemoteListenerSpec};
+pub use consumer::{
+    BridgeConsumerSpec, ChannelListenerSpec, ConsumerHandle, ConsumerSpec, RemoteListenerSpec,
+};
 pub use durable::{Durable, DurableConsumer, MAX_UNCONFIRMED, backlog_key};
 pub use metrics::BrokerMetrics;
 pub use publisher::{PublishError, Publisher, Unconfirmed};

@@ -39,7 +39,18 @@
 //! - per standalone process and channel, an exclusive queue
 //!   `wsbridge.clients.{ns}.{name}.{pid}-{nanos}` bound to
 //!   `wsbridge.remote-publish.{ns}.{name}`: remote publishes, on their way to
-//!   the process's WebSocket clients of the channel.
+//!   the process's WebSocket clients of the channel;
+//! - per gateway replica and channel, while the replica has WebSocket
+//!   clients of the channel, an exclusive, auto-deleted queue
+//!   `wsbridge.gateway.{ns}.{name}.{replica}-{nanos}` bound to the
+//!   channel's exchange with `#`: everything the channel carries (endpoint
+//!   messages, publishes through any gateway replica, what MQTT and AMQP
+//!   clients publish, which reaches the channel's exchange through
+//!   `wsbridge.remote-publish.{ns}.{name}`), each once, for the replica's
+//!   clients. The replica's own publishes come back through it too, so the
+//!   gateway never hands them to its clients itself. Bounded (drop-head):
+//!   a replica that stopped reading loses its oldest messages, not the
+//!   broker's memory.
 
 use lapin::options::{ExchangeBindOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
@@ -313,6 +324,49 @@ pub async fn declare_remote_listener(ch: &Channel, channel: &ChannelKey, queue: 
     .await
 }
 
+/// Messages a channel listener's queue holds before its oldest are
+/// dropped: its consumer acknowledges each as soon as it handed it to the
+/// replica's clients, so only a replica that stopped reading fills it.
+pub const CHANNEL_LISTENER_MAX_MESSAGES: i64 = 100_000;
+
+/// A gateway replica's queue of everything `channel` carries; `unique`
+/// tells the replica's listeners apart (and from other replicas').
+pub fn channel_listener_queue(channel: &ChannelKey, unique: &str) -> String {
+    format!("wsbridge.gateway.{}.{}.{unique}", channel.namespace, channel.name)
+}
+
+/// Declares the topology of `channel` and `queue`, a queue of this
+/// connection only (exclusive, deleted with it or with its last consumer)
+/// bound to [`channel_exchange`] with [`EVERY_MESSAGE`]: everything the
+/// channel carries, whoever wrote it, once.
+pub async fn declare_channel_listener(ch: &Channel, channel: &ChannelKey, queue: &str) -> lapin::Result<()> {
+    declare_channel(ch, channel).await?;
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-max-length".into(),
+        AMQPValue::LongLongInt(CHANNEL_LISTENER_MAX_MESSAGES),
+    );
+    args.insert("x-overflow".into(), text("drop-head"));
+    ch.queue_declare(
+        queue.into(),
+        QueueDeclareOptions {
+            exclusive: true,
+            auto_delete: true,
+            ..QueueDeclareOptions::default()
+        },
+        args,
+    )
+    .await?;
+    ch.queue_bind(
+        queue.into(),
+        channel_exchange(channel).into(),
+        EVERY_MESSAGE.into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+}
+
 fn quorum(backlog: Backlog) -> FieldTable {
     let mut args = FieldTable::default();
     args.insert("x-queue-type".into(), text("quorum"));
@@ -367,6 +421,10 @@ mod tests {
         assert_eq!(
             remote_publish_exchange(&channel),
             "wsbridge.remote-publish.team-a.ticker"
+        );
+        assert_eq!(
+            channel_listener_queue(&channel, "gw-0-17"),
+            "wsbridge.gateway.team-a.ticker.gw-0-17"
         );
     }
 }
