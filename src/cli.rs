@@ -120,6 +120,10 @@ pub enum Command {
         /// the gateway's sends.
         #[arg(long, value_name = "PATH", env = "WSBRIDGE_SEND_KEY_FILE")]
         send_key_file: Option<PathBuf>,
+        /// The broker of `backend: rabbitmq` Channels: their publishes are
+        /// confirmed by it and their WebSocket clients served from it.
+        #[command(flatten)]
+        broker: BrokerArgs,
     },
     /// Run bridges, the publish gateway and delivery in one process, from
     /// YAML files of Endpoints, Channels, Bridges, Subscriptions and Secrets.
@@ -387,6 +391,11 @@ pub struct ControllerArgs {
     /// make every subcommand as large).
     #[command(flatten)]
     pub send_key: Box<SendKeyArgs>,
+    /// The broker of `backend: rabbitmq` Channels: the controller declares
+    /// and deletes their exchanges and queues, and hands the URL to their
+    /// workers.
+    #[command(flatten)]
+    pub broker: BrokerArgs,
 }
 
 /// Where the controller keeps the installation key of the workers' send
@@ -478,6 +487,7 @@ impl ControllerArgs {
     /// The controller's options these flags describe.
     pub fn options(self) -> anyhow::Result<wsbridge_controller::Options> {
         Ok(wsbridge_controller::Options {
+            broker: self.broker.url()?,
             worker_ingress: self.worker_ingress.ingress()?,
             worker_pod_defaults: self.worker_pod_defaults.map(|spec| *spec).unwrap_or_default(),
             destinations: Arc::new(self.loops.policy(&self.destinations, &self.cluster_domain)?),
@@ -642,6 +652,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             loops,
             memory,
             send_key_file,
+            broker,
         } => {
             let options = wsbridge_gateway::GatewayOptions {
                 listen,
@@ -656,6 +667,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 destinations: std::sync::Arc::new(loops.policy(&destinations, CLUSTER_DOMAIN)?),
                 memory_limit: memory.memory_limit,
                 send_key_file,
+                broker: broker.url()?,
             };
             wsbridge_gateway::run(options, kube::Client::try_default().await?).await?;
         }

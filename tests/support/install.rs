@@ -52,48 +52,53 @@ async fn install() -> Result<Installation> {
     let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy");
     super::apply_yaml_file(&client, deploy.join("namespace.yaml"), None).await?;
     super::apply_yaml_file(&client, deploy.join("wsbridge.yaml"), Some(SYSTEM_NAMESPACE)).await?;
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), SYSTEM_NAMESPACE);
-    let start = |name: &'static str| {
-        let (client, deployments) = (client.clone(), deployments.clone());
-        async move {
-            let port = super::http::free_port();
-            let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
-            let deployment = deployments
-                .get(name)
-                .await
-                .with_context(|| format!("Deployment {name}"))?;
-            let listen = addr.to_string();
-            let mut overrides = vec![("WSBRIDGE_LISTEN", listen.as_str())];
-            if let Some(filter) = LOG_FILTER.get() {
-                overrides.push(("RUST_LOG", filter.as_str()));
-            }
-            let pod = run_pod_template(cp, &client, &deployment, &overrides).await?;
-            Ok::<_, anyhow::Error>((addr, pod))
-        }
-    };
-    let (controller_addr, controller) = start("wsbridge-controller").await?;
-    let (gateway_addr, gateway) = start("wsbridge-gateway").await?;
-    for (what, addr, pod) in [
-        ("controller", controller_addr, &controller),
-        ("gateway", gateway_addr, &gateway),
-    ] {
-        super::eventually(
-            Duration::from_secs(60),
-            &format!("{what} /readyz"),
-            || async move {
-                Ok(super::http::get(addr, "/readyz")
-                    .await
-                    .ok()
-                    .filter(|(code, _)| *code == 200))
-            },
-        )
-        .await
-        .with_context(|| format!("{what} log:\n{}", pod.logs()))?;
-    }
+    let filter = LOG_FILTER.get().map(String::as_str);
+    let (controller_addr, controller) = start_deployment("wsbridge-controller", filter).await?;
+    let (gateway_addr, gateway) = start_deployment("wsbridge-gateway", filter).await?;
+    wait_ready("controller", controller_addr, &controller).await?;
+    wait_ready("gateway", gateway_addr, &gateway).await?;
     Ok(Installation {
         controller_addr,
         gateway_addr,
         controller: Mutex::new(controller),
         gateway: Mutex::new(gateway),
     })
+}
+
+/// Runs one replica of the installed Deployment `name` (in
+/// [`SYSTEM_NAMESPACE`]) from its pod template, listening on a free
+/// loopback port (`WSBRIDGE_LISTEN`), logging with `log_filter` when given.
+pub async fn start_deployment(name: &str, log_filter: Option<&str>) -> Result<(SocketAddr, LocalPod)> {
+    let cp = super::shared().await;
+    let client = cp.client();
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), SYSTEM_NAMESPACE);
+    let port = super::http::free_port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+    let deployment = deployments
+        .get(name)
+        .await
+        .with_context(|| format!("Deployment {name}"))?;
+    let listen = addr.to_string();
+    let mut overrides = vec![("WSBRIDGE_LISTEN", listen.as_str())];
+    if let Some(filter) = log_filter {
+        overrides.push(("RUST_LOG", filter));
+    }
+    let pod = run_pod_template(cp, &client, &deployment, &overrides).await?;
+    Ok((addr, pod))
+}
+
+/// Waits until the role at `addr` answers `/readyz` with 200.
+pub async fn wait_ready(what: &str, addr: SocketAddr, pod: &LocalPod) -> Result<()> {
+    super::eventually(
+        Duration::from_secs(60),
+        &format!("{what} /readyz"),
+        || async move {
+            Ok(super::http::get(addr, "/readyz")
+                .await
+                .ok()
+                .filter(|(code, _)| *code == 200))
+        },
+    )
+    .await
+    .with_context(|| format!("{what} log:\n{}", pod.logs()))
 }

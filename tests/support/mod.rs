@@ -23,6 +23,7 @@
 pub mod binaries;
 pub mod controlplane;
 pub mod crds;
+pub mod durable;
 pub mod helpers;
 pub mod http;
 pub mod install;

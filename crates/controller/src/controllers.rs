@@ -16,7 +16,7 @@ use super::caches::{self, Caches};
 use super::metrics::Metrics;
 use super::reconcile::{self, Context, error_policy};
 use super::triggers::{self, over};
-use super::{Options, send_key, worker_objects};
+use super::{Options, broker_topology, send_key, worker_objects};
 use wsbridge_http::ops::Readiness;
 
 /// Starts the watches and the four controllers; returns only if they end.
@@ -59,6 +59,7 @@ pub(crate) async fn run(
         worker_ingress: args.worker_ingress.clone(),
         worker_pod_defaults: args.worker_pod_defaults.clone(),
         send_key: key_rx.clone(),
+        broker: args.broker.clone(),
     });
     let config = Config::default()
         .concurrency(args.concurrency)
@@ -67,12 +68,35 @@ pub(crate) async fn run(
     let bridges = bridge_controller(&caches, ctx.clone(), config.clone(), send_key::changes(key_rx));
     let subscriptions = subscription_controller(&caches, ctx.clone(), config.clone());
     let channels = channel_controller(&caches, ctx.clone(), config.clone());
-    let endpoints = endpoint_controller(&caches, ctx, config);
+    let endpoints = endpoint_controller(&caches, ctx.clone(), config.clone());
+    let (synced_tx, synced_rx) = tokio::sync::watch::channel(false);
+    let broker = args.broker.clone().map(|url| {
+        info!(broker = %url, "reconciling the broker topology of rabbitmq channels");
+        wsbridge_broker::Broker::connect(
+            url,
+            wsbridge_broker::BrokerOptions {
+                connection_name: "wsbridge-controller".into(),
+                ..Default::default()
+            },
+        )
+    });
+    let topology = broker_topology::controllers(
+        &caches,
+        broker_topology::TopologyContext::new(
+            client.clone(),
+            stores.clone(),
+            metrics.clone(),
+            broker,
+            synced_rx,
+        ),
+        config,
+    );
     let watches = caches.run(client, args.namespace.as_deref());
     let synced = async {
         caches::synced(&stores).await;
         info!("caches synced");
         readiness.set(true);
+        let _ = synced_tx.send(true);
         std::future::pending::<()>().await
     };
     tokio::select! {
@@ -82,6 +106,7 @@ pub(crate) async fn run(
         _ = subscriptions => {},
         _ = channels => {},
         _ = endpoints => {},
+        _ = topology => {},
         _ = synced => {},
     }
     anyhow::bail!("controllers stopped unexpectedly")

@@ -15,11 +15,14 @@
 //! - a Lease elects the one replica that reconciles (`leader`); every
 //!   replica serves `/healthz`, `/readyz` and `/metrics`.
 //!
-//! No finalizers: everything the controller creates is owned by its Bridge
+//! Everything the controller creates in the cluster is owned by its Bridge
 //! (controller owner reference) and removed by the garbage collector;
-//! statuses live on the objects themselves; nothing lives outside the cluster.
+//! statuses live on the objects themselves. The one thing outside the
+//! cluster is the broker topology of `rabbitmq` Channels
+//! ([`broker_topology`]), deleted through a finalizer.
 #![forbid(unsafe_code)]
 
+mod broker_topology;
 mod caches;
 mod controllers;
 mod leader;
@@ -86,6 +89,9 @@ pub struct Options {
     /// The Secret holding the installation key of the workers' send
     /// credentials (created when absent).
     pub send_key: send_key::SendKeySecret,
+    /// The broker of `backend: rabbitmq` Channels, when the installation
+    /// has one.
+    pub broker: Option<wsbridge_broker::BrokerUrl>,
 }
 
 /// Runs the controller until SIGINT/SIGTERM.
