@@ -9,6 +9,16 @@
 //! engine. WebSocket clients connect at the same address, or multiplex a
 //! namespace's channels at `/ws/{namespace}` ([`remote`]). Several replicas
 //! can run side by side: they share nothing.
+//!
+//! A Channel with `backend: rabbitmq` goes through the installation's
+//! broker instead ([`GatewayOptions::broker`], a [`Durable`] of role
+//! `gateway`): a publish is written to the channel's exchange with
+//! publisher confirms and answered `202` only once the broker confirmed it
+//! (the Subscriptions' backlogs and the Bridges' queues then hold it; the
+//! dispatcher and the workers take it from there), `503 BrokerUnavailable`
+//! when it did not, `503 NoBroker` when this gateway has no broker. Its
+//! WebSocket clients are served from a queue of this replica's own (see
+//! [`remote`]).
 #![forbid(unsafe_code)]
 
 pub mod access;
@@ -28,10 +38,12 @@ use prometheus_client::registry::Registry;
 use tokio::task::{JoinHandle, JoinSet};
 
 use access::{Access, AccessOptions};
-use wsbridge_api::{Bridge, Channel, Subscription, conditions};
+use wsbridge_api::{Bridge, Channel, ChannelBackend, Subscription, conditions};
+use wsbridge_broker::{BrokerMetrics, BrokerState, BrokerUrl, ConsumerHandle, Durable};
 use wsbridge_core::{ChannelKey, ObjectKey};
 use wsbridge_dataplane::DataplaneMetrics;
 use wsbridge_dataplane::budget::queue_budget;
+use wsbridge_dataplane::clients::{ClientLimits, RemoteClients};
 use wsbridge_dataplane::delivery::{
     DEFAULT_DEDUP_BYTES, DEFAULT_DEDUP_WINDOW, DeliveryEngine, EngineConfig, HttpSender, RecentPublishes,
 };
@@ -64,6 +76,9 @@ pub struct GatewayOptions {
     /// (the controller's Secret, mounted); read again when it changes.
     /// `None`: sends carry no credential and every worker refuses them.
     pub send_key_file: Option<std::path::PathBuf>,
+    /// The broker of `backend: rabbitmq` Channels. `None`: publishes and
+    /// WebSocket clients on such a Channel get `503 NoBroker`.
+    pub broker: Option<BrokerUrl>,
 }
 
 /// What a publish needs of a Channel besides its routes.
@@ -78,6 +93,9 @@ pub(crate) struct ChannelFacts {
     /// waits (503) while the gateway has seen fewer, rather than silently
     /// skipping an endpoint it has not heard of yet.
     pub bridges: usize,
+    /// `backend: rabbitmq`: publishes go to the broker, remote clients are
+    /// served from it.
+    pub durable: bool,
 }
 
 /// How a bridge can be reached right now (from its status).
@@ -104,6 +122,15 @@ pub(crate) struct GatewayState {
     pub metrics: metrics::GatewayMetrics,
     /// Keys of recent publishes, so that a retried one is not sent twice.
     pub recent: RecentPublishes,
+    /// The broker of `rabbitmq` channels, when one is configured.
+    pub durable: Option<Arc<Durable>>,
+    /// This replica's WebSocket clients (of `rabbitmq` channels).
+    pub clients: Arc<RemoteClients>,
+    /// Per `rabbitmq` channel with clients here: the listener of
+    /// everything it carries, feeding `clients`.
+    pub listeners: Mutex<HashMap<ChannelKey, ConsumerHandle>>,
+    /// This replica's name in its listeners' queue names (its pod).
+    pub replica: String,
     followers: Mutex<HashMap<ChannelKey, JoinHandle<()>>>,
 }
 
@@ -114,6 +141,54 @@ impl GatewayState {
         followers
             .entry(key.clone())
             .or_insert_with(|| self.engine.follow(self.index.watch(key)));
+    }
+
+    /// Whether `channel` is known and `backend: rabbitmq`.
+    pub(crate) fn is_durable(&self, channel: &ChannelKey) -> bool {
+        self.channels
+            .read()
+            .ok()
+            .and_then(|c| c.get(channel).map(|f| f.durable))
+            .unwrap_or(false)
+    }
+
+    /// Listens to `channel` on the broker unless it does already (called
+    /// with a client of it joined).
+    pub(crate) fn listen(&self, durable: &Durable, channel: &ChannelKey) {
+        let mut listeners = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
+        listeners
+            .entry(channel.clone())
+            .or_insert_with(|| durable.listen_channel(channel, &self.replica, self.clients.clone()));
+    }
+
+    /// Stops the listeners of channels without clients here (or no longer
+    /// `rabbitmq`: deleted, or switched to `memory`), so that a replica
+    /// holds a queue only where someone reads it; updates the broker
+    /// metrics. Under the listeners' lock, as [`GatewayState::listen`] is:
+    /// a client that joins meanwhile is counted before the check.
+    fn sweep_listeners(&self) {
+        let Some(durable) = &self.durable else {
+            return;
+        };
+        durable.metrics().observe(durable.broker());
+        let mut listeners = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
+        listeners.retain(|channel, listener| {
+            // The queue's name without this replica's suffix (the pod is
+            // the target's own label): one series per channel.
+            let queue = format!("wsbridge.gateway.{}.{}", channel.namespace, channel.name);
+            let keep = self.clients.count(channel) > 0 && self.is_durable(channel);
+            if keep {
+                let consuming = matches!(
+                    listener.state(),
+                    wsbridge_broker::consumer::ConsumerState::Consuming { .. }
+                );
+                durable.metrics().set_consuming(&queue, consuming);
+            } else {
+                durable.metrics().remove_queue(&queue);
+                tracing::debug!(%channel, "no clients here any more: stopped listening on the broker");
+            }
+            keep
+        });
     }
 
     fn forget_channel(&self, key: &ChannelKey) {
@@ -152,6 +227,11 @@ impl Gateway {
         let metrics = metrics::GatewayMetrics::new(&mut registry);
         let access_metrics = metrics::AccessMetrics::new(&mut registry);
         let recent = RecentPublishes::new(DEFAULT_DEDUP_WINDOW, DEFAULT_DEDUP_BYTES, &mut registry);
+        let clients = RemoteClients::registered(ClientLimits::default(), &mut registry);
+        let durable = options.broker.clone().map(|url| {
+            tracing::info!(broker = %url, "rabbitmq channels go through the broker");
+            Durable::connect(url, BrokerMetrics::registered(&mut registry), "gateway")
+        });
         let shared = Arc::new(GatewayState {
             index: Arc::new(RoutingIndex::default()),
             channels: RwLock::default(),
@@ -171,6 +251,10 @@ impl Gateway {
             dataplane,
             metrics,
             recent,
+            durable,
+            clients,
+            listeners: Mutex::default(),
+            replica: replica_name(),
             followers: Mutex::default(),
         });
         let ready = Readiness::default();
@@ -219,6 +303,7 @@ impl Gateway {
                                     .status
                                     .as_ref()
                                     .map_or(0, |st| usize::try_from(st.bridges).unwrap_or(0)),
+                                durable: c.spec.backend() == ChannelBackend::Rabbitmq,
                             };
                             s.channels
                                 .write()
@@ -274,6 +359,9 @@ impl Gateway {
             },
             mark(0b100),
         ));
+        if shared.durable.is_some() {
+            tasks.spawn(follow_broker(shared.clone()));
+        }
         Ok(Self {
             shared,
             server,
@@ -292,11 +380,69 @@ impl Gateway {
         if !ops::join_or_abort(&mut self.server, self.drain / 2).await {
             tracing::warn!("publishes still in flight after {:?}; closing", self.drain / 2);
         }
+        // Their queues go with their consumers.
+        self.shared
+            .listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
         let report = self.shared.engine.shutdown(self.drain).await;
         tracing::info!(?report, "deliveries drained");
         self.tasks.abort_all();
         while self.tasks.join_next().await.is_some() {}
     }
+}
+
+/// Every second: the broker's state into the metrics and the log, and the
+/// listeners of channels without clients here stopped.
+///
+/// The broker's state does not enter `/readyz`, by design: a gateway
+/// without its broker still serves every `memory` channel, its HTTP
+/// subscribers and bridges, and answers each `rabbitmq` publish with a
+/// clear `503 BrokerUnavailable` that a publisher retries. Taking every
+/// replica out of its Service on a broker outage would turn that into
+/// connection errors for everyone. The state is in
+/// `wsbridge_broker_connected` (and `wsbridge_broker_connections`, which
+/// counts reconnects) for alerts, and in the log on each change.
+async fn follow_broker(shared: Arc<GatewayState>) {
+    let Some(durable) = shared.durable.clone() else {
+        return;
+    };
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut was_connected = None;
+    loop {
+        tick.tick().await;
+        let state = durable.broker().state();
+        let connected = state.is_connected();
+        if was_connected != Some(connected) {
+            match &state {
+                BrokerState::Connected { generation } => {
+                    tracing::info!(broker = %durable.broker().url(), generation, "broker connected: rabbitmq channels accept publishes")
+                }
+                BrokerState::Connecting => {}
+                BrokerState::Disconnected { reason, .. } => {
+                    tracing::warn!(broker = %durable.broker().url(), %reason, "broker unavailable: publishes on rabbitmq channels get 503 until it is back; memory channels are unaffected")
+                }
+            }
+            if !matches!(state, BrokerState::Connecting) {
+                was_connected = Some(connected);
+            }
+        }
+        shared.sweep_listeners();
+    }
+}
+
+/// This replica's name in its queues: the pod's (`POD_NAME`, set by the
+/// chart), else the process id.
+fn replica_name() -> String {
+    std::env::var("POD_NAME")
+        .ok()
+        .filter(|n| {
+            !n.is_empty()
+                && n.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        })
+        .unwrap_or_else(|| format!("pid{}", std::process::id()))
 }
 
 /// An API for one namespace, or all.

@@ -7,7 +7,7 @@ use axum::body::Body;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 
 use super::access::Denied;
 use super::{GatewayState, send_key};
@@ -91,14 +91,40 @@ async fn publish_on(shared: &GatewayState, channel: ChannelKey, headers: &Header
         Err(rejection) => return tagged(rejection, "BadMessage"),
     };
     match publish_payload(shared, &channel, payload, key).await {
+        Ok(published) if published.durable => durably_accepted(&published, &channel),
         Ok(published) => publish::accepted(
             &published.id,
             &channel,
             published.subscribers,
             SentOut::Bridges(published.bridges),
         ),
-        Err(refusal) => refused(refusal.status, refusal.reason, refusal.message),
+        Err(refusal) => {
+            let retry_after = refusal.retry_after;
+            let mut response = refused(refusal.status, refusal.reason, refusal.message);
+            if let Some(seconds) = retry_after {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+            }
+            response
+        }
     }
+}
+
+/// 202 for a message of a `rabbitmq` channel: the broker confirmed it, so
+/// the Subscriptions' backlogs and the Bridges' queues hold it
+/// (`"durable": true`; `subscribers` and `bridges` are those this gateway
+/// knows of, which the broker feeds).
+fn durably_accepted(published: &Published, channel: &ChannelKey) -> Response {
+    let body = serde_json::json!({
+        "accepted": true,
+        "durable": true,
+        "id": published.id,
+        "channel": channel.to_string(),
+        "subscribers": published.subscribers,
+        "bridges": published.bridges,
+    });
+    (StatusCode::ACCEPTED, axum::Json(body)).into_response()
 }
 
 /// A published message, as the 202 tells it.
@@ -106,6 +132,8 @@ pub(crate) struct Published {
     pub id: String,
     pub subscribers: usize,
     pub bridges: usize,
+    /// Confirmed by the broker (a `rabbitmq` channel).
+    pub durable: bool,
 }
 
 /// Why a read message was not published.
@@ -113,6 +141,8 @@ pub(crate) struct Refused {
     pub status: StatusCode,
     pub reason: &'static str,
     pub message: String,
+    /// Seconds for `Retry-After`, when a retry soon may succeed.
+    pub retry_after: Option<u32>,
 }
 
 fn unpublished(status: StatusCode, reason: &'static str, message: impl Into<String>) -> Refused {
@@ -120,7 +150,97 @@ fn unpublished(status: StatusCode, reason: &'static str, message: impl Into<Stri
         status,
         reason,
         message: message.into(),
+        retry_after: None,
     }
+}
+
+/// The reason of a `503` for a message of a `rabbitmq` channel that the
+/// broker did not confirm (down, refusing, or too slow to confirm).
+pub(crate) const BROKER_UNAVAILABLE: &str = "BrokerUnavailable";
+
+/// The reason of a `503` on a `rabbitmq` channel when this gateway has no
+/// broker configured.
+pub(crate) const NO_BROKER: &str = "NoBroker";
+
+/// The `503` for a `rabbitmq` channel on a gateway without a broker.
+pub(crate) fn no_broker(channel: &ChannelKey) -> Refused {
+    unpublished(
+        StatusCode::SERVICE_UNAVAILABLE,
+        NO_BROKER,
+        format!(
+            "channel {channel} has backend: rabbitmq and this gateway has no broker configured (chart value broker.url or broker.existingSecret; --rabbitmq-url-file)"
+        ),
+    )
+}
+
+/// Publishes on a `rabbitmq` channel: to its exchange with publisher
+/// confirms, `Ok` once the broker confirmed. Nothing is sent to workers or
+/// delivered from here: the Bridges' queues and the Subscriptions'
+/// backlogs take it, and this replica's WebSocket clients get it back
+/// through its listener (as every replica's do), so never twice.
+async fn publish_durable(
+    shared: &GatewayState,
+    channel: &ChannelKey,
+    payload: Payload,
+    key: Option<String>,
+) -> Result<Published, Refused> {
+    let Some(durable) = shared.durable.as_ref() else {
+        return Err(no_broker(channel));
+    };
+    let routes = shared.index.routes(channel);
+    // A retried publish (same key) waits for the first; once confirmed,
+    // it is not written again.
+    let mut record = match &key {
+        Some(key) => Some(shared.recent.lock(channel, key).await),
+        None => None,
+    };
+    let mut message = Message::new(
+        payload,
+        Origin::Published,
+        translate::channel_source(&channel.namespace, &channel.name),
+    );
+    if let Some(id) = record.as_ref().and_then(|r| r.id.clone()) {
+        message = message.with_id(id);
+    }
+    if let Some(record) = record.as_mut() {
+        record.id.get_or_insert_with(|| message.id().to_owned());
+        if record.dispatched {
+            shared.recent.skipped_subscribers();
+            return Ok(Published {
+                id: message.id().to_owned(),
+                subscribers: 0,
+                bridges: 0,
+                durable: true,
+            });
+        }
+    }
+    if let Err(e) = durable.publish(channel, &message).await {
+        tracing::warn!(%channel, error = %e, "the broker did not confirm a publish");
+        return Err(Refused {
+            retry_after: Some(1),
+            ..unpublished(
+                StatusCode::SERVICE_UNAVAILABLE,
+                BROKER_UNAVAILABLE,
+                format!("{e}; nothing was accepted, retry later"),
+            )
+        });
+    }
+    if let Some(record) = record.as_mut() {
+        record.dispatched = true;
+    }
+    shared
+        .dataplane
+        .published
+        .get_or_create(&ChannelLabels {
+            channel: channel.to_string(),
+        })
+        .inc();
+    Ok(Published {
+        id: message.id().to_owned(),
+        subscribers: routes.subscribers.len(),
+        bridges: routes.bridges.len(),
+        durable: true,
+    })
 }
 
 /// Publishes a message that passed its checks and was read (an HTTP body,
@@ -133,6 +253,9 @@ pub(crate) async fn publish_payload(
     payload: Payload,
     key: Option<String>,
 ) -> Result<Published, Refused> {
+    if shared.is_durable(channel) {
+        return publish_durable(shared, channel, payload, key).await;
+    }
     let routes = shared.index.routes(channel);
     let facts = shared.channels.read().ok().and_then(|c| c.get(channel).copied());
     if let Some(expected) = facts.map(|f| f.bridges).filter(|n| *n > routes.bridges.len()) {
@@ -261,6 +384,7 @@ pub(crate) async fn publish_payload(
         id: message.id().to_owned(),
         subscribers,
         bridges: targets.len(),
+        durable: false,
     })
 }
 

@@ -10,7 +10,18 @@
 //! What they receive: a `memory` channel lives in its worker's and each
 //! gateway replica's memory, so no replica sees all of its messages, and a
 //! subscription is refused (409 `ChannelNotShared`) with what to do about
-//! it. Frames and `Publish` commands are publishes on any channel.
+//! it. A `rabbitmq` channel is served: while this replica has at least one
+//! client of it, it consumes an exclusive queue of its own bound to the
+//! channel's exchange with `#`
+//! ([`wsbridge_broker::topology::declare_channel_listener`]), which gets
+//! everything the channel carries, whoever wrote it (endpoint messages,
+//! publishes through any replica, MQTT and AMQP publishes), and broadcasts
+//! it to this replica's clients; the listener stops a second or so after
+//! the last client left (its queue goes with it). The replica's own
+//! publishes come back through that queue too, so they are never handed to
+//! clients directly: each client gets each message once. Without a broker
+//! such a subscription is refused (503 `NoBroker`). Frames and `Publish`
+//! commands are publishes on any channel.
 
 use std::sync::Arc;
 
@@ -128,6 +139,19 @@ impl ChannelHub for GatewayHub {
     }
 
     fn join(&self, channel: ChannelKey) -> Result<ClientFeed, Refusal> {
+        if self.shared.is_durable(&channel) {
+            let Some(durable) = self.shared.durable.as_ref() else {
+                let refused = crate::publish::no_broker(&channel);
+                return Err(Refusal::new(refused.status, refused.reason, refused.message));
+            };
+            let feed = self.shared.clients.join(channel.clone()).map_err(|e| {
+                Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "TooManyClients", e.to_string())
+            })?;
+            // After the join: the sweep that stops listeners without
+            // clients counts this one.
+            self.shared.listen(durable, &channel);
+            return Ok(feed);
+        }
         Err(Refusal::new(
             StatusCode::CONFLICT,
             "ChannelNotShared",
@@ -144,8 +168,8 @@ impl ChannelHub for GatewayHub {
             .map_err(|refused| Refusal::new(refused.status, refused.reason, refused.message))
     }
 
-    fn count_unresponsive(&self, _channel: &ChannelKey) {
-        // No gateway client is ever joined to a channel (see `join`).
+    fn count_unresponsive(&self, channel: &ChannelKey) {
+        self.shared.clients.count_unresponsive(channel);
     }
 }
 
