@@ -22,7 +22,9 @@ use std::time::Duration;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use lapin::Acker;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+};
 use lapin::types::FieldTable;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -169,6 +171,8 @@ pub enum ConsumerState {
 pub struct ConsumerHandle {
     state: watch::Receiver<ConsumerState>,
     task: JoinHandle<()>,
+    /// Asks the consumer to stop taking messages and finish what it holds.
+    stop: watch::Sender<bool>,
 }
 
 impl Drop for ConsumerHandle {
@@ -205,8 +209,24 @@ impl ConsumerHandle {
 
     fn start(broker: Broker, source: Source, deliver: Deliver) -> Self {
         let (tx, rx) = watch::channel(ConsumerState::Waiting("starting".into()));
-        let task = tokio::spawn(run(broker, source, deliver, tx));
-        Self { state: rx, task }
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(run(broker, source, deliver, tx, stopped));
+        Self {
+            state: rx,
+            task,
+            stop,
+        }
+    }
+
+    /// Stops gracefully: the broker sends nothing more (the consumer is
+    /// cancelled), the messages at hand finish their delivery and are
+    /// acknowledged as usual within `drain`; whatever is still held then
+    /// (or could not be delivered yet) goes back to the queue.
+    pub async fn stop(mut self, drain: Duration) {
+        self.stop.send_replace(true);
+        let _ = tokio::time::timeout(drain, &mut self.task).await;
+        // Dropped: aborted if it did not finish (its channel closes and the
+        // broker takes back what it held).
     }
 
     /// The state now.
@@ -223,14 +243,35 @@ impl ConsumerHandle {
     }
 }
 
-async fn run(broker: Broker, spec: Source, deliver: Deliver, state: watch::Sender<ConsumerState>) {
+async fn run(
+    broker: Broker,
+    spec: Source,
+    deliver: Deliver,
+    state: watch::Sender<ConsumerState>,
+    mut stop: watch::Receiver<bool>,
+) {
     let queue = spec.queue();
     let mut backoff = ReconnectBackoff::new(Duration::from_millis(200), Duration::from_secs(10));
     loop {
-        let Some((connection, generation)) = broker.connected().await else {
+        let connected = tokio::select! {
+            connected = broker.connected() => connected,
+            () = async { let _ = stop.wait_for(|s| *s).await; } => return,
+        };
+        let Some((connection, generation)) = connected else {
             return;
         };
-        let reason = match consume(&broker, &connection, generation, &spec, &queue, &deliver, &state).await {
+        let session = consume(
+            &broker,
+            &connection,
+            generation,
+            &spec,
+            &queue,
+            &deliver,
+            &state,
+            &mut stop,
+        );
+        let reason = match session.await {
+            _ if *stop.borrow() => return,
             Ok(()) => {
                 backoff.reset();
                 "the broker ended the consumer".to_string()
@@ -248,7 +289,9 @@ async fn run(broker: Broker, spec: Source, deliver: Deliver, state: watch::Sende
 /// connection dies, so the broker's state is watched too). Messages
 /// unacknowledged when it ends are returned to the queue by the broker
 /// (their channel is gone) and delivered again: at least once, duplicates
-/// identified by `ce-id`.
+/// identified by `ce-id`. Asked to `stop`, it cancels its consumer and
+/// returns once the messages at hand are settled.
+#[allow(clippy::too_many_arguments)]
 async fn consume(
     broker: &Broker,
     connection: &lapin::Connection,
@@ -257,6 +300,7 @@ async fn consume(
     queue: &str,
     deliver: &Deliver,
     state: &watch::Sender<ConsumerState>,
+    stop: &mut watch::Receiver<bool>,
 ) -> Result<(), String> {
     let mut link = broker.link();
     let declared = async {
@@ -264,17 +308,19 @@ async fn consume(
         ch.basic_qos(spec.prefetch(), BasicQosOptions::default()).await?;
         spec.declare(&ch).await?;
         let owner = spec.owner();
-        ch.basic_consume(
-            queue.into(),
-            format!("wsbridge-{}-{}", owner.namespace, owner.name).into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
+        let consumer = ch
+            .basic_consume(
+                queue.into(),
+                format!("wsbridge-{}-{}", owner.namespace, owner.name).into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok::<_, lapin::Error>((ch, consumer))
     };
     // Opening a channel on a connection that just died can hang: the
     // connection's loss, or a deadline, ends the wait.
-    let mut consumer = tokio::select! {
+    let (ch, mut consumer) = tokio::select! {
         consumer = tokio::time::timeout(SETUP_TIMEOUT, declared) => match consumer {
             Ok(consumer) => consumer.map_err(|e| e.to_string())?,
             Err(_) => return Err(format!("no consumer within {SETUP_TIMEOUT:?}")),
@@ -285,19 +331,37 @@ async fn consume(
     state.send_replace(ConsumerState::Consuming { generation });
 
     let mut settling: FuturesUnordered<Handing> = FuturesUnordered::new();
+    let mut stopping = false;
     loop {
+        if stopping && settling.is_empty() {
+            return Ok(());
+        }
         tokio::select! {
             Some((held, outcome)) = settling.next(), if !settling.is_empty() => {
                 match next_step(outcome) {
                     Step::Ack => held.ack().await,
                     Step::Requeue => held.requeue().await,
+                    // Stopping: not handed in again here; another consumer
+                    // (or this one after a restart) delivers it.
+                    Step::Retry if stopping => held.requeue().await,
                     // Kept at hand and handed in again, not returned to the
                     // queue: a quorum queue would put it behind the messages
                     // that came after it.
                     Step::Retry => settling.push(Box::pin(held.hand_in_after(REDELIVERY_PAUSE, deliver.clone()))),
                 }
             }
-            delivery = consumer.next() => {
+            () = async { let _ = stop.wait_for(|s| *s).await; }, if !stopping => {
+                stopping = true;
+                // Nothing more comes; what arrived meanwhile is never
+                // handed in and goes back with the channel.
+                let tag = consumer.tag();
+                let _ = tokio::time::timeout(
+                    SETTLE_TIMEOUT,
+                    ch.basic_cancel(tag, BasicCancelOptions::default()),
+                )
+                .await;
+            }
+            delivery = consumer.next(), if !stopping => {
                 let delivery = match delivery {
                     Some(Ok(delivery)) => delivery,
                     Some(Err(e)) => return Err(e.to_string()),

@@ -282,6 +282,16 @@ impl Durable {
     }
 }
 
+impl BrokerUrl {
+    /// The URL with its credentials, for the one place it is handed on to
+    /// another process: the controller writes it into the Secret of each
+    /// Bridge on a `rabbitmq` Channel, which the Bridge's worker reads
+    /// through `secretKeyRef`. Never log, format or store it elsewhere.
+    pub fn with_credentials(&self) -> &str {
+        self.expose()
+    }
+}
+
 /// A running consumer of a Subscription's or a Bridge's queue; stops when
 /// dropped (its unacknowledged messages go back to the queue).
 pub struct DurableConsumer {
@@ -295,6 +305,13 @@ impl DurableConsumer {
     /// The queue it consumes.
     pub fn queue(&self) -> &str {
         &self.queue
+    }
+
+    /// Stops gracefully (see [`ConsumerHandle::stop`]): nothing more is
+    /// taken, what is at hand finishes within `drain`, the rest goes back
+    /// to the queue.
+    pub async fn stop(self, drain: Duration) {
+        self.handle.stop(drain).await;
     }
 
     /// Whether it consumes now.
