@@ -63,6 +63,13 @@ impl LocalPod {
         None
     }
 
+    /// SIGKILL: the process gets no chance to clean up (as an OOM kill or
+    /// a node loss).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
