@@ -26,7 +26,7 @@ pub struct Cli {
     #[arg(long, global = true, value_enum, default_value_t = LogFormatArg::Text, env = "WSBRIDGE_LOG_FORMAT")]
     pub log_format: LogFormatArg,
     /// Event-loop threads; 0 means one per CPU. Default: 1 for `worker` and
-    /// `standalone`, one per CPU for `gateway` and `controller`.
+    /// `standalone`, one per CPU for `gateway`, `dispatcher` and `controller`.
     #[arg(long, global = true, value_name = "N", env = "WSBRIDGE_THREADS")]
     pub threads: Option<usize>,
     #[command(subcommand)]
@@ -90,6 +90,10 @@ pub enum Command {
         loops: SelfLoopArgs,
         #[command(flatten)]
         memory: MemoryArgs,
+        /// The broker of a `rabbitmq` Channel (the controller sets
+        /// WSBRIDGE_RABBITMQ_URL from the Bridge's Secret).
+        #[command(flatten)]
+        broker: BrokerArgs,
     },
     /// Run the publish gateway.
     Gateway {
@@ -122,6 +126,33 @@ pub enum Command {
         send_key_file: Option<PathBuf>,
         /// The broker of `backend: rabbitmq` Channels: their publishes are
         /// confirmed by it and their WebSocket clients served from it.
+        #[command(flatten)]
+        broker: BrokerArgs,
+    },
+    /// Run a dispatcher: consumes the backlog of every Subscription of a
+    /// `backend: rabbitmq` Channel and delivers it to its subscriber.
+    /// Stateless; run as many replicas as the load needs.
+    Dispatcher {
+        /// Address of `/healthz`, `/readyz` and `/metrics`.
+        #[arg(long, env = "WSBRIDGE_LISTEN", default_value = "0.0.0.0:8080")]
+        listen: SocketAddr,
+        /// Consume only this namespace's Subscriptions (default: all namespaces).
+        #[arg(long, env = "WSBRIDGE_WATCH_NAMESPACE")]
+        namespace: Option<String>,
+        /// How long deliveries under way may take to finish at shutdown;
+        /// what is not delivered by then goes back to its queue.
+        #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+        drain_timeout: Duration,
+        /// Outbound destination policy for deliveries to subscribers and
+        /// dead-letter sinks.
+        #[command(flatten)]
+        destinations: DestinationArgs,
+        /// Destinations that would loop through wsbridge itself.
+        #[command(flatten)]
+        loops: SelfLoopArgs,
+        #[command(flatten)]
+        memory: MemoryArgs,
+        /// The broker whose backlogs it consumes (required).
         #[command(flatten)]
         broker: BrokerArgs,
     },
@@ -631,6 +662,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             destinations,
             loops,
             memory,
+            broker,
         } => {
             let advertise = pod_ip.map(|ip| format!("http://{}", SocketAddr::new(ip, listen.port())));
             let options = wsbridge_worker::WorkerOptions {
@@ -640,6 +672,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 drain: std::time::Duration::from_secs(10),
                 destinations: std::sync::Arc::new(loops.policy(&destinations, CLUSTER_DOMAIN)?),
                 memory_limit: memory.memory_limit,
+                broker: broker.url()?,
             };
             wsbridge_worker::run(options, kube::Client::try_default().await?).await?;
         }
@@ -670,6 +703,31 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 broker: broker.url()?,
             };
             wsbridge_gateway::run(options, kube::Client::try_default().await?).await?;
+        }
+        Command::Dispatcher {
+            listen,
+            namespace,
+            drain_timeout,
+            destinations,
+            loops,
+            memory,
+            broker,
+        } => {
+            let Some(broker) = broker.url()? else {
+                anyhow::bail!(
+                    "wsbridge dispatcher needs the RabbitMQ broker whose backlogs it consumes: \
+                     give --rabbitmq-url-file PATH or WSBRIDGE_RABBITMQ_URL (or --rabbitmq-url)"
+                );
+            };
+            let options = wsbridge_dispatcher::DispatcherOptions {
+                listen,
+                namespace,
+                broker,
+                destinations: Arc::new(loops.policy(&destinations, CLUSTER_DOMAIN)?),
+                memory_limit: memory.memory_limit,
+                drain: drain_timeout,
+            };
+            wsbridge_dispatcher::run(options, kube::Client::try_default().await?).await?;
         }
         Command::Standalone {
             files,

@@ -1,0 +1,257 @@
+//! What the API says, and which backlogs that makes this replica consume:
+//! the Channels (their backend and delivery defaults) and Subscriptions
+//! seen through the watches, kept in a routing index so that each
+//! Subscription's subscriber is built exactly as the worker, the gateway
+//! and standalone build it (channel defaults, retry, backoff, timeout,
+//! dead-letter sink). [`Catalog::wanted`] is a pure function of that state.
+
+use std::collections::{BTreeMap, HashMap};
+
+use wsbridge_api::{BacklogSpec, Channel, ChannelBackend, Subscription};
+use wsbridge_broker::topology::Backlog;
+use wsbridge_core::{ChannelKey, ObjectKey};
+use wsbridge_dataplane::delivery::{Ordering, SubscriberSpec};
+use wsbridge_dataplane::routing::RoutingIndex;
+use wsbridge_translate as translate;
+
+/// Why a Subscription's backlog is left in the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HoldReason {
+    /// It names a `signingSecretRef` and the dispatcher holds no signing
+    /// secrets: its deliveries would go out unsigned.
+    SigningUnavailable,
+}
+
+impl HoldReason {
+    /// The reason's word (metric label, logs).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HoldReason::SigningUnavailable => "SigningUnavailable",
+        }
+    }
+}
+
+/// What to do with one Subscription's backlog.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Want {
+    /// Consume it into the delivery engine as `subscriber`.
+    Consume {
+        channel: ChannelKey,
+        /// Boxed: the other variant is much smaller.
+        subscriber: Box<SubscriberSpec>,
+        backlog: Backlog,
+    },
+    /// Keep its queue declared (so nothing published is lost) and consume
+    /// nothing.
+    Hold {
+        channel: ChannelKey,
+        backlog: Backlog,
+        /// Declared with single active consumer, as its consumer would.
+        ordered: bool,
+        reason: HoldReason,
+    },
+}
+
+impl Want {
+    /// Why it is held, when it is.
+    pub fn hold_reason(&self) -> Option<HoldReason> {
+        match self {
+            Want::Hold { reason, .. } => Some(*reason),
+            Want::Consume { .. } => None,
+        }
+    }
+}
+
+/// A Subscription as far as the backlog goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Facts {
+    channel: ChannelKey,
+    backlog: Backlog,
+    signed: bool,
+}
+
+/// The Channels and Subscriptions seen so far.
+#[derive(Default)]
+pub struct Catalog {
+    index: RoutingIndex,
+    backends: HashMap<ChannelKey, ChannelBackend>,
+    subscriptions: HashMap<ObjectKey, Facts>,
+}
+
+impl Catalog {
+    /// A Channel was created or changed.
+    pub fn apply_channel(&mut self, key: ChannelKey, channel: &Channel) {
+        match translate::channel_info(&key.namespace, &channel.spec) {
+            Ok(info) => {
+                self.index.apply_channel(key.clone(), info);
+                self.backends.insert(key, channel.spec.backend());
+            }
+            Err(e) => {
+                tracing::warn!(channel = %key, error = %e, "ignoring an unusable Channel");
+                self.delete_channel(&key);
+            }
+        }
+    }
+
+    /// A Channel is gone.
+    pub fn delete_channel(&mut self, key: &ChannelKey) {
+        self.index.delete_channel(key);
+        self.backends.remove(key);
+    }
+
+    /// A Subscription was created or changed.
+    pub fn apply_subscription(&mut self, key: ObjectKey, subscription: &Subscription) {
+        let spec = &subscription.spec;
+        match translate::subscription_info(&key.namespace, spec) {
+            Ok(info) => {
+                let backlog = spec.backlog.as_ref();
+                let facts = Facts {
+                    channel: key.sibling(&spec.channel),
+                    backlog: Backlog {
+                        max_bytes: BacklogSpec::max_bytes(backlog),
+                        max_messages: BacklogSpec::max_messages(backlog),
+                    },
+                    signed: spec.signing_secret_ref.is_some(),
+                };
+                self.index.apply_subscription(key.clone(), info);
+                self.subscriptions.insert(key, facts);
+            }
+            Err(e) => {
+                tracing::warn!(subscription = %key, error = %e, "ignoring an unusable Subscription");
+                self.delete_subscription(&key);
+            }
+        }
+    }
+
+    /// A Subscription is gone.
+    pub fn delete_subscription(&mut self, key: &ObjectKey) {
+        self.index.delete_subscription(key);
+        self.subscriptions.remove(key);
+    }
+
+    /// Every Subscription of a `rabbitmq` Channel and what to do with its
+    /// backlog; the others (on `memory`, or on a Channel not seen) have
+    /// no backlog to consume.
+    pub fn wanted(&self) -> BTreeMap<ObjectKey, Want> {
+        let mut out = BTreeMap::new();
+        for (key, facts) in &self.subscriptions {
+            if self.backends.get(&facts.channel) != Some(&ChannelBackend::Rabbitmq) {
+                continue;
+            }
+            let routes = self.index.routes(&facts.channel);
+            let id = key.to_string();
+            let Some(subscriber) = routes.subscribers.iter().find(|s| s.id == id) else {
+                continue;
+            };
+            let want = if facts.signed {
+                Want::Hold {
+                    channel: facts.channel.clone(),
+                    backlog: facts.backlog,
+                    ordered: subscriber.policy.ordering == Ordering::Ordered,
+                    reason: HoldReason::SigningUnavailable,
+                }
+            } else {
+                Want::Consume {
+                    channel: facts.channel.clone(),
+                    subscriber: Box::new(subscriber.clone()),
+                    backlog: facts.backlog,
+                }
+            };
+            out.insert(key.clone(), want);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use wsbridge_api::{ChannelSpec, SubscriptionSpec};
+
+    fn channel(backend: &str, delivery: &str) -> Channel {
+        let spec: ChannelSpec =
+            serde_json_from(&format!(r#"{{"backend": "{backend}", "delivery": {delivery}}}"#));
+        Channel::new("c", spec)
+    }
+
+    fn subscription(extra: &str) -> Subscription {
+        let spec: SubscriptionSpec = serde_json_from(&format!(
+            r#"{{"channel": "c", "subscriber": {{"uri": "http://sub.example/in"}}{extra}}}"#
+        ));
+        Subscription::new("s", spec)
+    }
+
+    fn serde_json_from<T: serde::de::DeserializeOwned>(text: &str) -> T {
+        serde_json::from_str(text).expect("valid test object")
+    }
+
+    fn key(name: &str) -> ObjectKey {
+        ObjectKey::new("team", name)
+    }
+
+    #[test]
+    fn a_subscription_of_a_rabbitmq_channel_is_consumed_with_the_channel_defaults() {
+        let mut catalog = Catalog::default();
+        catalog.apply_channel(key("c"), &channel("rabbitmq", r#"{"retry": 7, "timeout": "3s"}"#));
+        catalog.apply_subscription(
+            key("s"),
+            &subscription(r#", "delivery": {"ordering": "unordered", "maxInFlight": 9}, "backlog": {"maxMessages": 500}"#),
+        );
+        let wanted = catalog.wanted();
+        let Some(Want::Consume {
+            channel,
+            subscriber,
+            backlog,
+        }) = wanted.get(&key("s"))
+        else {
+            panic!("not consumed: {wanted:?}");
+        };
+        assert_eq!(*channel, key("c"));
+        assert_eq!(subscriber.id, "team/s");
+        assert_eq!(subscriber.uri, "http://sub.example/in");
+        assert_eq!(subscriber.policy.retry, 7);
+        assert_eq!(subscriber.policy.timeout, Duration::from_secs(3));
+        assert_eq!(subscriber.policy.max_in_flight(), 9);
+        assert_eq!(backlog.max_messages, 500);
+        assert_eq!(backlog.max_bytes, BacklogSpec::DEFAULT_MAX_BYTES);
+    }
+
+    #[test]
+    fn memory_channels_unknown_channels_and_deleted_subscriptions_are_not_consumed() {
+        let mut catalog = Catalog::default();
+        catalog.apply_subscription(key("s"), &subscription(""));
+        assert!(catalog.wanted().is_empty(), "no Channel seen yet");
+        catalog.apply_channel(key("c"), &channel("memory", "{}"));
+        assert!(catalog.wanted().is_empty(), "memory channel");
+        catalog.apply_channel(key("c"), &channel("rabbitmq", "{}"));
+        assert_eq!(catalog.wanted().len(), 1);
+        catalog.apply_channel(key("c"), &channel("memory", "{}"));
+        assert!(catalog.wanted().is_empty(), "switched to memory");
+        catalog.apply_channel(key("c"), &channel("rabbitmq", "{}"));
+        catalog.delete_subscription(&key("s"));
+        assert!(catalog.wanted().is_empty(), "deleted");
+        catalog.apply_subscription(key("s"), &subscription(""));
+        catalog.delete_channel(&key("c"));
+        assert!(catalog.wanted().is_empty(), "channel deleted");
+    }
+
+    #[test]
+    fn a_signed_subscription_is_held_never_consumed_unsigned() {
+        let mut catalog = Catalog::default();
+        catalog.apply_channel(key("c"), &channel("rabbitmq", "{}"));
+        catalog.apply_subscription(
+            key("s"),
+            &subscription(r#", "signingSecretRef": {"name": "hook", "key": "secret"}"#),
+        );
+        assert_eq!(
+            catalog.wanted().get(&key("s")),
+            Some(&Want::Hold {
+                channel: key("c"),
+                backlog: Backlog::default(),
+                ordered: true,
+                reason: HoldReason::SigningUnavailable,
+            })
+        );
+    }
+}
