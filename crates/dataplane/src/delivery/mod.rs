@@ -11,6 +11,7 @@ mod pool;
 mod queue;
 mod settle;
 mod signing;
+pub mod signing_keys;
 mod state;
 mod subscriber;
 
