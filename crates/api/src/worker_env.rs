@@ -21,6 +21,10 @@ pub const BRIDGE_TOKEN: &str = "WSBRIDGE_BRIDGE_TOKEN";
 /// The credential the gateway presents on the worker's `POST /v1/send`
 /// (from the Bridge's own Secret, written by the controller).
 pub const SEND_CREDENTIAL: &str = "WSBRIDGE_SEND_CREDENTIAL";
+/// The broker's URL (`amqp://` or `amqps://`, credentials inside) for a
+/// Bridge on a `rabbitmq` Channel: from the Bridge's own Secret, where the
+/// controller copies the installation's broker URL.
+pub const RABBITMQ_URL: &str = "WSBRIDGE_RABBITMQ_URL";
 /// The worker's HTTP listener.
 pub const LISTEN: &str = "WSBRIDGE_LISTEN";
 /// The pod's IP, from the downward API: the worker's publish address.

@@ -144,6 +144,9 @@ pub struct Context {
     pub worker_pod_defaults: wsbridge_api::WorkerPodSpec,
     /// The installation key every Bridge's send credential is derived from.
     pub send_key: tokio::sync::watch::Receiver<super::send_key::KeyBytes>,
+    /// The broker of `rabbitmq` Channels, handed to their workers; `None`:
+    /// such Channels and their Bridges are `NoBroker`.
+    pub broker: Option<wsbridge_broker::BrokerUrl>,
 }
 
 pub(crate) fn namespace<K: Resource>(obj: &K) -> Result<String, Error> {
@@ -252,24 +255,14 @@ async fn send_secret_verdict(
     ns: &str,
     bridge_uid: &str,
     desired: &Secret,
-    credential: &wsbridge_core::SecretString,
 ) -> Result<Verdict, Error> {
     let name = desired.name_any();
-    let key = worker_objects::send_credential::KEY;
     if let Some(cached) = get(&ctx.stores.secrets, ns, &name) {
         if !controlled_by(&*cached, bridge_uid) {
             return Ok(Verdict::Foreign);
         }
-        let uid = cached.metadata.uid.as_deref().unwrap_or_default();
-        let want = super::caches::salted_digest(uid, credential.expose().as_bytes());
-        let have = cached.data.as_ref().and_then(|d| d.get(key));
-        let labelled = desired
-            .metadata
-            .labels
-            .iter()
-            .flatten()
-            .all(|(k, v)| cached.metadata.labels.as_ref().and_then(|l| l.get(k)) == Some(v));
-        return Ok(if have == Some(&want) && labelled {
+        let up_to_date = worker_objects::send_credential::cached_matches(desired, &cached);
+        return Ok(if up_to_date {
             Verdict::UpToDate
         } else {
             Verdict::Apply
@@ -299,7 +292,7 @@ async fn ensure_worker(
     ns: &str,
     bridge_uid: &str,
     objs: &worker_objects::WorkerObjects,
-    send: (&Secret, &wsbridge_core::SecretString),
+    send: &Secret,
 ) -> Result<Vec<&'static str>, Error> {
     let s = &ctx.stores;
     let sa = verdict(ctx, &s.service_accounts, ns, bridge_uid, &objs.service_account).await?;
@@ -310,7 +303,7 @@ async fn ensure_worker(
         Some(p) => verdict(ctx, &s.network_policies, ns, bridge_uid, p).await?,
         None => Verdict::UpToDate,
     };
-    let secret = send_secret_verdict(ctx, ns, bridge_uid, send.0, send.1).await?;
+    let secret = send_secret_verdict(ctx, ns, bridge_uid, send).await?;
     let foreign: Vec<&'static str> = [
         (sa, ServiceAccount::KIND),
         (role, Role::KIND),
@@ -341,7 +334,7 @@ async fn ensure_worker(
     }
     // The credential before the pod that reads it.
     if secret == Verdict::Apply {
-        apply(ctx, ns, send.0).await?;
+        apply(ctx, ns, send).await?;
     }
     if deployment == Verdict::Apply {
         apply(ctx, ns, &objs.deployment).await?;
@@ -375,6 +368,15 @@ pub async fn reconcile_bridge(bridge: Arc<Bridge>, ctx: Arc<Context>) -> Result<
         .and_then(|t| status::check_secret_key(&refs, t, "tokenSecretRef"));
     let worker_name = worker_objects::worker_name(&name);
     let existing = get(&ctx.stores.deployments, &ns, &worker_name);
+    let durable = channel
+        .as_ref()
+        .is_some_and(|c| c.spec.backend() == wsbridge_api::ChannelBackend::Rabbitmq);
+    // Its worker publishes to the broker and consumes its queue there.
+    let broker_url = ctx
+        .broker
+        .as_ref()
+        .filter(|_| durable)
+        .map(|url| wsbridge_core::SecretString::new(url.with_credentials()));
     let mut worker_conflict = None;
     if let (Some(_), Some(endpoint), Some(None), None) =
         (&channel, &endpoint, &endpoint_problem, &token_problem)
@@ -396,19 +398,30 @@ pub async fn reconcile_bridge(bridge: Arc<Bridge>, ctx: Arc<Context>) -> Result<
         let key = ctx.send_key.borrow().clone();
         let key = key.expect("the send key is read before any reconcile");
         let credential = wsbridge_dataplane::send_auth::credential(&key, &uid);
-        let send_secret = worker_objects::send_credential_secret(&bridge, &credential);
+        let send_secret = worker_objects::send_credential_secret(&bridge, &credential, broker_url.as_ref());
         entries.push(worker_objects::send_credential::config_entry(&name, &credential));
+        // A new broker URL rolls the worker too.
+        if let Some(url) = &broker_url {
+            entries.push(worker_objects::send_credential::broker_config_entry(
+                &name,
+                &credential,
+                url,
+            ));
+        }
         let sized = worker_objects::with_pod_defaults(&bridge, &ctx.worker_pod_defaults);
-        let objs = worker_objects::worker_objects(
+        let objs = worker_objects::build(
             &sized,
             endpoint,
-            &ctx.worker_image,
-            &worker_objects::config_hash(&entries),
-            &ctx.destinations,
-            ctx.worker_ingress.as_ref(),
-            &signed,
+            &worker_objects::WorkerInputs {
+                image: &ctx.worker_image,
+                config_hash: &worker_objects::config_hash(&entries),
+                destinations: &ctx.destinations,
+                ingress: ctx.worker_ingress.as_ref(),
+                signed: &signed,
+                broker_url: broker_url.is_some(),
+            },
         );
-        let foreign = ensure_worker(&ctx, &ns, &uid, &objs, (&send_secret, &credential)).await?;
+        let foreign = ensure_worker(&ctx, &ns, &uid, &objs, &send_secret).await?;
         if !foreign.is_empty() {
             worker_conflict = Some(format!(
                 "{} {worker_name} already exists and is not owned by this Bridge; \
@@ -421,6 +434,7 @@ pub async fn reconcile_bridge(bridge: Arc<Bridge>, ctx: Arc<Context>) -> Result<
         channel: &bridge.spec.channel,
         endpoint: &bridge.spec.endpoint,
         channel_exists: channel.is_some(),
+        no_broker: durable && ctx.broker.is_none(),
         endpoint_problem,
         token_problem,
         worker_conflict: worker_conflict.clone(),
@@ -468,7 +482,7 @@ pub async fn reconcile_channel(channel: Arc<Channel>, ctx: Arc<Context>) -> Resu
         .filter(|s| s.metadata.namespace.as_deref() == Some(&ns) && s.spec.channel == name)
         .count();
     let url = format!("{}/channels/{ns}/{name}", ctx.gateway_url.trim_end_matches('/'));
-    let decided = status::channel_ready(&channel.spec, &url);
+    let decided = status::channel_ready(&channel.spec, &url, ctx.broker.is_some());
     write_status(&ctx, &*channel, &decided, |conditions, generation| {
         ChannelStatus {
             address: Some(Addressable { url }),

@@ -125,10 +125,29 @@ pub fn endpoint_ready(ep: &Endpoint, refs: &dyn ConfigLookup) -> Decided {
         .unwrap_or_else(|| Decided::ok(READY, "Ready", "credentials and CA are present"))
 }
 
-/// The Channel's `Ready`: addressable at `url`. A memory channel that asks
-/// for anonymous remote subscribers is told that in a cluster it has none:
-/// its messages live in one process, which gateway replicas do not share.
-pub fn channel_ready(spec: &ChannelSpec, url: &str) -> Decided {
+/// `Ready=False`, reason `NoBroker`: a `rabbitmq` Channel (or a Bridge on
+/// one) in an installation without a broker.
+pub fn no_broker(what: &str) -> Decided {
+    Decided::failed(
+        READY,
+        "NoBroker",
+        format!(
+            "{what} backend rabbitmq, but this installation has no RabbitMQ broker: \
+             set the chart's `broker` values (broker.url, or broker.existingSecret) \
+             or use backend: memory"
+        ),
+    )
+}
+
+/// The Channel's `Ready`: addressable at `url`; a `rabbitmq` channel needs
+/// the installation's broker (`broker`: one is configured). A memory
+/// channel that asks for anonymous remote subscribers is told that in a
+/// cluster it has none: its messages live in one process, which gateway
+/// replicas do not share.
+pub fn channel_ready(spec: &ChannelSpec, url: &str, broker: bool) -> Decided {
+    if spec.backend() == ChannelBackend::Rabbitmq && !broker {
+        return no_broker("the Channel has");
+    }
     let mut message = format!("publish with POST {url}");
     if spec.allow_anonymous_subscribe && spec.backend() == ChannelBackend::Memory {
         message.push_str(
@@ -151,6 +170,8 @@ pub struct BridgeFacts<'a> {
     pub channel: &'a str,
     pub endpoint: &'a str,
     pub channel_exists: bool,
+    /// The Channel is `rabbitmq` and the installation has no broker.
+    pub no_broker: bool,
     /// `None`: no such Endpoint; `Some(Some(p))`: the Endpoint is unusable.
     pub endpoint_problem: Option<Option<Decided>>,
     /// A problem with `tokenSecretRef`.
@@ -171,6 +192,9 @@ pub fn bridge_ready(f: &BridgeFacts) -> Decided {
             "ChannelNotFound",
             format!("Channel {:?} does not exist; create it", f.channel),
         );
+    }
+    if f.no_broker {
+        return no_broker(&format!("Channel {:?} has", f.channel));
     }
     match &f.endpoint_problem {
         None => {

@@ -225,6 +225,7 @@ where
         worker_ingress,
         worker_pod_defaults: Default::default(),
         send_key: tokio::sync::watch::channel(Some(Arc::from(SEND_KEY))).1,
+        broker: None,
     });
     reconcile(Arc::new(obj), ctx).await.expect("reconcile succeeds");
     // The reconcile's clients are gone: the server sees its channel close.

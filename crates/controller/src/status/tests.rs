@@ -80,6 +80,7 @@ fn facts() -> BridgeFacts<'static> {
         channel: "c",
         endpoint: "e",
         channel_exists: true,
+        no_broker: false,
         endpoint_problem: Some(None),
         token_problem: None,
         worker_conflict: None,
@@ -252,15 +253,47 @@ fn denied_destinations_make_the_subscription_not_ready() {
 fn a_memory_channel_says_it_has_no_remote_subscribers() {
     let spec = |yaml: &str| serde_norway::from_str::<wsbridge_api::ChannelSpec>(yaml).unwrap();
     let url = "http://gw/channels/ns/c";
-    let plain = channel_ready(&spec("{}"), url);
+    let plain = channel_ready(&spec("{}"), url, false);
     assert!(plain.status && plain.message == format!("publish with POST {url}"));
-    let anonymous = channel_ready(&spec("{allowAnonymousSubscribe: true}"), url);
+    let anonymous = channel_ready(&spec("{allowAnonymousSubscribe: true}"), url, false);
     assert!(anonymous.status, "HTTP publishing and subscribing still work");
     assert!(
         anonymous.message.contains("backend: rabbitmq"),
         "{}",
         anonymous.message
     );
-    let durable = channel_ready(&spec("{allowAnonymousSubscribe: true, backend: rabbitmq}"), url);
+    let durable = channel_ready(
+        &spec("{allowAnonymousSubscribe: true, backend: rabbitmq}"),
+        url,
+        true,
+    );
     assert!(!durable.message.contains("no effect"), "{}", durable.message);
+}
+
+#[test]
+fn a_rabbitmq_channel_and_its_bridges_need_the_installations_broker() {
+    let spec = |yaml: &str| serde_norway::from_str::<wsbridge_api::ChannelSpec>(yaml).unwrap();
+    let url = "http://gw/channels/ns/c";
+    let durable = spec("{backend: rabbitmq}");
+    let missing = channel_ready(&durable, url, false);
+    assert_eq!((missing.status, missing.reason.as_str()), (false, "NoBroker"));
+    assert!(missing.message.contains("`broker` values"), "{}", missing.message);
+    assert!(channel_ready(&durable, url, true).status);
+    assert!(
+        channel_ready(&spec("{}"), url, false).status,
+        "a memory channel needs no broker"
+    );
+    let f = BridgeFacts {
+        no_broker: true,
+        connected: false,
+        ..facts()
+    };
+    let decided = bridge_ready(&f);
+    assert_eq!((decided.status, decided.reason.as_str()), (false, "NoBroker"));
+    assert!(decided.message.contains("\"c\""), "{}", decided.message);
+    let gone = BridgeFacts {
+        channel_exists: false,
+        ..f
+    };
+    assert_eq!(bridge_ready(&gone).reason, "ChannelNotFound");
 }

@@ -24,7 +24,7 @@ use wsbridge_dataplane::DestinationPolicy;
 /// The worker's HTTP port (probes, metrics, `POST /v1/send`).
 pub(super) const PORT: i32 = 8080;
 
-fn secret_env(name: &str, secret: &str, key: &str, optional: bool) -> EnvVar {
+pub(super) fn secret_env(name: &str, secret: &str, key: &str, optional: bool) -> EnvVar {
     EnvVar {
         name: name.into(),
         value_from: Some(EnvVarSource {
@@ -185,12 +185,16 @@ pub(super) fn pod_selector(bridge: &str) -> BTreeMap<String, String> {
 pub(super) fn deployment(
     bridge: &Bridge,
     endpoint: &Endpoint,
-    image: &str,
-    config_hash: &str,
-    destinations: &DestinationPolicy,
-    signed: &[super::SignedSubscription],
+    inputs: &super::WorkerInputs,
     meta: ObjectMeta,
 ) -> Deployment {
+    let super::WorkerInputs {
+        image,
+        config_hash,
+        destinations,
+        signed,
+        ..
+    } = *inputs;
     let ns = bridge.namespace().unwrap_or_default();
     let b = bridge.name_any();
     let name = meta.name.clone().unwrap_or_default();
@@ -215,6 +219,11 @@ pub(super) fn deployment(
         env: Some(
             [
                 worker_env(bridge, endpoint, destinations),
+                inputs
+                    .broker_url
+                    .then(|| super::send_credential::broker_url_env(&b))
+                    .into_iter()
+                    .collect(),
                 super::signing::signing_env(signed),
             ]
             .concat(),

@@ -145,11 +145,13 @@ fn labels(bridge: &str) -> BTreeMap<String, String> {
     ])
 }
 
-/// The Secret with the Bridge's send credential: the worker's name,
-/// labels and owner, like the other worker objects.
+/// The Bridge's own Secret (its send credential and, on a `rabbitmq`
+/// Channel, the broker's URL): the worker's name, labels and owner, like
+/// the other worker objects.
 pub fn send_credential_secret(
     bridge: &Bridge,
     credential: &wsbridge_core::SecretString,
+    broker_url: Option<&wsbridge_core::SecretString>,
 ) -> k8s_openapi::api::core::v1::Secret {
     let b = bridge.name_any();
     let meta = ObjectMeta {
@@ -159,11 +161,30 @@ pub fn send_credential_secret(
         owner_references: Some(bridge.controller_owner_ref(&()).into_iter().collect()),
         ..Default::default()
     };
-    send_credential::secret(meta, credential)
+    send_credential::secret(meta, credential, broker_url)
 }
 
-/// Builds the worker objects. The Deployment carries [`APPLIED_HASH`] over
-/// all of them; `signed` are the Subscriptions whose deliveries it signs.
+/// What a Bridge's worker objects are built from, besides the Bridge and
+/// its Endpoint.
+#[derive(Clone, Copy, Debug)]
+pub struct WorkerInputs<'a> {
+    /// The worker image.
+    pub image: &'a str,
+    /// Hash of what the worker reads (see [`config_hash`]): a change rolls it.
+    pub config_hash: &'a str,
+    /// Where the worker may connect and deliver.
+    pub destinations: &'a DestinationPolicy,
+    /// Who may reach the worker; `None`: no NetworkPolicy.
+    pub ingress: Option<&'a WorkerIngress>,
+    /// The Subscriptions whose deliveries it signs.
+    pub signed: &'a [SignedSubscription],
+    /// The worker reads the broker's URL from the Bridge's Secret (a
+    /// Bridge on a `rabbitmq` Channel, in an installation with a broker).
+    pub broker_url: bool,
+}
+
+/// Builds the worker objects of a Bridge on a `memory` Channel (see
+/// [`build`]).
 pub fn worker_objects(
     bridge: &Bridge,
     endpoint: &Endpoint,
@@ -173,6 +194,23 @@ pub fn worker_objects(
     ingress: Option<&WorkerIngress>,
     signed: &[SignedSubscription],
 ) -> WorkerObjects {
+    build(
+        bridge,
+        endpoint,
+        &WorkerInputs {
+            image,
+            config_hash,
+            destinations,
+            ingress,
+            signed,
+            broker_url: false,
+        },
+    )
+}
+
+/// Builds the worker objects. The Deployment carries [`APPLIED_HASH`] over
+/// all of them.
+pub fn build(bridge: &Bridge, endpoint: &Endpoint, inputs: &WorkerInputs) -> WorkerObjects {
     let b = bridge.name_any();
     let owner = bridge.controller_owner_ref(&()).into_iter().collect::<Vec<_>>();
     let meta = ObjectMeta {
@@ -183,11 +221,10 @@ pub fn worker_objects(
         ..Default::default()
     };
     let (service_account, role, role_binding) = rbac::rbac_objects(bridge, &meta);
-    let network_policy = ingress.map(|i| {
+    let network_policy = inputs.ingress.map(|i| {
         network_policy::network_policy(meta.clone(), deployment::pod_selector(&b), deployment::PORT, i)
     });
-    let mut deployment =
-        deployment::deployment(bridge, endpoint, image, config_hash, destinations, signed, meta);
+    let mut deployment = deployment::deployment(bridge, endpoint, inputs, meta);
     let mut h = Sha256::new();
     for part in [
         serde_json::to_vec(&service_account),
@@ -297,6 +334,64 @@ mod tests {
         assert_eq!(hash("img:1", "abc"), hash("img:1", "abc"));
         assert_ne!(hash("img:1", "abc"), hash("img:2", "abc"));
         assert_ne!(hash("img:1", "abc"), hash("img:1", "abd"));
+    }
+
+    #[test]
+    fn a_worker_on_the_broker_reads_its_url_from_the_bridge_secret() {
+        let (b, e) = fixture();
+        let policy = DestinationPolicy::default();
+        let objects = |broker_url: bool| {
+            build(
+                &b,
+                &e,
+                &WorkerInputs {
+                    image: "img:1",
+                    config_hash: "abc",
+                    destinations: &policy,
+                    ingress: None,
+                    signed: &[],
+                    broker_url,
+                },
+            )
+        };
+        let env = |w: &WorkerObjects| {
+            w.deployment
+                .spec
+                .as_ref()
+                .unwrap()
+                .template
+                .spec
+                .as_ref()
+                .unwrap()
+                .containers[0]
+                .env
+                .clone()
+                .unwrap()
+        };
+        let durable = objects(true);
+        let url = env(&durable)
+            .into_iter()
+            .find(|v| v.name == wsbridge_api::worker_env::RABBITMQ_URL)
+            .expect("the broker URL variable");
+        assert!(url.value.is_none(), "by reference only");
+        let r = url.value_from.unwrap().secret_key_ref.unwrap();
+        assert_eq!(
+            (r.name.as_str(), r.key.as_str()),
+            ("wsbridge-worker-feed", send_credential::BROKER_URL_KEY)
+        );
+        let memory = objects(false);
+        assert!(
+            env(&memory)
+                .iter()
+                .all(|v| v.name != wsbridge_api::worker_env::RABBITMQ_URL)
+        );
+        let hash =
+            |w: &WorkerObjects| w.deployment.metadata.annotations.as_ref().unwrap()[APPLIED_HASH].clone();
+        assert_ne!(hash(&durable), hash(&memory));
+        assert_eq!(
+            hash(&memory),
+            hash(&worker_objects(&b, &e, "img:1", "abc", &policy, None, &[]))
+        );
     }
 
     #[test]
