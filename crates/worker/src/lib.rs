@@ -3,9 +3,17 @@
 //!
 //! It reads its Bridge, Endpoint and Channel and follows the channel's
 //! Subscriptions live; secret values come from its environment (see [`env`]).
-//! A *session* runs for one Bridge spec: when the spec changes (another
-//! channel or endpoint), the session is replaced in-process, without a pod
-//! restart. Endpoint changes reconfigure the live connection.
+//! A *session* runs for one Bridge spec and the backend of its Channel:
+//! when the spec changes (another channel or endpoint) or the Channel moves
+//! between `memory` and `rabbitmq`, the session is replaced in-process,
+//! without a pod restart. Endpoint changes reconfigure the live connection.
+//!
+//! On a `memory` Channel the worker delivers endpoint messages to the
+//! channel's Subscriptions itself. On a `rabbitmq` Channel it publishes
+//! them to the broker with confirms (the dispatchers deliver each
+//! Subscription's backlog), and consumes the Bridge's queue of published
+//! messages out to its endpoint, so a publish accepted while the worker was
+//! away is sent once it is back.
 #![forbid(unsafe_code)]
 
 pub mod drop_events;
@@ -14,7 +22,8 @@ mod send;
 pub mod status;
 
 use std::net::SocketAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ObjectReference;
@@ -26,7 +35,8 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 use send::{SendSlot, SendTarget};
-use wsbridge_api::{Bridge, BridgeSpec, Channel, Endpoint, EndpointSpec, Subscription};
+use wsbridge_api::{Bridge, BridgeSpec, Channel, ChannelBackend, Endpoint, EndpointSpec, Subscription};
+use wsbridge_broker::{BrokerMetrics, BrokerUrl, Durable, DurableConsumer};
 use wsbridge_core::{ChannelKey, ObjectKey};
 use wsbridge_dataplane::budget::queue_budget;
 use wsbridge_dataplane::delivery::{DeliveryEngine, EngineConfig};
@@ -54,6 +64,9 @@ pub struct WorkerOptions {
     /// The memory the worker may use; queued messages take half of it
     /// (default: the pod's limit, read from its cgroup).
     pub memory_limit: Option<u64>,
+    /// The broker of a `rabbitmq` Channel (the controller writes it into the
+    /// pod of a Bridge on one); `None` on a `memory` Channel.
+    pub broker: Option<BrokerUrl>,
 }
 
 /// Runs the worker until SIGINT/SIGTERM, then drains.
@@ -73,6 +86,8 @@ pub struct Worker {
     drop_events: tokio::task::JoinHandle<()>,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
     sessions: tokio::task::JoinHandle<()>,
+    /// Keeps `/readyz` in step with the session and the broker.
+    readiness: tokio::task::JoinHandle<()>,
     stop: watch::Sender<bool>,
     drain: Duration,
     /// The bound HTTP address.
@@ -110,8 +125,17 @@ impl Worker {
             },
             metrics.clone(),
         ));
+        // Connecting (in the background) only when the pod has a broker:
+        // the controller gives one to the worker of a rabbitmq Channel.
+        let durable = options
+            .broker
+            .clone()
+            .map(|url| Durable::connect(url, BrokerMetrics::registered(&mut registry), "worker"));
         let ready = Readiness::default();
+        let synced = Readiness::default();
         let slot: SendSlot = Arc::new(RwLock::new(None));
+        let on_broker = Arc::new(AtomicBool::new(false));
+        let outbound: Outbound = Arc::default();
         let (stop, stopped) = watch::channel(false);
 
         let credential = send::credential_from_env(|k| std::env::var(k).ok());
@@ -125,6 +149,7 @@ impl Worker {
             slot.clone(),
             budget,
             credential,
+            on_broker.clone(),
         ));
         let mut http_stop = stopped.clone();
         let (addr, server) = ops::serve(options.listen, router, async move {
@@ -134,14 +159,26 @@ impl Worker {
         tracing::info!(%addr, bridge = %options.bridge, "worker listening");
 
         let drain = options.drain;
+        let readiness = tokio::spawn(follow_readiness(
+            ReadinessInputs {
+                synced: synced.clone(),
+                durable: durable.clone(),
+                on_broker: on_broker.clone(),
+                outbound: outbound.clone(),
+            },
+            ready,
+        ));
         let sessions = Sessions {
             client,
             options,
             engine: engine.clone(),
             metrics,
-            ready,
+            synced,
             slot,
             bridge_ref: Arc::new(bridge_ref),
+            durable,
+            on_broker,
+            outbound,
         };
         let sessions = tokio::spawn(sessions.run(stopped));
         Ok(Self {
@@ -149,6 +186,7 @@ impl Worker {
             drop_events,
             server,
             sessions,
+            readiness,
             stop,
             drain,
             addr,
@@ -165,6 +203,7 @@ impl Worker {
         if !ops::join_or_abort(&mut self.sessions, Duration::from_secs(15)).await {
             tracing::warn!("the session did not stop in time");
         }
+        self.readiness.abort();
         let report = self.engine.shutdown(self.drain).await;
         tracing::info!(?report, "deliveries drained");
         // A report still waiting for its interval is not made: the metrics
@@ -173,15 +212,76 @@ impl Worker {
     }
 }
 
+/// The consumer of the Bridge's queue of published messages (a session on
+/// a `rabbitmq` Channel, once its connection exists).
+type Outbound = Arc<Mutex<Option<DurableConsumer>>>;
+
+/// The Bridge's Channel as last seen: `None` until the first list,
+/// `Some(None)` while it does not exist.
+type ChannelView = Option<Option<Channel>>;
+
+/// The backend a session runs for (an absent Channel: `memory`, today's
+/// behaviour, which delivers to nobody).
+fn backend_of(view: &ChannelView) -> ChannelBackend {
+    view.as_ref()
+        .and_then(Option::as_ref)
+        .map_or(ChannelBackend::Memory, |c| c.spec.backend())
+}
+
+/// Follows the Channel `name` into `view`; only spec changes are news.
+async fn follow_channel(api: Api<Channel>, name: String, view: watch::Sender<ChannelView>) {
+    let cfg = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    follow(
+        api,
+        cfg,
+        |change| match change {
+            Change::Applied(c) => {
+                view.send_if_modified(|cur| {
+                    let changed = cur.as_ref().and_then(Option::as_ref).map(|c| &c.spec) != Some(&c.spec);
+                    if changed {
+                        *cur = Some(Some(c.clone()));
+                    }
+                    changed
+                });
+            }
+            Change::Deleted(_) => {
+                view.send_replace(Some(None));
+            }
+        },
+        || {
+            view.send_if_modified(|cur| {
+                let first = cur.is_none();
+                if first {
+                    *cur = Some(None);
+                }
+                first
+            });
+        },
+    )
+    .await
+}
+
 struct Sessions {
     client: Client,
     options: WorkerOptions,
     engine: Arc<DeliveryEngine>,
     metrics: Arc<DataplaneMetrics>,
-    ready: Readiness,
+    /// The session knows its Channel (and, on `memory`, its Subscriptions).
+    synced: Readiness,
     slot: SendSlot,
     /// The Bridge (with its UID) that Events are about.
     bridge_ref: Arc<watch::Sender<Option<ObjectReference>>>,
+    /// The broker, when the pod has its URL.
+    durable: Option<Arc<Durable>>,
+    /// The current session's Channel is `rabbitmq`.
+    on_broker: Arc<AtomicBool>,
+    outbound: Outbound,
+}
+
+/// Why the session loop ended a session.
+enum Next {
+    Restart(&'static str),
+    Exit,
 }
 
 impl Sessions {
@@ -224,43 +324,102 @@ impl Sessions {
         ));
         loop {
             let current = spec_rx.borrow_and_update().clone();
-            let session = current.map(|(spec, generation)| self.start_session(spec, generation));
-            if session.is_none() {
+            let Some((spec, generation)) = current else {
                 tracing::info!(bridge = %self.options.bridge, "waiting for the Bridge to exist");
-                self.ready.set(false);
-            }
-            tokio::select! {
-                changed = spec_rx.changed() => {
-                    if let Some(s) = session { s.stop(&self.engine, &self.slot).await; }
-                    if changed.is_err() { break; }
-                    tracing::info!(bridge = %self.options.bridge, "Bridge spec changed; restarting the session");
+                self.synced.set(false);
+                tokio::select! {
+                    changed = spec_rx.changed() => if changed.is_err() { break } else { continue },
+                    _ = stopped.wait_for(|s| *s) => break,
                 }
-                _ = async { let _ = stopped.wait_for(|s| *s).await; } => {
-                    if let Some(s) = session { s.stop(&self.engine, &self.slot).await; }
-                    break;
+            };
+            // The Channel's backend decides the session's shape: known first.
+            let (view_tx, mut view) = watch::channel::<ChannelView>(None);
+            let channel_follower = tokio::spawn(follow_channel(
+                Api::namespaced(self.client.clone(), &ns),
+                spec.channel.clone(),
+                view_tx,
+            ));
+            let next = tokio::select! {
+                known = view.wait_for(Option::is_some) => if known.is_ok() { None } else { Some(Next::Exit) },
+                changed = spec_rx.changed() => Some(if changed.is_ok() { Next::Restart("Bridge spec changed") } else { Next::Exit }),
+                _ = stopped.wait_for(|s| *s) => Some(Next::Exit),
+            };
+            let next = match next {
+                Some(next) => next,
+                None => {
+                    let backend = backend_of(&view.borrow());
+                    let session = self.start_session(spec, generation, backend, view.clone());
+                    let next = tokio::select! {
+                        changed = spec_rx.changed() => if changed.is_ok() { Next::Restart("Bridge spec changed") } else { Next::Exit },
+                        _ = view.wait_for(|v| backend_of(v) != backend) => Next::Restart("the Channel's backend changed"),
+                        _ = stopped.wait_for(|s| *s) => Next::Exit,
+                    };
+                    session.stop(&self.engine, &self.slot).await;
+                    next
+                }
+            };
+            channel_follower.abort();
+            match next {
+                Next::Exit => break,
+                Next::Restart(why) => {
+                    tracing::info!(bridge = %self.options.bridge, "{why}; restarting the session")
                 }
             }
         }
         follower.abort();
     }
 
-    fn start_session(&self, spec: BridgeSpec, generation: Option<i64>) -> Session {
+    fn start_session(
+        &self,
+        spec: BridgeSpec,
+        generation: Option<i64>,
+        backend: ChannelBackend,
+        view: watch::Receiver<ChannelView>,
+    ) -> Session {
         let ns = self.options.bridge.namespace.clone();
         let bridge_name = self.options.bridge.name.clone();
         let channel_key = ChannelKey::new(ns.clone(), spec.channel.clone());
-        let index = Arc::new(RoutingIndex::default());
-        let mut tasks = JoinSet::new();
+        let on_broker = backend == ChannelBackend::Rabbitmq;
+        self.on_broker.store(on_broker, Ordering::Relaxed);
+        let durable = self.durable.clone().filter(|_| on_broker);
+        tracing::info!(bridge = %self.options.bridge, channel = %channel_key, ?backend, "starting the session");
 
         // Connection state as users see it, also before a connection exists.
         let (state_tx, state_rx) = watch::channel(ConnectionState::Disconnected {
             reason: format!("waiting for Endpoint {}", spec.endpoint),
             retry_in: None,
         });
+        let sink = status::BridgeStatusSink {
+            api: Api::namespaced(self.client.clone(), &ns),
+            bridge: bridge_name.clone(),
+        };
+        if on_broker && durable.is_none() {
+            // Never delivered from memory instead: nothing is connected.
+            tracing::warn!(
+                bridge = %self.options.bridge,
+                variable = wsbridge_api::worker_env::RABBITMQ_URL,
+                "the Channel has backend rabbitmq but this pod has no broker URL; not connecting to the endpoint"
+            );
+            let status = tokio::spawn(status::report_as(
+                sink,
+                bridge_name,
+                generation,
+                self.options.advertise.clone(),
+                state_rx,
+                |state, _| status::no_broker_condition(state),
+            ));
+            self.synced.set(true);
+            return Session {
+                tasks: JoinSet::new(),
+                dispatcher: tokio::spawn(async {}),
+                status,
+                state: state_tx,
+                channel: channel_key,
+                outbound: None,
+            };
+        }
         let status = tokio::spawn(status::report(
-            status::BridgeStatusSink {
-                api: Api::namespaced(self.client.clone(), &ns),
-                bridge: bridge_name.clone(),
-            },
+            sink,
             bridge_name.clone(),
             spec.endpoint.clone(),
             generation,
@@ -268,12 +427,15 @@ impl Sessions {
             state_rx,
         ));
 
+        let mut tasks = JoinSet::new();
         let state = state_tx.clone();
         // The connection opens only once the subscribers are known: a
-        // message read before that would reach nobody.
-        let (routes_ready_tx, routes_ready) = watch::channel(false);
+        // message read before that would reach nobody. On the broker the
+        // Subscriptions are not this worker's business.
+        let (routes_ready_tx, routes_ready) = watch::channel(durable.is_some());
+        let source = translate::channel_source(&ns, &spec.channel);
         // Endpoint → connection config; the connection starts with the first valid one.
-        let (inbound_tx, mut inbound_rx) = mpsc::channel::<Arc<Message>>(1024);
+        let (inbound_tx, inbound_rx) = mpsc::channel::<Arc<Message>>(1024);
         tasks.spawn(follow_endpoint(
             Api::namespaced(self.client.clone(), &ns),
             spec.clone(),
@@ -285,14 +447,42 @@ impl Sessions {
                 state: state_tx,
                 routes_ready,
                 slot: self.slot.clone(),
-                source: translate::channel_source(&ns, &spec.channel),
+                source: source.clone(),
                 destinations: self.options.destinations.clone(),
+                outbound: durable.clone().map(|durable| OutboundQueue {
+                    durable,
+                    channel: channel_key.clone(),
+                    bridge: self.options.bridge.clone(),
+                    slot: self.outbound.clone(),
+                }),
             },
         ));
+
+        if let Some(durable) = durable {
+            // Endpoint messages → the channel's exchange, confirmed; never
+            // back out to an endpoint.
+            let dispatcher = tokio::spawn(publish_to_broker(
+                durable,
+                channel_key.clone(),
+                inbound_rx,
+                self.metrics.clone(),
+                source,
+            ));
+            self.synced.set(true);
+            return Session {
+                tasks,
+                dispatcher,
+                status,
+                state,
+                channel: channel_key,
+                outbound: Some(self.outbound.clone()),
+            };
+        }
 
         // Endpoint messages → the channel's subscribers. Never back out.
         let engine = self.engine.clone();
         let key = channel_key.clone();
+        let mut inbound_rx = inbound_rx;
         let dispatcher = tokio::spawn(async move {
             while let Some(message) = inbound_rx.recv().await {
                 engine.dispatch(&key, message);
@@ -300,11 +490,12 @@ impl Sessions {
         });
 
         // Channel and Subscriptions → routing index → delivery engine.
+        let index = Arc::new(RoutingIndex::default());
         let synced = Arc::new(std::sync::atomic::AtomicU8::new(0));
         let routes_ready_tx = Arc::new(routes_ready_tx);
         let mark_synced = |bit: u8| {
             let synced = synced.clone();
-            let ready = self.ready.clone();
+            let ready = self.synced.clone();
             let engine = self.engine.clone();
             let index = index.clone();
             let channel = channel_key.clone();
@@ -320,22 +511,10 @@ impl Sessions {
                 }
             }
         };
-        let channels: Api<Channel> = Api::namespaced(self.client.clone(), &ns);
-        let idx = index.clone();
-        let cfg = watcher::Config::default().fields(&format!("metadata.name={}", spec.channel));
-        let namespace = ns.clone();
-        tasks.spawn(follow(
-            channels,
-            cfg,
-            move |change| match change {
-                Change::Applied(c) => match translate::channel_info(&namespace, &c.spec) {
-                    Ok(info) => idx.apply_channel(wsbridge_k8s::follow::key_of(c), info),
-                    Err(e) => {
-                        tracing::warn!(channel = %c.name_any(), error = %e, "ignoring an unusable Channel")
-                    }
-                },
-                Change::Deleted(key) => idx.delete_channel(key),
-            },
+        tasks.spawn(apply_channel(
+            view,
+            index.clone(),
+            channel_key.clone(),
             mark_synced(0b01),
         ));
         let subscriptions: Api<Subscription> = Api::namespaced(self.client.clone(), &ns);
@@ -381,24 +560,145 @@ impl Sessions {
             status,
             state,
             channel: channel_key,
+            outbound: None,
         }
+    }
+}
+
+/// Applies the Channel to `index` on every change, `synced` after the first.
+async fn apply_channel(
+    mut view: watch::Receiver<ChannelView>,
+    index: Arc<RoutingIndex>,
+    key: ChannelKey,
+    synced: impl FnOnce(),
+) {
+    let mut synced = Some(synced);
+    loop {
+        let current = view.borrow_and_update().clone().flatten();
+        match current {
+            Some(c) => match translate::channel_info(&key.namespace, &c.spec) {
+                Ok(info) => index.apply_channel(key.clone(), info),
+                Err(e) => tracing::warn!(channel = %key, error = %e, "ignoring an unusable Channel"),
+            },
+            None => index.delete_channel(&key),
+        }
+        if let Some(synced) = synced.take() {
+            synced();
+        }
+        if view.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Publishes the endpoint's messages on `channel`'s exchange until the
+/// connection is gone, up to [`wsbridge_broker::MAX_UNCONFIRMED`] awaiting
+/// their confirm at once; what the broker did not confirm is counted as
+/// dropped (and in the broker's publish metrics).
+async fn publish_to_broker(
+    durable: Arc<Durable>,
+    channel: ChannelKey,
+    inbound: mpsc::Receiver<Arc<Message>>,
+    metrics: Arc<DataplaneMetrics>,
+    endpoint: String,
+) {
+    let done = |msg: &Arc<Message>, result: Result<(), wsbridge_broker::PublishError>| {
+        if let Err(e) = result {
+            metrics.drop_endpoint(&endpoint, "broker_unavailable");
+            tracing::debug!(id = msg.id(), error = %e, "endpoint message not confirmed by the broker; dropped");
+        }
+    };
+    durable.publish_all(&channel, inbound, done).await;
+}
+
+/// What `/readyz` is decided from.
+struct ReadinessInputs {
+    synced: Readiness,
+    durable: Option<Arc<Durable>>,
+    on_broker: Arc<AtomicBool>,
+    outbound: Outbound,
+}
+
+impl ReadinessInputs {
+    /// Ready once the session knows its Channel and, on a `rabbitmq`
+    /// Channel, while the broker is connected and the Bridge's queue is
+    /// consumed (`Err` says why not). Updates the broker metrics.
+    fn ready(&self) -> Result<(), String> {
+        if !self.synced.get() {
+            return Err("following the Bridge and its Channel".into());
+        }
+        if !self.on_broker.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let Some(durable) = &self.durable else {
+            return Err(format!(
+                "the Channel has backend rabbitmq but this pod has no broker URL ({})",
+                wsbridge_api::worker_env::RABBITMQ_URL
+            ));
+        };
+        let outbound = self.outbound.lock().unwrap_or_else(|p| p.into_inner());
+        durable.ready(outbound.iter())
+    }
+}
+
+/// Keeps `ready` in step with [`ReadinessInputs::ready`], logging each
+/// change, and asks the broker how deep the Bridge's queue is now and then
+/// (on the side: a slow broker never holds up `/readyz`).
+async fn follow_readiness(inputs: ReadinessInputs, ready: Readiness) {
+    let mut last: Option<Result<(), String>> = None;
+    let mut backlog: Option<tokio::task::JoinHandle<()>> = None;
+    for tick in 0u64.. {
+        let now = inputs.ready();
+        ready.set(now.is_ok());
+        if last.as_ref() != Some(&now) {
+            match &now {
+                Ok(()) => tracing::info!("ready"),
+                Err(why) => tracing::warn!(reason = %why, "not ready"),
+            }
+            last = Some(now);
+        }
+        if tick.is_multiple_of(20)
+            && backlog.as_ref().is_none_or(|t| t.is_finished())
+            && let Some(durable) = inputs.durable.clone()
+        {
+            let queues: Vec<String> = inputs
+                .outbound
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .map(|c| c.queue().to_string())
+                .collect();
+            backlog = Some(tokio::spawn(
+                async move { durable.observe_backlogs(queues).await },
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 
 struct Session {
     tasks: JoinSet<()>,
-    /// Endpoint messages → the delivery engine; ends once the connection
-    /// (the last inbound sender) is gone and everything it read is dispatched.
+    /// Endpoint messages → the delivery engine or the broker; ends once the
+    /// connection (the last inbound sender) is gone and everything it read
+    /// is dispatched (or confirmed).
     dispatcher: tokio::task::JoinHandle<()>,
     /// Writes `Connected`; ends after writing the last state once every
     /// state sender is gone.
     status: tokio::task::JoinHandle<()>,
     state: watch::Sender<ConnectionState>,
     channel: ChannelKey,
+    /// On a `rabbitmq` Channel: where the consumer of the Bridge's queue is.
+    outbound: Option<Outbound>,
 }
 
 impl Session {
     async fn stop(mut self, engine: &DeliveryEngine, slot: &SendSlot) {
+        // Nothing more is taken from the Bridge's queue: what the consumer
+        // holds unacknowledged goes back to the broker.
+        if let Some(outbound) = &self.outbound {
+            let consumer = outbound.lock().unwrap_or_else(|p| p.into_inner()).take();
+            drop(consumer);
+        }
         // Close the connection first: it sends what was accepted for the
         // endpoint, then stops reading.
         let target = slot.write().ok().and_then(|mut s| s.take());
@@ -414,8 +714,8 @@ impl Session {
         self.state.send_replace(ConnectionState::Stopped);
         drop(self.state);
         ops::join_or_abort(&mut self.status, Duration::from_secs(5)).await;
-        // Everything the connection read reaches the engine.
-        if !ops::join_or_abort(&mut self.dispatcher, Duration::from_secs(5)).await {
+        // Everything the connection read reaches the engine (or the broker).
+        if !ops::join_or_abort(&mut self.dispatcher, Duration::from_secs(10)).await {
             tracing::warn!("endpoint messages still undispatched; dropping them");
         }
         // Subscribers of a channel this worker no longer serves drain and go.
@@ -433,6 +733,17 @@ struct EndpointRuntime {
     routes_ready: watch::Receiver<bool>,
     slot: SendSlot,
     source: String,
+    /// On a `rabbitmq` Channel: the Bridge's queue of published messages,
+    /// consumed out to the connection once it exists.
+    outbound: Option<OutboundQueue>,
+}
+
+/// The Bridge's queue of published messages in the broker.
+struct OutboundQueue {
+    durable: Arc<Durable>,
+    channel: ChannelKey,
+    bridge: ObjectKey,
+    slot: Outbound,
 }
 
 /// Follows the Bridge's Endpoint: starts the connection with the first
@@ -508,8 +819,19 @@ async fn connect(mut configs: watch::Receiver<Option<EndpointConfig>>, mut rt: E
         },
         live_rx,
         rt.inbound,
-        rt.metrics,
+        rt.metrics.clone(),
     ));
+    if let Some(queue) = &rt.outbound {
+        // Published messages wait in the broker while the endpoint is not
+        // connected, and leave the queue once the connection took them.
+        let consumer = queue.durable.consume_bridge(
+            &queue.channel,
+            &queue.bridge,
+            Arc::downgrade(&handle),
+            rt.metrics.clone(),
+        );
+        *queue.slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(consumer);
+    }
     if let Ok(mut slot) = rt.slot.write() {
         *slot = Some(SendTarget {
             handle: handle.clone(),

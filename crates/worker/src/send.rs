@@ -2,11 +2,16 @@
 //! authorized the publisher and delivers to subscribers itself; the worker
 //! only sends the message out to its endpoint (so nothing is delivered twice).
 //!
+//! On a `rabbitmq` Channel the gateway publishes to the broker instead,
+//! and the worker sends out what the Bridge's queue there holds: a send
+//! gets `409` with reason `ChannelIsDurable`.
+//!
 //! Only the gateway may send: each request presents the Bridge's send
 //! credential (`Authorization: Bearer`, see
 //! [`wsbridge_dataplane::send_auth`]), which the worker holds from its
 //! environment; anything else gets `401` and sends nothing.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use axum::Router;
@@ -44,6 +49,8 @@ struct SendState {
     /// What a sender must present; `None` (no credential in the pod)
     /// refuses every send.
     credential: Option<SecretString>,
+    /// The current session's Channel is `rabbitmq`.
+    on_broker: Arc<AtomicBool>,
 }
 
 /// The send credential from the pod's environment (an empty value counts
@@ -55,11 +62,17 @@ pub fn credential_from_env(lookup: impl Fn(&str) -> Option<String>) -> Option<Se
 }
 
 /// The send route.
-pub fn router(slot: SendSlot, budget: Arc<MemoryBudget>, credential: Option<SecretString>) -> Router {
+pub fn router(
+    slot: SendSlot,
+    budget: Arc<MemoryBudget>,
+    credential: Option<SecretString>,
+    on_broker: Arc<AtomicBool>,
+) -> Router {
     Router::new().route("/v1/send", post(send)).with_state(SendState {
         slot,
         budget,
         credential,
+        on_broker,
     })
 }
 
@@ -77,6 +90,7 @@ async fn send(
         slot,
         budget,
         credential,
+        on_broker,
     }): State<SendState>,
     headers: HeaderMap,
     body: Body,
@@ -91,6 +105,14 @@ async fn send(
         } else {
             "the send credential is not this Bridge's"
         });
+    }
+    if on_broker.load(Ordering::Relaxed) {
+        return publish::error(
+            StatusCode::CONFLICT,
+            "ChannelIsDurable",
+            "this Bridge's Channel has backend rabbitmq: publishes reach the endpoint through the broker \
+             (publish on the Channel's address), not through the worker",
+        );
     }
     let target = slot.read().map(|s| s.clone()).unwrap_or_default();
     let Some(target) = target else {

@@ -74,6 +74,26 @@ pub fn condition_for(state: &ConnectionState, endpoint: &str) -> ConnectedCondit
     }
 }
 
+/// The condition of a session that cannot run: its Channel has backend
+/// `rabbitmq` but the pod has no broker URL (the controller gives one to
+/// the worker of such a Channel when the installation has a broker, and
+/// rolls the worker when the Channel changes backend).
+pub fn no_broker_condition(state: &ConnectionState) -> ConnectedCondition {
+    if *state == ConnectionState::Stopped {
+        return condition_for(state, "");
+    }
+    ConnectedCondition {
+        connected: false,
+        reason: "NoBroker",
+        message: format!(
+            "the Channel has backend rabbitmq but this worker has no broker URL ({}): \
+             not connecting, and not delivering from memory instead; \
+             the controller writes it when the installation has a broker",
+            wsbridge_api::worker_env::RABBITMQ_URL
+        ),
+    }
+}
+
 fn round_ms(d: Duration) -> Duration {
     Duration::from_millis(d.as_millis() as u64)
 }
@@ -153,7 +173,28 @@ pub async fn report(
     endpoint: String,
     generation: Option<i64>,
     address: Option<String>,
+    states: watch::Receiver<ConnectionState>,
+) {
+    report_as(
+        sink,
+        bridge,
+        generation,
+        address,
+        states,
+        move |state, decided| stable_condition(state, decided, &endpoint),
+    )
+    .await
+}
+
+/// [`report`], with the condition of each state decided by `decide` (given
+/// the one decided before).
+pub async fn report_as(
+    sink: impl StatusSink,
+    bridge: String,
+    generation: Option<i64>,
+    address: Option<String>,
     mut states: watch::Receiver<ConnectionState>,
+    decide: impl Fn(&ConnectionState, Option<&ConnectedCondition>) -> ConnectedCondition,
 ) {
     let mut written: Option<ConnectedCondition> = None;
     let mut transition = Timestamp::now();
@@ -163,7 +204,7 @@ pub async fn report(
     let mut open = true;
     let mut decided: Option<ConnectedCondition> = None;
     loop {
-        let wanted = stable_condition(&states.borrow_and_update(), decided.as_ref(), &endpoint);
+        let wanted = decide(&states.borrow_and_update(), decided.as_ref());
         decided = Some(wanted.clone());
         if written.as_ref() == Some(&wanted) {
             if !open || states.changed().await.is_err() {
