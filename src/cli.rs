@@ -427,6 +427,11 @@ pub struct ControllerArgs {
     /// workers.
     #[command(flatten)]
     pub broker: BrokerArgs,
+    /// Secret, in the controller's namespace, where the controller keeps a
+    /// copy of every usable signing secret (one key per signed
+    /// Subscription) for the gateway and the dispatcher, which mount it.
+    #[arg(long, env = "WSBRIDGE_DELIVERY_KEYS_SECRET", default_value = "wsbridge-delivery-keys")]
+    pub delivery_keys_secret: String,
 }
 
 /// Where the controller keeps the installation key of the workers' send
@@ -522,6 +527,10 @@ impl ControllerArgs {
             worker_ingress: self.worker_ingress.ingress()?,
             worker_pod_defaults: self.worker_pod_defaults.map(|spec| *spec).unwrap_or_default(),
             destinations: Arc::new(self.loops.policy(&self.destinations, &self.cluster_domain)?),
+            delivery_keys: wsbridge_controller::send_key::SendKeySecret {
+                namespace: self.send_key.send_key_namespace.clone(),
+                name: self.delivery_keys_secret,
+            },
             send_key: wsbridge_controller::send_key::SendKeySecret {
                 namespace: self.send_key.send_key_namespace,
                 name: self.send_key.send_key_secret,

@@ -16,7 +16,7 @@ use super::caches::{self, Caches};
 use super::metrics::Metrics;
 use super::reconcile::{self, Context, error_policy};
 use super::triggers::{self, over};
-use super::{Options, broker_topology, send_key, worker_objects};
+use super::{Options, broker_topology, delivery_keys, send_key, worker_objects};
 use wsbridge_http::ops::Readiness;
 
 /// Starts the watches and the four controllers; returns only if they end.
@@ -87,9 +87,20 @@ pub(crate) async fn run(
             stores.clone(),
             metrics.clone(),
             broker,
-            synced_rx,
+            synced_rx.clone(),
         ),
         config,
+    );
+    let signing_changes = futures::stream::select(
+        caches.subscriptions.triggers().map(|_| ()),
+        caches.secrets.triggers().map(|_| ()),
+    );
+    let delivery_keys = delivery_keys::run(
+        client.clone(),
+        stores.clone(),
+        args.delivery_keys.clone(),
+        signing_changes,
+        synced_rx.clone(),
     );
     let watches = caches.run(client, args.namespace.as_deref());
     let synced = async {
@@ -107,6 +118,7 @@ pub(crate) async fn run(
         _ = channels => {},
         _ = endpoints => {},
         _ = topology => {},
+        _ = delivery_keys => {},
         _ = synced => {},
     }
     anyhow::bail!("controllers stopped unexpectedly")

@@ -25,6 +25,7 @@
 mod broker_topology;
 mod caches;
 mod controllers;
+pub mod delivery_keys;
 mod leader;
 pub mod metrics;
 pub mod reconcile;
@@ -92,6 +93,9 @@ pub struct Options {
     /// The broker of `backend: rabbitmq` Channels, when the installation
     /// has one.
     pub broker: Option<wsbridge_broker::BrokerUrl>,
+    /// The Secret where the controller keeps a copy of the usable signing
+    /// secrets for the gateway and the dispatcher ([`delivery_keys`]).
+    pub delivery_keys: send_key::SendKeySecret,
 }
 
 /// Runs the controller until SIGINT/SIGTERM.
