@@ -100,5 +100,6 @@ pub async fn wait_ready(what: &str, addr: SocketAddr, pod: &LocalPod) -> Result<
         },
     )
     .await
+    .map(|_| ())
     .with_context(|| format!("{what} log:\n{}", pod.logs()))
 }
