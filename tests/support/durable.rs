@@ -96,13 +96,16 @@ pub async fn install(amqp_url: &str, dispatchers: usize) -> Result<DurableInstal
         let (addr, pod) = start_deployment(name, None).await?;
         Ok::<_, anyhow::Error>(Role { addr, pod })
     };
+    // The controller first: it creates the Secrets the gateway mounts.
     let controller = start("wsbridge-controller").await?;
-    let gateway = start("wsbridge-gateway").await?;
+    wait_ready("controller", controller.addr, &controller.pod).await?;
+    let gateway = start("wsbridge-gateway")
+        .await
+        .with_context(|| format!("controller log:\n{}", controller.pod.logs()))?;
     let mut replicas = Vec::new();
     for _ in 0..dispatchers {
         replicas.push(start("wsbridge-dispatcher").await?);
     }
-    wait_ready("controller", controller.addr, &controller.pod).await?;
     wait_ready("gateway", gateway.addr, &gateway.pod).await?;
     for (i, d) in replicas.iter().enumerate() {
         wait_ready(&format!("dispatcher {i}"), d.addr, &d.pod).await?;

@@ -23,7 +23,8 @@ the URL never shows in a pod spec or a process listing).
 {{/* The container argument naming the URL's file. */}}
 {{- define "wsbridge.brokerArgs" -}}
 {{- if include "wsbridge.brokerEnabled" . }}
-- --rabbitmq-url-file={{ include "wsbridge.brokerMountPath" . }}/url
+- --rabbitmq-url-file
+- {{ include "wsbridge.brokerMountPath" . }}/url
 {{- end }}
 {{- end }}
 

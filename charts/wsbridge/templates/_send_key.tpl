@@ -28,7 +28,8 @@ controller wrote it) to sign what they deliver, as workers do.
 
 {{/* The argument, volume mount and volume of a role that signs deliveries. */}}
 {{- define "wsbridge.deliveryKeysArgs" -}}
-- --delivery-keys-dir={{ include "wsbridge.deliveryKeysMountPath" . }}
+- --delivery-keys-dir
+- {{ include "wsbridge.deliveryKeysMountPath" . }}
 {{- end }}
 
 {{- define "wsbridge.deliveryKeysVolumeMounts" -}}
