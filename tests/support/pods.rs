@@ -117,13 +117,19 @@ pub async fn run_pod_template(
     let dir = cp.temp_dir().join(&pod_name);
     std::fs::create_dir_all(&dir)?;
     let (mounts, volume_sync) = secret_volumes(cp, client, &ns, pod, container, &dir).await?;
+    // A path under a mount, alone or as a flag's value (`--flag=PATH`).
     let local_path = |value: &str| {
-        mounts.iter().fold(value.to_string(), |v, (mount, local)| {
+        let (flag, path) = match value.split_once('=') {
+            Some((flag, path)) if flag.starts_with("--") => (format!("{flag}="), path),
+            _ => (String::new(), value),
+        };
+        let path = mounts.iter().fold(path.to_string(), |v, (mount, local)| {
             match v.strip_prefix(mount.as_str()) {
                 Some(rest) if rest.is_empty() || rest.starts_with('/') => format!("{local}{rest}"),
                 _ => v,
             }
-        })
+        });
+        format!("{flag}{path}")
     };
     for value in env.values_mut() {
         *value = local_path(value);
