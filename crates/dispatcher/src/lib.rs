@@ -135,12 +135,12 @@ impl Dispatcher {
             }
         };
         let apply = |catalog: Arc<Mutex<Catalog>>, consumers: Arc<Mutex<Consumers>>| {
+            // The catalog stays locked until the consumers follow it: two
+            // watches applying at once never leave an older view in force.
             move |change: &dyn Fn(&mut Catalog)| {
-                let wanted = {
-                    let mut catalog = lock(&catalog);
-                    change(&mut catalog);
-                    catalog.wanted()
-                };
+                let mut catalog = lock(&catalog);
+                change(&mut catalog);
+                let wanted = catalog.wanted();
                 lock(&consumers).sync(&wanted);
             }
         };
