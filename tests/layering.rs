@@ -102,6 +102,7 @@ fn only_the_binary_knows_the_command_line() {
         "wsbridge-worker",
         "wsbridge-gateway",
         "wsbridge-standalone",
+        "wsbridge-dispatcher",
     ] {
         assert_none_of(role, &["clap"]);
     }
@@ -122,6 +123,7 @@ fn roles_do_not_depend_on_each_other() {
         "wsbridge-worker",
         "wsbridge-gateway",
         "wsbridge-standalone",
+        "wsbridge-dispatcher",
     ];
     for role in roles {
         let others: Vec<&str> = roles.iter().copied().filter(|r| *r != role).collect();
