@@ -128,6 +128,12 @@ pub enum Command {
         /// confirmed by it and their WebSocket clients served from it.
         #[command(flatten)]
         broker: BrokerArgs,
+        /// Folder of the controller's copy of the signing secrets (its
+        /// delivery keys Secret, mounted), one file per signed
+        /// Subscription; read again when it changes. Without it, signed
+        /// Subscriptions get nothing from the gateway.
+        #[arg(long, value_name = "DIR", env = "WSBRIDGE_DELIVERY_KEYS_DIR")]
+        delivery_keys_dir: Option<PathBuf>,
     },
     /// Run a dispatcher: consumes the backlog of every Subscription of a
     /// `backend: rabbitmq` Channel and delivers it to its subscriber.
@@ -695,6 +701,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             memory,
             send_key_file,
             broker,
+            delivery_keys_dir,
         } => {
             let options = wsbridge_gateway::GatewayOptions {
                 listen,
@@ -710,6 +717,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 memory_limit: memory.memory_limit,
                 send_key_file,
                 broker: broker.url()?,
+                delivery_keys_dir,
             };
             wsbridge_gateway::run(options, kube::Client::try_default().await?).await?;
         }

@@ -7,8 +7,9 @@
 //! whose value is not a `whsec_` secret, or that does not exist, is a
 //! `Ready=False` Subscription naming `spec.signingSecretRef` (never the
 //! value) that gets nothing; a rotated secret rolls the worker. Messages
-//! published through the gateway are delivered by the gateway, which holds
-//! no signing secrets: they arrive unsigned, and the Subscription says so.
+//! published through the gateway are delivered by the gateway, signed with
+//! the controller's copy of the secret (its delivery keys Secret, mounted
+//! into the gateway), before and after a rotation.
 
 mod support;
 mod webhook_support;
@@ -200,10 +201,9 @@ async fn worker_deliveries_verify_with_the_standardwebhooks_package_and_bad_secr
     );
     let ready = subscription_ready(&client, &ns, "trusting", true).await?;
     assert!(
-        ready.message.contains("endpoint messages are delivered signed")
-            && ready
-                .message
-                .contains("published through the gateway are delivered unsigned"),
+        ready
+            .message
+            .contains("deliveries are signed with spec.signingSecretRef"),
         "{}",
         ready.message
     );
@@ -245,32 +245,33 @@ async fn worker_deliveries_verify_with_the_standardwebhooks_package_and_bad_secr
     // The Subscriptions without a usable secret get nothing, not even unsigned.
     unsigned.assert_quiet(Duration::from_secs(1)).await;
 
-    // A publish is delivered by the gateway, unsigned, as the Subscription's
-    // Ready says: a verifying subscriber refuses it.
+    // A publish is delivered by the gateway, signed with the controller's
+    // copy of the secret: until the copy reached the gateway, the
+    // Subscription gets nothing from it (never an unsigned delivery).
     let mut noticed = Verifier::start(&secret).await;
     let yaml = subscription_to(&ns, "notices", "noticed", &noticed.uri(), "hook-signing");
     support::apply_yaml(&client, &yaml, Some(&ns)).await?;
     let gateway = support::install::installed().await.gateway_addr;
-    let path = format!("/channels/{ns}/notices");
-    support::eventually(WAIT, "the gateway delivers a publish on notices", || {
-        let path = path.clone();
-        async move {
-            let (code, body) = support::http::request(gateway, "POST", &path, &[], b"published").await?;
-            let reached = serde_json::from_str::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|v| v["subscribers"].as_u64());
-            Ok((code == 202 && reached == Some(1)).then_some(()))
-        }
-    })
-    .await?;
-    let mut verdict = noticed.next().await;
-    // Probes before the gateway knew the subscriber reached nobody; any that
-    // reached it was refused the same way.
-    assert!(verdict.starts_with("refused "), "{verdict}");
-    while let Ok(next) = tokio::time::timeout(Duration::from_millis(300), noticed.next()).await {
-        verdict = next;
-        assert!(verdict.starts_with("refused "), "{verdict}");
-    }
+    publish_until_delivered(gateway, &ns, "before rotation").await?;
+    let verdict = noticed.next().await;
+    assert!(
+        verdict.starts_with("verified ") && verdict.ends_with(" before rotation"),
+        "{verdict}"
+    );
+    let copy = Api::<Secret>::namespaced(client.clone(), support::install::SYSTEM_NAMESPACE)
+        .get("wsbridge-delivery-keys")
+        .await?;
+    let keys: Vec<&String> = copy.data.as_ref().map(|d| d.keys().collect()).unwrap_or_default();
+    assert!(
+        keys.contains(&&format!("{ns}.noticed")) && keys.contains(&&format!("{ns}.trusting")),
+        "the copy holds the usable secrets of signed Subscriptions: {keys:?}"
+    );
+    assert!(
+        !keys
+            .iter()
+            .any(|k| k.ends_with(".plain") || k.ends_with(".absent")),
+        "and only those: {keys:?}"
+    );
 
     // A rotated secret rolls the worker (its config hash changes), and the
     // new pod signs with the new secret.
@@ -304,6 +305,26 @@ async fn worker_deliveries_verify_with_the_standardwebhooks_package_and_bad_secr
     support::apply_yaml(&client, &yaml, Some(&ns)).await?;
     let _worker = support::pods::start_bridge_worker(&ns, "ticker-feed").await?;
     endpoint.next_connected().await;
+    // The gateway signs with the rotated secret once its copy arrived.
+    let mut rotated_notices = Verifier::start(&rotated).await;
+    let yaml = subscription_to(&ns, "notices", "noticed", &rotated_notices.uri(), "hook-signing");
+    support::apply_yaml(&client, &yaml, Some(&ns)).await?;
+    // Publishes signed with the old secret before the copy arrived are
+    // refused; one signed with the new secret comes next.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        publish_until_delivered(gateway, &ns, "after rotation").await?;
+        let verdict = rotated_notices.next().await;
+        if verdict.starts_with("verified ") {
+            break;
+        }
+        assert!(verdict.starts_with("refused "), "{verdict}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the gateway never signed with the rotated secret"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     // Sent until one arrives: the new worker may still be listing its subscribers.
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
@@ -320,4 +341,21 @@ async fn worker_deliveries_verify_with_the_standardwebhooks_package_and_bad_secr
         }
     }
     Ok(())
+}
+
+/// Publishes `body` on `notices` until the gateway delivered it to its one
+/// Subscription (it reaches none while the gateway lacks its signing key).
+async fn publish_until_delivered(gateway: std::net::SocketAddr, ns: &str, body: &str) -> Result<()> {
+    let path = format!("/channels/{ns}/notices");
+    support::eventually(WAIT, "the gateway delivers a publish on notices", || {
+        let path = path.clone();
+        async move {
+            let (code, answer) = support::http::request(gateway, "POST", &path, &[], body.as_bytes()).await?;
+            let reached = serde_json::from_str::<serde_json::Value>(&answer)
+                .ok()
+                .and_then(|v| v["subscribers"].as_u64());
+            Ok((code == 202 && reached == Some(1)).then_some(()))
+        }
+    })
+    .await
 }

@@ -265,6 +265,13 @@ async fn secret_volumes(
 /// The Secret's keys as files in `local` (unchanged files are not rewritten).
 async fn write_secret_files(api: &Api<Secret>, name: &str, local: &std::path::Path) -> Result<()> {
     let data = api.get_opt(name).await?.and_then(|s| s.data).unwrap_or_default();
+    // Keys gone from the Secret go from the folder too, as the kubelet does.
+    for entry in std::fs::read_dir(local)?.flatten() {
+        let file = entry.file_name().to_string_lossy().to_string();
+        if !file.starts_with('.') && !data.contains_key(&file) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
     for (key, value) in data {
         let path = local.join(&key);
         if std::fs::read(&path).ok().as_deref() != Some(value.0.as_slice()) {

@@ -26,6 +26,7 @@ mod metrics;
 mod publish;
 mod remote;
 mod send_key;
+mod signing;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -79,6 +80,11 @@ pub struct GatewayOptions {
     /// The broker of `backend: rabbitmq` Channels. `None`: publishes and
     /// WebSocket clients on such a Channel get `503 NoBroker`.
     pub broker: Option<BrokerUrl>,
+    /// The controller's copy of the signing secrets (its Secret, mounted):
+    /// deliveries to a signed Subscription are signed with its key, and
+    /// wait for it. `None`: signed Subscriptions get nothing from the
+    /// gateway.
+    pub delivery_keys_dir: Option<std::path::PathBuf>,
 }
 
 /// What a publish needs of a Channel besides its routes.
@@ -131,6 +137,8 @@ pub(crate) struct GatewayState {
     pub listeners: Mutex<HashMap<ChannelKey, ConsumerHandle>>,
     /// This replica's name in its listeners' queue names (its pod).
     pub replica: String,
+    /// The signing keys of signed Subscriptions.
+    signing: Arc<signing::Signing>,
     followers: Mutex<HashMap<ChannelKey, JoinHandle<()>>>,
 }
 
@@ -255,6 +263,11 @@ impl Gateway {
             clients,
             listeners: Mutex::default(),
             replica: replica_name(),
+            signing: Arc::new(signing::Signing::new(
+                wsbridge_dataplane::delivery::signing_keys::SigningKeys::follow(
+                    options.delivery_keys_dir.clone(),
+                ),
+            )),
             followers: Mutex::default(),
         });
         let ready = Readiness::default();
@@ -323,22 +336,14 @@ impl Gateway {
             },
             mark(0b001),
         ));
+        tasks.spawn(shared.signing.clone().follow_keys(shared.index.clone()));
         let s = shared.clone();
         tasks.spawn(follow(
             scoped::<Subscription>(&client, options.namespace.as_deref()),
             watcher::Config::default(),
             move |change| match change {
-                Change::Applied(sub) => {
-                    let key = key_of(sub);
-                    match translate::subscription_info(&key.namespace, &sub.spec) {
-                        Ok(info) => s.index.apply_subscription(key, info),
-                        Err(e) => {
-                            tracing::warn!(subscription = %key, error = %e, "ignoring an unusable Subscription");
-                            s.index.delete_subscription(&key);
-                        }
-                    }
-                }
-                Change::Deleted(key) => s.index.delete_subscription(key),
+                Change::Applied(sub) => s.signing.apply(&s.index, key_of(sub), &sub.spec),
+                Change::Deleted(key) => s.signing.delete(&s.index, key),
             },
             mark(0b010),
         ));

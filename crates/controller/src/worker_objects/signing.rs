@@ -100,8 +100,8 @@ pub fn subscription_ready(stores: &Stores, ns: &str, sub: &Subscription, resolve
             READY,
             &resolved.reason,
             format!(
-                "{}; endpoint messages are delivered signed with spec.signingSecretRef; \
-                 messages published through the gateway are delivered unsigned (the gateway holds no signing secrets)",
+                "{}; deliveries are signed with spec.signingSecretRef (endpoint messages by the worker, \
+                 publishes by the gateway and the dispatcher, from the controller's copy of the secret)",
                 resolved.message
             ),
         )
