@@ -91,10 +91,12 @@ pub(crate) async fn run(
         ),
         config,
     );
-    let signing_changes = futures::stream::select(
-        caches.subscriptions.triggers().map(|_| ()),
-        caches.secrets.triggers().map(|_| ()),
-    );
+    let signing_changes = futures::stream::select_all([
+        caches.subscriptions.triggers().map(|_| ()).boxed(),
+        caches.secrets.triggers().map(|_| ()).boxed(),
+        caches.bridges.triggers().map(|_| ()).boxed(),
+        caches.channels.triggers().map(|_| ()).boxed(),
+    ]);
     let delivery_keys = delivery_keys::run(
         client.clone(),
         stores.clone(),

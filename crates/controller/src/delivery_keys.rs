@@ -5,13 +5,16 @@
 //! already, keeps one Secret in its own namespace with a key per signed
 //! Subscription, `{namespace}.{name}` (see
 //! [`wsbridge_dataplane::delivery::signing_keys`]), holding a copy of that
-//! Subscription's usable `whsec_` secret; those roles mount it. So a
-//! signing secret is readable, beside its own namespace, by whoever can
+//! Subscription's usable `whsec_` secret, and `bridge_{namespace}.{name}`
+//! holding the token of each Bridge on a rabbitmq Channel (the dispatcher
+//! presents it with the Bridge's endpoint messages); those roles mount it.
+//! So such a secret is readable, beside its own namespace, by whoever can
 //! read Secrets in the installation's namespace: the same people who can
 //! read the send key and take over the controller already
 //! (docs/security.md, "Signed deliveries").
 //!
-//! Rebuilt whenever a Subscription or a Secret changes (debounced), and
+//! Rebuilt whenever a Subscription, Bridge, Channel or Secret changes
+//! (debounced), and
 //! written only when its content changed: the controller keeps the digest
 //! of what it wrote, never the values.
 
@@ -27,9 +30,10 @@ use kube::{Api, Client, ResourceExt};
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use tracing::{info, warn};
+use wsbridge_api::ChannelBackend;
 use wsbridge_core::ObjectKey;
 use wsbridge_dataplane::delivery::SigningKey;
-use wsbridge_dataplane::delivery::signing_keys::key_file_name;
+use wsbridge_dataplane::delivery::delivery_keys::{bridge_token_file_name, signing_file_name};
 
 use super::reconcile::Stores;
 use super::send_key::SendKeySecret;
@@ -85,7 +89,8 @@ pub(crate) async fn run(
     }
 }
 
-/// The usable signing secret of every signed Subscription, by file name.
+/// The usable signing secret of every signed Subscription and the token of
+/// every Bridge on a rabbitmq Channel, by file name.
 async fn build(client: &Client, stores: &Stores) -> Result<BTreeMap<String, String>, kube::Error> {
     let mut keys = BTreeMap::new();
     for sub in stores.subscriptions.state() {
@@ -107,8 +112,38 @@ async fn build(client: &Client, stores: &Stores) -> Result<BTreeMap<String, Stri
             .and_then(|v| String::from_utf8(v.0.clone()).ok());
         if let Some(value) = value.filter(|v| SigningKey::from_whsec(v).is_ok()) {
             keys.insert(
-                key_file_name(&ObjectKey::new(ns, sub.name_any())),
+                signing_file_name(&ObjectKey::new(ns, sub.name_any())),
                 value.trim().to_string(),
+            );
+        }
+    }
+    // The tokens of Bridges on rabbitmq Channels: their endpoint messages
+    // reach subscribers through the dispatcher, which presents them.
+    for bridge in stores.bridges.state() {
+        let (Some(ns), Some(reference)) = (bridge.namespace(), bridge.spec.token_secret_ref.as_ref()) else {
+            continue;
+        };
+        let durable = stores.channels.state().iter().any(|c| {
+            c.namespace().as_deref() == Some(ns.as_str())
+                && c.name_any() == bridge.spec.channel
+                && c.spec.backend() == ChannelBackend::Rabbitmq
+        });
+        if !durable {
+            continue;
+        }
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+        let token = secrets
+            .get_opt(&reference.name)
+            .await?
+            .and_then(|s| s.data)
+            .and_then(|d| d.get(&reference.key).cloned())
+            .and_then(|v| String::from_utf8(v.0).ok())
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty());
+        if let Some(token) = token {
+            keys.insert(
+                bridge_token_file_name(&ObjectKey::new(ns, bridge.name_any())),
+                token,
             );
         }
     }

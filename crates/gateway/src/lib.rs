@@ -264,7 +264,7 @@ impl Gateway {
             listeners: Mutex::default(),
             replica: replica_name(),
             signing: Arc::new(signing::Signing::new(
-                wsbridge_dataplane::delivery::signing_keys::SigningKeys::follow(
+                wsbridge_dataplane::delivery::delivery_keys::DeliveryKeys::follow(
                     options.delivery_keys_dir.clone(),
                 ),
             )),

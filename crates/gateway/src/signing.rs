@@ -1,6 +1,6 @@
 //! Signed Subscriptions: the gateway signs what it delivers to them (the
 //! publishes on memory Channels) with the key the controller copied into
-//! the delivery keys Secret, mounted here ([`SigningKeys`]), as their
+//! the delivery keys Secret, mounted here ([`DeliveryKeys`]), as their
 //! worker signs endpoint messages. Until that key is here (the kubelet
 //! updates a mounted Secret within about a minute), such a Subscription
 //! gets nothing from the gateway: never an unsigned delivery.
@@ -11,20 +11,20 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 use wsbridge_api::SubscriptionSpec;
 use wsbridge_core::ObjectKey;
-use wsbridge_dataplane::delivery::signing_keys::SigningKeys;
+use wsbridge_dataplane::delivery::delivery_keys::DeliveryKeys;
 use wsbridge_dataplane::routing::{RoutingIndex, SubscriptionInfo};
 use wsbridge_translate as translate;
 
 /// The signing keys and the signed Subscriptions they apply to.
 pub(crate) struct Signing {
-    keys: watch::Receiver<Arc<SigningKeys>>,
+    keys: watch::Receiver<Arc<DeliveryKeys>>,
     /// Specs of the Subscriptions that name a signing secret, applied again
     /// whenever the keys change.
     signed: Mutex<HashMap<ObjectKey, SubscriptionSpec>>,
 }
 
 impl Signing {
-    pub(crate) fn new(keys: watch::Receiver<Arc<SigningKeys>>) -> Self {
+    pub(crate) fn new(keys: watch::Receiver<Arc<DeliveryKeys>>) -> Self {
         Self {
             keys,
             signed: Mutex::default(),
@@ -61,7 +61,7 @@ impl Signing {
         let mut info = translate::subscription_info(&key.namespace, spec).map_err(|e| e.to_string())?;
         if spec.signing_secret_ref.is_some() {
             let keys = self.keys.borrow().clone();
-            let key = keys.get(key).cloned().ok_or(
+            let key = keys.signing(key).cloned().ok_or(
                 "its signing key is not in the delivery keys yet (the controller copies each usable \
                  signing secret there); nothing is delivered unsigned",
             )?;

@@ -11,7 +11,7 @@ mod pool;
 mod queue;
 mod settle;
 mod signing;
-pub mod signing_keys;
+pub mod delivery_keys;
 mod state;
 mod subscriber;
 
