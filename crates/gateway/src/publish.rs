@@ -214,7 +214,11 @@ async fn publish_durable(
             });
         }
     }
-    if let Err(e) = durable.publish(channel, &message).await {
+    let result = durable.publish(channel, &message).await;
+    // The connection gauges as this publish found the broker (the
+    // once-a-second sweep may not have seen a reconnect yet).
+    durable.metrics().observe(durable.broker());
+    if let Err(e) = result {
         tracing::warn!(%channel, error = %e, "the broker did not confirm a publish");
         return Err(Refused {
             retry_after: Some(1),
