@@ -161,6 +161,12 @@ pub enum Command {
         /// The broker whose backlogs it consumes (required).
         #[command(flatten)]
         broker: BrokerArgs,
+        /// The signing keys of signed Subscriptions (the controller's
+        /// delivery keys Secret, mounted), one file per Subscription; read
+        /// again when it changes. A signed Subscription without its key is
+        /// held: nothing is delivered to it unsigned.
+        #[arg(long, value_name = "DIR", env = "WSBRIDGE_DELIVERY_KEYS_DIR")]
+        delivery_keys_dir: Option<PathBuf>,
     },
     /// Run bridges, the publish gateway and delivery in one process, from
     /// YAML files of Endpoints, Channels, Bridges, Subscriptions and Secrets.
@@ -729,6 +735,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             loops,
             memory,
             broker,
+            delivery_keys_dir,
         } => {
             let Some(broker) = broker.url()? else {
                 anyhow::bail!(
@@ -743,6 +750,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 destinations: Arc::new(loops.policy(&destinations, CLUSTER_DOMAIN)?),
                 memory_limit: memory.memory_limit,
                 drain: drain_timeout,
+                delivery_keys_dir,
             };
             wsbridge_dispatcher::run(options, kube::Client::try_default().await?).await?;
         }

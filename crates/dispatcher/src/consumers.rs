@@ -140,8 +140,8 @@ impl Consumers {
             HoldReason::SigningUnavailable => warn!(
                 subscription = %key,
                 reason = reason.as_str(),
-                "the subscription names a signingSecretRef and the dispatcher holds no signing secrets: \
-                 its messages stay in its backlog, undelivered, rather than go out unsigned"
+                "the subscription names a signingSecretRef and its key is not among the delivery keys \
+                 (yet): its messages stay in its backlog, undelivered, rather than go out unsigned"
             ),
         }
     }

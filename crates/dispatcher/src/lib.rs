@@ -9,9 +9,11 @@
 //! It follows Channels and Subscriptions through the Kubernetes API
 //! ([`subscriptions`]), keeps one consumer per Subscription in step with
 //! them ([`consumers`]), and serves `/healthz`, `/readyz` and `/metrics`
-//! ([`ops`]). It reads no Secrets: a Subscription with a
-//! `signingSecretRef` is held, its messages left in its backlog, rather
-//! than delivered unsigned.
+//! ([`ops`]). It reads no Secrets through the API: a Subscription with a
+//! `signingSecretRef` is signed with the controller's copy of its key
+//! (the delivery keys Secret, mounted: `--delivery-keys-dir`), and held,
+//! its messages left in its backlog, while that key is not there: never
+//! delivered unsigned.
 #![forbid(unsafe_code)]
 
 pub mod consumers;
@@ -34,6 +36,7 @@ use subscriptions::Catalog;
 use wsbridge_api::{Channel, Subscription};
 use wsbridge_broker::{BrokerMetrics, BrokerUrl, Durable};
 use wsbridge_dataplane::budget::queue_budget;
+use wsbridge_dataplane::delivery::delivery_keys::DeliveryKeys;
 use wsbridge_dataplane::delivery::{DeliveryEngine, EngineConfig};
 use wsbridge_dataplane::{DataplaneMetrics, DestinationPolicy};
 use wsbridge_http::ops::{self as http_ops, Readiness};
@@ -55,6 +58,10 @@ pub struct DispatcherOptions {
     pub memory_limit: Option<u64>,
     /// How long deliveries under way may take to finish at shutdown.
     pub drain: Duration,
+    /// The signing keys of signed Subscriptions (the delivery keys
+    /// Secret, mounted), read again when they change; `None`: no keys, so
+    /// every signed Subscription is held.
+    pub delivery_keys_dir: Option<std::path::PathBuf>,
 }
 
 /// Runs the dispatcher until SIGINT/SIGTERM, then drains.
@@ -122,7 +129,9 @@ impl Dispatcher {
         tracing::info!(%addr, namespace = options.namespace.as_deref().unwrap_or("(all)"), "dispatcher listening");
 
         // Channels and Subscriptions → catalog → consumers, on every change.
+        let mut keys = DeliveryKeys::follow(options.delivery_keys_dir.clone());
         let catalog = Arc::new(Mutex::new(Catalog::default()));
+        lock(&catalog).set_keys(keys.borrow_and_update().clone());
         let (synced_tx, synced) = watch::channel(false);
         let listed = Arc::new(std::sync::atomic::AtomicU8::new(0));
         let mark = |bit: u8| {
@@ -155,6 +164,13 @@ impl Dispatcher {
             },
             mark(0b01),
         ));
+        let on_keys = apply(catalog.clone(), consumers.clone());
+        followers.spawn(async move {
+            while keys.changed().await.is_ok() {
+                let now = keys.borrow_and_update().clone();
+                on_keys(&|cat| cat.set_keys(now.clone()));
+            }
+        });
         let on_subscriptions = apply(catalog, consumers.clone());
         followers.spawn(follow(
             scoped::<Subscription>(&client, options.namespace.as_deref()),

@@ -48,7 +48,7 @@ impl DispatcherMetrics {
         registry.register(
             "wsbridge_dispatcher_held_subscriptions",
             "Subscriptions whose backlog the dispatcher leaves in the broker, undelivered, by reason \
-             (SigningUnavailable: it names a signingSecretRef and its deliveries would go out unsigned)",
+             (SigningUnavailable: it names a signingSecretRef and its key is not among the delivery keys)",
             m.held.clone(),
         );
         m

@@ -3,13 +3,17 @@
 //! seen through the watches, kept in a routing index so that each
 //! Subscription's subscriber is built exactly as the worker, the gateway
 //! and standalone build it (channel defaults, retry, backoff, timeout,
-//! dead-letter sink). [`Catalog::wanted`] is a pure function of that state.
+//! dead-letter sink). A signed Subscription is consumed only with its
+//! signing key (the controller's copy, mounted: `DeliveryKeys`), and held
+//! otherwise. [`Catalog::wanted`] is a pure function of that state.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use wsbridge_api::{BacklogSpec, Channel, ChannelBackend, Subscription};
 use wsbridge_broker::topology::Backlog;
 use wsbridge_core::{ChannelKey, ObjectKey};
+use wsbridge_dataplane::delivery::delivery_keys::DeliveryKeys;
 use wsbridge_dataplane::delivery::{Ordering, SubscriberSpec};
 use wsbridge_dataplane::routing::RoutingIndex;
 use wsbridge_translate as translate;
@@ -17,8 +21,8 @@ use wsbridge_translate as translate;
 /// Why a Subscription's backlog is left in the broker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HoldReason {
-    /// It names a `signingSecretRef` and the dispatcher holds no signing
-    /// secrets: its deliveries would go out unsigned.
+    /// It names a `signingSecretRef` and its signing key is not among the
+    /// delivery keys (yet): its deliveries would go out unsigned.
     SigningUnavailable,
 }
 
@@ -76,9 +80,16 @@ pub struct Catalog {
     index: RoutingIndex,
     backends: HashMap<ChannelKey, ChannelBackend>,
     subscriptions: HashMap<ObjectKey, Facts>,
+    /// The signing keys of signed Subscriptions.
+    keys: Arc<DeliveryKeys>,
 }
 
 impl Catalog {
+    /// The signing keys changed.
+    pub fn set_keys(&mut self, keys: Arc<DeliveryKeys>) {
+        self.keys = keys;
+    }
+
     /// A Channel was created or changed.
     pub fn apply_channel(&mut self, key: ChannelKey, channel: &Channel) {
         match translate::channel_info(&key.namespace, &channel.spec) {
@@ -143,19 +154,29 @@ impl Catalog {
             let Some(subscriber) = routes.subscribers.iter().find(|s| s.id == id) else {
                 continue;
             };
-            let want = if facts.signed {
-                Want::Hold {
-                    channel: facts.channel.clone(),
-                    backlog: facts.backlog,
-                    ordered: subscriber.policy.ordering == Ordering::Ordered,
-                    reason: HoldReason::SigningUnavailable,
+            let signing = match (facts.signed, self.keys.signing(key)) {
+                (false, _) => None,
+                (true, Some(signing)) => Some(signing.clone()),
+                (true, None) => {
+                    out.insert(
+                        key.clone(),
+                        Want::Hold {
+                            channel: facts.channel.clone(),
+                            backlog: facts.backlog,
+                            ordered: subscriber.policy.ordering == Ordering::Ordered,
+                            reason: HoldReason::SigningUnavailable,
+                        },
+                    );
+                    continue;
                 }
-            } else {
-                Want::Consume {
-                    channel: facts.channel.clone(),
-                    subscriber: Box::new(subscriber.clone()),
-                    backlog: facts.backlog,
-                }
+            };
+            let want = Want::Consume {
+                channel: facts.channel.clone(),
+                subscriber: Box::new(SubscriberSpec {
+                    signing,
+                    ..subscriber.clone()
+                }),
+                backlog: facts.backlog,
             };
             out.insert(key.clone(), want);
         }
@@ -237,7 +258,7 @@ mod tests {
     }
 
     #[test]
-    fn a_signed_subscription_is_held_never_consumed_unsigned() {
+    fn a_signed_subscription_is_held_until_its_key_is_there_then_consumed_signed() {
         let mut catalog = Catalog::default();
         catalog.apply_channel(key("c"), &channel("rabbitmq", "{}"));
         catalog.apply_subscription(
@@ -253,5 +274,16 @@ mod tests {
                 reason: HoldReason::SigningUnavailable,
             })
         );
+
+        let dir = std::env::temp_dir().join(format!("wsbridge-dispatcher-keys-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        std::fs::write(dir.join("team.s"), secret).unwrap();
+        catalog.set_keys(Arc::new(DeliveryKeys::read(&dir)));
+        std::fs::remove_dir_all(&dir).unwrap();
+        let Some(Want::Consume { subscriber, .. }) = catalog.wanted().remove(&key("s")) else {
+            panic!("not consumed with its key");
+        };
+        assert!(subscriber.signing.is_some(), "signed");
     }
 }
