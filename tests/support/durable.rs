@@ -116,3 +116,186 @@ pub async fn install(amqp_url: &str, dispatchers: usize) -> Result<DurableInstal
         dispatchers: replicas,
     })
 }
+
+/// A quorum queue of the test's own bound to every message of a channel:
+/// what the broker accepted there (and confirmed), to compare deliveries
+/// with. Declared before traffic starts; drained at the end.
+pub struct Witness {
+    _connection: lapin::Connection,
+    channel: lapin::Channel,
+    queue: String,
+}
+
+impl Witness {
+    pub async fn declare(amqp_url: &str, ns: &str, channel: &str) -> Result<Self> {
+        use lapin::options::{QueueBindOptions, QueueDeclareOptions};
+        use lapin::types::{AMQPValue, FieldTable, LongString};
+        let connection = lapin::Connection::connect(amqp_url, lapin::ConnectionProperties::default()).await?;
+        let ch = connection.create_channel().await?;
+        let key = wsbridge_core::ChannelKey::new(ns, channel);
+        wsbridge_broker::topology::declare_channel(&ch, &key).await?;
+        let queue = format!("test.witness.{ns}.{channel}");
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString(LongString::from("quorum")),
+        );
+        ch.queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            args,
+        )
+        .await?;
+        ch.queue_bind(
+            queue.as_str().into(),
+            wsbridge_broker::topology::channel_exchange(&key).into(),
+            "#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+        Ok(Self {
+            _connection: connection,
+            channel: ch,
+            queue,
+        })
+    }
+
+    /// Every body the queue holds, taken out (connects again when the
+    /// broker restarted since).
+    pub async fn drain(amqp_url: &str, ns: &str, channel: &str) -> Result<Vec<String>> {
+        use lapin::options::{BasicAckOptions, BasicGetOptions};
+        let witness = Self::declare(amqp_url, ns, channel).await?;
+        let mut bodies = Vec::new();
+        while let Some(message) = witness
+            .channel
+            .basic_get(witness.queue.as_str().into(), BasicGetOptions::default())
+            .await?
+        {
+            bodies.push(String::from_utf8_lossy(&message.delivery.data).to_string());
+            message.delivery.ack(BasicAckOptions::default()).await?;
+        }
+        Ok(bodies)
+    }
+}
+
+/// Messages sent at a steady pace while roles are killed: the endpoint
+/// sends `e-N`, a publisher posts `p-N` through whichever gateway is
+/// current; the publishes answered 202 are recorded, and every other
+/// answer must be a JSON reason or a refused connection.
+pub struct Traffic {
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Publishes answered 202.
+    pub accepted: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// Publishes refused with 503 and a JSON reason.
+    pub refused: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// Endpoint messages sent.
+    pub sent: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Traffic {
+    /// Starts sending every `every` on `endpoint` and publishing on
+    /// `ns/channel` through `gateway` (replaced when the gateway restarts).
+    pub fn start(
+        endpoint: tokio::sync::broadcast::Sender<tokio_tungstenite::tungstenite::Message>,
+        gateway: std::sync::Arc<std::sync::Mutex<SocketAddr>>,
+        ns: &str,
+        channel: &str,
+        every: std::time::Duration,
+    ) -> Self {
+        use std::sync::atomic::Ordering;
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let accepted = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let refused = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        let (counter, mut halt) = (sent.clone(), stopped.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0;
+            while !*halt.borrow_and_update() {
+                n += 1;
+                let _ = endpoint.send(tokio_tungstenite::tungstenite::Message::text(format!("e-{n}")));
+                counter.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(every).await;
+            }
+        }));
+        let path = format!("/channels/{ns}/{channel}");
+        let (ok, no, mut halt) = (accepted.clone(), refused.clone(), stopped);
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0;
+            while !*halt.borrow_and_update() {
+                n += 1;
+                let body = format!("p-{n}");
+                let addr = *gateway.lock().unwrap();
+                let answer = tokio::time::timeout(
+                    std::time::Duration::from_secs(15),
+                    super::http::request(
+                        addr,
+                        "POST",
+                        &path,
+                        &[("Content-Type", "text/plain")],
+                        body.as_bytes(),
+                    ),
+                )
+                .await;
+                match answer {
+                    Ok(Ok((202, _))) => ok.lock().unwrap().push(body),
+                    Ok(Ok((code, text))) => {
+                        assert!(
+                            serde_json::from_str::<serde_json::Value>(&text).is_ok(),
+                            "{code} without a JSON reason: {text}"
+                        );
+                        no.fetch_add(1, Ordering::SeqCst);
+                    }
+                    // The gateway is down (being restarted) or cut off mid-answer.
+                    Ok(Err(_)) | Err(_) => {}
+                }
+                tokio::time::sleep(every).await;
+            }
+        }));
+        Self {
+            stop,
+            tasks,
+            accepted,
+            refused,
+            sent,
+        }
+    }
+
+    /// Stops sending and waits for the senders.
+    pub async fn stop(self) -> (Vec<String>, usize, usize) {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            task.await.expect("a sender panicked");
+        }
+        let accepted = self.accepted.lock().unwrap().clone();
+        (
+            accepted,
+            self.refused.load(std::sync::atomic::Ordering::SeqCst),
+            self.sent.load(std::sync::atomic::Ordering::SeqCst),
+        )
+    }
+}
+
+/// What a subscriber received: each body once, and how many repeats.
+#[derive(Default, Debug)]
+pub struct Received {
+    pub bodies: std::collections::BTreeSet<String>,
+    pub duplicates: usize,
+}
+
+impl Received {
+    /// Takes what `sub` received so far without waiting.
+    pub fn take(&mut self, sub: &mut super::peers::Subscriber) {
+        while let Ok(r) = sub.received.try_recv() {
+            let body = String::from_utf8_lossy(&r.body).to_string();
+            if !self.bodies.insert(body) {
+                self.duplicates += 1;
+            }
+        }
+    }
+}
