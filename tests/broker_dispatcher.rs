@@ -21,8 +21,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
-use kube::api::DeleteParams;
+use kube::api::{DeleteParams, Patch, PatchParams};
 use support::peers::{Received, Reply, Subscriber};
 use support::pods::{LocalPod, run_pod_template};
 use support::rabbitmq::RabbitMq;
@@ -54,6 +55,10 @@ async fn chart_installed() -> &'static RabbitMq {
         let repo = support::binaries::repo_root();
         support::apply_yaml_file(&client, repo.join("deploy/namespace.yaml"), None).await?;
         write_broker_secret(BROKER_SECRET, &broker.amqp_url()).await?;
+        // The controller's copy of signing secrets and Bridge tokens (the
+        // controller does not run here: tests add their keys to it).
+        let keys = format!("apiVersion: v1\nkind: Secret\nmetadata: {{name: {DELIVERY_KEYS}}}\n");
+        support::apply_yaml(&client, &keys, Some(SYSTEM)).await?;
         let manifests = support::durable::render_chart(&[])?;
         support::apply_yaml(&client, &manifests, Some(SYSTEM)).await?;
         Ok::<_, anyhow::Error>(())
@@ -61,6 +66,23 @@ async fn chart_installed() -> &'static RabbitMq {
     .await
     .expect("the chart installed with a broker");
     broker
+}
+
+/// The delivery keys Secret the chart mounts into the dispatcher.
+const DELIVERY_KEYS: &str = "wsbridge-delivery-keys";
+
+/// Adds `key` = `value` to the delivery keys Secret (merged: the keys of
+/// tests running at the same time stay).
+async fn add_delivery_key(key: &str, value: &str) -> Result<()> {
+    let client = support::shared().await.client();
+    Api::<Secret>::namespaced(client, SYSTEM)
+        .patch(
+            DELIVERY_KEYS,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"stringData": {key: value}})),
+        )
+        .await?;
+    Ok(())
 }
 
 async fn write_broker_secret(name: &str, url: &str) -> Result<()> {
@@ -599,11 +621,7 @@ async fn a_signed_subscription_is_held_until_its_key_arrives_then_delivered_sign
 
     // The controller's copy of the key arrives in the delivery keys
     // Secret (written here: the controller does not run in these tests).
-    let keys = format!(
-        "apiVersion: v1\nkind: Secret\nmetadata: {{name: wsbridge-delivery-keys}}\n\
-         stringData: {{'{ns}.signed': '{secret}'}}\n"
-    );
-    support::apply_yaml(&client, &keys, Some(SYSTEM)).await?;
+    add_delivery_key(&format!("{ns}.signed"), &secret).await?;
     let mut verdicts = Vec::new();
     while verdicts.len() < sent.len() {
         verdicts.push(verifier.next().await);
@@ -735,5 +753,66 @@ async fn a_sigterm_finishes_the_delivery_under_way_and_the_other_replica_takes_o
     // before the connection closed: nothing twice, nothing lost, in order.
     assert_eq!(all, sent);
     assert!(replicas[1 - active].delivered(&ns, "ordered").await > 0.0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoint_messages_carry_their_bridges_token_and_wait_for_it_in_the_backlog() -> Result<()> {
+    let broker = chart_installed().await;
+    let client = support::shared().await.client();
+    let ns = support::create_namespace(&client, "dispatch-token").await?;
+    let replicas = two_replicas(&ns, BROKER_SECRET).await?;
+    let mut sub = Subscriber::ok().await;
+    // A Bridge of the channel that names a token (no worker runs: its
+    // endpoint messages are published here as the worker writes them).
+    let yaml = channel_yaml("ticks")
+        + "---\n"
+        + &subscription_yaml("ordered", "ticks", &sub.uri, "{ordering: ordered}")
+        + "---\napiVersion: wsbridge.io/v1alpha1\nkind: Bridge\nmetadata: {name: feed}\n\
+           spec: {channel: ticks, endpoint: exchange, tokenSecretRef: {name: feed-token, key: token}}\n";
+    support::apply_yaml(&client, &yaml, Some(&ns)).await?;
+    let held = format!("subscription=\"{ns}/ordered\"");
+    for r in &replicas {
+        support::eventually(WAIT, "held until the Bridge's token is there", || async {
+            let n = support::metric_sum(
+                &r.metrics().await,
+                "wsbridge_dispatcher_held_subscriptions",
+                &[&held, "reason=\"BridgeTokenUnavailable\""],
+            );
+            Ok((n == 1.0).then_some(()))
+        })
+        .await?;
+    }
+    let depth = Broker::connect(BrokerUrl::parse(&broker.amqp_url())?, BrokerOptions::default());
+    let backlog = queue(&ns, "ordered");
+    support::eventually(WAIT, "the held backlog is declared", || async {
+        Ok(depth.queue_depth(&backlog).await.ok())
+    })
+    .await?;
+
+    let publishing = Publishing::new(&broker.amqp_url(), &ns, "ticks");
+    let source = wsbridge_translate::bridge_source(&ns, "feed");
+    let sent = messages("endpoint", 5);
+    for text in &sent {
+        let msg = Message::new(Payload::text(text.clone()), Origin::Endpoint, source.clone());
+        support::eventually(WAIT, "the broker confirms", || async {
+            Ok(publishing.publisher.publish(&publishing.channel, &msg).await.ok())
+        })
+        .await?;
+    }
+    sub.assert_quiet(Duration::from_secs(3)).await;
+
+    let token = "feed-token-value-7f3a";
+    add_delivery_key(&format!("bridge_{ns}.feed"), token).await?;
+    for text in &sent {
+        let got = sub.next().await;
+        assert_eq!(body(&got), *text, "in order");
+        assert_eq!(
+            got.headers.get("authorization").and_then(|v| v.to_str().ok()),
+            Some(format!("Bearer {token}").as_str()),
+            "the Bridge's token, as its worker presents it"
+        );
+    }
+    sub.assert_quiet(Duration::from_secs(2)).await;
     Ok(())
 }

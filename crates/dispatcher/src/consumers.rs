@@ -9,12 +9,15 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 use wsbridge_broker::topology::subscription_queue;
 use wsbridge_broker::{AdminError, Durable, DurableConsumer};
-use wsbridge_core::ObjectKey;
+use wsbridge_core::{ChannelKey, ObjectKey};
 use wsbridge_dataplane::delivery::DeliveryEngine;
+use wsbridge_dataplane::delivery::delivery_keys::DeliveryKeys;
+use wsbridge_dataplane::{Message, Origin};
 
 use crate::ops::DispatcherMetrics;
 use crate::subscriptions::{HoldReason, Want};
@@ -41,16 +44,24 @@ pub struct Consumers {
     durable: Arc<Durable>,
     engine: Arc<DeliveryEngine>,
     metrics: DispatcherMetrics,
+    /// The Bridges' tokens, presented with their endpoint messages.
+    keys: watch::Receiver<Arc<DeliveryKeys>>,
     running: HashMap<ObjectKey, DurableConsumer>,
     held: HashMap<ObjectKey, Held>,
 }
 
 impl Consumers {
-    pub fn new(durable: Arc<Durable>, engine: Arc<DeliveryEngine>, metrics: DispatcherMetrics) -> Self {
+    pub fn new(
+        durable: Arc<Durable>,
+        engine: Arc<DeliveryEngine>,
+        metrics: DispatcherMetrics,
+        keys: watch::Receiver<Arc<DeliveryKeys>>,
+    ) -> Self {
         Self {
             durable,
             engine,
             metrics,
+            keys,
             running: HashMap::new(),
             held: HashMap::new(),
         }
@@ -93,8 +104,7 @@ impl Consumers {
                                 subscriber,
                                 *backlog,
                                 &self.engine,
-                                // No Bridge token: the dispatcher holds none yet.
-                                |msg| msg,
+                                stamp(self.keys.clone(), channel),
                             )
                         }
                     };
@@ -106,7 +116,10 @@ impl Consumers {
                     }
                     let entry = match held.remove(key) {
                         Some(h) if h.want == *want => h,
-                        _ => {
+                        old => {
+                            if let Some(old) = old.and_then(|h| h.want.hold_reason()) {
+                                self.metrics.release(key, old);
+                            }
                             self.warn_held(key, *reason);
                             Held {
                                 want: want.clone(),
@@ -143,6 +156,12 @@ impl Consumers {
                 "the subscription names a signingSecretRef and its key is not among the delivery keys \
                  (yet): its messages stay in its backlog, undelivered, rather than go out unsigned"
             ),
+            HoldReason::BridgeTokenUnavailable => warn!(
+                subscription = %key,
+                reason = reason.as_str(),
+                "a Bridge of its channel names a tokenSecretRef and its token is not among the delivery \
+                 keys (yet): its messages stay in its backlog rather than go out without the token"
+            ),
         }
     }
 
@@ -176,6 +195,38 @@ impl Consumers {
     }
 }
 
+/// Adds its Bridge's token to an endpoint message of `channel` that came
+/// back from the broker (which never holds it): the Bridge named by the
+/// message's source (`/namespaces/{ns}/bridges/{name}`), in the channel's
+/// namespace only.
+fn stamp(
+    keys: watch::Receiver<Arc<DeliveryKeys>>,
+    channel: &ChannelKey,
+) -> impl Fn(Arc<Message>) -> Arc<Message> + Send + Sync + 'static {
+    let namespace = channel.namespace.clone();
+    move |msg: Arc<Message>| {
+        if msg.origin() != Origin::Endpoint {
+            return msg;
+        }
+        let Some(bridge) = bridge_of(msg.source()).filter(|b| b.namespace == namespace) else {
+            return msg;
+        };
+        let token = keys.borrow().bridge_token(&bridge).cloned();
+        match token {
+            Some(token) => Arc::new((*msg).clone().with_subscriber_token(Some(&token))),
+            None => msg,
+        }
+    }
+}
+
+/// The Bridge of an endpoint message's source, `/namespaces/{ns}/bridges/{name}`.
+fn bridge_of(source: &str) -> Option<ObjectKey> {
+    let (namespace, rest) = source.strip_prefix("/namespaces/")?.split_once('/')?;
+    let name = rest.strip_prefix("bridges/")?;
+    (!namespace.is_empty() && !name.is_empty() && !name.contains('/'))
+        .then(|| ObjectKey::new(namespace, name))
+}
+
 /// Declares a held Subscription's backlog, as its consumer would, so what
 /// is published waits there; retried while the broker is unreachable.
 async fn declare(durable: Arc<Durable>, key: ObjectKey, want: Want) {
@@ -200,6 +251,26 @@ async fn declare(durable: Arc<Durable>, key: ObjectKey, want: Want) {
                 warn!(subscription = %key, error = %e, "could not declare the held subscription's backlog");
                 return;
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_endpoint_message_names_its_bridge_by_its_source() {
+        let source = wsbridge_translate::bridge_source("team", "feed");
+        assert_eq!(bridge_of(&source), Some(ObjectKey::new("team", "feed")));
+        for other in [
+            "/namespaces/team/channels/ticks",
+            "/namespaces//bridges/feed",
+            "/namespaces/team/bridges/",
+            "/namespaces/team/bridges/feed/x",
+            "bridges/feed",
+        ] {
+            assert_eq!(bridge_of(other), None, "{other}");
         }
     }
 }

@@ -6,14 +6,16 @@
 //! `maxInFlight` at once. A message leaves its backlog only once its
 //! delivery ended (see `wsbridge_broker::consumer`).
 //!
-//! It follows Channels and Subscriptions through the Kubernetes API
+//! It follows Channels, Bridges (which of them name a token) and
+//! Subscriptions through the Kubernetes API
 //! ([`subscriptions`]), keeps one consumer per Subscription in step with
 //! them ([`consumers`]), and serves `/healthz`, `/readyz` and `/metrics`
 //! ([`ops`]). It reads no Secrets through the API: a Subscription with a
 //! `signingSecretRef` is signed with the controller's copy of its key
 //! (the delivery keys Secret, mounted: `--delivery-keys-dir`), and held,
 //! its messages left in its backlog, while that key is not there: never
-//! delivered unsigned.
+//! delivered unsigned. The same goes for the tokens of a Channel's Bridges,
+//! presented with their endpoint messages.
 #![forbid(unsafe_code)]
 
 pub mod consumers;
@@ -33,7 +35,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use consumers::Consumers;
 use ops::{DispatcherMetrics, lock};
 use subscriptions::Catalog;
-use wsbridge_api::{Channel, Subscription};
+use wsbridge_api::{Bridge, Channel, Subscription};
 use wsbridge_broker::{BrokerMetrics, BrokerUrl, Durable};
 use wsbridge_dataplane::budget::queue_budget;
 use wsbridge_dataplane::delivery::delivery_keys::DeliveryKeys;
@@ -109,10 +111,12 @@ impl Dispatcher {
             },
             dataplane,
         ));
+        let mut keys = DeliveryKeys::follow(options.delivery_keys_dir.clone());
         let consumers = Arc::new(Mutex::new(Consumers::new(
             durable.clone(),
             engine.clone(),
             metrics,
+            keys.clone(),
         )));
 
         let ready = Readiness::default();
@@ -128,8 +132,8 @@ impl Dispatcher {
         .await?;
         tracing::info!(%addr, namespace = options.namespace.as_deref().unwrap_or("(all)"), "dispatcher listening");
 
-        // Channels and Subscriptions → catalog → consumers, on every change.
-        let mut keys = DeliveryKeys::follow(options.delivery_keys_dir.clone());
+        // Channels, Bridges, Subscriptions and keys → catalog → consumers,
+        // on every change.
         let catalog = Arc::new(Mutex::new(Catalog::default()));
         lock(&catalog).set_keys(keys.borrow_and_update().clone());
         let (synced_tx, synced) = watch::channel(false);
@@ -138,7 +142,7 @@ impl Dispatcher {
             let listed = listed.clone();
             let synced_tx = synced_tx.clone();
             move || {
-                if listed.fetch_or(bit, std::sync::atomic::Ordering::Relaxed) | bit == 0b11 {
+                if listed.fetch_or(bit, std::sync::atomic::Ordering::Relaxed) | bit == 0b111 {
                     synced_tx.send_replace(true);
                 }
             }
@@ -171,6 +175,16 @@ impl Dispatcher {
                 on_keys(&|cat| cat.set_keys(now.clone()));
             }
         });
+        let on_bridges = apply(catalog.clone(), consumers.clone());
+        followers.spawn(follow(
+            scoped::<Bridge>(&client, options.namespace.as_deref()),
+            watcher::Config::default(),
+            move |change| match change {
+                Change::Applied(b) => on_bridges(&|cat| cat.apply_bridge(key_of(b), b)),
+                Change::Deleted(key) => on_bridges(&|cat| cat.delete_bridge(key)),
+            },
+            mark(0b100),
+        ));
         let on_subscriptions = apply(catalog, consumers.clone());
         followers.spawn(follow(
             scoped::<Subscription>(&client, options.namespace.as_deref()),

@@ -48,7 +48,7 @@ impl DispatcherMetrics {
         registry.register(
             "wsbridge_dispatcher_held_subscriptions",
             "Subscriptions whose backlog the dispatcher leaves in the broker, undelivered, by reason \
-             (SigningUnavailable: it names a signingSecretRef and its key is not among the delivery keys)",
+             (SigningUnavailable: its signing key is not among the delivery keys; BridgeTokenUnavailable: a Bridge's token is not)",
             m.held.clone(),
         );
         m
@@ -88,7 +88,7 @@ pub async fn follow_readiness(
         let now = if *synced.borrow() {
             lock(&consumers).ready()
         } else {
-            Err("Channels and Subscriptions not listed yet".into())
+            Err("Channels, Bridges and Subscriptions not listed yet".into())
         };
         ready.set(now.is_ok());
         if last.as_ref() != Some(&now) {

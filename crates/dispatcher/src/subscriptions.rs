@@ -4,13 +4,15 @@
 //! Subscription's subscriber is built exactly as the worker, the gateway
 //! and standalone build it (channel defaults, retry, backoff, timeout,
 //! dead-letter sink). A signed Subscription is consumed only with its
-//! signing key (the controller's copy, mounted: `DeliveryKeys`), and held
-//! otherwise. [`Catalog::wanted`] is a pure function of that state.
+//! signing key, and a Subscription of a Channel whose Bridges name a token
+//! only with those tokens (the controller's copies, mounted:
+//! `DeliveryKeys`); until then it is held. [`Catalog::wanted`] is a pure
+//! function of that state.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use wsbridge_api::{BacklogSpec, Channel, ChannelBackend, Subscription};
+use wsbridge_api::{BacklogSpec, Bridge, Channel, ChannelBackend, Subscription};
 use wsbridge_broker::topology::Backlog;
 use wsbridge_core::{ChannelKey, ObjectKey};
 use wsbridge_dataplane::delivery::delivery_keys::DeliveryKeys;
@@ -24,6 +26,10 @@ pub enum HoldReason {
     /// It names a `signingSecretRef` and its signing key is not among the
     /// delivery keys (yet): its deliveries would go out unsigned.
     SigningUnavailable,
+    /// A Bridge of its Channel names a `tokenSecretRef` and its token is
+    /// not among the delivery keys (yet): its endpoint messages would go
+    /// out without the token.
+    BridgeTokenUnavailable,
 }
 
 impl HoldReason {
@@ -31,6 +37,7 @@ impl HoldReason {
     pub fn as_str(self) -> &'static str {
         match self {
             HoldReason::SigningUnavailable => "SigningUnavailable",
+            HoldReason::BridgeTokenUnavailable => "BridgeTokenUnavailable",
         }
     }
 }
@@ -80,7 +87,9 @@ pub struct Catalog {
     index: RoutingIndex,
     backends: HashMap<ChannelKey, ChannelBackend>,
     subscriptions: HashMap<ObjectKey, Facts>,
-    /// The signing keys of signed Subscriptions.
+    /// Each Bridge's Channel, and whether it names a token.
+    bridges: HashMap<ObjectKey, (ChannelKey, bool)>,
+    /// The signing keys of signed Subscriptions and the Bridges' tokens.
     keys: Arc<DeliveryKeys>,
 }
 
@@ -88,6 +97,25 @@ impl Catalog {
     /// The signing keys changed.
     pub fn set_keys(&mut self, keys: Arc<DeliveryKeys>) {
         self.keys = keys;
+    }
+
+    /// A Bridge was created or changed.
+    pub fn apply_bridge(&mut self, key: ObjectKey, bridge: &Bridge) {
+        let channel = key.sibling(&bridge.spec.channel);
+        self.bridges
+            .insert(key, (channel, bridge.spec.token_secret_ref.is_some()));
+    }
+
+    /// A Bridge is gone.
+    pub fn delete_bridge(&mut self, key: &ObjectKey) {
+        self.bridges.remove(key);
+    }
+
+    /// Whether a Bridge of `channel` names a token that is not among the keys.
+    fn token_missing(&self, channel: &ChannelKey) -> bool {
+        self.bridges
+            .iter()
+            .any(|(bridge, (on, token))| on == channel && *token && self.keys.bridge_token(bridge).is_none())
     }
 
     /// A Channel was created or changed.
@@ -154,22 +182,27 @@ impl Catalog {
             let Some(subscriber) = routes.subscribers.iter().find(|s| s.id == id) else {
                 continue;
             };
-            let signing = match (facts.signed, self.keys.signing(key)) {
-                (false, _) => None,
-                (true, Some(signing)) => Some(signing.clone()),
-                (true, None) => {
-                    out.insert(
-                        key.clone(),
-                        Want::Hold {
-                            channel: facts.channel.clone(),
-                            backlog: facts.backlog,
-                            ordered: subscriber.policy.ordering == Ordering::Ordered,
-                            reason: HoldReason::SigningUnavailable,
-                        },
-                    );
-                    continue;
-                }
+            let signing = facts.signed.then(|| self.keys.signing(key)).flatten();
+            let hold = if facts.signed && signing.is_none() {
+                Some(HoldReason::SigningUnavailable)
+            } else if self.token_missing(&facts.channel) {
+                Some(HoldReason::BridgeTokenUnavailable)
+            } else {
+                None
             };
+            if let Some(reason) = hold {
+                out.insert(
+                    key.clone(),
+                    Want::Hold {
+                        channel: facts.channel.clone(),
+                        backlog: facts.backlog,
+                        ordered: subscriber.policy.ordering == Ordering::Ordered,
+                        reason,
+                    },
+                );
+                continue;
+            }
+            let signing = signing.cloned();
             let want = Want::Consume {
                 channel: facts.channel.clone(),
                 subscriber: Box::new(SubscriberSpec {
@@ -285,5 +318,49 @@ mod tests {
             panic!("not consumed with its key");
         };
         assert!(subscriber.signing.is_some(), "signed");
+    }
+
+    #[test]
+    fn a_subscription_waits_for_the_tokens_of_its_channels_bridges() {
+        let mut catalog = Catalog::default();
+        catalog.apply_channel(key("c"), &channel("rabbitmq", "{}"));
+        catalog.apply_subscription(key("s"), &subscription(""));
+        let bridge = |channel: &str, token: bool| {
+            let token = if token {
+                r#", "tokenSecretRef": {"name": "t", "key": "token"}"#
+            } else {
+                ""
+            };
+            Bridge::new(
+                "b",
+                serde_json_from(&format!(r#"{{"channel": "{channel}", "endpoint": "e"{token}}}"#)),
+            )
+        };
+        catalog.apply_bridge(key("other"), &bridge("elsewhere", true));
+        catalog.apply_bridge(key("plain"), &bridge("c", false));
+        assert!(matches!(
+            catalog.wanted().get(&key("s")),
+            Some(Want::Consume { .. })
+        ));
+        catalog.apply_bridge(key("feed"), &bridge("c", true));
+        assert_eq!(
+            catalog.wanted().get(&key("s")).and_then(Want::hold_reason),
+            Some(HoldReason::BridgeTokenUnavailable)
+        );
+        let dir = std::env::temp_dir().join(format!("wsbridge-dispatcher-tokens-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("bridge_team.feed"), "a-token").unwrap();
+        catalog.set_keys(Arc::new(DeliveryKeys::read(&dir)));
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(matches!(
+            catalog.wanted().get(&key("s")),
+            Some(Want::Consume { .. })
+        ));
+        catalog.delete_bridge(&key("feed"));
+        catalog.set_keys(Arc::default());
+        assert!(matches!(
+            catalog.wanted().get(&key("s")),
+            Some(Want::Consume { .. })
+        ));
     }
 }
