@@ -1,8 +1,11 @@
 //! A `backend: rabbitmq` Channel in an installation without a broker (the
 //! chart's `broker` values unset): the Channel and its Bridge are
 //! `Ready=False` with reason `NoBroker` and a message that says what to
-//! set, on the real API server. A test binary of its own: the installation
-//! of `broker_worker` has a broker and serves every namespace.
+//! set, on the real API server; its worker, run from the pod template the
+//! controller wrote (no broker URL in it), connects nothing and delivers
+//! nothing from memory: `Connected=False` with reason `NoBroker`. A test
+//! binary of its own: the installation of `broker_worker` has a broker and
+//! serves every namespace.
 
 mod controller_support;
 mod support;
@@ -10,7 +13,7 @@ mod support;
 use anyhow::Result;
 use controller_support::{ControllerProcess, WAIT};
 use kube::Api;
-use wsbridge_api::conditions::{self, READY};
+use wsbridge_api::conditions::{self, CONNECTED, READY};
 use wsbridge_api::{Bridge, Channel};
 
 #[test]
@@ -22,11 +25,12 @@ const OBJECTS: &str = "apiVersion: wsbridge.io/v1alpha1\nkind: Channel\nmetadata
     ---\napiVersion: wsbridge.io/v1alpha1\nkind: Endpoint\nmetadata: {name: market}\nspec: {url: 'ws://127.0.0.1:9/'}\n\
     ---\napiVersion: wsbridge.io/v1alpha1\nkind: Bridge\nmetadata: {name: feed}\nspec: {channel: prices, endpoint: market}\n";
 
-/// The `Ready` reason and message of `conditions`, once it says `False`.
-fn not_ready(
+/// The reason and message of condition `type_`, once it says `False`.
+fn is_false(
     conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+    type_: &str,
 ) -> Option<(String, String)> {
-    conditions::find(conditions, READY)
+    conditions::find(conditions, type_)
         .filter(|c| c.status == "False")
         .map(|c| (c.reason.clone(), c.message.clone()))
 }
@@ -46,7 +50,7 @@ async fn without_a_broker_a_rabbitmq_channel_and_its_bridge_are_not_ready() -> R
         async move {
             let bridge = bridges.get("feed").await?;
             let status = bridge.status.unwrap_or_default();
-            Ok(not_ready(&status.conditions).filter(|(reason, _)| reason == "NoBroker"))
+            Ok(is_false(&status.conditions, READY).filter(|(reason, _)| reason == "NoBroker"))
         }
     })
     .await
@@ -63,10 +67,43 @@ async fn without_a_broker_a_rabbitmq_channel_and_its_bridge_are_not_ready() -> R
         async move {
             let channel = channels.get("prices").await?;
             let status = channel.status.unwrap_or_default();
-            Ok(not_ready(&status.conditions).filter(|(reason, _)| reason == "NoBroker"))
+            Ok(is_false(&status.conditions, READY).filter(|(reason, _)| reason == "NoBroker"))
         }
     })
     .await?;
     assert!(message.contains("broker.url"), "{message}");
+
+    // The worker of that Bridge has no broker URL: it says so on the
+    // Bridge, is not ready, and takes no sends.
+    let worker = support::pods::start_bridge_worker(&ns, "feed").await?;
+    let (_, message) = support::eventually(WAIT, "the worker's Connected=False NoBroker", || {
+        let bridges = bridges.clone();
+        async move {
+            let status = bridges.get("feed").await?.status.unwrap_or_default();
+            Ok(is_false(&status.conditions, CONNECTED).filter(|(reason, _)| reason == "NoBroker"))
+        }
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}; worker log:\n{}", worker.logs()))?;
+    assert!(
+        message.contains("WSBRIDGE_RABBITMQ_URL") && message.contains("not delivering from memory"),
+        "{message}"
+    );
+    let addr: std::net::SocketAddr = worker.env["WSBRIDGE_LISTEN"].parse()?;
+    let (code, _) = support::http::get(addr, "/readyz").await?;
+    assert_eq!(code, 503, "not ready without its broker");
+    let credential = &worker.env["WSBRIDGE_SEND_CREDENTIAL"];
+    let (code, answer) = support::http::request(
+        addr,
+        "POST",
+        "/v1/send",
+        &[("Authorization", &format!("Bearer {credential}"))],
+        b"x",
+    )
+    .await?;
+    assert!(
+        code == 409 && answer.contains("ChannelIsDurable"),
+        "{code} {answer}"
+    );
     Ok(())
 }
