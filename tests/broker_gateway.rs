@@ -608,6 +608,45 @@ async fn websocket_clients_of_a_rabbitmq_channel_get_endpoint_messages_and_publi
         );
     }
 
+    // The Channel deleted and created again under a connected client: the
+    // replica stops listening, then listens again, and the client gets the
+    // next publish.
+    let client = support::shared().await.client();
+    let channels: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        &ns,
+        &kube::discovery::ApiResource::from_gvk_with_plural(
+            &kube::api::GroupVersionKind::gvk("wsbridge.io", "v1alpha1", "Channel"),
+            "channels",
+        ),
+    );
+    channels.delete("ticker", &Default::default()).await?;
+    support::eventually(WAIT, "the listener of the deleted channel stopped", || {
+        let queue = queue.clone();
+        async move {
+            let metrics = support::http::get(gw.addr, "/metrics").await?.1;
+            Ok((!metrics.contains(&queue)).then_some(()))
+        }
+    })
+    .await?;
+    support::apply_yaml(
+        &client,
+        &rabbitmq_channel("ticker").replace("NAMESPACE", &ns),
+        Some(&ns),
+    )
+    .await?;
+    support::eventually(WAIT, "the recreated channel's listener consumes", || {
+        let queue = queue.clone();
+        async move {
+            let metrics = support::http::get(gw.addr, "/metrics").await?.1;
+            Ok((support::metric_sum(&metrics, "wsbridge_broker_consuming", &[&queue]) == 1.0).then_some(()))
+        }
+    })
+    .await?;
+    let again = post(gw.addr, &path, Some(&publisher), &[], br#"{"from":"again"}"#).await?;
+    assert_eq!(again.status, 202, "{}", again.body);
+    assert_eq!(next_text(&mut single).await, r#"{"from":"again"}"#);
+
     // The last client gone, the replica stops consuming (its queue goes too).
     single.close(None).await?;
     multiplexed.close(None).await?;

@@ -171,15 +171,35 @@ impl GatewayState {
 
     /// Stops the listeners of channels without clients here (or no longer
     /// `rabbitmq`: deleted, or switched to `memory`), so that a replica
-    /// holds a queue only where someone reads it; updates the broker
-    /// metrics. Under the listeners' lock, as [`GatewayState::listen`] is:
-    /// a client that joins meanwhile is counted before the check.
+    /// holds a queue only where someone reads it, and starts one for a
+    /// `rabbitmq` channel whose clients have none (the channel was deleted
+    /// and created again under them); updates the broker metrics. Under
+    /// the listeners' lock, as [`GatewayState::listen`] is: a client that
+    /// joins meanwhile is counted before the check.
     fn sweep_listeners(&self) {
         let Some(durable) = &self.durable else {
             return;
         };
         durable.metrics().observe(durable.broker());
         let mut listeners = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
+        let orphaned: Vec<ChannelKey> = self
+            .channels
+            .read()
+            .map(|channels| {
+                channels
+                    .iter()
+                    .filter(|(key, facts)| {
+                        facts.durable && !listeners.contains_key(*key) && self.clients.count(key) > 0
+                    })
+                    .map(|(key, _)| key.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        for channel in orphaned {
+            tracing::debug!(%channel, "clients without a listener: listening on the broker again");
+            let listener = durable.listen_channel(&channel, &self.replica, self.clients.clone());
+            listeners.insert(channel, listener);
+        }
         listeners.retain(|channel, listener| {
             // The queue's name without this replica's suffix (the pod is
             // the target's own label): one series per channel.
