@@ -280,5 +280,32 @@ async fn a_bridge_on_a_rabbitmq_channel_goes_through_the_broker_both_ways() -> R
     );
     publish(&publisher, &channel, "published-2").await?;
     assert_eq!(next_text(&mut endpoint).await?, "published-2");
+
+    // The Channel back on memory: the running worker replaces its session
+    // in-process and takes the gateway's sends again.
+    support::apply_yaml(
+        &client,
+        "apiVersion: wsbridge.io/v1alpha1\nkind: Channel\nmetadata: {name: prices}\nspec: {backend: memory}\n",
+        Some(&ns),
+    )
+    .await?;
+    let credential = worker.env["WSBRIDGE_SEND_CREDENTIAL"].clone();
+    let addr = worker_addr(&worker)?;
+    let authorization = format!("Bearer {credential}");
+    support::eventually(WAIT, "a send taken on the memory channel", || {
+        let authorization = authorization.clone();
+        async move {
+            let headers = [
+                ("Authorization", authorization.as_str()),
+                ("Content-Type", "text/plain"),
+            ];
+            let (code, _) =
+                support::http::request(addr, "POST", "/v1/send", &headers, b"sent-directly").await?;
+            Ok((code == 202).then_some(()))
+        }
+    })
+    .await
+    .with_context(|| format!("worker log:\n{}", worker.logs()))?;
+    assert_eq!(next_text(&mut endpoint).await?, "sent-directly");
     Ok(())
 }
