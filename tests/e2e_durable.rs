@@ -175,6 +175,19 @@ spec:
     // and the controller declared the queues: every Subscription gets it.
     publish_accepted(gateway, &channel, "p-0").await?;
     let mut expected = vec!["p-0".to_string()];
+    // The Channel says its exchanges are on the broker, and is Ready.
+    let channels: kube::Api<wsbridge_api::Channel> = kube::Api::namespaced(client.clone(), &ns);
+    support::eventually(WAIT, "the Channel BrokerReady and Ready", || {
+        let channels = channels.clone();
+        async move {
+            let status = channels.get("feed").await?.status.unwrap_or_default();
+            let broker = wsbridge_api::conditions::find(&status.conditions, "BrokerReady").cloned();
+            Ok((wsbridge_api::conditions::is_true(&status.conditions, "Ready")
+                && broker.is_some_and(|c| c.status == "True" && c.reason == "Declared"))
+            .then_some(()))
+        }
+    })
+    .await?;
     assert_eq!(endpoint_texts(&mut endpoint, 1).await, ["p-0"]);
     for i in 1..=20 {
         endpoint.send(WsMessage::text(format!("e-{i}")));

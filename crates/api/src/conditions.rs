@@ -8,6 +8,10 @@ use wsbridge_core::text::shorten;
 pub const READY: &str = "Ready";
 /// A Bridge's worker holds a live connection to its endpoint.
 pub const CONNECTED: &str = "Connected";
+/// A `rabbitmq` Channel's exchanges are declared on the installation's
+/// broker (written by the controller's topology reconcile, a field manager
+/// of its own).
+pub const BROKER_READY: &str = "BrokerReady";
 
 /// A condition without timestamps: what a reconcile decides.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -31,12 +31,14 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{Action, Config, Controller};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 use tracing::{info, warn};
+use wsbridge_api::conditions::{self, BROKER_READY, Decided};
 use wsbridge_api::{BacklogSpec, Bridge, Channel, ChannelBackend, Subscription};
 use wsbridge_broker::topology::Backlog;
 use wsbridge_broker::{AdminError, Broker};
@@ -53,6 +55,11 @@ pub const FINALIZER: &str = "wsbridge.io/broker-topology";
 
 /// How soon a failed operation is tried again.
 const RETRY: Duration = Duration::from_secs(5);
+/// How often a rabbitmq Channel's exchanges are declared again.
+const REDECLARE: Duration = Duration::from_secs(60);
+/// The field manager of the Channel's `BrokerReady` (the status's other
+/// fields are the Channel reconcile's).
+const FIELD_MANAGER: &str = "wsbridge-controller-broker";
 
 /// What the topology reconciles share.
 pub(crate) struct TopologyContext {
@@ -104,15 +111,18 @@ pub(crate) enum TopologyError {
     Broker(#[from] AdminError),
     #[error("updating the finalizer failed: {0}")]
     Finalizer(#[from] kube::Error),
+    #[error("writing the BrokerReady condition failed: {0}")]
+    Status(#[source] kube::Error),
 }
 
 impl TopologyError {
-    fn label(&self) -> &'static str {
+    pub(crate) fn label(&self) -> &'static str {
         match self {
             TopologyError::NoNamespace => "NoNamespace",
             TopologyError::Broker(AdminError::Unreachable(_)) => "BrokerUnreachable",
             TopologyError::Broker(AdminError::Refused(_)) => "BrokerRefused",
             TopologyError::Finalizer(_) => "FinalizerFailed",
+            TopologyError::Status(_) => "WriteStatusFailed",
         }
     }
 }
@@ -159,20 +169,90 @@ pub(crate) fn controllers(
 
 async fn reconcile_channel(ch: Arc<Channel>, ctx: Arc<TopologyContext>) -> Result<Action, TopologyError> {
     let key = ChannelKey::new(ch.namespace().ok_or(TopologyError::NoNamespace)?, ch.name_any());
-    let wanted = if ch.meta().deletion_timestamp.is_none() && ch.spec.backend() == ChannelBackend::Rabbitmq {
+    let durable = ch.spec.backend() == ChannelBackend::Rabbitmq;
+    let wanted = if ch.meta().deletion_timestamp.is_none() && durable {
         Wanted::Present
     } else {
         Wanted::Absent
     };
     let declare_key = key.clone();
-    reconcile_owner(
+    let result = reconcile_owner(
         ch.as_ref(),
         &ctx,
         wanted,
         |broker| async move { broker.declare_channel(&declare_key).await },
         |broker| async move { broker.delete_channel(&key).await },
     )
-    .await
+    .await;
+    let condition = match (&result, &ctx.broker) {
+        _ if !durable || ch.meta().deletion_timestamp.is_some() => None,
+        // The Channel's Ready says NoBroker.
+        (_, None) => None,
+        (Ok(_), Some(broker)) => Some(Decided::ok(
+            BROKER_READY,
+            "Declared",
+            format!("its exchanges are declared on the broker {}", broker.url()),
+        )),
+        (Err(e), _) => Some(Decided::failed(BROKER_READY, e.label(), e.to_string())),
+    };
+    write_broker_condition(&ch, &ctx, condition).await?;
+    // Declared again now and then: a broker that lost its definitions, or
+    // went away, shows on the Channel within a minute.
+    result.map(|_| {
+        if durable {
+            Action::requeue(REDECLARE)
+        } else {
+            Action::await_change()
+        }
+    })
+}
+
+/// Applies the Channel's `BrokerReady` (or removes it, with `None`) with
+/// this reconcile's own field manager, when it changed.
+async fn write_broker_condition(
+    ch: &Channel,
+    ctx: &TopologyContext,
+    decided: Option<Decided>,
+) -> Result<(), TopologyError> {
+    let current: Vec<Condition> = ch
+        .status
+        .as_ref()
+        .and_then(|s| conditions::find(&s.conditions, BROKER_READY))
+        .cloned()
+        .into_iter()
+        .collect();
+    let generation = ch.meta().generation;
+    let desired = conditions::merge(
+        &current,
+        decided.as_slice(),
+        generation,
+        k8s_openapi::jiff::Timestamp::now(),
+    );
+    let desired: Vec<Condition> = match decided {
+        Some(_) => desired,
+        None => Vec::new(),
+    };
+    if desired == current {
+        return Ok(());
+    }
+    let api: Api<Channel> = Api::namespaced(ctx.client.clone(), &ch.namespace().unwrap_or_default());
+    let patch = serde_json::json!({
+        "apiVersion": Channel::api_version(&()),
+        "kind": Channel::kind(&()),
+        "status": {"conditions": desired},
+    });
+    match api
+        .patch_status(
+            &ch.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(TopologyError::Status(e)),
+    }
 }
 
 async fn reconcile_subscription(

@@ -154,7 +154,22 @@ macro_rules! whole_status {
 }
 
 whole_status!(
-    Channel => ChannelStatus,
     Endpoint => EndpointStatus,
     Subscription => SubscriptionStatus,
 );
+
+impl HasStatus for Channel {
+    type Status = ChannelStatus;
+
+    /// All but `BrokerReady`, which the broker topology reconcile writes
+    /// (its own field manager: neither overwrites the other).
+    fn owned_status(&self) -> ChannelStatus {
+        let mut status = self.status.clone().unwrap_or_default();
+        status.conditions.retain(|c| c.type_ != conditions::BROKER_READY);
+        status
+    }
+
+    fn conditions(status: &ChannelStatus) -> &[Condition] {
+        &status.conditions
+    }
+}
