@@ -341,6 +341,22 @@ mod tests {
     }
 
     #[test]
+    fn a_rabbitmq_channel_without_a_broker_url_says_so_until_the_worker_stops() {
+        for state in [
+            ConnectionState::Connected { subprotocol: None },
+            ConnectionState::Connecting { attempt: 1 },
+        ] {
+            let c = no_broker_condition(&state);
+            assert_eq!((c.connected, c.reason), (false, "NoBroker"));
+            assert!(c.message.contains("WSBRIDGE_RABBITMQ_URL"), "{}", c.message);
+        }
+        assert_eq!(
+            no_broker_condition(&ConnectionState::Stopped).reason,
+            "WorkerStopped"
+        );
+    }
+
+    #[test]
     fn the_patch_carries_only_worker_owned_fields() {
         let c = condition_for(&ConnectionState::Connected { subprotocol: None }, "feed");
         let body = status_patch(
