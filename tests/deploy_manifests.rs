@@ -117,6 +117,8 @@ fn chart_renders_the_documented_defaults() -> Result<()> {
             // sendKey: the installation key of the workers' send path.
             "--send-key-secret",
             "wsbridge-send-key",
+            "--delivery-keys-secret",
+            "wsbridge-delivery-keys",
             // controller.workerPod: every worker's default size.
             "--worker-pod-defaults",
             r#"{"resources":{"limits":{"cpu":"1","memory":"256Mi"},"requests":{"cpu":"50m","memory":"32Mi"}}}"#,
@@ -131,7 +133,13 @@ fn chart_renders_the_documented_defaults() -> Result<()> {
         .ok_or_else(|| anyhow!("no gateway Deployment"))?;
     assert_eq!(
         strings(&gateway["spec"]["template"]["spec"]["containers"][0]["args"]),
-        ["gateway", "--own-service", "wsbridge-gateway.wsbridge-system"]
+        [
+            "gateway",
+            "--own-service",
+            "wsbridge-gateway.wsbridge-system",
+            "--delivery-keys-dir",
+            "/var/run/secrets/wsbridge/delivery-keys"
+        ]
     );
     // The gateway reads the send key from the controller's Secret, mounted
     // (it has no Secret access through the API).
