@@ -816,3 +816,95 @@ async fn endpoint_messages_carry_their_bridges_token_and_wait_for_it_in_the_back
     sub.assert_quiet(Duration::from_secs(2)).await;
     Ok(())
 }
+
+/// The chart's dispatcher objects, rendered with `sets` on top of a broker.
+fn dispatcher_objects(sets: &[&str]) -> Result<Vec<serde_json::Value>> {
+    let yaml = support::durable::render_chart(sets)?;
+    let mut docs = Vec::new();
+    for doc in serde_norway::Deserializer::from_str(&yaml) {
+        let value: serde_json::Value = serde::Deserialize::deserialize(doc)?;
+        if value["metadata"]["name"]
+            .as_str()
+            .is_some_and(|n| n.ends_with("-dispatcher"))
+        {
+            docs.push(value);
+        }
+    }
+    Ok(docs)
+}
+
+#[test]
+fn the_chart_renders_the_dispatcher_only_with_a_broker_and_with_least_privilege() -> Result<()> {
+    // deploy/wsbridge.yaml is the chart with its defaults: no broker.
+    let defaults = std::fs::read_to_string(support::binaries::repo_root().join("deploy/wsbridge.yaml"))?;
+    assert!(!defaults.contains("dispatcher"), "no dispatcher without a broker");
+    let docs = dispatcher_objects(&[])?;
+    let kinds: Vec<&str> = docs.iter().filter_map(|d| d["kind"].as_str()).collect();
+    for kind in [
+        "Deployment",
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "PodDisruptionBudget",
+        "NetworkPolicy",
+    ] {
+        assert!(kinds.contains(&kind), "no {kind} in {kinds:?}");
+    }
+    assert!(
+        !kinds.contains(&"HorizontalPodAutoscaler"),
+        "autoscaling is off by default"
+    );
+    let of = |kind: &str| docs.iter().find(|d| d["kind"] == kind).expect("rendered");
+
+    let deployment = of("Deployment");
+    assert_eq!(deployment["spec"]["replicas"], 2);
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    let args: Vec<&str> = container["args"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a.as_str())
+        .collect();
+    assert_eq!(args.first(), Some(&"dispatcher"));
+    assert!(
+        args.contains(&"--rabbitmq-url-file") || args.iter().any(|a| a.starts_with("--rabbitmq-url-file="))
+    );
+    assert!(
+        args.contains(&"--own-service"),
+        "the gateway's Service is denied: {args:?}"
+    );
+    assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(container["securityContext"]["allowPrivilegeEscalation"], false);
+
+    // Reads three kinds, writes nothing, never a Secret.
+    let rules = of("ClusterRole")["rules"].as_array().cloned().unwrap_or_default();
+    assert_eq!(rules.len(), 1, "{rules:?}");
+    assert_eq!(rules[0]["apiGroups"], serde_json::json!(["wsbridge.io"]));
+    assert_eq!(
+        rules[0]["resources"],
+        serde_json::json!(["channels", "bridges", "subscriptions"])
+    );
+    assert_eq!(rules[0]["verbs"], serde_json::json!(["get", "list", "watch"]));
+
+    // Only the metrics scraper (none configured: nobody) reaches its pods.
+    assert_eq!(of("NetworkPolicy")["spec"]["ingress"], serde_json::json!([]));
+
+    let autoscaled = dispatcher_objects(&[
+        "dispatcher.autoscaling.enabled=true",
+        "dispatcher.autoscaling.maxReplicas=7",
+    ])?;
+    let hpa = autoscaled
+        .iter()
+        .find(|d| d["kind"] == "HorizontalPodAutoscaler")
+        .context("an HPA with autoscaling on")?;
+    assert_eq!(hpa["spec"]["maxReplicas"], 7);
+    let deployment = autoscaled
+        .iter()
+        .find(|d| d["kind"] == "Deployment")
+        .context("Deployment")?;
+    assert!(
+        deployment["spec"].get("replicas").is_none(),
+        "the HPA owns the replicas"
+    );
+    Ok(())
+}
