@@ -895,3 +895,87 @@ async fn the_controller_reconciles_an_example_with_the_chart_rbac() -> Result<()
     );
     Ok(())
 }
+
+/// `rabbitmq.enabled`: the chart runs a single-node broker for trying
+/// durable channels out, writes the broker Secret the roles mount from the
+/// same generated password, wires MQTT to the gateway's auth backend, and
+/// its pod passes the restricted Pod Security Standard; it refuses a
+/// `broker` given as well.
+#[tokio::test]
+async fn the_chart_can_run_a_broker_for_trying_it_out() -> Result<()> {
+    let cp = support::shared().await;
+    let ns = namespace(
+        cp,
+        "with-broker",
+        &[("pod-security.kubernetes.io/enforce", "restricted")],
+    )
+    .await?;
+    let yaml = render("wsbridge", &ns, &["rabbitmq.enabled=true"])?;
+    let docs = documents(&yaml)?;
+    let secret = |n: &str| {
+        of_kind(&docs, "Secret")
+            .find(|d| name(d) == n)
+            .cloned()
+            .unwrap_or_else(|| panic!("Secret {n}"))
+    };
+    let broker = secret("wsbridge-rabbitmq");
+    let password = broker["stringData"]["password"].as_str().unwrap().to_string();
+    assert_eq!(password.len(), 32);
+    let conf = broker["stringData"]["rabbitmq.conf"].as_str().unwrap();
+    assert!(conf.contains(&format!("default_pass = {password}")), "{conf}");
+    assert!(
+        conf.contains(&format!(
+            "auth_http.topic_path = http://wsbridge-gateway.{ns}.svc/auth/topic"
+        )),
+        "{conf}"
+    );
+    let url = secret("wsbridge-broker")["stringData"]["url"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        url,
+        format!("amqp://wsbridge:{password}@wsbridge-rabbitmq.{ns}.svc:5672/%2f")
+    );
+    // Every role reads the URL from the mounted Secret; the dispatcher runs.
+    let deployments: Vec<&str> = of_kind(&docs, "Deployment").map(name).collect();
+    assert!(deployments.contains(&"wsbridge-dispatcher"), "{deployments:?}");
+    for d in of_kind(&docs, "Deployment") {
+        let args = strings(&d["spec"]["template"]["spec"]["containers"][0]["args"]);
+        assert!(args.contains(&"--rabbitmq-url-file"), "{}: {args:?}", name(d));
+    }
+    let statefulset = of_kind(&docs, "StatefulSet")
+        .next()
+        .expect("the broker's StatefulSet");
+    let template = &statefulset["spec"]["template"];
+    // The claim template's volume, as the StatefulSet controller adds it.
+    let mut spec = template["spec"].clone();
+    spec["volumes"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "data", "emptyDir": {}}));
+    let pod = json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "rabbitmq", "namespace": ns, "labels": template["metadata"]["labels"]},
+        "spec": spec,
+    });
+    let out = server_dry_run(cp, &serde_json::to_string(&pod)?)?;
+    assert!(out.contains("serverside-applied (server dry run)"), "{out}");
+    let out = server_dry_run(
+        cp,
+        &yaml.replace("namespace: wsbridge-system", &format!("namespace: {ns}")),
+    )?;
+    assert!(!out.contains("Error"), "{out}");
+
+    let both = render(
+        "wsbridge",
+        &ns,
+        &["rabbitmq.enabled=true", "broker.url=amqp://u:p@elsewhere:5672/"],
+    );
+    assert!(
+        format!("{:#}", both.expect_err("a broker given twice")).contains("leave broker.url"),
+        "refused with a reason"
+    );
+    Ok(())
+}

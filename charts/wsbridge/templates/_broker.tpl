@@ -5,7 +5,7 @@ flag with which the controller, gateway and dispatcher read it (a file, so
 the URL never shows in a pod spec or a process listing).
 */}}
 {{- define "wsbridge.brokerEnabled" -}}
-{{- if or .Values.broker.url .Values.broker.existingSecret }}true{{ end }}
+{{- if or .Values.broker.url .Values.broker.existingSecret .Values.rabbitmq.enabled }}true{{ end }}
 {{- end }}
 
 {{- define "wsbridge.brokerSecretName" -}}
