@@ -114,7 +114,7 @@ pub fn launch_to(o: &Opts, relay: &str, dir: &Path, ws_port: u16, uris: &[String
                 let _ = write!(
                     y,
                     "---\napiVersion: wsbridge.io/v1alpha1\nkind: Subscription\nmetadata: {{name: sink-{i}}}\nspec:\n  channel: bench\n  \
-                     subscriber: {{uri: \"{uri}\"}}\n  delivery: {{ordering: unordered, maxInFlight: 64, queueCapacity: 100000}}\n"
+                     subscriber: {{uri: \"{uri}\"}}\n  delivery: {{ordering: unordered, maxInFlight: 64, queueCapacity: 100000, queueCapacityBytes: 134217728}}\n"
                 );
             }
             std::fs::write(cfg.join("bench.yaml"), y)?;
