@@ -310,6 +310,16 @@ impl ClientFeed {
         self.rx.recv().await.filter(|_| !self.evicted())
     }
 
+    /// The next message if one is queued now, without waiting (`None` when
+    /// none is, or the client was evicted): what a connection writes in
+    /// the same burst as the one [`ClientFeed::next`] gave it.
+    pub fn try_next(&mut self) -> Option<Arc<Message>> {
+        if self.evicted() {
+            return None;
+        }
+        self.rx.try_recv().ok().filter(|_| !self.evicted())
+    }
+
     /// [`ClientFeed::next`] for a connection that drives many feeds as
     /// streams.
     pub fn poll_next(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Arc<Message>>> {

@@ -3,9 +3,11 @@
 //! close with a code and a reason.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::Request;
+use futures::SinkExt;
 use hyper_util::rt::TokioIo;
 use tokio::sync::watch;
 use tokio::time::{Instant, Interval};
@@ -13,6 +15,9 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+
+use wsbridge_dataplane::Message;
+use wsbridge_dataplane::clients::ClientFeed;
 
 use super::ClientKeepalive;
 
@@ -108,8 +113,35 @@ impl Liveness {
 
 /// Writes `frame`; false when the connection failed or the client took no
 /// bytes for `timeout` (it is gone: no close frame could be written either).
+/// Most messages written in one burst before the socket is flushed.
+const MAX_BURST: usize = 64;
+
+/// Writes `first` and whatever else `feed` holds right now (up to
+/// [`MAX_BURST`]) and flushes once: a client that is behind gets its
+/// backlog in one write instead of a system call per message (each message
+/// is still a frame of its own). `false` when the write failed or took
+/// longer than `timeout`.
+pub(super) async fn send_burst(
+    ws: &mut Socket,
+    feed: &mut ClientFeed,
+    first: Arc<Message>,
+    to_frame: impl Fn(&Message) -> WsMessage,
+    timeout: Duration,
+) -> bool {
+    let burst = async {
+        ws.feed(to_frame(&first)).await?;
+        feed.written(&first);
+        for _ in 1..MAX_BURST {
+            let Some(next) = feed.try_next() else { break };
+            ws.feed(to_frame(&next)).await?;
+            feed.written(&next);
+        }
+        ws.flush().await
+    };
+    matches!(tokio::time::timeout(timeout, burst).await, Ok(Ok(())))
+}
+
 pub(super) async fn send(ws: &mut Socket, frame: WsMessage, timeout: Duration) -> bool {
-    use futures::SinkExt;
     matches!(tokio::time::timeout(timeout, ws.send(frame)).await, Ok(Ok(())))
 }
 

@@ -66,9 +66,8 @@ async fn serve<H: ChannelHub>(
         tokio::select! {
             next = feed.next() => match next {
                 Some(msg) => {
-                    let sent = connection::send(&mut ws, msg.to_frame(), liveness.write_timeout()).await;
-                    feed.written(&msg);
-                    if !sent {
+                    let timeout = liveness.write_timeout();
+                    if !connection::send_burst(&mut ws, &mut feed, msg, |m| m.to_frame(), timeout).await {
                         return;
                     }
                 }
