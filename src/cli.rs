@@ -442,7 +442,11 @@ pub struct ControllerArgs {
     /// Secret, in the controller's namespace, where the controller keeps a
     /// copy of every usable signing secret (one key per signed
     /// Subscription) for the gateway and the dispatcher, which mount it.
-    #[arg(long, env = "WSBRIDGE_DELIVERY_KEYS_SECRET", default_value = "wsbridge-delivery-keys")]
+    #[arg(
+        long,
+        env = "WSBRIDGE_DELIVERY_KEYS_SECRET",
+        default_value = "wsbridge-delivery-keys"
+    )]
     pub delivery_keys_secret: String,
 }
 

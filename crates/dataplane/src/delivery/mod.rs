@@ -2,6 +2,7 @@
 
 mod dead_letter;
 mod dedup;
+pub mod delivery_keys;
 mod engine;
 mod h1;
 mod http;
@@ -11,7 +12,6 @@ mod pool;
 mod queue;
 mod settle;
 mod signing;
-pub mod delivery_keys;
 mod state;
 mod subscriber;
 
