@@ -123,48 +123,20 @@ async fn a_durable_channel_delivers_everything_to_every_subscription_once_throug
     let flag = up.clone();
     let mut down =
         Subscriber::start(move |_| Reply::Status(if flag.load(Ordering::SeqCst) { 200 } else { 503 })).await;
-    let yaml = format!(
-        "apiVersion: wsbridge.io/v1alpha1
-kind: Channel
-metadata: {{name: feed}}
-spec: {{backend: rabbitmq, allowAnonymousPublish: true}}
----
-apiVersion: wsbridge.io/v1alpha1
-kind: Endpoint
-metadata: {{name: upstream}}
-spec: {{url: '{endpoint}', reconnect: {{initialDelay: 50ms, maxDelay: 500ms}}}}
----
-apiVersion: wsbridge.io/v1alpha1
-kind: Bridge
-metadata: {{name: upstream}}
-spec: {{channel: feed, endpoint: upstream}}
----
-apiVersion: wsbridge.io/v1alpha1
-kind: Subscription
-metadata: {{name: fast}}
-spec: {{channel: feed, subscriber: {{uri: '{fast}'}}}}
----
-apiVersion: wsbridge.io/v1alpha1
-kind: Subscription
-metadata: {{name: failing}}
-spec:
-  channel: feed
-  subscriber: {{uri: '{failing}'}}
-  delivery: {{retry: 1, backoffDelay: 10ms, deadLetterSink: {{uri: '{dead}'}}}}
----
-apiVersion: wsbridge.io/v1alpha1
-kind: Subscription
-metadata: {{name: down}}
-spec:
-  channel: feed
-  subscriber: {{uri: '{down}'}}
-  delivery: {{retry: 1, backoffDelay: 10ms}}
-",
-        endpoint = endpoint.url(),
-        fast = fast.uri,
-        failing = failing.uri,
-        dead = dead_letters.uri,
-        down = down.uri,
+    let yaml = support::durable::feed_yaml(
+        &endpoint.url(),
+        &[
+            ("fast", &fast.uri.to_string(), ""),
+            (
+                "failing",
+                &failing.uri.to_string(),
+                &format!(
+                    "{{retry: 1, backoffDelay: 10ms, deadLetterSink: {{uri: '{}'}}}}",
+                    dead_letters.uri
+                ),
+            ),
+            ("down", &down.uri.to_string(), "{retry: 1, backoffDelay: 10ms}"),
+        ],
     );
     support::apply_yaml(&client, &yaml, Some(&ns)).await?;
     let mut worker = support::pods::start_bridge_worker(&ns, "upstream").await?;

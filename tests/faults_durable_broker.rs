@@ -27,30 +27,7 @@ async fn a_broker_restart_and_a_thirty_second_outage_lose_no_confirmed_message()
 
     let mut endpoint = WsServer::start(ServerOpts::default()).await;
     let mut all = Subscriber::ok().await;
-    let yaml = format!(
-        "apiVersion: wsbridge.io/v1alpha1
-kind: Channel
-metadata: {{name: feed}}
-spec: {{backend: rabbitmq, allowAnonymousPublish: true}}
----
-apiVersion: wsbridge.io/v1alpha1
-kind: Endpoint
-metadata: {{name: upstream}}
-spec: {{url: '{endpoint}', reconnect: {{initialDelay: 50ms, maxDelay: 500ms}}}}
----
-apiVersion: wsbridge.io/v1alpha1
-kind: Bridge
-metadata: {{name: upstream}}
-spec: {{channel: feed, endpoint: upstream}}
----
-apiVersion: wsbridge.io/v1alpha1
-kind: Subscription
-metadata: {{name: all}}
-spec: {{channel: feed, subscriber: {{uri: '{all}'}}}}
-",
-        endpoint = endpoint.url(),
-        all = all.uri,
-    );
+    let yaml = support::durable::feed_yaml(&endpoint.url(), &[("all", &all.uri.to_string(), "")]);
     let _witness = Witness::declare(&url, &ns, "feed").await?;
     support::apply_yaml(&client, &yaml, Some(&ns)).await?;
     let mut worker = support::pods::start_bridge_worker(&ns, "upstream").await?;

@@ -32,39 +32,16 @@ async fn killing_every_role_twenty_times_loses_no_confirmed_message() -> Result<
     let mut all = Subscriber::ok().await;
     let failing = Subscriber::start(|_| Reply::Status(500)).await;
     let mut dead_letters = Subscriber::ok().await;
-    let yaml = format!(
-        "apiVersion: wsbridge.io/v1alpha1
-kind: Channel
-metadata: {{name: feed}}
-spec: {{backend: rabbitmq, allowAnonymousPublish: true}}
----
-apiVersion: wsbridge.io/v1alpha1
-kind: Endpoint
-metadata: {{name: upstream}}
-spec: {{url: '{endpoint}', reconnect: {{initialDelay: 50ms, maxDelay: 500ms}}}}
----
-apiVersion: wsbridge.io/v1alpha1
-kind: Bridge
-metadata: {{name: upstream}}
-spec: {{channel: feed, endpoint: upstream}}
----
-apiVersion: wsbridge.io/v1alpha1
-kind: Subscription
-metadata: {{name: all}}
-spec: {{channel: feed, subscriber: {{uri: '{all}'}}, delivery: {{maxInFlight: 16}}}}
----
-apiVersion: wsbridge.io/v1alpha1
-kind: Subscription
-metadata: {{name: failing}}
-spec:
-  channel: feed
-  subscriber: {{uri: '{failing}'}}
-  delivery: {{retry: 0, deadLetterSink: {{uri: '{dead}'}}}}
-",
-        endpoint = endpoint.url(),
-        all = all.uri,
-        failing = failing.uri,
-        dead = dead_letters.uri,
+    let yaml = support::durable::feed_yaml(
+        &endpoint.url(),
+        &[
+            ("all", &all.uri.to_string(), "{maxInFlight: 16}"),
+            (
+                "failing",
+                &failing.uri.to_string(),
+                &format!("{{retry: 0, deadLetterSink: {{uri: '{}'}}}}", dead_letters.uri),
+            ),
+        ],
     );
     let _witness = Witness::declare(&url, &ns, "feed").await?;
     support::apply_yaml(&client, &yaml, Some(&ns)).await?;

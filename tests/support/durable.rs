@@ -299,3 +299,42 @@ impl Received {
         }
     }
 }
+
+/// A `rabbitmq` Channel `feed` open to anonymous publishers, an Endpoint
+/// and a Bridge `upstream` to `endpoint_url`, and a Subscription per
+/// `(name, subscriber URI, delivery)`, the delivery a YAML flow map or "".
+pub fn feed_yaml(endpoint_url: &str, subscriptions: &[(&str, &str, &str)]) -> String {
+    let mut yaml = format!(
+        "apiVersion: wsbridge.io/v1alpha1
+kind: Channel
+metadata: {{name: feed}}
+spec: {{backend: rabbitmq, allowAnonymousPublish: true}}
+---
+apiVersion: wsbridge.io/v1alpha1
+kind: Endpoint
+metadata: {{name: upstream}}
+spec: {{url: '{endpoint_url}', reconnect: {{initialDelay: 50ms, maxDelay: 500ms}}}}
+---
+apiVersion: wsbridge.io/v1alpha1
+kind: Bridge
+metadata: {{name: upstream}}
+spec: {{channel: feed, endpoint: upstream}}
+"
+    );
+    for (name, uri, delivery) in subscriptions {
+        yaml.push_str(&format!(
+            "---
+apiVersion: wsbridge.io/v1alpha1
+kind: Subscription
+metadata: {{name: {name}}}
+spec:
+  channel: feed
+  subscriber: {{uri: '{uri}'}}
+"
+        ));
+        if !delivery.is_empty() {
+            yaml.push_str(&format!("  delivery: {delivery}\n"));
+        }
+    }
+    yaml
+}
