@@ -29,6 +29,7 @@ pub mod consumer;
 mod durable;
 pub mod metrics;
 mod publisher;
+pub mod remote_auth;
 pub mod topology;
 mod url;
 

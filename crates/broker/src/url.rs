@@ -58,6 +58,16 @@ impl BrokerUrl {
         })
     }
 
+    /// The virtual host the URL names, as the client connects to it
+    /// (`/` when the URL has no path).
+    pub fn vhost(&self) -> String {
+        self.full
+            .expose()
+            .parse::<lapin::uri::AMQPUri>()
+            .map(|uri| uri.vhost)
+            .unwrap_or_else(|_| "/".to_string())
+    }
+
     /// The URL with its credentials, for the client only.
     pub(crate) fn expose(&self) -> &str {
         self.full.expose()
@@ -105,6 +115,14 @@ mod tests {
         assert!(url.expose().ends_with("?heartbeat=10"), "{}", url.expose());
         let url = BrokerUrl::parse("amqp://u:p@rabbit/?heartbeat=3").unwrap();
         assert!(url.expose().ends_with("?heartbeat=3"), "{}", url.expose());
+    }
+
+    #[test]
+    fn the_vhost_is_the_clients() {
+        let vhost = |u: &str| BrokerUrl::parse(u).unwrap().vhost();
+        assert_eq!(vhost("amqp://u:p@rabbit:5672/%2f"), "/");
+        assert_eq!(vhost("amqp://u:p@rabbit:5672"), "/");
+        assert_eq!(vhost("amqps://u:p@rabbit/wsbridge"), "wsbridge");
     }
 
     #[test]
