@@ -196,9 +196,7 @@ impl Durable {
     /// (through an exclusive queue of this process) out to its WebSocket
     /// `clients`; what this process published they got already.
     pub fn listen_remote(&self, channel: &ChannelKey, clients: Arc<RemoteClients>) -> ConsumerHandle {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
+        let nanos = nanos_now();
         let spec = RemoteListenerSpec {
             channel: channel.clone(),
             queue: format!(
@@ -208,16 +206,7 @@ impl Durable {
                 std::process::id()
             ),
         };
-        let key = channel.clone();
-        ConsumerHandle::spawn_remote_listener(
-            self.broker.clone(),
-            spec,
-            Arc::new(move |msg: Arc<Message>| {
-                clients.broadcast(&key, &msg);
-                msg.settle(Settlement::Delivered);
-                true
-            }),
-        )
+        ConsumerHandle::spawn_remote_listener(self.broker.clone(), spec, broadcast_to(channel, clients))
     }
 
     /// Starts consuming everything `channel` carries (endpoint messages,
@@ -232,23 +221,12 @@ impl Durable {
         replica: &str,
         clients: Arc<RemoteClients>,
     ) -> ConsumerHandle {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
+        let nanos = nanos_now();
         let spec = ChannelListenerSpec {
             channel: channel.clone(),
             queue: channel_listener_queue(channel, &format!("{replica}-{nanos}")),
         };
-        let key = channel.clone();
-        ConsumerHandle::spawn_channel_listener(
-            self.broker.clone(),
-            spec,
-            Arc::new(move |msg: Arc<Message>| {
-                clients.broadcast(&key, &msg);
-                msg.settle(Settlement::Delivered);
-                true
-            }),
-        )
+        ConsumerHandle::spawn_channel_listener(self.broker.clone(), spec, broadcast_to(channel, clients))
     }
 
     /// Updates the broker metrics and says whether the broker and every
@@ -339,6 +317,25 @@ impl DurableConsumer {
                     == subscriber.policy.max_in_flight().clamp(1, usize::from(u16::MAX))
         })
     }
+}
+
+/// A listener's hand-off: each message goes to `channel`'s WebSocket
+/// `clients` (each with its own bounded buffer) and counts as delivered.
+fn broadcast_to(channel: &ChannelKey, clients: Arc<RemoteClients>) -> crate::consumer::Deliver {
+    let key = channel.clone();
+    Arc::new(move |msg: Arc<Message>| {
+        clients.broadcast(&key, &msg);
+        msg.settle(Settlement::Delivered);
+        true
+    })
+}
+
+/// Nanoseconds since the epoch: what makes a listener's queue name unique
+/// to this start of the process.
+fn nanos_now() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
 }
 
 /// The delivery engine's key for one Subscription of a durable channel: its
