@@ -8,6 +8,10 @@
         connects anonymously, publishes each MESSAGE at QoS 1, waits for every
         PUBACK, prints `published N` and exits 0.
 
+With MQTT_USERNAME in the environment it connects as that user, with
+MQTT_PASSWORD (a Kubernetes token, never on the command line) as the
+password.
+
 A refused CONNECT prints `refused RC` and exits 3; a refused SUBSCRIBE prints
 `refused subscribe` and exits 4; a connection the broker closes (how MQTT
 3.1.1 refuses a publish) prints `disconnected` and exits 5.
@@ -54,6 +58,8 @@ def main():
             os._exit(5)
 
     c.on_disconnect = on_disconnect
+    if os.environ.get("MQTT_USERNAME"):
+        c.username_pw_set(os.environ["MQTT_USERNAME"], os.environ.get("MQTT_PASSWORD"))
     c.connect(host, port, keepalive=30)
     c.loop_start()
     if not connected.wait(30):

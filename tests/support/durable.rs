@@ -80,6 +80,17 @@ pub fn render_chart(sets: &[&str]) -> Result<String> {
 /// replicas, and waits until each is ready. One installation per test
 /// binary (the roles serve every namespace).
 pub async fn install(amqp_url: &str, dispatchers: usize) -> Result<DurableInstallation> {
+    install_with(amqp_url, dispatchers, None).await
+}
+
+/// [`install`], with the gateway listening on `gateway_listen` when given
+/// (an address chosen before the broker starts, for a broker that asks the
+/// gateway's `/auth/*`), else on a free port.
+pub async fn install_with(
+    amqp_url: &str,
+    dispatchers: usize,
+    gateway_listen: Option<SocketAddr>,
+) -> Result<DurableInstallation> {
     let cp = super::shared().await;
     let client = cp.client();
     super::install_crds(&client).await?;
@@ -99,9 +110,13 @@ pub async fn install(amqp_url: &str, dispatchers: usize) -> Result<DurableInstal
     // The controller first: it creates the Secrets the gateway mounts.
     let controller = start("wsbridge-controller").await?;
     wait_ready("controller", controller.addr, &controller.pod).await?;
-    let gateway = start("wsbridge-gateway")
-        .await
-        .with_context(|| format!("controller log:\n{}", controller.pod.logs()))?;
+    let gateway = match gateway_listen {
+        Some(addr) => start_at("wsbridge-gateway", addr)
+            .await
+            .map(|pod| Role { addr, pod }),
+        None => start("wsbridge-gateway").await,
+    }
+    .with_context(|| format!("controller log:\n{}", controller.pod.logs()))?;
     let mut replicas = Vec::new();
     for _ in 0..dispatchers {
         replicas.push(start("wsbridge-dispatcher").await?);
@@ -115,6 +130,20 @@ pub async fn install(amqp_url: &str, dispatchers: usize) -> Result<DurableInstal
         gateway,
         dispatchers: replicas,
     })
+}
+
+/// Runs one replica of the installed Deployment `name` from its pod
+/// template, listening on `addr`.
+async fn start_at(name: &str, addr: SocketAddr) -> Result<LocalPod> {
+    use k8s_openapi::api::apps::v1::Deployment;
+    let cp = super::shared().await;
+    let client = cp.client();
+    let deployment = kube::Api::<Deployment>::namespaced(client.clone(), SYSTEM_NAMESPACE)
+        .get(name)
+        .await
+        .with_context(|| format!("Deployment {name}"))?;
+    let listen = addr.to_string();
+    super::pods::run_pod_template(cp, &client, &deployment, &[("WSBRIDGE_LISTEN", listen.as_str())]).await
 }
 
 /// A quorum queue of the test's own bound to every message of a channel:

@@ -87,11 +87,19 @@ impl Default for AccessOptions {
 
 /// The identity a token stands for, as the TokenReview told it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-struct Identity {
+pub(crate) struct Identity {
     username: String,
     uid: Option<String>,
     groups: Vec<String>,
     extra: Vec<(String, Vec<String>)>,
+}
+
+impl Identity {
+    /// The Kubernetes user name (`system:serviceaccount:NS:NAME` for a
+    /// ServiceAccount).
+    pub(crate) fn username(&self) -> &str {
+        &self.username
+    }
 }
 
 /// A token's SHA-256: caches are keyed by it, never by the token itself.
@@ -130,6 +138,16 @@ impl Access {
     /// Allows `verb` on `channel` to the holder of `token`.
     pub async fn allows(&self, verb: &'static str, token: &str, channel: &ChannelKey) -> Result<(), Denied> {
         let identity = self.authenticate(token).await?;
+        self.allows_identity(verb, identity, channel).await
+    }
+
+    /// Allows `verb` on `channel` to `identity` (authenticated earlier).
+    pub(crate) async fn allows_identity(
+        &self,
+        verb: &'static str,
+        identity: Arc<Identity>,
+        channel: &ChannelKey,
+    ) -> Result<(), Denied> {
         let key = (identity.clone(), channel.clone(), verb);
         let reviewed = self
             .decisions
@@ -151,7 +169,7 @@ impl Access {
 
     /// The identity of `token`: cached, or one TokenReview shared by every
     /// request that asks for it meanwhile.
-    async fn authenticate(&self, token: &str) -> Result<Arc<Identity>, Denied> {
+    pub(crate) async fn authenticate(&self, token: &str) -> Result<Arc<Identity>, Denied> {
         let digest: TokenDigest = Sha256::digest(token.as_bytes()).into();
         let rejected = || Denied::Unauthenticated("the bearer token is not valid".into());
         if self.rejected.contains_key(&digest) {

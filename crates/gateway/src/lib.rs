@@ -19,9 +19,15 @@
 //! when it did not, `503 NoBroker` when this gateway has no broker. Its
 //! WebSocket clients are served from a queue of this replica's own (see
 //! [`remote`]).
+//!
+//! The same listener serves RabbitMQ's HTTP auth backend at `/auth/*`
+//! ([`broker_auth`]): MQTT and AMQP clients of the broker log in with a
+//! Kubernetes token (or anonymously) and read or write a `rabbitmq`
+//! Channel as RBAC (or the Channel's flags) allows.
 #![forbid(unsafe_code)]
 
 pub mod access;
+mod broker_auth;
 mod metrics;
 mod publish;
 mod remote;
@@ -254,6 +260,7 @@ impl Gateway {
         let dataplane = Arc::new(DataplaneMetrics::new(&mut registry));
         let metrics = metrics::GatewayMetrics::new(&mut registry);
         let access_metrics = metrics::AccessMetrics::new(&mut registry);
+        let broker_auth_metrics = metrics::BrokerAuthMetrics::new(&mut registry);
         let recent = RecentPublishes::new(DEFAULT_DEDUP_WINDOW, DEFAULT_DEDUP_BYTES, &mut registry);
         let clients = RemoteClients::registered(ClientLimits::default(), &mut registry);
         let durable = options.broker.clone().map(|url| {
@@ -299,7 +306,18 @@ impl Gateway {
                 stop: stopped.clone(),
             },
         });
-        let router = ops::router(Arc::new(registry), ready.clone()).merge(remote::router(hub));
+        let broker_auth = Arc::new(broker_auth::BrokerAuth::new(
+            shared.clone(),
+            options
+                .broker
+                .as_ref()
+                .map_or_else(|| "/".to_string(), BrokerUrl::vhost),
+            options.access.capacity,
+            broker_auth_metrics,
+        ));
+        let router = ops::router(Arc::new(registry), ready.clone())
+            .merge(remote::router(hub))
+            .merge(broker_auth::router(broker_auth));
         let mut http_stop = stopped.clone();
         let (addr, server) = ops::serve(options.listen, router, async move {
             let _ = http_stop.wait_for(|s| *s).await;

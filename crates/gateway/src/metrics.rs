@@ -113,3 +113,39 @@ impl AccessMetrics {
         self.reviews.get_or_create(&ReviewLabels { kind, result }).inc();
     }
 }
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BrokerAuthLabels {
+    /// The broker's question: `user`, `vhost`, `resource` or `topic`.
+    pub resource: &'static str,
+    /// `allow` or `deny`.
+    pub decision: &'static str,
+}
+
+/// The broker's HTTP auth backend's answers.
+#[derive(Clone)]
+pub struct BrokerAuthMetrics {
+    pub decisions: Family<BrokerAuthLabels, Counter>,
+}
+
+impl BrokerAuthMetrics {
+    pub fn new(registry: &mut Registry) -> Self {
+        let m = Self {
+            decisions: Family::default(),
+        };
+        registry.sub_registry_with_prefix("wsbridge_gateway").register(
+            "broker_auth",
+            "Answers to RabbitMQ's HTTP auth backend (MQTT and AMQP clients), by question and decision",
+            m.decisions.clone(),
+        );
+        m
+    }
+
+    /// Counts one answer.
+    pub fn decided(&self, resource: &'static str, allowed: bool) {
+        let decision = if allowed { "allow" } else { "deny" };
+        self.decisions
+            .get_or_create(&BrokerAuthLabels { resource, decision })
+            .inc();
+    }
+}
