@@ -144,6 +144,18 @@ async fn mqtt_publish(broker: &RabbitMq, login: Login<'_>, topic: &str, message:
     out.status.success()
 }
 
+/// `wsbridge_gateway_broker_auth_total{resource,decision}` at the gateway.
+async fn counter(gateway: SocketAddr, resource: &str, decision: &str) -> Result<f64> {
+    let (code, metrics) = support::http::get(gateway, "/metrics").await?;
+    anyhow::ensure!(code == 200, "/metrics answered {code}");
+    let series =
+        format!("wsbridge_gateway_broker_auth_total{{resource=\"{resource}\",decision=\"{decision}\"}} ");
+    Ok(metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(&series))
+        .map_or(Ok(0.0), str::parse)?)
+}
+
 fn channels(ns: &str, subscriber_uri: &str) -> String {
     format!(
         r#"apiVersion: wsbridge.io/v1alpha1
@@ -272,7 +284,9 @@ async fn mqtt_clients_read_and_write_rabbitmq_channels_as_kubernetes_rbac_and_th
         "{how}"
     );
     // A bad token, or a good one under another identity's name, is refused
-    // at connect.
+    // at connect: the gateway denied each login.
+    let gateway = world.installation.gateway.addr;
+    let logins_denied = counter(gateway, "user", "deny").await?;
     for login in [
         Login::Token(&subscriber_user, "not-a-token"),
         Login::Token(&publisher_user, &subscriber),
@@ -281,6 +295,7 @@ async fn mqtt_clients_read_and_write_rabbitmq_channels_as_kubernetes_rbac_and_th
         let how = refused_subscribe(broker, login, &ticker).await;
         assert_ne!(how, "refused subscribe", "refused at connect, not at subscribe");
     }
+    assert!(counter(gateway, "user", "deny").await? >= logins_denied + 3.0);
     // Anonymous clients: where allowAnonymousSubscribe is set, only.
     drop(MqttSubscriber::start(broker, Login::Anonymous, &lobby).await);
     refused_subscribe(broker, Login::Anonymous, &ticker).await;
@@ -302,15 +317,17 @@ async fn mqtt_clients_read_and_write_rabbitmq_channels_as_kubernetes_rbac_and_th
     assert_eq!(mqtt_sub.next(&ticker).await, "{\"price\":2}");
 
     // Every answer counted; no token in the gateway's log.
-    let (code, metrics) = support::http::get(world.installation.gateway.addr, "/metrics").await?;
-    assert_eq!(code, 200);
-    for series in [
-        "wsbridge_gateway_broker_auth_total{resource=\"user\",decision=\"allow\"}",
-        "wsbridge_gateway_broker_auth_total{resource=\"user\",decision=\"deny\"}",
-        "wsbridge_gateway_broker_auth_total{resource=\"topic\",decision=\"allow\"}",
-        "wsbridge_gateway_broker_auth_total{resource=\"topic\",decision=\"deny\"}",
+    for (resource, decision) in [
+        ("user", "allow"),
+        ("vhost", "allow"),
+        ("resource", "allow"),
+        ("topic", "allow"),
+        ("topic", "deny"),
     ] {
-        assert!(metrics.contains(series), "{series} missing:\n{metrics}");
+        assert!(
+            counter(gateway, resource, decision).await? > 0.0,
+            "{resource} {decision}"
+        );
     }
     let logs = world.installation.gateway.pod.logs();
     for token in [&subscriber, &publisher, &stranger] {
