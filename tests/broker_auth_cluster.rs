@@ -300,6 +300,55 @@ async fn mqtt_clients_read_and_write_rabbitmq_channels_as_kubernetes_rbac_and_th
     drop(MqttSubscriber::start(broker, Login::Anonymous, &lobby).await);
     refused_subscribe(broker, Login::Anonymous, &ticker).await;
 
+    // The same questions as a form (`auth_http.http_method = post`); the
+    // broker's own queues, another vhost, a user without a token: denied.
+    let ask = |path: &'static str, form: String| async move {
+        let (code, answer) = support::http::request(
+            gateway,
+            "POST",
+            path,
+            &[("Content-Type", "application/x-www-form-urlencoded")],
+            form.as_bytes(),
+        )
+        .await?;
+        anyhow::ensure!(code == 200, "{path}: {code} {answer}");
+        Ok::<_, anyhow::Error>(answer)
+    };
+    let anonymous = "username=anonymous&vhost=%2F";
+    let topic = "resource=topic&name=amq.topic";
+    assert_eq!(
+        ask(
+            "/auth/topic",
+            format!("{anonymous}&{topic}&permission=read&routing_key={ns}.lobby")
+        )
+        .await?,
+        "allow"
+    );
+    assert_eq!(
+        ask(
+            "/auth/topic",
+            format!("{anonymous}&{topic}&permission=write&routing_key={ns}.lobby")
+        )
+        .await?,
+        "deny"
+    );
+    assert_eq!(
+        ask(
+            "/auth/resource",
+            format!("{anonymous}&resource=queue&name=wsbridge.subscription.{ns}.ticker-http&permission=read")
+        )
+        .await?,
+        "deny"
+    );
+    assert_eq!(
+        ask("/auth/vhost", "username=anonymous&vhost=other".into()).await?,
+        "deny"
+    );
+    assert_eq!(
+        ask("/auth/user", format!("username={subscriber_user}")).await?,
+        "deny"
+    );
+
     // A token allowed to publish on ticker does: the MQTT subscriber and
     // the HTTP Subscription (through the dispatcher) get it.
     assert!(mqtt_publish(broker, as_publisher, &ticker, "{\"price\":1}").await);
