@@ -63,7 +63,8 @@ use wsbridge_translate as translate;
 /// What `wsbridge gateway` needs.
 #[derive(Clone, Debug)]
 pub struct GatewayOptions {
-    /// Address of the HTTP server (publish path, probes, metrics).
+    /// Address of the HTTP server (publish path, WebSocket clients,
+    /// RabbitMQ's auth backend at `/auth/*`, probes, metrics).
     pub listen: SocketAddr,
     /// Only this namespace's channels; all namespaces when `None`.
     pub namespace: Option<String>,
