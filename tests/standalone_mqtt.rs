@@ -113,6 +113,20 @@ fn mqtt(rabbit: &RabbitMq, args: &[&str]) -> tokio::process::Command {
     command
 }
 
+/// A paho-mqtt client speaking MQTT over a WebSocket to the broker's
+/// `rabbitmq_web_mqtt` listener.
+fn mqtt_over_websocket(rabbit: &RabbitMq, args: &[&str]) -> tokio::process::Command {
+    let addr = rabbit.web_mqtt_addr();
+    let mut command = python::python3_with(&["paho.mqtt.client"]);
+    command
+        .arg(MQTT_CLIENT)
+        .args([addr.ip().to_string(), addr.port().to_string()])
+        .args(args)
+        .env("MQTT_TRANSPORT", "websockets")
+        .stdout(Stdio::piped());
+    command
+}
+
 /// A pika client, with the broker's URL in its environment.
 fn amqp(rabbit: &RabbitMq, args: &[&str]) -> tokio::process::Command {
     let mut command = python::python3_with(&["pika"]);
@@ -547,4 +561,43 @@ async fn anonymous_mqtt_clients_get_what_the_channel_flags_allow_and_nothing_els
     assert!(endpoint.next(QUIET).await.is_none(), "the endpoint gets nothing");
     assert!(sub.receive("default/watched", QUIET).await.is_empty());
     drop(standalone);
+}
+
+/// MQTT over WebSocket (RabbitMQ's `rabbitmq_web_mqtt`, what browsers and
+/// some devices use): a subscriber there gets the channel's endpoint
+/// messages and HTTP publishes once each, and its publish reaches the HTTP
+/// subscriber and the endpoint once each.
+#[tokio::test]
+async fn an_mqtt_over_websocket_client_subscribes_and_publishes_like_any_mqtt_client() {
+    let rabbit = broker().await;
+    let dir = TempDir::new("standalone-web-mqtt");
+    let mut endpoint = Endpoint::start().await;
+    let mut http = Subscriber::start(Duration::ZERO).await;
+    let channel = unique("ticker");
+    let topic = format!("default/{channel}");
+    let standalone = start(
+        &dir,
+        &config(&endpoint.url(), &channel, &http.uri("/live")),
+        rabbit,
+    )
+    .await;
+    let mut sub = RemoteSubscriber::start(mqtt_over_websocket(rabbit, &["subscribe", &topic])).await;
+
+    let from_endpoint: Vec<String> = numbered("endpoint");
+    let from_http: Vec<String> = numbered("http");
+    send_from_endpoint_and_http(&mut endpoint, &standalone, &topic, &from_endpoint, &from_http).await;
+    let first: Vec<String> = from_endpoint.iter().chain(&from_http).cloned().collect();
+    let got = remote_until(&mut sub, &topic, &first).await;
+    assert_eq!(counts(&got), once_each(&first), "over a WebSocket, once each");
+    assert_eq!(counts(&http_received(&mut http, &first).await), once_each(&first));
+    assert_eq!(
+        counts(&endpoint_received(&mut endpoint, &from_http).await),
+        once_each(&from_http)
+    );
+
+    let from_web: Vec<String> = numbered("web-mqtt");
+    let mut args = vec!["publish", topic.as_str()];
+    args.extend(from_web.iter().map(String::as_str));
+    run(mqtt_over_websocket(rabbit, &args)).await;
+    assert_http_and_endpoint_get_once_each(&mut http, &mut endpoint, &from_web).await;
 }

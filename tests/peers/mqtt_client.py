@@ -8,6 +8,9 @@
         connects anonymously, publishes each MESSAGE at QoS 1, waits for every
         PUBACK, prints `published N` and exits 0.
 
+With MQTT_TRANSPORT=websockets in the environment it speaks MQTT over a
+WebSocket (path MQTT_WS_PATH, default /ws), as browsers and some devices do.
+
 With MQTT_USERNAME in the environment it connects as that user, with
 MQTT_PASSWORD (a Kubernetes token, never on the command line) as the
 password.
@@ -26,9 +29,14 @@ import paho.mqtt.client as mqtt
 
 
 def client():
+    transport = os.environ.get("MQTT_TRANSPORT", "tcp")
     if hasattr(mqtt, "CallbackAPIVersion"):
-        return mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
-    return mqtt.Client(protocol=mqtt.MQTTv311)
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311, transport=transport)
+    else:
+        c = mqtt.Client(protocol=mqtt.MQTTv311, transport=transport)
+    if transport == "websockets":
+        c.ws_set_options(path=os.environ.get("MQTT_WS_PATH", "/ws"))
+    return c
 
 
 def code(rc):

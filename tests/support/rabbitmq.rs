@@ -59,6 +59,8 @@ struct Ports {
     dist: u16,
     epmd: u16,
     mqtt: u16,
+    /// MQTT over WebSocket (`rabbitmq_web_mqtt`, path `/ws`).
+    web_mqtt: u16,
 }
 
 impl std::fmt::Debug for RabbitMq {
@@ -174,10 +176,13 @@ impl RabbitMq {
                  mqtt.default_user = {anonymous}\n\
                  mqtt.default_pass = {anonymous_pass}\n\
                  mqtt.vhost = /\n\
-                 mqtt.exchange = amq.topic\n",
-                port = ports.mqtt
+                 mqtt.exchange = amq.topic\n\
+                 web_mqtt.tcp.ip = 127.0.0.1\n\
+                 web_mqtt.tcp.port = {web}\n",
+                port = ports.mqtt,
+                web = ports.web_mqtt
             )?;
-            let mut plugins = "rabbitmq_mqtt";
+            let mut plugins = "rabbitmq_mqtt,rabbitmq_web_mqtt";
             if let Some(base) = auth {
                 write!(
                     conf,
@@ -189,7 +194,7 @@ impl RabbitMq {
                      auth_http.resource_path = {base}/auth/resource\n\
                      auth_http.topic_path = {base}/auth/topic\n"
                 )?;
-                plugins = "rabbitmq_mqtt,rabbitmq_auth_backend_http";
+                plugins = "rabbitmq_mqtt,rabbitmq_web_mqtt,rabbitmq_auth_backend_http";
             }
             fs::write(dir.join("enabled_plugins"), format!("[{plugins}].\n"))?;
         }
@@ -302,6 +307,11 @@ impl RabbitMq {
     pub fn mqtt_addr(&self) -> SocketAddr {
         assert!(self.mqtt, "this broker was started without MQTT");
         SocketAddr::from(([127, 0, 0, 1], self.ports.mqtt))
+    }
+
+    /// Where MQTT over WebSocket listens (path `/ws`), with MQTT enabled.
+    pub fn web_mqtt_addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.ports.web_mqtt))
     }
 
     /// The test user and password (AMQP clients other than the URL's).
@@ -430,6 +440,7 @@ fn free_ports() -> Result<Ports> {
         TcpListener::bind("127.0.0.1:0")?,
         TcpListener::bind("127.0.0.1:0")?,
         TcpListener::bind("127.0.0.1:0")?,
+        TcpListener::bind("127.0.0.1:0")?,
     ];
     let port = |i: usize| listeners[i].local_addr().map(|a| a.port());
     Ok(Ports {
@@ -437,6 +448,7 @@ fn free_ports() -> Result<Ports> {
         dist: port(1)?,
         epmd: port(2)?,
         mqtt: port(3)?,
+        web_mqtt: port(4)?,
     })
 }
 
