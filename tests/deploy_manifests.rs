@@ -944,7 +944,10 @@ async fn the_chart_can_run_a_broker_for_trying_it_out() -> Result<()> {
         .find(|d| name(d) == "wsbridge-dispatcher-metrics")
         .expect("the dispatcher's metrics Service (the ServiceMonitor selects it)");
     assert_eq!(metrics["metadata"]["labels"]["wsbridge.io/metrics"], "true");
-    assert_eq!(metrics["spec"]["selector"]["app.kubernetes.io/component"], "dispatcher");
+    assert_eq!(
+        metrics["spec"]["selector"]["app.kubernetes.io/component"],
+        "dispatcher"
+    );
     for d in of_kind(&docs, "Deployment") {
         let args = strings(&d["spec"]["template"]["spec"]["containers"][0]["args"]);
         assert!(args.contains(&"--rabbitmq-url-file"), "{}: {args:?}", name(d));
