@@ -9,11 +9,15 @@
 //! wsbench svg REPORT.md [--out FILE.svg]     the chart of a report (default: beside it)
 //! wsbench hung [--relays ..] [--total-mib N] [--size B] [--out FILE]
 //!                                            peak RSS with one of two subscribers hung
+//! wsbench rabbitmq --wsbridge BIN --amqp-url-file F [--broker-pgid PGID]
+//!             [--perftest-cp CP] [--java BIN] [--messages-1 N] [--messages-10 N] [--quick]
+//!             [--work DIR] [--out FILE]      rabbitmq Channels against PerfTest
 
 mod hung;
 mod load;
 mod msg;
 mod procs;
+mod rabbitmq;
 mod relays;
 mod report;
 mod run;
@@ -86,7 +90,23 @@ fn main() -> Result<()> {
         )),
         "run" => rt.block_on(run::main(opts(&args, &argv)?)),
         "hung" => rt.block_on(hung::main(opts(&args, &argv)?, args.get("total-mib", 1024)?, args.get("size", 1_000_000)?)),
-        _ => bail!("usage: wsbench source|sink|load|run|hung|svg [options] (see src/main.rs)"),
+        "rabbitmq" => {
+            let quick = args.switches.iter().any(|s| s == "quick");
+            rt.block_on(rabbitmq::main(rabbitmq::Opts {
+                wsbridge: args.path("wsbridge").ok_or_else(|| anyhow!("--wsbridge BIN is required"))?,
+                url_file: args.path("amqp-url-file").ok_or_else(|| anyhow!("--amqp-url-file FILE is required"))?,
+                broker_pgid: args.flags.get("broker-pgid").and_then(|v| v.parse().ok()),
+                perftest_cp: args.flags.get("perftest-cp").filter(|v| !v.is_empty()).cloned(),
+                java: args.get("java", "java".to_string())?,
+                work: args.path("work").unwrap_or_else(std::env::temp_dir).join(format!("wsbench-rabbitmq-{}", std::process::id())),
+                out: args.path("out"),
+                messages_1: args.get("messages-1", if quick { 2_000 } else { 50_000 })?,
+                messages_10: args.get("messages-10", if quick { 500 } else { 10_000 })?,
+                command_line: std::env::var("WSBENCH_COMMAND").unwrap_or_else(|_| argv.join(" ")),
+                quick,
+            }))
+        }
+        _ => bail!("usage: wsbench source|sink|load|run|hung|rabbitmq|svg [options] (see src/main.rs)"),
     }
 }
 

@@ -32,7 +32,7 @@ pub struct Opts {
     /// Rounds over all relays (interleaved); each figure is the best round's.
     pub repeat: usize,
 }
-fn loadavg() -> String {
+pub fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_else(|_| "?".into())

@@ -86,7 +86,7 @@ pub struct Phase {
 
 /// Polls the sink until `expected` deliveries arrived, progress stalls, or
 /// the phase limit passes; samples the relay's RSS meanwhile.
-async fn wait_for(sink: &mut Proc, relay: Option<&mut Relay>, expected: u64, start_ns: u64, s: &Sizes) -> Result<Phase> {
+pub async fn wait_for(sink: &mut Proc, relay: Option<&mut Relay>, expected: u64, start_ns: u64, s: &Sizes) -> Result<Phase> {
     let begin = Instant::now();
     let mut last_progress = Instant::now();
     let mut last_count = 0;
