@@ -73,7 +73,9 @@ trap stop_broker EXIT
 log "starting RabbitMQ (data under $broker)"
 bash "$here/tools/rabbitmq-server.sh" "$broker" || { log "RabbitMQ did not start"; exit 1; }
 
-mkdir -p "$target/bench"
+export WSBENCH_RABBITMQ_VERSION="$(dpkg-query -W -f '${Version}' rabbitmq-server 2>/dev/null || echo '?')"
+export WSBENCH_JAVA_VERSION="$(java -version 2>&1 | sed -n '1s/.*version "\([^"]*\)".*/\1/p')"
+export WSBENCH_WSBRIDGE_BUILD="${WSBENCH_WSBRIDGE_BUILD:-release, statically linked (glibc crt-static, as bench/run.sh measures it), commit $(cd "$root" && git rev-parse --short HEAD 2>/dev/null || echo '?')}"
 export WSBENCH_COMMAND="bash bench/rabbitmq.sh${orig_args:+ $orig_args}"
 "$target/release/wsbench" rabbitmq $quick --wsbridge "$wsbridge" --amqp-url-file "$broker/url" \
   --broker-pgid "$(cat "$broker/pgid")" --perftest-cp "$perftest_cp" --work "$target/bench" --out "$out" "${args[@]}"

@@ -100,8 +100,8 @@ fn main() -> Result<()> {
                 java: args.get("java", "java".to_string())?,
                 work: args.path("work").unwrap_or_else(std::env::temp_dir).join(format!("wsbench-rabbitmq-{}", std::process::id())),
                 out: args.path("out"),
-                messages_1: args.get("messages-1", if quick { 2_000 } else { 50_000 })?,
-                messages_10: args.get("messages-10", if quick { 500 } else { 10_000 })?,
+                messages_1: args.get("messages-1", if quick { 2_000 } else { 100_000 })?,
+                messages_10: args.get("messages-10", if quick { 500 } else { 20_000 })?,
                 command_line: std::env::var("WSBENCH_COMMAND").unwrap_or_else(|_| argv.join(" ")),
                 quick,
             }))

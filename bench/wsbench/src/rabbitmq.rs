@@ -446,6 +446,21 @@ pub async fn main(o: Opts) -> Result<()> {
     Ok(())
 }
 
+/// What each side runs, for the report.
+const WHAT: &str = "**What was measured.** wsbridge: `wsbridge standalone --rabbitmq-url-file` processes in two roles. \
+The *publisher* has the Endpoint (the bench's WebSocket source, sending N messages as fast as it is read), the Channel \
+(`backend: rabbitmq`) and the Bridge, and no Subscription: each endpoint message is published persistent to the channel's \
+exchange with publisher confirms (at most 256 unconfirmed), as the worker role does. Each *dispatcher* process has the same \
+Channel and the N Subscriptions (`unordered`, `maxInFlight: 64`) and no Endpoint: it consumes each Subscription's quorum \
+queue (prefetch 64) into the delivery engine, POSTs to the bench's HTTP sink (hyper, answers 200) and acks after the 2xx. \
+That is the broker consumer and delivery engine of `wsbridge dispatcher` (both call `Durable::consume_subscription`), \
+without the dispatcher's Kubernetes watch of Channels and Subscriptions: **the `wsbridge dispatcher` role itself was not \
+run**. With 2 dispatcher processes both consume every queue (competing consumers). PerfTest: one producer, N quorum \
+queues bound to one fanout exchange (each queue gets every message, as each Subscription's queue bound with `#` to the \
+channel's topic exchange does; the fanout exchange is PerfTest's way to get one-to-N with named quorum queues), one \
+consumer per queue (prefetch 64, ack per message), persistent 256-byte messages, `--confirm 256`. Fresh exchange and \
+queues per run; a warm-up of 200 messages before each wsbridge run (PerfTest's JVM gets none).";
+
 fn f0(x: Option<f64>) -> String {
     x.map(|v| format!("{v:.0}")).unwrap_or_else(|| "n/a".into())
 }
@@ -473,6 +488,20 @@ pub fn render(o: &Opts, started: &str, load: (String, String), ws: &[WsResult], 
         t,
         "Shape: one producer, 1 or 10 subscribers each with a quorum queue bound to one exchange, persistent 256-byte messages, publisher confirms (at most {CONFIRM_WINDOW} unconfirmed), prefetch {PREFETCH}, ack after delivery. Rate = deliveries ÷ (last delivery − first send); PerfTest's is its `receiving rate avg`.\n"
     );
+    let perftest = o
+        .perftest_cp
+        .as_deref()
+        .and_then(|cp| cp.split("/perftest/").nth(1))
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or("n/a");
+    let _ = writeln!(
+        t,
+        "RabbitMQ {} (Debian's package, one node, its own data dir); PerfTest {perftest} (`com.rabbitmq:perf-test` from Maven Central, Java {}); wsbridge: {}.\n",
+        std::env::var("WSBENCH_RABBITMQ_VERSION").unwrap_or_else(|_| "?".into()),
+        std::env::var("WSBENCH_JAVA_VERSION").unwrap_or_else(|_| "?".into()),
+        std::env::var("WSBENCH_WSBRIDGE_BUILD").unwrap_or_else(|_| "release build".into()),
+    );
+    let _ = writeln!(t, "{WHAT}\n");
     let _ = writeln!(
         t,
         "| shape | wsbridge, 1 dispatcher: deliveries/s | wsbridge, 2 dispatchers: deliveries/s | PerfTest: deliveries/s | wsbridge ÷ PerfTest (1 / 2 dispatchers; target ≥ 0.60) | 1 → 2 dispatchers | delivered (1 / 2 dispatchers / PerfTest) |"
