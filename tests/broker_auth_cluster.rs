@@ -384,3 +384,100 @@ async fn mqtt_clients_read_and_write_rabbitmq_channels_as_kubernetes_rbac_and_th
     }
     Ok(())
 }
+
+const AMQP_CLIENT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/amqp_client.py");
+
+/// A pika subscriber of `ns.channel` on `amq.topic` (a server-named
+/// exclusive queue bound with the channel's key), logged in as
+/// ServiceAccount `ns/name` with `token`: its first line (`subscribed`
+/// once the broker took the binding), the process and its output.
+async fn amqp_subscriber(
+    broker: &RabbitMq,
+    ns: &str,
+    name: &str,
+    token: &str,
+    channel: &str,
+) -> (String, Child, Lines<BufReader<ChildStdout>>) {
+    // Kubernetes' own user name: AMQP has no `vhost:user` reading of a colon.
+    let user = format!("system%3Aserviceaccount%3A{ns}%3A{name}");
+    let url = format!("amqp://{user}:{token}@{}/%2f", broker.amqp_addr());
+    let mut child = python::python3_with(&["pika"])
+        .arg(AMQP_CLIENT)
+        .args(["subscribe", "amq.topic", &format!("{ns}.{channel}")])
+        .env("AMQP_URL", url)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = match tokio::time::timeout(WAIT, lines.next_line()).await {
+        Ok(Ok(Some(line))) => line,
+        other => format!("no answer: {other:?}"),
+    };
+    (first, child, lines)
+}
+
+/// AMQP 0-9-1 clients log in with a token too: a token allowed to
+/// `subscribe` binds its own server-named queue to the channel's key and
+/// gets an MQTT client's publish; the same token cannot bind another
+/// channel's key (the broker refuses the binding: a topic read the gateway
+/// denied).
+#[tokio::test]
+async fn amqp_clients_subscribe_with_a_token_where_rbac_allows() -> Result<()> {
+    let world = world().await;
+    let broker = &world.broker;
+    let client = support::shared().await.client();
+    let ns = support::create_namespace(&client, "broker-auth-amqp").await?;
+    let http = Subscriber::ok().await;
+    let mut yaml = channels(&ns, &http.uri.to_string());
+    for role in [
+        support::example_role("subscriber-role.yaml", "ticker", &ns)?,
+        support::example_role("publisher-role.yaml", "ticker", &ns)?,
+    ] {
+        yaml.push_str("---\n");
+        yaml.push_str(&role);
+    }
+    support::apply_yaml(&client, &yaml, Some(&ns)).await?;
+    let subscriber = support::service_account_token(&client, &ns, "subscriber").await?;
+    let publisher = support::service_account_token(&client, &ns, "publisher").await?;
+    let publisher_user = mqtt_user(&ns, "publisher");
+
+    // Bound once the gateway knows the channel (its caches catch up).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let (_child, mut lines) = loop {
+        let (first, child, lines) = amqp_subscriber(broker, &ns, "subscriber", &subscriber, "ticker").await;
+        if first == "subscribed" {
+            break (child, lines);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never subscribed: {first}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let body = format!("amqp-{ns}");
+    assert!(
+        mqtt_publish(
+            broker,
+            Login::Token(&publisher_user, &publisher),
+            &format!("{ns}/ticker"),
+            &body
+        )
+        .await,
+        "the publisher's token publishes"
+    );
+    let line = tokio::time::timeout(WAIT, lines.next_line())
+        .await
+        .expect("a message in time")?
+        .expect("the subscriber stays up");
+    let json: serde_json::Value = serde_json::from_str(&line)?;
+    assert_eq!(json["payload"], body.as_str(), "{json}");
+    assert_eq!(json["topic"], format!("{ns}.ticker"), "{json}");
+
+    // Not on a channel the token may not subscribe to.
+    let (first, mut child, _) = amqp_subscriber(broker, &ns, "subscriber", &subscriber, "other").await;
+    assert_ne!(first, "subscribed", "bound to a channel without the right");
+    let status = tokio::time::timeout(WAIT, child.wait()).await??;
+    assert!(!status.success(), "the refused client ends with an error");
+    Ok(())
+}

@@ -18,8 +18,11 @@
 //!   `name` and the `routing_key`).
 //!
 //! Only the first one carries the password. An MQTT client needs its own
-//! subscription queues (`mqtt-subscription-*`: declared, bound, consumed)
-//! and `amq.topic` (publishing to it, binding on it); the topic request
+//! subscription queues (`mqtt-subscription-*`: declared, bound, consumed),
+//! an AMQP client the server-named queue it declares to subscribe
+//! (`amq.gen-*`: the broker picks the name, so no client can name, and
+//! consume, another's), and both `amq.topic` (publishing to it, binding on
+//! it); the topic request (a bind is a topic read, a publish a write)
 //! decides the channel: routing key `{namespace}.{name}` on `amq.topic`
 //! (MQTT topic `{namespace}/{name}`). Everything else is denied: other
 //! queues and exchanges, wildcard subscriptions, any key that is not a
@@ -62,13 +65,19 @@ pub fn is_anonymous(params: &Params) -> bool {
     param(params, "username") == ANONYMOUS_USER
 }
 
-/// Whether an MQTT client may have `permission` on this queue or exchange
-/// (`/auth/resource`), whoever it is: its own subscription queues, and
-/// `amq.topic` to publish to and bind on; nothing else.
+/// The queues the broker names for an AMQP client that declares one
+/// without a name (how an AMQP subscriber of a channel gets its queue).
+pub const SERVER_NAMED_QUEUE_PREFIX: &str = "amq.gen-";
+
+/// Whether an MQTT or AMQP client may have `permission` on this queue or
+/// exchange (`/auth/resource`), whoever it is: its own subscription queues
+/// (MQTT's, or a server-named one), and `amq.topic` to publish to and bind
+/// on; nothing else.
 pub fn resource_allowed(params: &Params) -> bool {
     match param(params, "resource") {
         "queue" => {
-            param(params, "name").starts_with(MQTT_QUEUE_PREFIX)
+            let name = param(params, "name");
+            (name.starts_with(MQTT_QUEUE_PREFIX) || name.starts_with(SERVER_NAMED_QUEUE_PREFIX))
                 && matches!(param(params, "permission"), "configure" | "write" | "read")
         }
         "exchange" => {
@@ -170,11 +179,13 @@ mod tests {
     }
 
     #[test]
-    fn only_an_mqtt_clients_own_resources_are_allowed() {
+    fn only_a_clients_own_resources_are_allowed() {
         for (resource, name, permission) in [
             ("queue", "mqtt-subscription-abcqos1", "configure"),
             ("queue", "mqtt-subscription-abcqos1", "read"),
             ("queue", "mqtt-subscription-abcqos0", "write"),
+            ("queue", "amq.gen-JzTY20BRgKO-HjmUJj0wLg", "configure"),
+            ("queue", "amq.gen-JzTY20BRgKO-HjmUJj0wLg", "read"),
             ("exchange", "amq.topic", "read"),
             ("exchange", "amq.topic", "write"),
         ] {
@@ -183,7 +194,8 @@ mod tests {
         }
         for (resource, name, permission) in [
             ("queue", "wsbridge.subscription.a.b", "read"),
-            ("queue", "amq.gen-x", "configure"),
+            ("queue", "orders", "configure"),
+            ("queue", "amq.gen-x", "delete"),
             ("exchange", "amq.topic", "configure"),
             ("exchange", "wsbridge.channel.a.b", "write"),
             ("exchange", "amq.direct", "write"),
