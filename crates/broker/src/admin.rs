@@ -10,7 +10,8 @@
 use std::future::Future;
 use std::time::Duration;
 
-use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+use lapin::options::{ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::types::FieldTable;
 use wsbridge_core::{ChannelKey, ObjectKey};
 
 use crate::Broker;
@@ -36,10 +37,10 @@ pub enum AdminError {
 
 impl Broker {
     /// Runs `op` on a channel of its own, within [`OPERATION_TIMEOUT`].
-    async fn on_channel<F, Fut>(&self, op: F) -> Result<(), AdminError>
+    async fn on_channel<T, F, Fut>(&self, op: F) -> Result<T, AdminError>
     where
         F: FnOnce(lapin::Channel) -> Fut,
-        Fut: Future<Output = lapin::Result<()>>,
+        Fut: Future<Output = lapin::Result<T>>,
     {
         let work = async {
             let Some((connection, _)) = self.connected().await else {
@@ -128,15 +129,43 @@ impl Broker {
             .await
     }
 
-    /// Deletes `queues` (deleting one that does not exist succeeds).
+    /// Deletes `queues` (one that does not exist is done), each only once
+    /// no one consumes it: a dispatcher or worker still serving the object
+    /// would declare it again at once. They stop consuming when the object
+    /// is being deleted; until they did, this is refused and the caller
+    /// tries again. (Quorum queues do not take `if-unused`, hence the
+    /// check first.)
     async fn delete_queues(&self, queues: [String; 2]) -> Result<(), AdminError> {
-        self.on_channel(|ch| async move {
-            for queue in &queues {
-                ch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-                    .await?;
+        for queue in &queues {
+            let passive = QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            };
+            let consumers = self
+                .on_channel(|ch| async move {
+                    ch.queue_declare(queue.as_str().into(), passive, FieldTable::default())
+                        .await
+                        .map(|q| q.consumer_count())
+                })
+                .await;
+            match consumers {
+                Ok(0) => {}
+                Ok(n) => {
+                    return Err(AdminError::Refused(format!(
+                        "queue {queue} still has {n} consumer(s); deleting it once they stopped"
+                    )));
+                }
+                // A passive declare of a missing queue fails with NOT_FOUND.
+                Err(AdminError::Refused(reason)) if reason.contains("NOT_FOUND") => continue,
+                Err(e) => return Err(e),
             }
-            Ok(())
-        })
-        .await
+            self.on_channel(|ch| async move {
+                ch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                    .await
+                    .map(drop)
+            })
+            .await?;
+        }
+        Ok(())
     }
 }

@@ -190,6 +190,11 @@ impl Dispatcher {
             scoped::<Subscription>(&client, options.namespace.as_deref()),
             watcher::Config::default(),
             move |change| match change {
+                // Being deleted: stop consuming, so that the controller
+                // can delete its backlog (only once no one consumes it).
+                Change::Applied(s) if s.metadata.deletion_timestamp.is_some() => {
+                    on_subscriptions(&|cat| cat.delete_subscription(&key_of(s)))
+                }
                 Change::Applied(s) => on_subscriptions(&|cat| cat.apply_subscription(key_of(s), s)),
                 Change::Deleted(key) => on_subscriptions(&|cat| cat.delete_subscription(key)),
             },

@@ -297,6 +297,11 @@ impl Sessions {
             bridges.clone(),
             by_name,
             move |change| match change {
+                // Being deleted: the controller deletes its broker queue
+                // once no one consumes it, so the session stops now.
+                Change::Applied(b) if b.metadata.deletion_timestamp.is_some() => {
+                    spec_tx.send_replace(None);
+                }
                 Change::Applied(b) => {
                     let reference = Some(b.object_ref(&()));
                     bridge_ref.send_if_modified(|cur| {
