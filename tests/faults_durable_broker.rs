@@ -28,10 +28,7 @@ async fn a_broker_restart_and_a_thirty_second_outage_lose_no_confirmed_message()
     let mut endpoint = WsServer::start(ServerOpts::default()).await;
     let mut all = Subscriber::ok().await;
     let yaml = support::durable::feed_yaml(&endpoint.url(), &[("all", &all.uri.to_string(), "")]);
-    let _witness = Witness::declare(&url, &ns, "feed").await?;
-    support::apply_yaml(&client, &yaml, Some(&ns)).await?;
-    let mut worker = support::pods::start_bridge_worker(&ns, "upstream").await?;
-    endpoint.next_connected().await;
+    let (_witness, mut worker) = support::durable::start_feed(&url, &ns, &yaml, &mut endpoint).await?;
     let gateway = Arc::new(Mutex::new(installation.gateway.addr));
     let traffic = Traffic::start(
         endpoint.out.clone(),

@@ -43,10 +43,7 @@ async fn killing_every_role_twenty_times_loses_no_confirmed_message() -> Result<
             ),
         ],
     );
-    let _witness = Witness::declare(&url, &ns, "feed").await?;
-    support::apply_yaml(&client, &yaml, Some(&ns)).await?;
-    let mut worker = support::pods::start_bridge_worker(&ns, "upstream").await?;
-    endpoint.next_connected().await;
+    let (_witness, mut worker) = support::durable::start_feed(&url, &ns, &yaml, &mut endpoint).await?;
     let gateway = Arc::new(Mutex::new(installation.gateway.addr));
     let traffic = Traffic::start(
         endpoint.out.clone(),

@@ -367,3 +367,21 @@ spec:
     }
     yaml
 }
+
+/// Declares the witness of `ns/feed` (before any traffic), applies `yaml`
+/// (see [`feed_yaml`]) and starts the Bridge `upstream`'s worker from the
+/// pod template the controller wrote; returns once `endpoint` saw it
+/// connect.
+pub async fn start_feed(
+    amqp_url: &str,
+    ns: &str,
+    yaml: &str,
+    endpoint: &mut super::peers::WsServer,
+) -> Result<(Witness, LocalPod)> {
+    let witness = Witness::declare(amqp_url, ns, "feed").await?;
+    let client = super::shared().await.client();
+    super::apply_yaml(&client, yaml, Some(ns)).await?;
+    let worker = super::pods::start_bridge_worker(ns, "upstream").await?;
+    endpoint.next_connected().await;
+    Ok((witness, worker))
+}
