@@ -490,6 +490,22 @@ async fn next_text(ws: &mut WsClient) -> String {
     }
 }
 
+/// The code and reason of the close frame that comes next (pings skipped).
+async fn next_close(ws: &mut WsClient) -> (u16, String) {
+    loop {
+        match tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("a frame in time")
+        {
+            Some(Ok(Frame::Close(Some(close)))) => {
+                return (close.code.into(), close.reason.as_str().to_owned());
+            }
+            Some(Ok(Frame::Ping(_) | Frame::Pong(_))) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    }
+}
+
 /// The next pushed message of a multiplexed connection, as its data.
 async fn next_pushed(ws: &mut WsClient) -> String {
     loop {
@@ -608,9 +624,9 @@ async fn websocket_clients_of_a_rabbitmq_channel_get_endpoint_messages_and_publi
         );
     }
 
-    // The Channel deleted and created again under a connected client: the
-    // replica stops listening, then listens again, and the client gets the
-    // next publish.
+    // The Channel deleted under connected clients: each hears it (a close
+    // 1001 with why; the multiplexed connection an `Unsubscribed` push and
+    // stays open), and the replica stops listening.
     let client = support::shared().await.client();
     let channels: Api<kube::api::DynamicObject> = Api::namespaced_with(
         client.clone(),
@@ -621,6 +637,13 @@ async fn websocket_clients_of_a_rabbitmq_channel_get_endpoint_messages_and_publi
         ),
     );
     channels.delete("ticker", &Default::default()).await?;
+    let deleted = format!("channel {ns}/ticker was deleted");
+    assert_eq!(next_close(&mut single).await, (1001, deleted.clone()));
+    let unsubscribed: Value = serde_json::from_str(&next_text(&mut multiplexed).await)?;
+    assert_eq!(
+        unsubscribed,
+        json!({"method": "Unsubscribed", "params": {"channel": "ticker", "reason": "ChannelDeleted", "message": deleted}})
+    );
     support::eventually(WAIT, "the listener of the deleted channel stopped", || {
         let queue = queue.clone();
         async move {
@@ -629,11 +652,24 @@ async fn websocket_clients_of_a_rabbitmq_channel_get_endpoint_messages_and_publi
         }
     })
     .await?;
+
+    // Created again: a client that reconnects gets the next publish.
     support::apply_yaml(
         &client,
         &rabbitmq_channel("ticker").replace("NAMESPACE", &ns),
         Some(&ns),
     )
+    .await?;
+    let mut single = support::eventually(WAIT, "a WebSocket subscription again", || {
+        let (path, subscriber) = (path.clone(), subscriber.clone());
+        async move {
+            match tokio_tungstenite::connect_async(ws_request(gw.addr, &path, &subscriber)).await {
+                Ok((ws, _)) => Ok(Some(ws)),
+                Err(WsError::Http(r)) if r.status() == 404 => Ok(None),
+                Err(e) => Err(e.into()),
+            }
+        }
+    })
     .await?;
     support::eventually(WAIT, "the recreated channel's listener consumes", || {
         let queue = queue.clone();
@@ -647,8 +683,19 @@ async fn websocket_clients_of_a_rabbitmq_channel_get_endpoint_messages_and_publi
     assert_eq!(again.status, 202, "{}", again.body);
     assert_eq!(next_text(&mut single).await, r#"{"from":"again"}"#);
 
+    // Switched to memory, which replicas do not share: its client is told.
+    channels
+        .patch(
+            "ticker",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"spec": {"backend": "memory"}})),
+        )
+        .await?;
+    let (code, reason) = next_close(&mut single).await;
+    assert_eq!(code, 1001);
+    assert!(reason.contains("switched to backend: memory"), "{reason}");
+
     // The last client gone, the replica stops consuming (its queue goes too).
-    single.close(None).await?;
     multiplexed.close(None).await?;
     sender.close(None).await?;
     drop((single, multiplexed, sender));

@@ -418,3 +418,57 @@ async fn a_python_websockets_client_subscribes_and_publishes() {
     assert_eq!(next_line().await.as_deref(), Some("binary:4142"));
     assert!(child.wait().await.unwrap().success());
 }
+
+#[tokio::test]
+async fn clients_of_a_channel_removed_from_the_configuration_hear_that_it_was_deleted() {
+    let dir = TempDir::new("ws-deleted");
+    let feed = Endpoint::start().await;
+    let http = Subscriber::start(Duration::ZERO).await;
+    dir.write("config.yaml", &config(&feed.url(), &http.uri("/in")));
+    let extra = dir.write(
+        "extra.yaml",
+        "apiVersion: wsbridge.io/v1alpha1\nkind: Channel\nmetadata: {name: extra}\nspec: {allowAnonymousPublish: true}\n",
+    );
+    let standalone = Standalone::start_with(&[&dir.0], &dir.0, &[]).await;
+    let mut single = connect(&standalone, "extra").await;
+    let url = format!("ws://{}/ws/default", standalone.addr);
+    let (mut multiplexed, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    for channel in ["extra", "ticker"] {
+        let subscribe =
+            serde_json::json!({"method": "Subscribe", "params": {"channel": channel}, "id": channel});
+        multiplexed
+            .send(Frame::text(subscribe.to_string()))
+            .await
+            .unwrap();
+        let Frame::Text(reply) = next_frame(&mut multiplexed).await else {
+            panic!("a text reply")
+        };
+        assert!(reply.contains("result"), "{reply}");
+    }
+
+    std::fs::remove_file(&extra).unwrap();
+    standalone.wait_log("configuration changed; applying", WAIT).await;
+
+    match next_frame(&mut single).await {
+        Frame::Close(Some(close)) => {
+            assert_eq!(close.code, CloseCode::Away);
+            assert_eq!(close.reason.as_str(), "channel default/extra was deleted");
+        }
+        other => panic!("expected a close frame, got {other:?}"),
+    }
+    let Frame::Text(push) = next_frame(&mut multiplexed).await else {
+        panic!("a text push")
+    };
+    let push: serde_json::Value = serde_json::from_str(&push).unwrap();
+    assert_eq!(
+        push,
+        serde_json::json!({"method": "Unsubscribed", "params": {
+            "channel": "extra", "reason": "ChannelDeleted", "message": "channel default/extra was deleted"}})
+    );
+    // The connection keeps its other channel.
+    feed.send("still-here").await;
+    let Frame::Text(message) = next_frame(&mut multiplexed).await else {
+        panic!("a text push")
+    };
+    assert!(message.contains("still-here"), "{message}");
+}

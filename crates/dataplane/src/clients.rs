@@ -12,7 +12,7 @@
 //! route of standalone mode) drive a [`ClientFeed`] per connection.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -67,6 +67,39 @@ pub enum JoinError {
     },
 }
 
+/// Why a client's feed ended (beyond its own connection closing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FeedEnd {
+    /// It fell too far behind: its send buffer was full.
+    Slow,
+    /// Its channel was deleted.
+    ChannelDeleted,
+    /// Its channel is no longer served to remote clients here (a gateway's
+    /// channel switched to `backend: memory`).
+    ChannelNotShared,
+}
+
+impl FeedEnd {
+    const OPEN: u8 = 0;
+
+    fn code(self) -> u8 {
+        match self {
+            FeedEnd::Slow => 1,
+            FeedEnd::ChannelDeleted => 2,
+            FeedEnd::ChannelNotShared => 3,
+        }
+    }
+
+    fn from_code(code: u8) -> Option<Self> {
+        match code {
+            1 => Some(FeedEnd::Slow),
+            2 => Some(FeedEnd::ChannelDeleted),
+            3 => Some(FeedEnd::ChannelNotShared),
+            _ => None,
+        }
+    }
+}
+
 /// Labels of remote client metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ClientLabels {
@@ -92,7 +125,7 @@ struct Slot {
     id: u64,
     tx: mpsc::UnboundedSender<Arc<Message>>,
     buffered: Arc<AtomicUsize>,
-    evicted: Arc<AtomicBool>,
+    ended: Arc<AtomicU8>,
 }
 
 #[derive(Default)]
@@ -187,12 +220,12 @@ impl RemoteClients {
         let (tx, rx) = mpsc::unbounded_channel();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let buffered = Arc::new(AtomicUsize::new(0));
-        let evicted = Arc::new(AtomicBool::new(false));
+        let ended = Arc::new(AtomicU8::new(FeedEnd::OPEN));
         clients.channels.entry(channel.clone()).or_default().push(Slot {
             id,
             tx,
             buffered: buffered.clone(),
-            evicted: evicted.clone(),
+            ended: ended.clone(),
         });
         clients.total += 1;
         self.connected(&channel).inc();
@@ -202,7 +235,7 @@ impl RemoteClients {
             id,
             rx,
             buffered,
-            evicted,
+            ended,
         })
     }
 
@@ -219,7 +252,7 @@ impl RemoteClients {
         slots.retain(|slot| {
             let buffered = slot.buffered.fetch_add(len, Ordering::AcqRel) + len;
             if buffered > max {
-                slot.evicted.store(true, Ordering::Release);
+                slot.ended.store(FeedEnd::Slow.code(), Ordering::Release);
                 return false;
             }
             // A closed receiver is a client on its way out: its feed's drop
@@ -244,6 +277,24 @@ impl RemoteClients {
                 .inc_by(evicted as u64);
         }
         taken
+    }
+
+    /// Ends the feed of every client of `channel` (`why`: deleted, or no
+    /// longer served here) once each has what was broadcast before; the
+    /// connections close and say why. Returns how many there were.
+    pub fn close_channel(&self, channel: &ChannelKey, why: FeedEnd) -> usize {
+        let mut clients = self.lock();
+        let Some(slots) = clients.channels.remove(channel) else {
+            return 0;
+        };
+        for slot in &slots {
+            slot.ended.store(why.code(), Ordering::Release);
+        }
+        // Dropping the senders ends each feed after its queued messages.
+        let closed = slots.len();
+        clients.total -= closed;
+        self.connected(channel).dec_by(closed as i64);
+        closed
     }
 
     /// Counts a client of `channel` that its connection found unresponsive
@@ -278,7 +329,7 @@ impl RemoteClients {
             return;
         };
         let Some(at) = slots.iter().position(|s| s.id == id) else {
-            return; // evicted: already gone and counted
+            return; // evicted or its channel closed: already gone and counted
         };
         slots.swap_remove(at);
         if slots.is_empty() {
@@ -296,13 +347,14 @@ pub struct ClientFeed {
     id: u64,
     rx: mpsc::UnboundedReceiver<Arc<Message>>,
     buffered: Arc<AtomicUsize>,
-    evicted: Arc<AtomicBool>,
+    ended: Arc<AtomicU8>,
 }
 
 impl ClientFeed {
-    /// The next message to write; `None` once the client was evicted as too
-    /// slow (see [`ClientFeed::evicted`]). Call [`ClientFeed::written`]
-    /// once the message is out, to free its bytes.
+    /// The next message to write; `None` once the feed ended (see
+    /// [`ClientFeed::ended`]): at once when the client was evicted as too
+    /// slow, after the messages queued before when its channel closed. Call
+    /// [`ClientFeed::written`] once the message is out, to free its bytes.
     pub async fn next(&mut self) -> Option<Arc<Message>> {
         if self.evicted() {
             return None;
@@ -336,7 +388,12 @@ impl ClientFeed {
 
     /// Whether the client fell too far behind and was evicted.
     pub fn evicted(&self) -> bool {
-        self.evicted.load(Ordering::Acquire)
+        self.ended() == Some(FeedEnd::Slow)
+    }
+
+    /// Why the feed ended, once it has; `None` while it is open.
+    pub fn ended(&self) -> Option<FeedEnd> {
+        FeedEnd::from_code(self.ended.load(Ordering::Acquire))
     }
 
     /// The channel.
@@ -408,6 +465,26 @@ mod tests {
             1,
             "dropping an evicted feed removes no one else"
         );
+    }
+
+    #[tokio::test]
+    async fn closing_a_channel_ends_its_feeds_after_what_they_had_and_says_why() {
+        let hub = RemoteClients::new(ClientLimits::default());
+        let mut a = hub.join(key("ticker")).unwrap();
+        let mut other = hub.join(key("other")).unwrap();
+        hub.broadcast(&key("ticker"), &msg(3));
+        assert_eq!(hub.close_channel(&key("ticker"), FeedEnd::ChannelDeleted), 1);
+        assert_eq!(a.ended(), Some(FeedEnd::ChannelDeleted));
+        let m = a.next().await.expect("what was queued before still comes");
+        a.written(&m);
+        assert!(a.next().await.is_none(), "then the feed ends");
+        assert_eq!(hub.count(&key("ticker")), 0);
+        assert_eq!(hub.broadcast(&key("ticker"), &msg(3)), 0);
+        drop(a);
+        assert_eq!(other.ended(), None, "other channels are untouched");
+        hub.broadcast(&key("other"), &msg(2));
+        assert!(other.next().await.is_some());
+        assert_eq!(hub.count(&key("other")), 1);
     }
 
     #[test]

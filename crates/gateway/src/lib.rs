@@ -50,7 +50,7 @@ use wsbridge_broker::{BrokerMetrics, BrokerState, BrokerUrl, ConsumerHandle, Dur
 use wsbridge_core::{ChannelKey, ObjectKey};
 use wsbridge_dataplane::DataplaneMetrics;
 use wsbridge_dataplane::budget::queue_budget;
-use wsbridge_dataplane::clients::{ClientLimits, RemoteClients};
+use wsbridge_dataplane::clients::{ClientLimits, FeedEnd, RemoteClients};
 use wsbridge_dataplane::delivery::{
     DEFAULT_DEDUP_BYTES, DEFAULT_DEDUP_WINDOW, DeliveryEngine, EngineConfig, HttpSender, RecentPublishes,
 };
@@ -357,10 +357,15 @@ impl Gateway {
                                     .map_or(0, |st| usize::try_from(st.bridges).unwrap_or(0)),
                                 durable: c.spec.backend() == ChannelBackend::Rabbitmq,
                             };
-                            s.channels
+                            let was = s
+                                .channels
                                 .write()
                                 .expect("channels lock")
                                 .insert(key.clone(), facts);
+                            if was.is_some_and(|was| was.durable) && !facts.durable {
+                                // Its remote clients are served no more.
+                                s.clients.close_channel(&key, FeedEnd::ChannelNotShared);
+                            }
                             s.index.apply_channel(key.clone(), info);
                             s.follow_channel(&key);
                         }
@@ -369,6 +374,7 @@ impl Gateway {
                 }
                 Change::Deleted(key) => {
                     s.channels.write().expect("channels lock").remove(key);
+                    s.clients.close_channel(key, FeedEnd::ChannelDeleted);
                     s.index.delete_channel(key);
                     s.forget_channel(key);
                 }

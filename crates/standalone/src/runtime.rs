@@ -16,7 +16,7 @@ use wsbridge_broker::{Durable, DurableConsumer};
 use wsbridge_core::{ChannelKey, ObjectKey, SecretString};
 use wsbridge_dataplane::DestinationPolicy;
 use wsbridge_dataplane::budget::{MemoryBudget, OverBudget, queue_budget};
-use wsbridge_dataplane::clients::{ClientLimits, RemoteClients};
+use wsbridge_dataplane::clients::{ClientLimits, FeedEnd, RemoteClients};
 use wsbridge_dataplane::delivery::{DEFAULT_DEDUP_BYTES, DEFAULT_DEDUP_WINDOW, Publication, RecentPublishes};
 use wsbridge_dataplane::delivery::{DeliveryEngine, DeliveryStats, EngineConfig, ShutdownReport};
 use wsbridge_dataplane::endpoint::{EndpointConfig, EndpointHandle, EndpointOptions, SendError};
@@ -216,7 +216,12 @@ impl Runtime {
             &old.channels,
             &plan.channels,
             |k, c: &ChannelPlan| self.index.apply_channel(k.clone(), c.info.clone()),
-            |k| self.index.delete_channel(k),
+            |k| {
+                self.index.delete_channel(k);
+                // Its remote clients hear that it is gone (they would
+                // otherwise wait on a channel that no longer carries anything).
+                self.clients.close_channel(k, FeedEnd::ChannelDeleted);
+            },
         );
         sync(
             &old.subscriptions,

@@ -21,7 +21,10 @@
 //! `{"method": "Message", "params": {"channel": "ticker", "message": ...}}`.
 //! A text message that is a JSON object or array is embedded as it is;
 //! other text as a JSON string; binary as a base64 string with
-//! `"encoding": "base64"`.
+//! `"encoding": "base64"`. A subscribed channel that goes away (deleted, or
+//! no longer served to remote clients) ends with
+//! `{"method": "Unsubscribed", "params": {"channel": "ticker", "reason": "ChannelDeleted", "message": "..."}}`;
+//! the connection stays open for its other channels.
 
 use axum::http::StatusCode;
 use base64::Engine;
@@ -147,6 +150,16 @@ pub fn error(id: Option<Value>, refusal: &Refusal) -> String {
             "reason": refusal.reason,
             "message": refusal.message,
         },
+    })
+    .to_string()
+}
+
+/// A channel the client was subscribed to and is no longer, because the
+/// channel went away (deleted, or no longer served to remote clients).
+pub fn unsubscribed(channel: &str, reason: &str, message: &str) -> String {
+    json!({
+        "method": "Unsubscribed",
+        "params": {"channel": channel, "reason": reason, "message": message},
     })
     .to_string()
 }

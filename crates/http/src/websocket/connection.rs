@@ -16,8 +16,9 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 
+use wsbridge_core::ChannelKey;
 use wsbridge_dataplane::Message;
-use wsbridge_dataplane::clients::ClientFeed;
+use wsbridge_dataplane::clients::{ClientFeed, FeedEnd};
 
 use super::ClientKeepalive;
 
@@ -161,6 +162,31 @@ pub(super) fn close_frame(code: CloseCode, reason: &str) -> CloseFrame {
 /// The close for an evicted client.
 pub(super) fn too_slow() -> CloseFrame {
     close_frame(CloseCode::Policy, "client too slow: its send buffer is full")
+}
+
+/// Why a channel's feed ended without the client being too slow: what a
+/// client hears about its channel going away (`None` for an eviction).
+pub(super) fn channel_closed(channel: &ChannelKey, end: Option<FeedEnd>) -> Option<(&'static str, String)> {
+    match end? {
+        FeedEnd::Slow => None,
+        FeedEnd::ChannelDeleted => Some(("ChannelDeleted", format!("channel {channel} was deleted"))),
+        FeedEnd::ChannelNotShared => Some((
+            "ChannelNotShared",
+            format!(
+                "channel {channel} switched to backend: memory, which remote clients cannot subscribe to"
+            ),
+        )),
+    }
+}
+
+/// The close for a feed that ended: 1001 with why for a channel that went
+/// away (a client that reconnects then hears the reason as JSON), else the
+/// eviction's.
+pub(super) fn feed_ended(feed: &ClientFeed) -> CloseFrame {
+    match channel_closed(feed.channel(), feed.ended()) {
+        Some((_, message)) => close_frame(CloseCode::Away, &message),
+        None => too_slow(),
+    }
 }
 
 /// The close for a client that left a ping unanswered.

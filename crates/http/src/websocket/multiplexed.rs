@@ -93,7 +93,16 @@ impl<H: ChannelHub> Session<H> {
                             return;
                         }
                     }
-                    FeedEvent::Evicted => break connection::too_slow(),
+                    FeedEvent::Ended(closed) => match closed {
+                        // The stream is done: the map drops the channel.
+                        Some((reason, message)) => {
+                            let frame = WsMessage::text(commands::unsubscribed(&channel, reason, &message));
+                            if !connection::send(&mut ws, frame, liveness.write_timeout()).await {
+                                return;
+                            }
+                        }
+                        None => break connection::too_slow(),
+                    },
                 },
                 incoming = ws.next() => {
                     let reply = match incoming {
@@ -196,11 +205,12 @@ impl<H: ChannelHub> Session<H> {
 /// What a subscribed channel yields.
 enum FeedEvent {
     Message(Arc<Message>),
-    /// The client fell behind on this channel; nothing more comes.
-    Evicted,
+    /// Nothing more comes: the channel went away (its reason and message
+    /// for the client), or with `None` the client fell behind on it.
+    Ended(Option<(&'static str, String)>),
 }
 
-/// A channel's feed as a stream (ends after [`FeedEvent::Evicted`]).
+/// A channel's feed as a stream (ends after [`FeedEvent::Ended`]).
 struct Feed {
     feed: ClientFeed,
     done: bool,
@@ -218,7 +228,8 @@ impl Stream for Feed {
             Poll::Ready(Some(msg)) => Poll::Ready(Some(FeedEvent::Message(msg))),
             Poll::Ready(None) => {
                 this.done = true;
-                Poll::Ready(Some(FeedEvent::Evicted))
+                let closed = connection::channel_closed(this.feed.channel(), this.feed.ended());
+                Poll::Ready(Some(FeedEvent::Ended(closed)))
             }
             Poll::Pending => Poll::Pending,
         }

@@ -71,7 +71,7 @@ async fn serve<H: ChannelHub>(
                         return;
                     }
                 }
-                None => break connection::too_slow(),
+                None => break connection::feed_ended(&feed),
             },
             incoming = ws.next() => {
                 let payload = match incoming {
