@@ -182,6 +182,50 @@ async fn every_invalid_object_is_refused_naming_its_field() -> Result<()> {
 }
 
 #[tokio::test]
+async fn a_subscriptions_backlog_bound_is_fixed_once_it_exists() -> Result<()> {
+    let client = support::shared().await.client();
+    support::install_crds(&client).await?;
+    let ns = support::create_namespace(&client, "backlog").await?;
+    let subscription = |backlog: serde_json::Value, subscriber: &str| {
+        let mut spec = serde_json::json!({"channel": "orders", "subscriber": {"uri": subscriber}});
+        if !backlog.is_null() {
+            spec["backlog"] = backlog;
+        }
+        serde_json::json!({
+            "apiVersion": "wsbridge.io/v1alpha1",
+            "kind": "Subscription",
+            "metadata": {"name": "audit"},
+            "spec": spec,
+        })
+    };
+    let bound = serde_json::json!({"maxMessages": 1000});
+    apply(&client, &ns, &subscription(bound.clone(), "http://audit/a")).await?;
+    // Other fields still change.
+    apply(&client, &ns, &subscription(bound, "http://audit/b")).await?;
+    for (what, backlog) in [
+        ("a changed bound", serde_json::json!({"maxMessages": 2000})),
+        (
+            "an added bound",
+            serde_json::json!({"maxMessages": 1000, "maxBytes": 4096}),
+        ),
+        ("a removed bound", serde_json::Value::Null),
+    ] {
+        match apply(&client, &ns, &subscription(backlog, "http://audit/b")).await {
+            Err(kube::Error::Api(status)) => {
+                assert_eq!(status.code, 422, "{what}: {}", status.message);
+                assert!(
+                    status.message.contains("spec.backlog cannot change"),
+                    "{what}: {}",
+                    status.message
+                );
+            }
+            other => panic!("{what}: expected a refusal, got {other:?}"),
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test]
 async fn openapi_v3_carries_field_descriptions() -> Result<()> {
     let client = support::shared().await.client();
     support::install_crds(&client).await?;

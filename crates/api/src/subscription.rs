@@ -36,6 +36,11 @@ use super::common::{DNS1123_SUBDOMAIN, DeliverySpec, Destination, KeySelector};
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new(
+    "has(self.backlog) == has(oldSelf.backlog) && (!has(self.backlog) || self.backlog == oldSelf.backlog)"
+).message(
+    "spec.backlog cannot change once the Subscription exists: it is the bound of its broker queue, fixed when the queue is created; to change it, create a Subscription with another name and delete this one"
+).field_path(".backlog"))]
 pub struct SubscriptionSpec {
     /// Name of the Channel, in the same namespace.
     #[schemars(length(min = 1, max = 253), regex(pattern = DNS1123_SUBDOMAIN))]
@@ -58,6 +63,9 @@ pub struct SubscriptionSpec {
     /// `delivery.queueCapacity`). Beyond it the oldest messages are
     /// dead-lettered to the broker's `wsbridge.dead-letter.{namespace}.{name}`
     /// queue, so that a subscriber that stays away never slows the others.
+    /// Fixed once the Subscription exists: it is the broker queue's bound,
+    /// set when the queue is created (as the Messaging Topology Operator
+    /// keeps a Queue's arguments).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backlog: Option<BacklogSpec>,
 }
