@@ -196,8 +196,8 @@ pub async fn declare_channel(ch: &Channel, channel: &ChannelKey) -> lapin::Resul
 
 /// Declares the exchange of `channel`, the backlog of `subscription`, its
 /// dead-letter queue, and the bindings. A queue that exists with other
-/// arguments (its bound changed) fails with PRECONDITION_FAILED: a bound
-/// change is a policy's job, not a redeclaration's.
+/// arguments fails with PRECONDITION_FAILED, which is why the API server
+/// refuses a change of a Subscription's `spec.backlog` (a CEL rule).
 pub async fn declare_subscription(
     ch: &Channel,
     channel: &ChannelKey,
