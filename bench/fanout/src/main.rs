@@ -151,6 +151,11 @@ impl Server {
                     .arg(&cfg)
                     .args(["--listen", &format!("127.0.0.1:{port}")])
                     .args(["--max-clients", "100000", "--max-clients-per-channel", "100000"])
+                    // An event-loop thread per CPU, as Centrifugo runs (Go
+                    // uses every CPU) and as the gateway does by default:
+                    // standalone's default of one thread suits a bridge's
+                    // HTTP deliveries, not writes to thousands of sockets.
+                    .args(["--threads", "0"])
                     .env("RUST_LOG", "warn");
             }
             Kind::Centrifugo => {
@@ -609,6 +614,7 @@ fn report(o: &Opts, results: &[(usize, Kind, Result<Figures>)]) -> String {
         "One run on this machine ({cpus} CPUs, load average before: {}), server and load generator on 127.0.0.1 sharing the CPUs. \
          Message: {MESSAGE_BYTES}-byte JSON `{{\"ts\":…,\"seq\":…,\"pad\":…}}`. Fixed rate: {} deliveries/s for {} s. \
          Flat out: {} deliveries, 4 publishers at most {WINDOW} messages ahead of delivery. \
+         wsbridge standalone runs an event-loop thread per CPU (`--threads 0`), Centrifugo its default (every CPU). \
          CPU is the server process's user + system time; RSS per connection is (VmRSS − VmRSS before any client) ÷ N.\n\n",
         load.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
         o.rate_deliveries,
