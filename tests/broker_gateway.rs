@@ -468,6 +468,19 @@ async fn with_the_broker_killed_a_publish_gets_503_and_after_it_returns_202_agai
     Ok(())
 }
 
+/// A WebSocket subscription at `path`, once the gateway knows the channel
+/// (404 before).
+async fn subscribe_when_known(addr: SocketAddr, path: &str, token: &str) -> Result<WsClient> {
+    support::eventually(WAIT, "a WebSocket subscription", || async move {
+        match tokio_tungstenite::connect_async(ws_request(addr, path, token)).await {
+            Ok((ws, _)) => Ok(Some(ws)),
+            Err(WsError::Http(r)) if r.status() == 404 => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    })
+    .await
+}
+
 fn ws_request(addr: SocketAddr, path: &str, token: &str) -> http::Request<()> {
     let mut request = format!("ws://{addr}{path}").into_client_request().unwrap();
     request
@@ -532,17 +545,7 @@ async fn websocket_clients_of_a_rabbitmq_channel_get_endpoint_messages_and_publi
     let path = format!("/channels/{ns}/ticker");
 
     // Subscribed once the gateway knows the channel (404 before).
-    let mut single = support::eventually(WAIT, "a WebSocket subscription", || {
-        let (path, subscriber) = (path.clone(), subscriber.clone());
-        async move {
-            match tokio_tungstenite::connect_async(ws_request(gw.addr, &path, &subscriber)).await {
-                Ok((ws, _)) => Ok(Some(ws)),
-                Err(WsError::Http(r)) if r.status() == 404 => Ok(None),
-                Err(e) => Err(e.into()),
-            }
-        }
-    })
-    .await?;
+    let mut single = subscribe_when_known(gw.addr, &path, &subscriber).await?;
     let (mut multiplexed, _) =
         tokio_tungstenite::connect_async(ws_request(gw.addr, &format!("/ws/{ns}"), &subscriber)).await?;
     multiplexed
@@ -660,17 +663,7 @@ async fn websocket_clients_of_a_rabbitmq_channel_get_endpoint_messages_and_publi
         Some(&ns),
     )
     .await?;
-    let mut single = support::eventually(WAIT, "a WebSocket subscription again", || {
-        let (path, subscriber) = (path.clone(), subscriber.clone());
-        async move {
-            match tokio_tungstenite::connect_async(ws_request(gw.addr, &path, &subscriber)).await {
-                Ok((ws, _)) => Ok(Some(ws)),
-                Err(WsError::Http(r)) if r.status() == 404 => Ok(None),
-                Err(e) => Err(e.into()),
-            }
-        }
-    })
-    .await?;
+    let mut single = subscribe_when_known(gw.addr, &path, &subscriber).await?;
     support::eventually(WAIT, "the recreated channel's listener consumes", || {
         let queue = queue.clone();
         async move {
