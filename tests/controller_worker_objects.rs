@@ -155,9 +155,9 @@ async fn each_worker_gets_a_network_policy_owned_by_its_bridge_admitting_only_th
         ("Bridge", bridge.uid().unwrap().as_str(), Some(true))
     );
     let spec = policy.spec.clone().unwrap();
-    let worker = Api::<Deployment>::namespaced(client.clone(), &ns)
-        .get(WORKER)
-        .await?;
+    // The policy may be written before the worker's Deployment.
+    let deployments = Api::<Deployment>::namespaced(client.clone(), &ns);
+    let worker = applied(&deployments, "the worker Deployment", |_| true).await?;
     let pod_labels = worker.spec.unwrap().template.metadata.unwrap().labels.unwrap();
     for (k, v) in spec.pod_selector.clone().unwrap().match_labels.unwrap() {
         assert_eq!(pod_labels.get(&k), Some(&v), "selects the worker's pods ({k})");
