@@ -54,6 +54,14 @@ impl Verifier {
         format!("http://127.0.0.1:{}/hook", self.port)
     }
 
+    /// The next line the verifier printed within `wait`, if any.
+    pub async fn next_within(&mut self, wait: Duration) -> Option<String> {
+        match tokio::time::timeout(wait, self.lines.next_line()).await {
+            Ok(line) => Some(line.unwrap().expect("the verifier is running")),
+            Err(_) => None,
+        }
+    }
+
     /// The next line the verifier printed.
     pub async fn next(&mut self) -> String {
         tokio::time::timeout(WAIT, self.lines.next_line())
