@@ -204,15 +204,10 @@ fn mqtt_user(ns: &str, name: &str) -> String {
     format!("system.serviceaccount.{ns}.{name}")
 }
 
-#[tokio::test]
-async fn mqtt_clients_read_and_write_rabbitmq_channels_as_kubernetes_rbac_and_the_flags_allow() -> Result<()>
-{
-    let world = world().await;
-    let broker = &world.broker;
-    let cp = support::shared().await;
-    let client = cp.client();
-    let ns = support::create_namespace(&client, "broker-auth").await?;
-    let mut http = Subscriber::ok().await;
+/// A new namespace with the test's channels (HTTP subscriber `http`) and the
+/// example subscriber and publisher Roles on `ticker`.
+async fn namespace_with_channels(client: &kube::Client, prefix: &str, http: &Subscriber) -> Result<String> {
+    let ns = support::create_namespace(client, prefix).await?;
     let mut yaml = channels(&ns, &http.uri.to_string());
     for role in [
         support::example_role("subscriber-role.yaml", "ticker", &ns)?,
@@ -221,7 +216,19 @@ async fn mqtt_clients_read_and_write_rabbitmq_channels_as_kubernetes_rbac_and_th
         yaml.push_str("---\n");
         yaml.push_str(&role);
     }
-    support::apply_yaml(&client, &yaml, Some(&ns)).await?;
+    support::apply_yaml(client, &yaml, Some(&ns)).await?;
+    Ok(ns)
+}
+
+#[tokio::test]
+async fn mqtt_clients_read_and_write_rabbitmq_channels_as_kubernetes_rbac_and_the_flags_allow() -> Result<()>
+{
+    let world = world().await;
+    let broker = &world.broker;
+    let cp = support::shared().await;
+    let client = cp.client();
+    let mut http = Subscriber::ok().await;
+    let ns = namespace_with_channels(&client, "broker-auth", &http).await?;
     support::ensure_service_account(&client, &ns, "stranger").await?;
     let subscriber = support::service_account_token(&client, &ns, "subscriber").await?;
     let publisher = support::service_account_token(&client, &ns, "publisher").await?;
@@ -427,17 +434,8 @@ async fn amqp_clients_subscribe_with_a_token_where_rbac_allows() -> Result<()> {
     let world = world().await;
     let broker = &world.broker;
     let client = support::shared().await.client();
-    let ns = support::create_namespace(&client, "broker-auth-amqp").await?;
     let http = Subscriber::ok().await;
-    let mut yaml = channels(&ns, &http.uri.to_string());
-    for role in [
-        support::example_role("subscriber-role.yaml", "ticker", &ns)?,
-        support::example_role("publisher-role.yaml", "ticker", &ns)?,
-    ] {
-        yaml.push_str("---\n");
-        yaml.push_str(&role);
-    }
-    support::apply_yaml(&client, &yaml, Some(&ns)).await?;
+    let ns = namespace_with_channels(&client, "broker-auth-amqp", &http).await?;
     let subscriber = support::service_account_token(&client, &ns, "subscriber").await?;
     let publisher = support::service_account_token(&client, &ns, "publisher").await?;
     let publisher_user = mqtt_user(&ns, "publisher");
