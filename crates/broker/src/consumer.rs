@@ -34,6 +34,7 @@ use wsbridge_dataplane::Message;
 use wsbridge_dataplane::delivery::{Settle, Settlement};
 use wsbridge_dataplane::endpoint::ReconnectBackoff;
 
+use crate::acks::{Ack, Acks};
 use crate::codec::{decode, written_by_wsbridge};
 use crate::connection::{Broker, BrokerState, Link};
 use crate::topology::{self, Backlog, bridge_queue, subscription_queue};
@@ -331,19 +332,28 @@ async fn consume(
     state.send_replace(ConsumerState::Consuming { generation });
 
     let mut settling: FuturesUnordered<Handing> = FuturesUnordered::new();
+    let mut acks = Acks::new(spec.prefetch());
     let mut stopping = false;
     loop {
         if stopping && settling.is_empty() {
+            write_acks(&mut acks).await;
             return Ok(());
         }
+        let acks_due = acks.due();
         tokio::select! {
             Some((held, outcome)) = settling.next(), if !settling.is_empty() => {
                 match next_step(outcome) {
-                    Step::Ack => held.ack().await,
-                    Step::Requeue => held.requeue().await,
+                    Step::Ack => acks.ended(held.tag, held.acker),
+                    Step::Requeue => {
+                        acks.released(held.tag);
+                        held.requeue().await;
+                    }
                     // Stopping: not handed in again here; another consumer
                     // (or this one after a restart) delivers it.
-                    Step::Retry if stopping => held.requeue().await,
+                    Step::Retry if stopping => {
+                        acks.released(held.tag);
+                        held.requeue().await;
+                    }
                     // Kept at hand and handed in again, not returned to the
                     // queue: a quorum queue would put it behind the messages
                     // that came after it.
@@ -375,13 +385,32 @@ async fn consume(
                     .await;
                     continue;
                 }
+                acks.taken(delivery.delivery_tag);
                 let held = Held {
                     msg: decode(delivery.data, &delivery.properties),
+                    tag: delivery.delivery_tag,
                     acker: delivery.acker,
                 };
                 settling.push(Box::pin(held.hand_in_after(Duration::ZERO, deliver.clone())));
             }
+            () = tokio::time::sleep_until(acks_due.unwrap_or_else(tokio::time::Instant::now)), if acks_due.is_some() => {
+                write_acks(&mut acks).await;
+            }
             () = lost(&mut link, generation) => return Err(LOST.into()),
+        }
+    }
+}
+
+/// Writes the acknowledgements `acks` collected (see [`Acks`]).
+async fn write_acks(acks: &mut Acks<Acker>) {
+    for Ack { acker, multiple } in acks.take() {
+        // Bounded: on a connection that just died the write may never
+        // complete, and the consuming loop waits for it.
+        match tokio::time::timeout(SETTLE_TIMEOUT, acker.ack(BasicAckOptions { multiple })).await {
+            Ok(Ok(_)) => {}
+            // The channel is gone: the broker delivers the messages again.
+            Ok(Err(e)) => debug!(error = %e, "acknowledgement not sent"),
+            Err(_) => debug!("acknowledgement not written in time"),
         }
     }
 }
@@ -413,6 +442,8 @@ type Handing = Pin<Box<dyn Future<Output = (Held, Option<Settlement>)> + Send>>;
 struct Held {
     /// Without a settle handle: each hand-in gets its own.
     msg: Message,
+    /// Its delivery tag on the consuming channel.
+    tag: u64,
     acker: Acker,
 }
 
@@ -430,17 +461,6 @@ impl Held {
         // Not taken: the handle was dropped with the message, `settled` is closed.
         let outcome = settled.await.ok();
         (self, outcome)
-    }
-
-    async fn ack(self) {
-        // Bounded: on a connection that just died the write may never
-        // complete, and the consuming loop waits for it.
-        match tokio::time::timeout(SETTLE_TIMEOUT, self.acker.ack(BasicAckOptions::default())).await {
-            Ok(Ok(_)) => {}
-            // The channel is gone: the broker delivers the message again.
-            Ok(Err(e)) => debug!(id = self.msg.id(), error = %e, "acknowledgement not sent"),
-            Err(_) => debug!(id = self.msg.id(), "acknowledgement not written in time"),
-        }
     }
 
     async fn requeue(self) {

@@ -12,7 +12,8 @@
 //! - [`Publisher`]: publishing with confirms: `Ok` only once the broker
 //!   persisted the message;
 //! - [`consumer`]: a subscription's queue consumed into the delivery engine,
-//!   each message acknowledged only once its delivery ended; a bridge's
+//!   each message acknowledged only once its delivery ended (several at
+//!   once where the prefetch window allows: `acks.rs`); a bridge's
 //!   queue consumed out to its endpoint the same way;
 //! - [`Broker::declare_subscription`] and the other declare and delete
 //!   operations: the controller's side of the topology (`admin.rs`);
@@ -22,6 +23,7 @@
 //! No Kubernetes client, no command line: the roles adapt this crate.
 #![forbid(unsafe_code)]
 
+mod acks;
 mod admin;
 mod codec;
 mod connection;
