@@ -93,7 +93,10 @@ impl<A> Acks<A> {
         let above = self.ended.split_off(&oldest_open);
         let mut acks = Vec::with_capacity(1 + above.len());
         if let Some((_, acker)) = std::mem::take(&mut self.ended).into_iter().next_back() {
-            acks.push(Ack { acker, multiple: true });
+            acks.push(Ack {
+                acker,
+                multiple: true,
+            });
         }
         acks.extend(above.into_values().map(|acker| Ack {
             acker,

@@ -194,13 +194,16 @@ impl Unconfirmed<'_> {
 }
 
 /// `properties` with the key of the message's origin (`endpoint` or
-/// `published`) as a `BCC` routing key, routed on as the routing key is and
-/// removed by the broker before delivery. The routing key itself is the
-/// channel's key on `amq.topic`: MQTT subscribers see it as the topic.
+/// `published`) as a `CC` routing key, routed on as the routing key is. The
+/// routing key itself is the channel's key on `amq.topic`: MQTT subscribers
+/// see it as the topic. `CC`, not `BCC`: the broker removes a `BCC` header
+/// before delivery, which leaves every delivery to re-encode the message's
+/// properties (the 1→10 bench: 72 against 88 µs of broker CPU per delivery);
+/// a `CC` header stays, harmless, in what AMQP consumers see.
 fn with_origin_key(properties: BasicProperties, msg: &Message) -> BasicProperties {
     let mut headers = properties.headers().clone().unwrap_or_default();
     headers.insert(
-        "BCC".into(),
+        "CC".into(),
         AMQPValue::FieldArray(
             vec![AMQPValue::LongString(LongString::from(routing_key(msg.origin())))].into(),
         ),

@@ -21,8 +21,8 @@
 //!   routing key `{ns}.{name}` on `amq.topic` (MQTT topic `{ns}/{name}`, as
 //!   the MQTT plugin maps `/` to `.`). Every message wsbridge writes has
 //!   that routing key (the topic MQTT subscribers see), and its origin's key
-//!   (`endpoint` or `published`) as a `BCC` key (routed on like the routing
-//!   key; the broker removes the header before delivery). The channel's
+//!   (`endpoint` or `published`) as a `CC` key (routed on like the routing
+//!   key; see `publisher.rs` for why not `BCC`). The channel's
 //!   exchange is bound to `amq.topic` with the channel's key: MQTT
 //!   subscribers and queues an AMQP client binds there get everything the
 //!   channel carries. Back in, `amq.topic` is bound with the key to
