@@ -11,7 +11,8 @@
 //!                                            peak RSS with one of two subscribers hung
 //! wsbench rabbitmq --wsbridge BIN --amqp-url-file F [--broker-pgid PGID]
 //!             [--perftest-cp CP] [--java BIN] [--messages-1 N] [--messages-10 N] [--quick]
-//!             [--work DIR] [--out FILE]      rabbitmq Channels against PerfTest
+//!             [--work DIR] [--out FILE] [--kubeconfig F --kubectl BIN]
+//!                                            rabbitmq Channels against PerfTest
 
 mod hung;
 mod load;
@@ -104,6 +105,10 @@ fn main() -> Result<()> {
                 messages_10: args.get("messages-10", if quick { 500 } else { 20_000 })?,
                 command_line: std::env::var("WSBENCH_COMMAND").unwrap_or_else(|_| argv.join(" ")),
                 quick,
+                cluster: args.path("kubeconfig").map(|kubeconfig| rabbitmq::Cluster {
+                    kubeconfig,
+                    kubectl: args.path("kubectl").unwrap_or_else(|| "kubectl".into()),
+                }),
             }))
         }
         _ => bail!("usage: wsbench source|sink|load|run|hung|rabbitmq|svg [options] (see src/main.rs)"),

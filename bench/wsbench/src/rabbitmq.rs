@@ -2,19 +2,19 @@
 //! `backend: rabbitmq` Channel, side by side with RabbitMQ's own PerfTest
 //! for the same shape, on one broker (started by `bench/rabbitmq.sh`).
 //!
-//! wsbridge runs as `wsbridge standalone --rabbitmq-url-file` processes in
-//! two roles, so that the consuming side can be counted and scaled alone:
-//!
-//! - the *publisher*: Endpoint, Channel (`backend: rabbitmq`) and Bridge,
-//!   no Subscription: endpoint messages go to the channel's exchange with
-//!   publisher confirms (persistent), what the worker role does;
-//! - R *dispatcher* processes: the same Channel and its N Subscriptions,
-//!   no Endpoint: each consumes every Subscription's quorum queue (prefetch
-//!   = `maxInFlight`) into the delivery engine and acks after the sink's
-//!   2xx — the broker consumer and delivery engine that `wsbridge
-//!   dispatcher` runs (`Durable::consume_subscription`), without its
-//!   Kubernetes watch. With R = 2 the replicas compete on each queue
-//!   (`unordered`).
+//! - the *publisher*: `wsbridge standalone --rabbitmq-url-file` with the
+//!   Endpoint, Channel (`backend: rabbitmq`) and Bridge, no Subscription:
+//!   endpoint messages go to the channel's exchange with publisher
+//!   confirms (persistent), what the worker role does;
+//! - R *dispatchers*: with an API server (`--kubeconfig`, started by
+//!   `bench/tools/controlplane.sh`), `wsbridge dispatcher` itself, the
+//!   Channel and its N Subscriptions applied there; without one,
+//!   `wsbridge standalone` processes with the Channel and Subscriptions in
+//!   a file and no Endpoint, running the same consumer and delivery engine
+//!   (`Durable::consume_subscription`). Each consumes every Subscription's
+//!   quorum queue (prefetch = `maxInFlight`) into the delivery engine and
+//!   acknowledges after the sink's 2xx. With R = 2 the replicas compete on
+//!   each queue (`unordered`).
 //!
 //! PerfTest (`com.rabbitmq.perf.PerfTest`): one producer, N quorum queues
 //! bound to one fanout exchange, one consumer per queue, persistent
@@ -23,7 +23,7 @@
 
 use crate::msg;
 use crate::procs::{Proc, cpu_us, free_port, self_cmd};
-use crate::relays::{Relay, http_head};
+use crate::relays::{Relay, http_get, http_head};
 use crate::scenarios::{Phase, Sizes, wait_connected};
 use anyhow::{Context, Result, anyhow, bail};
 use std::fmt::Write as _;
@@ -50,6 +50,84 @@ pub struct Opts {
     pub messages_10: u64,
     pub command_line: String,
     pub quick: bool,
+    /// An API server (`bench/tools/controlplane.sh`): the dispatchers are
+    /// then `wsbridge dispatcher` processes watching it; without one,
+    /// `wsbridge standalone` processes with the Subscriptions in a file.
+    pub cluster: Option<Cluster>,
+}
+
+/// The bench's API server.
+pub struct Cluster {
+    pub kubeconfig: PathBuf,
+    pub kubectl: PathBuf,
+}
+
+/// The namespace of the bench's Channels and Subscriptions: standalone's
+/// (the publisher's objects have none), which the API server creates.
+const NAMESPACE: &str = "default";
+
+impl Cluster {
+    /// `kubectl ARGS` with `stdin`, failing with its output.
+    async fn kubectl(&self, args: &[&str], stdin: &str) -> Result<()> {
+        use tokio::io::AsyncWriteExt;
+        let mut c = Command::new(&self.kubectl);
+        c.args(args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = c.spawn().context("start kubectl")?;
+        if let Some(mut input) = child.stdin.take() {
+            input.write_all(stdin.as_bytes()).await?;
+        }
+        let out = child.wait_with_output().await?;
+        if !out.status.success() {
+            bail!(
+                "kubectl {}: {}{}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+
+    async fn apply(&self, yaml: &str) -> Result<()> {
+        self.kubectl(&["apply", "-n", NAMESPACE, "-f", "-"], yaml).await
+    }
+
+    /// Removes the run's objects: the next run's dispatchers consume only
+    /// their own Subscriptions.
+    async fn delete_all(&self) -> Result<()> {
+        self.kubectl(&["delete", "-n", NAMESPACE, "subscriptions,channels", "--all", "--wait=true"], "")
+            .await
+    }
+}
+
+/// A `wsbridge dispatcher` process, the role itself, following `NAMESPACE`.
+fn spawn_dispatcher(o: &Opts, cluster: &Cluster, dir: &Path, name: &str) -> Result<Relay> {
+    let port = free_port()?;
+    let log = dir.join(format!("{name}.log"));
+    let out = std::fs::File::create(&log)?;
+    let mut c = Command::new(&o.wsbridge);
+    c.arg("dispatcher")
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--namespace")
+        .arg(NAMESPACE)
+        .arg("--rabbitmq-url-file")
+        .arg(&o.url_file)
+        // The bench's sink is on loopback, which the cluster roles refuse
+        // by default.
+        .arg("--allow-loopback")
+        .env("KUBECONFIG", &cluster.kubeconfig)
+        .env("RUST_LOG", std::env::var("WSBENCH_RUST_LOG").unwrap_or_else(|_| "warn".into()))
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .kill_on_drop(true);
+    let child = c.spawn().with_context(|| format!("start {name}"))?;
+    Ok(Relay { child, log, metrics_port: Some(port) })
 }
 
 #[derive(Default, Debug, Clone)]
@@ -158,6 +236,32 @@ async fn wait_ready(r: &mut Relay, limit: Duration) -> Result<()> {
     }
 }
 
+/// Waits until `r` consumes `queues` queues (its `wsbridge_broker_consuming`
+/// gauges): a dispatcher is ready once it is connected and has listed the
+/// Subscriptions, and declares and consumes their queues right after; a
+/// message published before a queue is bound would reach no one.
+async fn wait_consuming(r: &mut Relay, queues: usize, limit: Duration) -> Result<()> {
+    let deadline = Instant::now() + limit;
+    let port = r.metrics_port.unwrap_or(0);
+    loop {
+        r.check_alive()?;
+        let consuming = match tokio::time::timeout(Duration::from_secs(2), http_get(port, "/metrics")).await {
+            Ok(Ok(text)) => text
+                .lines()
+                .filter(|l| l.starts_with("wsbridge_broker_consuming{") && l.ends_with(" 1"))
+                .count(),
+            _ => 0,
+        };
+        if consuming >= queues {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("consuming {consuming} of {queues} queues after {limit:?}; log: {}", r.log_tail());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// One wsbridge run: `subs` Subscriptions, `replicas` dispatcher processes.
 pub async fn run_wsbridge(
     o: &Opts,
@@ -205,12 +309,20 @@ async fn wsbridge_inner(
         );
     }
     let mut dispatchers = Vec::new();
+    if let Some(cluster) = &o.cluster {
+        cluster.apply(&subs_yaml).await?;
+    }
     for k in 0..replicas {
-        dispatchers.push(spawn_standalone(o, &dir, &format!("dispatcher-{k}"), &subs_yaml)?);
+        let name = format!("dispatcher-{k}");
+        dispatchers.push(match &o.cluster {
+            Some(cluster) => spawn_dispatcher(o, cluster, &dir, &name)?,
+            None => spawn_standalone(o, &dir, &name, &subs_yaml)?,
+        });
     }
     let res = async {
         for d in dispatchers.iter_mut() {
             wait_ready(d, s.connect_limit).await?;
+            wait_consuming(d, subs, s.connect_limit).await?;
         }
         let pub_yaml = format!(
             "apiVersion: wsbridge.io/v1alpha1\nkind: Endpoint\nmetadata: {{name: source}}\nspec: {{url: \"ws://127.0.0.1:{ws_port}/feed\"}}\n---\n{}---\n\
@@ -273,6 +385,9 @@ async fn wsbridge_inner(
     .await;
     for d in dispatchers {
         d.stop().await;
+    }
+    if let Some(cluster) = &o.cluster {
+        cluster.delete_all().await?;
     }
     res
 }
@@ -447,19 +562,34 @@ pub async fn main(o: Opts) -> Result<()> {
 }
 
 /// What each side runs, for the report.
-const WHAT: &str = "**What was measured.** wsbridge: `wsbridge standalone --rabbitmq-url-file` processes in two roles. \
-The *publisher* has the Endpoint (the bench's WebSocket source, sending N messages as fast as it is read), the Channel \
-(`backend: rabbitmq`) and the Bridge, and no Subscription: each endpoint message is published persistent to the channel's \
-exchange with publisher confirms (at most 256 unconfirmed), as the worker role does. Each *dispatcher* process has the same \
-Channel and the N Subscriptions (`unordered`, `maxInFlight: 64`) and no Endpoint: it consumes each Subscription's quorum \
-queue (prefetch 64) into the delivery engine, POSTs to the bench's HTTP sink (hyper, answers 200) and acks after the 2xx. \
-That is the broker consumer and delivery engine of `wsbridge dispatcher` (both call `Durable::consume_subscription`), \
-without the dispatcher's Kubernetes watch of Channels and Subscriptions: **the `wsbridge dispatcher` role itself was not \
-run**. With 2 dispatcher processes both consume every queue (competing consumers). PerfTest: one producer, N quorum \
-queues bound to one fanout exchange (each queue gets every message, as each Subscription's queue bound with `#` to the \
-channel's topic exchange does; the fanout exchange is PerfTest's way to get one-to-N with named quorum queues), one \
-consumer per queue (prefetch 64, ack per message), persistent 256-byte messages, `--confirm 256`. Fresh exchange and \
-queues per run; a warm-up of 200 messages before each wsbridge run (PerfTest's JVM gets none).";
+fn what(cluster: bool) -> String {
+    let dispatchers = if cluster {
+        "Each *dispatcher* is the `wsbridge dispatcher` role itself (`--namespace default --allow-loopback`), \
+watching a real API server (etcd and kube-apiserver built from source by `tests/controlplane/build.sh`, started by \
+`bench/tools/controlplane.sh`, the CRDs installed), where the bench applied the Channel and the N Subscriptions \
+(`unordered`, `maxInFlight: 64`): it consumes each Subscription's quorum queue (prefetch 64) into the delivery engine, \
+POSTs to the bench's HTTP sink (hyper, answers 200) and acknowledges after the 2xx (in batches: `crates/broker/src/acks.rs`). \
+No controller runs: the dispatcher declares what it consumes, and the bench waits until each replica consumes every queue."
+    } else {
+        "Each *dispatcher* process is `wsbridge standalone` with the same Channel and the N Subscriptions (`unordered`, \
+`maxInFlight: 64`) and no Endpoint: it consumes each Subscription's quorum queue (prefetch 64) into the delivery engine, \
+POSTs to the bench's HTTP sink (hyper, answers 200) and acknowledges after the 2xx. That is the broker consumer and \
+delivery engine of `wsbridge dispatcher` (both call `Durable::consume_subscription`), without the dispatcher's \
+Kubernetes watch of Channels and Subscriptions: **the `wsbridge dispatcher` role itself was not run** (no API server: \
+`bench/tools/controlplane.sh` failed or was skipped)."
+    };
+    format!(
+        "**What was measured.** wsbridge: the *publisher* is `wsbridge standalone --rabbitmq-url-file` with the Endpoint \
+(the bench's WebSocket source, sending N messages as fast as it is read), the Channel (`backend: rabbitmq`) and the \
+Bridge, and no Subscription: each endpoint message is published persistent to the channel's exchange with publisher \
+confirms (at most 256 unconfirmed), as the worker role does. {dispatchers} With 2 dispatcher processes both consume \
+every queue (competing consumers). PerfTest: one producer, N quorum queues bound to one fanout exchange (each queue \
+gets every message, as each Subscription's queue bound with `#` to the channel's topic exchange does; the fanout \
+exchange is PerfTest's way to get one-to-N with named quorum queues), one consumer per queue (prefetch 64, ack per \
+message), persistent 256-byte messages, `--confirm 256`. Fresh exchange and queues per run; a warm-up of 200 messages \
+before each wsbridge run (PerfTest's JVM gets none)."
+    )
+}
 
 fn f0(x: Option<f64>) -> String {
     x.map(|v| format!("{v:.0}")).unwrap_or_else(|| "n/a".into())
@@ -501,7 +631,7 @@ pub fn render(o: &Opts, started: &str, load: (String, String), ws: &[WsResult], 
         std::env::var("WSBENCH_JAVA_VERSION").unwrap_or_else(|_| "?".into()),
         std::env::var("WSBENCH_WSBRIDGE_BUILD").unwrap_or_else(|_| "release build".into()),
     );
-    let _ = writeln!(t, "{WHAT}\n");
+    let _ = writeln!(t, "{}\n", what(o.cluster.is_some()));
     let _ = writeln!(
         t,
         "| shape | wsbridge, 1 dispatcher: deliveries/s | wsbridge, 2 dispatchers: deliveries/s | PerfTest: deliveries/s | wsbridge ÷ PerfTest (1 / 2 dispatchers; target ≥ 0.60) | 1 → 2 dispatchers | delivered (1 / 2 dispatchers / PerfTest) |"
@@ -630,6 +760,7 @@ mod tests {
             messages_10: 10,
             command_line: "bash bench/rabbitmq.sh".into(),
             quick: true,
+            cluster: None,
         };
         let phase = |rate: f64| Phase {
             rate,
