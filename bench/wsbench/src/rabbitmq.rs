@@ -26,6 +26,7 @@ use crate::procs::{Proc, cpu_us, free_port, self_cmd};
 use crate::relays::{Relay, http_get, http_head};
 use crate::scenarios::{Phase, Sizes, wait_connected};
 use anyhow::{Context, Result, anyhow, bail};
+use std::ffi::OsStr;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -106,28 +107,10 @@ impl Cluster {
 
 /// A `wsbridge dispatcher` process, the role itself, following `NAMESPACE`.
 fn spawn_dispatcher(o: &Opts, cluster: &Cluster, dir: &Path, name: &str) -> Result<Relay> {
-    let port = free_port()?;
-    let log = dir.join(format!("{name}.log"));
-    let out = std::fs::File::create(&log)?;
-    let mut c = Command::new(&o.wsbridge);
-    c.arg("dispatcher")
-        .arg("--listen")
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("--namespace")
-        .arg(NAMESPACE)
-        .arg("--rabbitmq-url-file")
-        .arg(&o.url_file)
-        // The bench's sink is on loopback, which the cluster roles refuse
-        // by default.
-        .arg("--allow-loopback")
-        .env("KUBECONFIG", &cluster.kubeconfig)
-        .env("RUST_LOG", std::env::var("WSBENCH_RUST_LOG").unwrap_or_else(|_| "warn".into()))
-        .stdin(Stdio::null())
-        .stdout(out.try_clone()?)
-        .stderr(out)
-        .kill_on_drop(true);
-    let child = c.spawn().with_context(|| format!("start {name}"))?;
-    Ok(Relay { child, log, metrics_port: Some(port) })
+    // The bench's sink is on loopback, which the cluster roles refuse by
+    // default.
+    let args = ["dispatcher", "--namespace", NAMESPACE, "--allow-loopback"].map(OsStr::new);
+    spawn_wsbridge(o, dir, name, &args, Some(&cluster.kubeconfig))
 }
 
 #[derive(Default, Debug, Clone)]
@@ -192,13 +175,17 @@ fn spawn_standalone(o: &Opts, dir: &Path, name: &str, yaml: &str) -> Result<Rela
     let cfg = dir.join(format!("{name}-config"));
     std::fs::create_dir_all(&cfg)?;
     std::fs::write(cfg.join("bench.yaml"), yaml)?;
+    spawn_wsbridge(o, dir, name, &[OsStr::new("standalone"), OsStr::new("-f"), cfg.as_os_str()], None)
+}
+
+/// `wsbridge ARGS --listen 127.0.0.1:PORT --rabbitmq-url-file F` (with
+/// `KUBECONFIG` when given), its output in `{name}.log`, `/metrics` on PORT.
+fn spawn_wsbridge(o: &Opts, dir: &Path, name: &str, args: &[&OsStr], kubeconfig: Option<&Path>) -> Result<Relay> {
     let port = free_port()?;
     let log = dir.join(format!("{name}.log"));
     let out = std::fs::File::create(&log)?;
     let mut c = Command::new(&o.wsbridge);
-    c.arg("standalone")
-        .arg("-f")
-        .arg(&cfg)
+    c.args(args)
         .arg("--listen")
         .arg(format!("127.0.0.1:{port}"))
         .arg("--rabbitmq-url-file")
@@ -211,6 +198,9 @@ fn spawn_standalone(o: &Opts, dir: &Path, name: &str, yaml: &str) -> Result<Rela
         .stdout(out.try_clone()?)
         .stderr(out)
         .kill_on_drop(true);
+    if let Some(kubeconfig) = kubeconfig {
+        c.env("KUBECONFIG", kubeconfig);
+    }
     let child = c.spawn().with_context(|| format!("start {name}"))?;
     Ok(Relay {
         child,
