@@ -376,10 +376,12 @@ async fn wsbridge_inner(
     for d in dispatchers {
         d.stop().await;
     }
-    if let Some(cluster) = &o.cluster {
-        cluster.delete_all().await?;
-    }
-    res
+    // The run's own error, if any, is the one to report.
+    let deleted = match &o.cluster {
+        Some(cluster) => cluster.delete_all().await,
+        None => Ok(()),
+    };
+    res.and(deleted)
 }
 
 /// One PerfTest run of the same shape.
